@@ -1,0 +1,126 @@
+"""overlay-agent: the one place where the pieces are built and wired together.
+
+Start-up order matters: OVS first (it may carry the underlay IP, which etcd traffic needs in
+netdev mode), then the local endpoints recovered from OVSDB so their flows are right before
+anything else happens, then etcd (host registration, watch), then the gRPC socket. A graceful
+stop leaves the host lease to expire on its own: a restarting agent must not make the other
+hosts drop their tunnels to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from overlay import __version__
+from overlay.agent import config as agent_config
+from overlay.agent.node import Node, prepare
+from overlay.agent.reconciler import Reconciler
+from overlay.cni import service as svc
+from overlay.cni.errors import CniError
+from overlay.cni.server import CniServicer, serve
+from overlay.cni.v1 import cni_pb2
+from overlay.dataplane.dataplane import Dataplane
+from overlay.dataplane.flows import LocalPort
+from overlay.ipam.allocator import EtcdIpam
+from overlay.ovs.ofctl import Ofctl
+from overlay.ovs.ovsdb import Ovsdb
+from overlay.store import records
+from overlay.store.etcd import Store
+from overlay.store.watch import PrefixMirror
+
+log = logging.getLogger("overlay.agent")
+
+RESYNC_INTERVAL = 15.0
+
+
+def restore_local_endpoints(ovs: Ovsdb, bridge: str, dataplane: Dataplane) -> int:
+    """Put back the flows of every endpoint port found on the bridge (external_ids say whose)."""
+    count = 0
+    for port in ovs.ports(bridge):
+        ids = port.external_ids
+        if svc.EXT_CONTAINER not in ids or port.ofport <= 0:
+            continue
+        key = svc.endpoint_key(ids[svc.EXT_NETWORK], ids[svc.EXT_CONTAINER], ids[svc.EXT_IFNAME])
+        dataplane.install_endpoint(key, LocalPort(int(ids[svc.EXT_VNI]), ids[svc.EXT_MAC],
+                                                  ids[svc.EXT_IP], port.ofport))
+        count += 1
+    return count
+
+
+def register_until_done(store: Store, rec: records.HostRecord, ttl: int,
+                        stop: threading.Event) -> None:
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            store.register_host(rec, ttl)
+            return
+        except CniError as err:
+            log.warning("cannot register with etcd yet (%s); retrying in %.1fs", err, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = agent_config.load(argv)
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    try:
+        ovs = Ovsdb(endpoint=cfg.ovsdb)
+        node: Node = prepare(cfg, ovs)
+    except CniError as err:
+        log.error("cannot prepare OVS: %s", err)
+        return 1
+    dataplane = Dataplane(ofctl=Ofctl(rundir=cfg.rundir), bridge=cfg.bridge,
+                          tunnel_ofport=node.tunnel_ofport)
+    restored = restore_local_endpoints(ovs, cfg.bridge, dataplane)
+    dataplane.resync()
+    log.info("restored %d local endpoints from OVSDB", restored)
+
+    store = Store(endpoints=list(cfg.etcd_endpoints), timeout=cfg.etcd_timeout)
+    register_until_done(store, records.HostRecord(cfg.host, node.vtep, node.datapath),
+                        cfg.lease_ttl, stop)
+    reconciler = Reconciler(host=cfg.host, dataplane=dataplane)
+    mirror = PrefixMirror(store=store, prefix=records.ROOT, on_change=reconciler.on_change,
+                          ignore=(records.IPAM,))
+    mirror.start()
+
+    service = svc.CniService(
+        host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
+        dataplane=dataplane, store=store, ipam=EtcdIpam(store=store))
+
+    def status() -> cni_pb2.StatusReply:
+        state = dataplane.state()
+        return cni_pb2.StatusReply(
+            host=cfg.host, vtep=node.vtep, datapath=node.datapath, bridge=cfg.bridge,
+            ovs_connected=ovs.connected(), etcd_connected=mirror.wait_synced(0),
+            local_endpoints=len(state.local), remote_endpoints=len(state.remote),
+            flows=len(dataplane.flows()), version=__version__)
+
+    server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, status=status))
+    log.info("serving CNI on %s (host %s, vtep %s, datapath %s)",
+             cfg.socket, cfg.host, node.vtep, node.datapath)
+
+    while not stop.wait(RESYNC_INTERVAL):
+        try:
+            dataplane.resync()
+        except CniError as err:
+            log.warning("periodic flow resync failed: %s", err)
+
+    log.info("stopping")
+    server.stop(grace=5).wait()
+    mirror.stop()
+    store.close()
+    ovs.close()
+    time.sleep(0)  # let daemon threads observe the stop before interpreter shutdown
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

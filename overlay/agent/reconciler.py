@@ -1,0 +1,54 @@
+"""From the control plane's state in etcd to the remote half of the flow table.
+
+Level-triggered: it is handed the whole mirrored state (hosts, networks, endpoints) on every
+change and derives the complete list of remote endpoints from it. An endpoint counts only while
+its host is alive (its leased host key exists), so traffic to a lost host stops when the
+lease expires, and resumes by itself when the host registers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from overlay.dataplane.dataplane import Dataplane
+from overlay.dataplane.flows import RemoteEndpoint
+from overlay.store import records as r
+
+log = logging.getLogger(__name__)
+
+
+def remote_endpoints(state: dict[str, bytes], me: str) -> list[RemoteEndpoint]:
+    vteps: dict[str, str] = {}
+    for key, value in state.items():
+        if key.startswith(r.HOSTS):
+            try:
+                vteps[key[len(r.HOSTS):]] = r.HostRecord.from_json(value).vtep
+            except (ValueError, TypeError, KeyError):
+                log.warning("ignoring malformed host record %s", key)
+    out = []
+    for key, value in state.items():
+        if not key.startswith(r.ENDPOINTS):
+            continue
+        try:
+            ep = r.EndpointRecord.from_json(value)
+        except (ValueError, TypeError, json.JSONDecodeError):
+            log.warning("ignoring malformed endpoint record %s", key)
+            continue
+        if ep.host != me and ep.host in vteps:
+            out.append(RemoteEndpoint(ep.vni, ep.mac, ep.address, vteps[ep.host]))
+    return out
+
+
+class Reconciler:
+    def __init__(self, *, host: str, dataplane: Dataplane) -> None:
+        self._host = host
+        self._dataplane = dataplane
+        self.last_state: dict[str, bytes] = {}
+
+    def on_change(self, state: dict[str, bytes]) -> None:
+        self.last_state = state
+        try:
+            self._dataplane.set_remote(remote_endpoints(state, self._host))
+        except Exception:  # the periodic resync in the agent retries
+            log.exception("could not apply remote endpoints")

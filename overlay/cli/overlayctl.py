@@ -1,0 +1,106 @@
+"""overlayctl: look at the overlay's control plane (etcd) and at a host's agent.
+
+    overlayctl [--etcd URL] hosts | networks | endpoints [--json]
+    overlayctl status [--socket PATH] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from overlay.cni.errors import CniError
+from overlay.store import records as r
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_SOCKET = "/run/overlay/agent.sock"
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(row.get(c, ""))) for row in rows]) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip()]
+    for row in rows:
+        lines.append("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+    return "\n".join(lines)
+
+
+def _load(etcd: str, prefix: str) -> dict[str, bytes]:
+    from overlay.store.etcd import Store  # deferred: `status` needs no etcd client
+
+    store = Store(endpoints=[e.strip() for e in etcd.split(",")])
+    try:
+        return store.snapshot(prefix)[1]
+    finally:
+        store.close()
+
+
+def hosts(etcd: str) -> list[dict[str, Any]]:
+    # A host key exists only while its agent keeps the lease alive, so presence means alive.
+    return [dict(r.HostRecord.from_json(v).__dict__, alive=True)
+            for _, v in sorted(_load(etcd, r.HOSTS).items())]
+
+
+def networks(etcd: str) -> list[dict[str, Any]]:
+    return [dict(r.NetworkRecord.from_json(v).__dict__)
+            for _, v in sorted(_load(etcd, r.NETWORKS).items())]
+
+
+def endpoints(etcd: str) -> list[dict[str, Any]]:
+    return [dict(r.EndpointRecord.from_json(v).__dict__)
+            for _, v in sorted(_load(etcd, r.ENDPOINTS).items())]
+
+
+def status(socket_path: str) -> dict[str, Any]:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
+
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        reply = cni_pb2_grpc.CniStub(channel).Status(cni_pb2.StatusRequest(), timeout=5)
+    return MessageToDict(reply, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+
+
+COLUMNS = {
+    "hosts": ("host", "vtep", "datapath", "alive"),
+    "networks": ("name", "vni", "subnet"),
+    "endpoints": ("network", "container_id", "ifname", "host", "ip", "mac", "port"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="overlayctl", description=__doc__.split("\n")[1])
+    parser.add_argument("--etcd", default=DEFAULT_ETCD, help="etcd endpoint(s), comma-separated")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name in COLUMNS:
+        sub.add_parser(name, help=f"list {name} recorded in etcd")
+    st = sub.add_parser("status", help="ask a host's agent how it is doing")
+    st.add_argument("--socket", default=DEFAULT_SOCKET)
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "status":
+            try:
+                info = status(args.socket)
+            except Exception as exc:
+                print(f"overlayctl: agent at {args.socket} did not answer: {exc}", file=sys.stderr)
+                return 1
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                print("\n".join(f"{k}: {v}" for k, v in info.items()))
+            return 0
+        rows = {"hosts": hosts, "networks": networks, "endpoints": endpoints}[args.what](args.etcd)
+    except CniError as err:
+        print(f"overlayctl: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(rows, indent=2) if args.json else table(rows, COLUMNS[args.what]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

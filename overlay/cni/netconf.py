@@ -1,0 +1,211 @@
+"""Parsing and validation of what the runtime hands us: the netconf (stdin) and CNI_* env vars.
+
+Everything from the outside is checked here, before any of it reaches OVSDB, netlink or an etcd
+key, and every refusal is a CniError whose message says which field is wrong and what would be
+accepted. The result is a frozen dataclass the rest of the agent can trust.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from overlay.cni.errors import CniError, Code
+
+VNI_MIN, VNI_MAX = 1, 16_777_215
+DEFAULT_BRIDGE = "br-int"
+DEFAULT_AGENT_SOCKET = "/run/overlay/agent.sock"
+# The versions whose result shape we produce (the plugin answers VERSION with this list).
+SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")
+
+# The CNI spec's own patterns for network names and container IDs.
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_IFNAME_BAD = re.compile(r"[/:\s]")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: Network
+    gw: Address | None = None
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    """One range of one subnet, as in host-local's `ranges`; bounds are inclusive."""
+
+    subnet: Network
+    start: Address
+    end: Address
+    gateway: Address | None
+
+
+@dataclass(frozen=True)
+class IpamConfig:
+    type: str
+    ranges: tuple[AddressRange, ...]
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetConf:
+    cni_version: str
+    name: str
+    vni: int
+    bridge: str = DEFAULT_BRIDGE
+    mtu: int | None = None
+    agent_socket: str = DEFAULT_AGENT_SOCKET
+    ipam: IpamConfig | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def subnet(self) -> Network | None:
+        return self.ipam.ranges[0].subnet if self.ipam else None
+
+
+@dataclass(frozen=True)
+class CniEnv:
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: str = ""
+    path: str = ""
+
+
+def _invalid(msg: str) -> CniError:
+    return CniError(Code.INVALID_NETCONF, msg)
+
+
+def _require_int(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
+    value = obj.get(key)
+    # bool is an int in Python; `"vxlanID": true` must not read as VNI 1.
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _invalid(f"{where}{key} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _ip(value: Any, what: str) -> Address:
+    try:
+        return ipaddress.ip_address(value)
+    except (TypeError, ValueError):
+        raise _invalid(f"ipam: {what} {value!r} is not an IP address") from None
+
+
+def _net(value: Any, what: str) -> Network:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except (TypeError, ValueError):
+        raise _invalid(f"ipam: {what} {value!r} is not a CIDR such as 10.0.0.0/24") from None
+
+
+def _parse_range(obj: Any) -> AddressRange:
+    if not isinstance(obj, dict) or "subnet" not in obj:
+        raise _invalid(f"ipam: a range needs a 'subnet', got {obj!r}")
+    subnet = _net(obj["subnet"], "subnet")
+    if subnet.num_addresses < 4 and subnet.version == 4:
+        raise _invalid(f"ipam: subnet {subnet} is too small (at least a /30)")
+    hosts_first = subnet.network_address + 1
+    hosts_last = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
+    start = _ip(obj["rangeStart"], "rangeStart") if "rangeStart" in obj else hosts_first
+    end = _ip(obj["rangeEnd"], "rangeEnd") if "rangeEnd" in obj else hosts_last
+    gateway = _ip(obj["gateway"], "gateway") if "gateway" in obj else None
+    for what, addr in (("rangeStart", start), ("rangeEnd", end), ("gateway", gateway)):
+        if addr is not None and addr not in subnet:
+            raise _invalid(f"ipam: {what} {addr} is outside subnet {subnet}")
+    if start > end:  # type: ignore[operator]
+        raise _invalid(f"ipam: rangeStart {start} is after rangeEnd {end}")
+    return AddressRange(subnet, start, end, gateway)
+
+
+def _parse_ipam(obj: Any) -> IpamConfig:
+    if not isinstance(obj, dict):
+        raise _invalid("ipam must be an object such as {\"type\": \"overlay\", \"subnet\": ...}")
+    ipam_type = obj.get("type", "overlay")
+    if ipam_type != "overlay":
+        # Delegation to other IPAM plugins (host-local, static, dhcp) is not built yet.
+        raise CniError(Code.UNSUPPORTED_FIELD,
+                       f"ipam.type {ipam_type!r} is not supported; use \"overlay\"")
+    raw_ranges: list[Any] = []
+    if "ranges" in obj:
+        if not isinstance(obj["ranges"], list) or not obj["ranges"]:
+            raise _invalid("ipam.ranges must be a non-empty list of range sets")
+        for rset in obj["ranges"]:
+            raw_ranges.extend(rset if isinstance(rset, list) else [rset])
+    elif "subnet" in obj:
+        raw_ranges.append(obj)
+    else:
+        raise _invalid("ipam needs a 'subnet' (or 'ranges') to allocate addresses from")
+    ranges = tuple(_parse_range(r) for r in raw_ranges)
+    routes = []
+    for r in obj.get("routes", []) or []:
+        if not isinstance(r, dict) or "dst" not in r:
+            raise _invalid(f"ipam: a route needs a 'dst', got {r!r}")
+        routes.append(Route(_net(r["dst"], "route dst"), _ip(r["gw"], "route gw") if "gw" in r else None))
+    return IpamConfig(ipam_type, ranges, tuple(routes))
+
+
+def parse_netconf(data: bytes) -> NetConf:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CniError(Code.DECODING_FAILURE, "netconf on stdin is not valid JSON", str(exc)) from None
+    if not isinstance(obj, dict):
+        raise CniError(Code.DECODING_FAILURE, "netconf on stdin must be a JSON object")
+
+    version = obj.get("cniVersion", "0.1.0")  # the spec's default when absent
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(Code.INCOMPATIBLE_CNI_VERSION,
+                       f"cniVersion {version!r} is not supported",
+                       "supported: " + ", ".join(SUPPORTED_VERSIONS))
+    name = obj.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise _invalid(f"name must match {_NAME_RE.pattern}, got {name!r}")
+    if obj.get("type") != "ovs":
+        raise _invalid(f"type must be \"ovs\", got {obj.get('type')!r}")
+    vni = _require_int(obj, "vxlanID", VNI_MIN, VNI_MAX, "")
+    bridge = obj.get("bridge", DEFAULT_BRIDGE)
+    if not isinstance(bridge, str) or not valid_ifname(bridge):
+        raise _invalid(f"bridge must be an interface name, got {bridge!r}")
+    mtu = _require_int(obj, "mtu", 68, 65535, "") if "mtu" in obj else None
+    sock = obj.get("agentSocket", DEFAULT_AGENT_SOCKET)
+    if not isinstance(sock, str) or not sock.startswith("/"):
+        raise _invalid(f"agentSocket must be an absolute path, got {sock!r}")
+    if "ipam" not in obj:
+        raise _invalid("ipam is required, e.g. {\"type\": \"overlay\", \"subnet\": \"10.0.0.0/24\"}")
+    return NetConf(version, name, vni, bridge, mtu, sock, _parse_ipam(obj["ipam"]), obj)
+
+
+def valid_ifname(name: str) -> bool:
+    return 0 < len(name) <= 15 and name not in (".", "..") and not _IFNAME_BAD.search(name)
+
+
+def parse_env(env: dict[str, str]) -> CniEnv:
+    command = env.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CniError(Code.INVALID_ENV, f"CNI_COMMAND must be one of {', '.join(COMMANDS)}, "
+                       f"got {command!r}")
+    cid = env.get("CNI_CONTAINERID", "")
+    ifname = env.get("CNI_IFNAME", "")
+    netns = env.get("CNI_NETNS", "")
+    if command == "VERSION":
+        return CniEnv(command, cid, netns, ifname)
+    if not _NAME_RE.match(cid):
+        raise CniError(Code.INVALID_ENV, f"CNI_CONTAINERID must match {_NAME_RE.pattern}, got {cid!r}")
+    if not valid_ifname(ifname):
+        raise CniError(Code.INVALID_ENV,
+                       f"CNI_IFNAME must be a Linux interface name (1-15 chars), got {ifname!r}")
+    if command in ("ADD", "CHECK"):
+        if not netns:
+            raise CniError(Code.INVALID_ENV, f"CNI_NETNS is required for {command}")
+        if not netns.startswith("/") or not os.path.exists(netns):
+            raise CniError(Code.INVALID_ENV, f"CNI_NETNS {netns!r} does not exist",
+                           "it must be the path of a network namespace, e.g. /var/run/netns/NAME")
+    return CniEnv(command, cid, netns, ifname, env.get("CNI_ARGS", ""), env.get("CNI_PATH", ""))

@@ -1,0 +1,78 @@
+"""The agent's gRPC endpoint: a unix socket that only root can open.
+
+Translates between the wire (overlay.cni.v1) and CniService. Nothing leaves this module as a
+traceback: a CniError becomes the CNI error object the plugin prints; anything else is logged
+with its traceback here and reported as code 100 with the exception's text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from overlay.cni.errors import CniError, Code
+from overlay.cni.netconf import CniEnv, NetConf, parse_env, parse_netconf
+from overlay.cni.service import CniService
+from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[CniEnv, NetConf], bytes]
+
+
+class CniServicer(cni_pb2_grpc.CniServicer):  # type: ignore[misc]
+    def __init__(self, *, service: CniService,
+                 status: Callable[[], cni_pb2.StatusReply]) -> None:
+        self._service = service
+        self._status = status
+
+    def _call(self, command: str, request: Any, handler: Handler) -> Any:
+        env_vars = dict(request.env)
+        env_vars["CNI_COMMAND"] = command
+        try:
+            env = parse_env(env_vars)
+            conf = parse_netconf(request.netconf)
+            return cni_pb2.CniReply(result=handler(env, conf))
+        except CniError as err:
+            log.info("%s %s failed: %s", command, env_vars.get("CNI_CONTAINERID", "?"), err)
+            return cni_pb2.CniReply(error=cni_pb2.CniError(code=int(err.code), msg=err.msg,
+                                                           details=err.details))
+        except Exception as exc:
+            log.exception("%s failed unexpectedly", command)
+            return cni_pb2.CniReply(error=cni_pb2.CniError(
+                code=int(Code.INTERNAL), msg=f"overlay-agent failed during {command}",
+                details=f"{type(exc).__name__}: {exc}"))
+
+    def Add(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method names)
+        return self._call("ADD", request, self._service.add)
+
+    def Del(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._call("DEL", request, self._service.delete)
+
+    def Check(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._call("CHECK", request, self._service.check)
+
+    def Status(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._status()
+
+
+def serve(*, socket_path: str, servicer: CniServicer, workers: int = 16) -> grpc.Server:
+    """Start serving on `socket_path` (mode 0600, in a 0700 directory)."""
+    os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)  # left over from an agent that did not stop cleanly
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni"))
+    cni_pb2_grpc.add_CniServicer_to_server(servicer, server)
+    old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+    try:
+        server.add_insecure_port(f"unix:{socket_path}")
+        server.start()
+    finally:
+        os.umask(old)
+    os.chmod(socket_path, 0o600)
+    return server

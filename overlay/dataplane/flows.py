@@ -1,0 +1,114 @@
+"""The OpenFlow table of br-int, computed from desired state. Pure: same state, same flows.
+
+Pipeline (one integration bridge, one flow-based VXLAN port):
+
+  table 0  CLASSIFY   A container port is admitted only with its own MAC and IPv4 address
+                      (anti-spoofing); its VNI goes to reg0. Tunnel traffic is admitted per
+                      known VNI (tun_id -> reg0). Everything else is dropped.
+  table 10 ARP        ARP requests for any endpoint of the same network are answered right here
+                      from control-plane data; nothing is flooded, across tunnels or locally.
+  table 20 FORWARD    Traffic from local containers: to a local port, or to the remote host's
+                      VTEP with tun_id = VNI. Broadcast/multicast is replicated head-end to the
+                      network's local ports and to the hosts that have the network, only.
+  table 30 DELIVER    Traffic from the tunnel: to local ports of that VNI only (no hairpin).
+
+Every lookup after table 0 matches reg0, so frames never cross between VNIs, even when the
+networks' subnets overlap. Unknown unicast is dropped: the control plane knows every MAC.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+COOKIE = "0x0fe1a70000000000"
+CLASSIFY, ARP, FORWARD, DELIVER = 0, 10, 20, 30
+MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
+
+
+@dataclass(frozen=True, order=True)
+class LocalPort:
+    vni: int
+    mac: str
+    ip: str
+    ofport: int
+
+
+@dataclass(frozen=True, order=True)
+class RemoteEndpoint:
+    vni: int
+    mac: str
+    ip: str
+    vtep: str
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    tunnel_ofport: int
+    local: tuple[LocalPort, ...] = ()
+    remote: tuple[RemoteEndpoint, ...] = ()
+
+
+def _flow(table: int, priority: int, match: str, actions: str) -> str:
+    head = f"cookie={COOKIE},table={table},priority={priority}"
+    return f"{head},{match},actions={actions}" if match else f"{head},actions={actions}"
+
+
+def _arp_reply(mac: str, ip: str) -> str:
+    # Turn the request around in place: swap Ethernet addresses, make it a reply, fill in the
+    # answer, and send it back out of the port it came in on.
+    return ",".join([
+        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]", f"mod_dl_src:{mac}",
+        "load:0x2->NXM_OF_ARP_OP[]",
+        "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]", "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]",
+        f"set_field:{mac}->arp_sha", f"set_field:{ip}->arp_spa", "IN_PORT",
+    ])
+
+
+def _to_vtep(vtep: str, vni: int, tunnel_ofport: int) -> str:
+    return f"set_field:{vtep}->tun_dst,set_field:{vni}->tun_id,output:{tunnel_ofport}"
+
+
+def compute_flows(state: DesiredState) -> list[str]:
+    tun = state.tunnel_ofport
+    local = sorted(set(state.local))
+    remote = sorted(set(state.remote))
+    vnis = sorted({p.vni for p in local})
+    local_by_vni: dict[int, list[LocalPort]] = defaultdict(list)
+    for p in local:
+        local_by_vni[p.vni].append(p)
+    vteps_by_vni: dict[int, set[str]] = defaultdict(set)
+    for e in remote:
+        vteps_by_vni[e.vni].add(e.vtep)
+
+    flows = [_flow(CLASSIFY, 0, "", "drop"), _flow(ARP, 0, "", "drop"),
+             _flow(FORWARD, 0, "", "drop"), _flow(DELIVER, 0, "", "drop")]
+    for vni in vnis:
+        # Only networks with a local endpoint accept tunnel traffic at all.
+        flows.append(_flow(CLASSIFY, 100, f"in_port={tun},tun_id={vni}",
+                           f"load:{vni}->NXM_NX_REG0[],goto_table:{DELIVER}"))
+    for p in local:
+        load = f"load:{p.vni}->NXM_NX_REG0[]"
+        flows += [
+            _flow(CLASSIFY, 100, f"in_port={p.ofport},dl_src={p.mac},ip,nw_src={p.ip}",
+                  f"{load},goto_table:{FORWARD}"),
+            _flow(CLASSIFY, 100,
+                  f"in_port={p.ofport},dl_src={p.mac},arp,arp_spa={p.ip},arp_sha={p.mac}",
+                  f"{load},goto_table:{ARP}"),
+            _flow(FORWARD, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
+            _flow(DELIVER, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
+        ]
+    for e in remote:
+        if e.vni in local_by_vni:  # a host only needs the networks it has containers in
+            flows.append(_flow(FORWARD, 100, f"reg0={e.vni},dl_dst={e.mac}",
+                               _to_vtep(e.vtep, e.vni, tun)))
+    for ep in [*local, *(e for e in remote if e.vni in local_by_vni)]:
+        flows.append(_flow(ARP, 100, f"reg0={ep.vni},arp,arp_op=1,arp_tpa={ep.ip}",
+                           _arp_reply(ep.mac, ep.ip)))
+    for vni in vnis:
+        outputs = [f"output:{p.ofport}" for p in local_by_vni[vni]]
+        floods = [_to_vtep(v, vni, tun) for v in sorted(vteps_by_vni[vni])]
+        flows.append(_flow(FORWARD, 50, f"reg0={vni},dl_dst={MULTICAST}",
+                           ",".join(outputs + floods)))
+        flows.append(_flow(DELIVER, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs)))
+    return flows

@@ -1,0 +1,158 @@
+"""The container's link: a veth pair with one end in the container's netns, via pyroute2.
+
+The host end keeps a name derived from the container and interface (hostside_name), so DEL and
+a retried ADD find it without any other state. Work inside the container namespace goes
+through a netlink socket opened in that namespace (pyroute2 forks a short-lived helper to open
+it), so the agent's own threads never switch namespaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from overlay.cni.errors import CniError, Code
+from overlay.cni.netconf import Route
+from overlay.netlink.offload import disable_tx_checksum
+
+
+def hostside_name(container_id: str, ifname: str) -> str:
+    """A stable host-side name: 'ovl' + 11 hex digits, within Linux's 15 characters."""
+    return "ovl" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+
+
+def _peer_name(host_name: str) -> str:
+    return "ovp" + host_name[3:]  # temporary name of the container end until it moves
+
+
+@dataclass(frozen=True)
+class ContainerLink:
+    host_ifname: str
+    host_mac: str
+    ifname: str
+    mac: str
+    index: int  # ifindex inside the container namespace
+
+
+@contextmanager
+def _ipr(netns: str | None = None) -> Iterator[Any]:
+    # flags=0: never create a namespace that is not there (pyroute2 would, by default).
+    ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_exists(name: str) -> bool:
+    with _ipr() as ipr:
+        return _index(ipr, name) is not None
+
+
+def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: int,
+                          address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                          routes: tuple[Route, ...]) -> ContainerLink:
+    """Create the pair, configure the container end inside `netns`, bring both ends up.
+
+    All-or-nothing: on any failure the pair is deleted (which removes both ends) and a
+    CniError says which step failed.
+    """
+    host = hostside_name(container_id, ifname)
+    peer = _peer_name(host)
+    with _ipr() as ipr:
+        if _index(ipr, host) is not None:
+            raise CniError(Code.NETLINK_FAILURE, f"host interface {host} already exists",
+                           "a previous ADD for this container and interface was not deleted")
+        try:
+            ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "mtu": mtu}, mtu=mtu)
+        except NetlinkError as exc:
+            raise CniError(Code.NETLINK_FAILURE, f"cannot create veth {host}", str(exc)) from None
+        try:
+            disable_tx_checksum(peer)
+            nsfd = os.open(netns, os.O_RDONLY)
+            try:
+                ipr.link("set", index=_index(ipr, peer), net_ns_fd=nsfd)
+            finally:
+                os.close(nsfd)
+            mac, index = _configure_inside(netns, peer, ifname, address, routes)
+            host_idx = _index(ipr, host)
+            ipr.link("set", index=host_idx, state="up")
+            host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
+            return ContainerLink(host, host_mac, ifname, mac, index)
+        except BaseException as exc:
+            delete_host_link(host)
+            if isinstance(exc, CniError):
+                raise
+            if isinstance(exc, (NetlinkError, OSError)):
+                raise CniError(Code.NETLINK_FAILURE,
+                               f"cannot set up {ifname} in {netns}", str(exc)) from None
+            raise
+
+
+def _configure_inside(netns: str, peer: str, ifname: str,
+                      address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                      routes: tuple[Route, ...]) -> tuple[str, int]:
+    with _ipr(netns) as ns:
+        if _index(ns, ifname) is not None:
+            raise CniError(Code.NETLINK_FAILURE, f"interface {ifname} already exists in {netns}",
+                           "pick another CNI_IFNAME or delete the existing interface")
+        idx = _index(ns, peer)
+        ns.link("set", index=idx, ifname=ifname)
+        ns.link("set", index=idx, state="up")
+        ns.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
+        for route in routes:
+            kwargs: dict[str, Any] = {"dst": str(route.dst), "oif": idx}
+            if route.gw is not None:
+                kwargs["gateway"] = str(route.gw)
+            ns.route("add", **kwargs)
+        return ns.get_links(idx)[0].get_attr("IFLA_ADDRESS"), idx
+
+
+def delete_host_link(host_ifname: str) -> bool:
+    """Delete the pair by its host end. Returns False if it was already gone."""
+    with _ipr() as ipr:
+        idx = _index(ipr, host_ifname)
+        if idx is None:
+            return False
+        try:
+            ipr.link("del", index=idx)
+        except NetlinkError as exc:
+            if exc.code != 19:  # ENODEV: deleted under us, which is what we wanted
+                raise CniError(Code.NETLINK_FAILURE, f"cannot delete {host_ifname}",
+                               str(exc)) from None
+        return True
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """What CHECK compares against the recorded endpoint."""
+
+    mac: str
+    mtu: int
+    addresses: tuple[str, ...]
+    up: bool
+
+
+def inspect_container_link(netns: str, ifname: str) -> LinkView | None:
+    with _ipr(netns) as ns:
+        idx = _index(ns, ifname)
+        if idx is None:
+            return None
+        link = ns.get_links(idx)[0]
+        addrs = tuple(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                      for a in ns.get_addr(index=idx))
+        return LinkView(link.get_attr("IFLA_ADDRESS"), link.get_attr("IFLA_MTU"), addrs,
+                        link.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"))

@@ -1,0 +1,134 @@
+"""Talking to ovsdb-server: bridges, ports and their external_ids, through ovsdbapp.
+
+The agent is the only writer of what it creates. Every port it adds carries external_ids that
+name the container, netns, interface and network, so a restarted agent can rebuild its view of
+the host from OVSDB alone. Verbs follow ovsdbapp's convention: adds take may_exist, deletes
+take if_exists, and errors raise (check_error=True) instead of being logged and dropped.
+
+The connection (and its thread) belongs to ovsdbapp's Connection; callers only submit
+transactions to it and wait, bounded by `timeout`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+from overlay.cni.errors import CniError, Code
+
+OWNER_KEY = "overlay-owner"  # marks rows this project created
+OWNER = "overlay"
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    name: str
+    ofport: int
+    external_ids: dict[str, str]
+
+
+class Ovsdb:
+    def __init__(self, *, endpoint: str, timeout: float = 10.0) -> None:
+        self._timeout = timeout
+        try:
+            idl = connection.OvsdbIdl.from_server(endpoint, "Open_vSwitch")
+            self._conn = connection.Connection(idl=idl, timeout=timeout)
+            self.api: Any = impl_idl.OvsdbIdl(self._conn)
+        except Exception as exc:
+            raise CniError(Code.OVS_FAILURE, f"cannot connect to OVSDB at {endpoint}",
+                           str(exc)) from None
+
+    def close(self) -> None:
+        self._conn.stop(timeout=self._timeout)
+
+    def _execute(self, what: str, *commands: Any) -> list[Any]:
+        try:
+            with self.api.transaction(check_error=True) as txn:
+                for command in commands:
+                    txn.add(command)
+            return list(txn.result or [])
+        except CniError:
+            raise
+        except Exception as exc:
+            raise CniError(Code.OVS_FAILURE, f"OVSDB refused to {what}", str(exc)) from None
+
+    def connected(self) -> bool:
+        try:
+            return bool(self.api.idl.is_connected)
+        except Exception:
+            return False
+
+    # --- bridges ------------------------------------------------------------------------------
+
+    def ensure_bridge(self, name: str, *, datapath_type: str, secure: bool,
+                      other_config: dict[str, str] | None = None) -> None:
+        """Create `name` if absent and set its datapath, protocols and fail mode. Idempotent."""
+        cols: dict[str, Any] = {
+            "datapath_type": datapath_type,
+            # OpenFlow 1.4 is needed for atomic bundles (ovs-ofctl --bundle).
+            "protocols": ["OpenFlow10", "OpenFlow13", "OpenFlow14"],
+            "external_ids": {OWNER_KEY: OWNER},
+        }
+        if secure:  # no NORMAL fallback: nothing is forwarded that our flows do not allow
+            cols["fail_mode"] = "secure"
+        if other_config:
+            cols["other_config"] = other_config
+        self._execute(f"create bridge {name}",
+                      self.api.add_br(name, may_exist=True, datapath_type=datapath_type),
+                      self.api.db_set("Bridge", name, *cols.items()))
+
+    def bridge_exists(self, name: str) -> bool:
+        return bool(self.api.br_exists(name).execute(check_error=True))
+
+    def bridge_datapath(self, name: str) -> str:
+        return str(self.api.db_get("Bridge", name, "datapath_type").execute(check_error=True))
+
+    # --- ports --------------------------------------------------------------------------------
+
+    def ensure_port(self, bridge: str, name: str, *, iface: dict[str, Any] | None = None,
+                    external_ids: dict[str, str] | None = None) -> int:
+        """Add port `name` to `bridge` (or update it) and return its OpenFlow port number.
+
+        Waits until ovs-vswitchd has attached the interface: a port without a valid ofport
+        is a failure (the interface is missing or the datapath refused it), not a success.
+        """
+        ids = {OWNER_KEY: OWNER, **(external_ids or {})}
+        iface_cols: dict[str, Any] = {"external_ids": ids, **(iface or {})}
+        self._execute(f"add port {name} to {bridge}",
+                      self.api.add_port(bridge, name, may_exist=True),
+                      self.api.db_set("Interface", name, *iface_cols.items()),
+                      self.api.db_set("Port", name, ("external_ids", ids)))
+        return self.wait_ofport(name)
+
+    def wait_ofport(self, name: str) -> int:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            rows = self.api.db_find_rows("Interface", ("name", "=", name)).execute(check_error=True)
+            ofport = rows[0].ofport[0] if rows and rows[0].ofport else None
+            error = rows[0].error[0] if rows and rows[0].error else ""
+            if isinstance(ofport, int) and ofport > 0:
+                return ofport
+            if error or ofport == -1 or time.monotonic() > deadline:
+                raise CniError(Code.OVS_FAILURE, f"OVS could not attach interface {name}",
+                               error or f"ofport is {ofport}")
+            time.sleep(0.02)
+
+    def delete_port(self, name: str) -> None:
+        self._execute(f"delete port {name}", self.api.del_port(name, if_exists=True))
+
+    def ports(self, bridge: str) -> list[PortInfo]:
+        """Every port of `bridge` with its ofport and the Interface's external_ids."""
+        names = self.api.list_ports(bridge).execute(check_error=True)
+        out = []
+        for row in self.api.db_list_rows("Interface", names, if_exists=True).execute(check_error=True):
+            ofport = row.ofport[0] if row.ofport else -1
+            out.append(PortInfo(row.name, ofport, dict(row.external_ids)))
+        return out
+
+    def port_exists(self, name: str) -> bool:
+        rows = self.api.db_find_rows("Port", ("name", "=", name)).execute(check_error=True)
+        return bool(rows)

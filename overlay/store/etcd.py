@@ -1,0 +1,187 @@
+"""The agent's one etcd client: typed verbs over the key layout in records.py.
+
+Every call is bounded by a timeout, and "etcd is not reachable" always surfaces as
+CniError(TRY_AGAIN_LATER) so that a runtime retries instead of giving up. The host lease is kept
+alive by a thread this class owns; if the lease is lost (etcd was down longer than the TTL), the
+thread takes a new one and writes the host record again.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlparse
+
+import grpc
+import pyetcd
+import pyetcd.exceptions
+
+from overlay.cni.errors import CniError, Code
+from overlay.cni.netconf import Address
+from overlay.store import records as r
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_UNAVAILABLE = (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
+                pyetcd.exceptions.NoServerAvailableError)
+
+
+def _translate(fn: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise CniError(Code.TRY_AGAIN_LATER, "etcd is not reachable; try again later",
+                           f"{type(exc).__name__}: {exc}") from None
+        except (pyetcd.exceptions.Etcd3Exception, grpc.RpcError) as exc:
+            raise CniError(Code.STORE_FAILURE, "etcd refused the request", str(exc)) from None
+    return wrapper
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    parsed = urlparse(url if "://" in url else "http://" + url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 2379
+
+
+class Store:
+    def __init__(self, *, endpoints: list[str], timeout: float = 3.0) -> None:
+        host, port = parse_endpoint(endpoints[0])
+        # More than one endpoint: pyetcd's multi-endpoint client fails over between members.
+        if len(endpoints) > 1:
+            eps = [pyetcd.Endpoint(*parse_endpoint(e), secure=False) for e in endpoints]
+            self._client: Any = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
+                                                                failover=True)
+        else:
+            self._client = pyetcd.client(host=host, port=port, timeout=timeout)
+        self._tx = self._client.transactions
+        self._lease: Any = None
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._keeper:
+            self._keeper.join(timeout=5)
+        self._client.close()
+
+    # --- hosts -------------------------------------------------------------------------------
+
+    @_translate
+    def register_host(self, rec: r.HostRecord, ttl: int) -> None:
+        """Write the host record under a fresh lease and keep the lease alive until close()."""
+        self._lease = self._client.lease(ttl)
+        self._client.put(r.host_key(rec.host), rec.to_json(), lease=self._lease)
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep_alive, args=(rec, ttl),
+                                            name="etcd-lease", daemon=True)
+            self._keeper.start()
+
+    def _keep_alive(self, rec: r.HostRecord, ttl: int) -> None:
+        while not self._stop.wait(ttl / 3):
+            try:
+                if self._lease is None:
+                    raise CniError(Code.TRY_AGAIN_LATER, "no lease")
+                remaining = self._lease.refresh()[0].TTL
+                if remaining <= 0:  # expired while etcd was unreachable: start over
+                    raise CniError(Code.TRY_AGAIN_LATER, "lease expired")
+            except Exception as exc:  # keep trying: the lease thread must outlive etcd outages
+                log.warning("host lease refresh failed (%s); registering again", exc)
+                try:
+                    self._lease = None
+                    self.register_host(rec, ttl)
+                except CniError as again:
+                    log.warning("host registration failed: %s", again)
+
+    @_translate
+    def revoke_host(self, host: str) -> None:
+        self._stop.set()
+        if self._lease is not None:
+            self._lease.revoke()
+        self._client.delete(r.host_key(host))
+
+    # --- networks ----------------------------------------------------------------------------
+
+    @_translate
+    def ensure_network(self, rec: r.NetworkRecord) -> None:
+        """Record the network and claim its VNI, or fail if either is taken differently."""
+        nkey, vkey = r.network_key(rec.name), r.vni_key(rec.vni)
+        tx = self._tx
+        ok, _ = self._client.transaction(
+            compare=[tx.version(nkey) == 0, tx.version(vkey) == 0],
+            success=[tx.put(nkey, rec.to_json()), tx.put(vkey, rec.name)], failure=[])
+        if ok:
+            return
+        existing, _ = self._client.get(nkey)
+        owner, _ = self._client.get(vkey)
+        if existing is not None:
+            have = r.NetworkRecord.from_json(existing)
+            if (have.vni, have.subnet) != (rec.vni, rec.subnet):
+                raise CniError(Code.NETWORK_CONFLICT,
+                               f"network {rec.name!r} already exists with vxlanID {have.vni} and "
+                               f"subnet {have.subnet}; this netconf says {rec.vni} and {rec.subnet}")
+        if owner is not None and owner.decode() != rec.name:
+            raise CniError(Code.NETWORK_CONFLICT,
+                           f"vxlanID {rec.vni} already belongs to network {owner.decode()!r}")
+        if existing is None or owner is None:  # half-written by an older version: repair it
+            self._client.put(nkey, rec.to_json())
+            self._client.put(vkey, rec.name)
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    @_translate
+    def put_endpoint(self, rec: r.EndpointRecord) -> None:
+        self._client.put(rec.key, rec.to_json())
+
+    @_translate
+    def get_endpoint(self, network: str, container_id: str, ifname: str) -> r.EndpointRecord | None:
+        value, _ = self._client.get(r.endpoint_key(network, container_id, ifname))
+        return None if value is None else r.EndpointRecord.from_json(value)
+
+    @_translate
+    def delete_endpoint(self, network: str, container_id: str, ifname: str) -> None:
+        self._client.delete(r.endpoint_key(network, container_id, ifname))
+
+    # --- IP allocations ----------------------------------------------------------------------
+
+    @_translate
+    def allocations(self, network: str) -> dict[Address, str]:
+        prefix = r.ipam_prefix(network)
+        return {ipaddress.ip_address(meta.key.decode()[len(prefix):]): value.decode()
+                for value, meta in self._client.get_prefix(prefix)}
+
+    @_translate
+    def claim_ip(self, network: str, ip: Address, owner: str) -> bool:
+        key = r.ipam_prefix(network) + str(ip)
+        ok, _ = self._client.transaction(compare=[self._tx.version(key) == 0],
+                                         success=[self._tx.put(key, owner)], failure=[])
+        return bool(ok)
+
+    @_translate
+    def release_ip(self, network: str, ip: Address, owner: str) -> None:
+        key = r.ipam_prefix(network) + str(ip)
+        # Only the holder may free an address: a stale DEL must not free a reused one.
+        self._client.transaction(compare=[self._tx.value(key) == owner],
+                                 success=[self._tx.delete(key)], failure=[])
+
+    # --- reading and watching ----------------------------------------------------------------
+
+    @_translate
+    def snapshot(self, prefix: str) -> tuple[int, dict[str, bytes]]:
+        """All keys under `prefix` and the revision they were read at."""
+        resp = self._client.get_prefix_response(prefix)
+        return resp.header.revision, {kv.key.decode(): kv.value for kv in resp.kvs}
+
+    def watch(self, prefix: str, start_revision: int) -> tuple[Iterator[Any], Callable[[], None]]:
+        return self._client.watch_prefix(prefix, start_revision=start_revision)  # type: ignore[no-any-return]
