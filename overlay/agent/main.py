@@ -25,6 +25,7 @@ from overlay.cni.v1 import cni_pb2
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
 from overlay.ipam.allocator import EtcdIpam
+from overlay.netlink import underlay
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.ovsdb import Ovsdb
 from overlay.store import records
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(endpoints=list(cfg.etcd_endpoints), timeout=cfg.etcd_timeout)
     register_until_done(store, records.HostRecord(cfg.host, node.vtep, node.datapath),
                         cfg.lease_ttl, stop)
-    reconciler = Reconciler(host=cfg.host, dataplane=dataplane)
+    # Userspace tunneling drops the first packet to a VTEP whose MAC it has not learnt yet.
+    prime = underlay.prime_neighbors if node.datapath == "netdev" else (lambda vteps: None)
+    reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime)
     mirror = PrefixMirror(store=store, prefix=records.ROOT, on_change=reconciler.on_change,
                           ignore=(records.IPAM,))
     mirror.start()
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     while not stop.wait(RESYNC_INTERVAL):
         try:
+            prime(reconciler.vteps)
             dataplane.resync()
         except CniError as err:
             log.warning("periodic flow resync failed: %s", err)

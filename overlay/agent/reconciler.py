@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import RemoteEndpoint
@@ -41,14 +42,24 @@ def remote_endpoints(state: dict[str, bytes], me: str) -> list[RemoteEndpoint]:
 
 
 class Reconciler:
-    def __init__(self, *, host: str, dataplane: Dataplane) -> None:
+    def __init__(self, *, host: str, dataplane: Dataplane,
+                 on_new_vteps: Callable[[set[str]], None] = lambda vteps: None) -> None:
         self._host = host
         self._dataplane = dataplane
-        self.last_state: dict[str, bytes] = {}
+        self._on_new_vteps = on_new_vteps
+        self._vteps: set[str] = set()
+
+    @property
+    def vteps(self) -> set[str]:
+        return set(self._vteps)
 
     def on_change(self, state: dict[str, bytes]) -> None:
-        self.last_state = state
+        remote = remote_endpoints(state, self._host)
+        vteps = {e.vtep for e in remote}
+        new, self._vteps = vteps - self._vteps, vteps
         try:
-            self._dataplane.set_remote(remote_endpoints(state, self._host))
+            if new:
+                self._on_new_vteps(new)
+            self._dataplane.set_remote(remote)
         except Exception:  # the periodic resync in the agent retries
             log.exception("could not apply remote endpoints")

@@ -26,7 +26,7 @@ class EtcdIpam:
                 return ip, self._range_of(ip, ipam)
         for rng in ipam.ranges:
             used = {ip for ip in held if ip in rng.subnet}
-            for ip in candidates(rng, owner, used):
+            for ip in candidates(rng, used):
                 if self._store.claim_ip(network, ip, owner):
                     return ip, rng
         raise CniError(Code.IPAM_EXHAUSTED, f"network {network!r} has no free address left",

@@ -1,14 +1,13 @@
 """Which addresses of a network may be handed out, and in what order they are tried.
 
 Pure logic, no I/O: the etcd allocator asks this module for candidates and lets etcd decide
-who wins a race. Candidates start at a per-owner offset rather than at the range start, so
-agents on different hosts that allocate at the same moment usually try different addresses
-and rarely collide in etcd.
+who wins a race. Candidates come in address order, lowest free first, as Docker and host-local
+hand them out, so addresses are predictable; two agents that pick the same one at the same
+moment are sorted out by etcd, and the loser moves on to the next.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterator, Set
 
@@ -29,13 +28,10 @@ def range_size(rng: AddressRange) -> int:
     return int(rng.end) - int(rng.start) + 1
 
 
-def candidates(rng: AddressRange, owner: str, used: Set[Address]) -> Iterator[Address]:
-    """Every free address of `rng`, starting at an offset derived from `owner`, wrapping once."""
-    size = range_size(rng)
+def candidates(rng: AddressRange, used: Set[Address]) -> Iterator[Address]:
+    """Every address of `rng` that is neither reserved nor in `used`, lowest first."""
     skip = reserved(rng) | set(used)
-    offset = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:8], "big") % size
-    first = int(rng.start)
-    for i in range(size):
-        addr = ipaddress.ip_address(first + (offset + i) % size)
+    for value in range(int(rng.start), int(rng.end) + 1):
+        addr = ipaddress.ip_address(value)
         if addr not in skip:
             yield addr

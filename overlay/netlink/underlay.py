@@ -9,6 +9,8 @@ the address already sits on the bridge, nothing changes.
 from __future__ import annotations
 
 import ipaddress
+import socket
+from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -43,3 +45,19 @@ def move_address(address: ipaddress.IPv4Interface, nic: str, bridge: str) -> Non
         if address not in _addresses(ipr, br_idx[0]):
             ipr.addr("add", index=br_idx[0], address=str(address.ip),
                      prefixlen=address.network.prefixlen)
+
+
+def prime_neighbors(vteps: Iterable[str]) -> None:
+    """Make the kernel resolve each VTEP's MAC now, so OVS learns it before the first packet.
+
+    OVS's userspace tunneling looks up the next hop of a VTEP in its own neighbor table, which
+    it fills by snooping ARP replies on br-phy. Until an entry exists, the packet that needed
+    it is dropped (the first ping to a new host would be lost). One empty UDP datagram to the
+    discard port makes the kernel ARP for the VTEP through br-phy, and OVS snoops the reply.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for vtep in vteps:
+            try:
+                sock.sendto(b"", (vtep, 9))
+            except OSError:
+                pass  # unreachable now; the next resync tries again

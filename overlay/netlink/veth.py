@@ -1,9 +1,9 @@
 """The container's link: a veth pair with one end in the container's netns, via pyroute2.
 
 The host end keeps a name derived from the container and interface (hostside_name), so DEL and
-a retried ADD find it without any other state. Work inside the container namespace goes
-through a netlink socket opened in that namespace (pyroute2 forks a short-lived helper to open
-it), so the agent's own threads never switch namespaces.
+a retried ADD find it without any other state. Work inside the container namespace runs on a
+thread of its own (overlay.netlink.netns), so the agent's serving threads never switch
+namespaces.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import Route
+from overlay.netlink.netns import run_in_netns
 from overlay.netlink.offload import disable_tx_checksum
 
 
@@ -43,9 +44,8 @@ class ContainerLink:
 
 
 @contextmanager
-def _ipr(netns: str | None = None) -> Iterator[Any]:
-    # flags=0: never create a namespace that is not there (pyroute2 would, by default).
-    ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+def _ipr() -> Iterator[Any]:
+    ipr = IPRoute()
     try:
         yield ipr
     finally:
@@ -105,7 +105,12 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
 def _configure_inside(netns: str, peer: str, ifname: str,
                       address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
                       routes: tuple[Route, ...]) -> tuple[str, int]:
-    with _ipr(netns) as ns:
+    return run_in_netns(netns, lambda: _configure(peer, ifname, address, routes, netns))
+
+
+def _configure(peer: str, ifname: str, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+               routes: tuple[Route, ...], netns: str) -> tuple[str, int]:
+    with _ipr() as ns:
         if _index(ns, ifname) is not None:
             raise CniError(Code.NETLINK_FAILURE, f"interface {ifname} already exists in {netns}",
                            "pick another CNI_IFNAME or delete the existing interface")
@@ -147,7 +152,11 @@ class LinkView:
 
 
 def inspect_container_link(netns: str, ifname: str) -> LinkView | None:
-    with _ipr(netns) as ns:
+    return run_in_netns(netns, lambda: _inspect(ifname))
+
+
+def _inspect(ifname: str) -> LinkView | None:
+    with _ipr() as ns:
         idx = _index(ns, ifname)
         if idx is None:
             return None

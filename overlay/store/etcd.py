@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 _UNAVAILABLE = (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
                 pyetcd.exceptions.NoServerAvailableError)
+RETRY_AFTER = 0.2  # seconds an endpoint stays benched after a failure
 
 
 def _translate(fn: Callable[P, T]) -> Callable[P, T]:
@@ -53,14 +54,13 @@ def parse_endpoint(url: str) -> tuple[str, int]:
 
 class Store:
     def __init__(self, *, endpoints: list[str], timeout: float = 3.0) -> None:
-        host, port = parse_endpoint(endpoints[0])
-        # More than one endpoint: pyetcd's multi-endpoint client fails over between members.
-        if len(endpoints) > 1:
-            eps = [pyetcd.Endpoint(*parse_endpoint(e), secure=False) for e in endpoints]
-            self._client: Any = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
-                                                                failover=True)
-        else:
-            self._client = pyetcd.client(host=host, port=port, timeout=timeout)
+        # pyetcd benches an endpoint for `time_retry` seconds (300 by default) after one failed
+        # call, and a single-endpoint client then refuses every call until that time is up. We
+        # want the next call after an outage to try again at once.
+        eps = [pyetcd.Endpoint(*parse_endpoint(e), secure=False, time_retry=RETRY_AFTER)
+               for e in endpoints]
+        self._client: Any = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
+                                                            failover=True)
         self._tx = self._client.transactions
         self._lease: Any = None
         self._stop = threading.Event()

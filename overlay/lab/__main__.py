@@ -1,0 +1,112 @@
+"""python -m overlay.lab: bring the netns lab up or down, add containers, show the ping.
+
+    up [--hosts N]                       hosts, etcd, network my-net (VNI 42, 10.0.0.0/24)
+    demo                                 containers c0 on host0 and c1 on host1, ping both ways
+    container add NAME --host H [--network N] | container del NAME
+    network add NAME --vni V --subnet S
+    ping A B                             from container A to container B's address
+    status | down
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from overlay.lab import containers as ctr
+from overlay.lab.shell import run
+from overlay.lab.topology import Lab
+
+WORKDIR = os.environ.get("OVERLAY_LAB_DIR", "/run/overlay-lab")
+
+
+def _ping(lab: Lab, src: str, dst: str, count: int = 3) -> bool:
+    target = lab.containers[dst]["ip"]
+    proc = run(["ping", "-c", str(count), "-i", "0.2", "-W", "1", target],
+               netns=lab.containers[src]["netns"], check=False)
+    summary = [ln for ln in proc.stdout.splitlines() if "packet loss" in ln]
+    ok = proc.returncode == 0
+    print(f"  {src} ({lab.containers[src]['host']}) -> {dst} {target} "
+          f"({lab.containers[dst]['host']}): {'OK' if ok else 'FAILED'}  "
+          f"{summary[0] if summary else proc.stderr.strip()}")
+    return ok
+
+
+def _add(lab: Lab, name: str, host: str, network: str) -> None:
+    out = ctr.add_container(lab, name, host, network)
+    if out.returncode != 0:
+        raise SystemExit(f"ADD {name} on {host} failed: {out.stdout.strip()} {out.stderr.strip()}")
+    print(f"  {name} on {host}: {lab.containers[name]['ip']} (netns {lab.containers[name]['netns']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m overlay.lab")
+    parser.add_argument("--workdir", default=WORKDIR)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up")
+    up.add_argument("--hosts", type=int, default=int(os.environ.get("HOSTS", "2")))
+    sub.add_parser("demo")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    c = sub.add_parser("container")
+    c.add_argument("action", choices=["add", "del"])
+    c.add_argument("name")
+    c.add_argument("--host", default="host0")
+    c.add_argument("--network", default=ctr.DEFAULT_NETWORK)
+    n = sub.add_parser("network")
+    n.add_argument("action", choices=["add"])
+    n.add_argument("name")
+    n.add_argument("--vni", type=int, required=True)
+    n.add_argument("--subnet", required=True)
+    p = sub.add_parser("ping")
+    p.add_argument("src")
+    p.add_argument("dst")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "up":
+        lab = Lab.load(args.workdir) if os.path.exists(f"{args.workdir}/lab.json") else Lab(
+            workdir=args.workdir)
+        print(f"bringing up {args.hosts} hosts in {args.workdir} ...")
+        lab.up(args.hosts)
+        ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
+        for h in lab.hosts:
+            print(f"  {h.name}: netns {h.netns}, vtep {h.vtep}, agent socket {h.socket}")
+        return 0
+    if not os.path.exists(f"{args.workdir}/lab.json"):
+        if args.cmd == "down":
+            return 0
+        raise SystemExit(f"no lab in {args.workdir}: run `make lab` first")
+    lab = Lab.load(args.workdir)
+    if args.cmd == "down":
+        lab.down()
+        print("lab removed")
+    elif args.cmd == "demo":
+        for name, host in (("c0", lab.hosts[0].name), ("c1", lab.hosts[1].name)):
+            if name not in lab.containers:
+                _add(lab, name, host, ctr.DEFAULT_NETWORK)
+        print("cross-host ping over VXLAN (VNI 42):")
+        ok = _ping(lab, "c0", "c1") & _ping(lab, "c1", "c0")
+        return 0 if ok else 1
+    elif args.cmd == "container":
+        if args.action == "add":
+            _add(lab, args.name, args.host, args.network)
+        else:
+            out = ctr.del_container(lab, args.name)
+            print(out.stdout or "deleted")
+            return out.returncode
+    elif args.cmd == "network":
+        ctr.define_network(lab, args.name, args.vni, args.subnet)
+    elif args.cmd == "ping":
+        return 0 if _ping(lab, args.src, args.dst) else 1
+    elif args.cmd == "status":
+        for h in lab.hosts:
+            print(f"{h.name}: netns {h.netns}, vtep {h.vtep}, socket {h.socket}, "
+                  f"cni config {h.cni_dir}")
+        for name, cinfo in lab.containers.items():
+            print(f"{name}: {cinfo}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

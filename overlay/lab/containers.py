@@ -1,0 +1,100 @@
+"""Containers in the lab: namespaces attached by executing the real `ovs` plugin.
+
+cni_exec() does what libcni does for one plugin of a conflist: it copies the list's `name` and
+`cniVersion` into the plugin's netconf, sets CNI_* in a clean environment, finds the plugin
+by its `type` in CNI_PATH, and feeds the netconf on stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from overlay.lab import host as steps
+from overlay.lab.shell import add_netns, del_netns
+from overlay.lab.topology import Lab, LabHost
+
+DEFAULT_NETWORK = "my-net"
+
+
+@dataclass(frozen=True)
+class CniOutcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+
+def plugin_netconf(conflist: dict[str, Any]) -> dict[str, Any]:
+    conf = dict(conflist["plugins"][0])
+    conf["name"] = conflist["name"]
+    conf["cniVersion"] = conflist["cniVersion"]
+    return conf
+
+
+def cni_exec(cni_path: str, command: str, *, container_id: str, netns: str, ifname: str,
+             netconf: dict[str, Any] | bytes, cni_args: str = "",
+             timeout: float = 150) -> CniOutcome:
+    stdin = netconf if isinstance(netconf, bytes) else json.dumps(netconf).encode()
+    plugin_type = "ovs"
+    if isinstance(netconf, dict):
+        plugin_type = str(netconf.get("type", "ovs"))
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
+           "CNI_IFNAME": ifname, "CNI_PATH": cni_path, "CNI_ARGS": cni_args,
+           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    proc = subprocess.run([os.path.join(cni_path, plugin_type)], input=stdin, env=env,
+                          capture_output=True, timeout=timeout)
+    return CniOutcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def conflist_path(h: LabHost, network: str) -> str:
+    return os.path.join(h.cni_dir, f"10-{network}.conflist")
+
+
+def define_network(lab: Lab, network: str, vni: int, subnet: str) -> None:
+    """Write the network's conflist on every host (what an operator puts in /etc/cni/net.d)."""
+    for h in lab.hosts:
+        steps.write_cni_config(conflist_path(h, network), network=network, vni=vni,
+                               subnet=subnet, bridge="br-int", agent_socket=h.socket)
+
+
+def read_conflist(h: LabHost, network: str) -> dict[str, Any]:
+    with open(conflist_path(h, network)) as fh:
+        return dict(json.load(fh))
+
+
+def add_container(lab: Lab, name: str, host: str, network: str = DEFAULT_NETWORK,
+                  ifname: str = "eth0") -> CniOutcome:
+    h = lab.host(host)
+    netns = f"{lab.prefix}-{name}"
+    add_netns(netns)
+    container_id = f"{lab.prefix}-{name}"
+    outcome = cni_exec(lab.cni_bin, "ADD", container_id=container_id,
+                       netns=f"/var/run/netns/{netns}", ifname=ifname,
+                       netconf=plugin_netconf(read_conflist(h, network)))
+    if outcome.returncode == 0:
+        lab.containers[name] = {"host": host, "netns": netns, "network": network,
+                                "container_id": container_id, "ifname": ifname,
+                                "ip": outcome.json()["ips"][0]["address"].split("/")[0]}
+        lab.save()
+    else:
+        del_netns(netns)
+    return outcome
+
+
+def del_container(lab: Lab, name: str) -> CniOutcome:
+    c = lab.containers[name]
+    h = lab.host(c["host"])
+    outcome = cni_exec(lab.cni_bin, "DEL", container_id=c["container_id"],
+                       netns=f"/var/run/netns/{c['netns']}", ifname=c["ifname"],
+                       netconf=plugin_netconf(read_conflist(h, c["network"])))
+    if outcome.returncode == 0:
+        del_netns(c["netns"])
+        del lab.containers[name]
+        lab.save()
+    return outcome

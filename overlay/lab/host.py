@@ -1,0 +1,164 @@
+"""The per-host steps, shared by the netns lab and the Vagrant VMs.
+
+    start_ovs(dir, netns)    own ovsdb-server and ovs-vswitchd, with every file under `dir`
+    write_agent_config(...)  the agent's TOML
+    start_agent(...)         overlay-agent in the background, waits for its socket
+    write_cni_config(...)    a conflist for the host's runtime (the `ovs` plugin first)
+
+Several OVS instances can share a machine because each gets its own database, sockets, pid
+files and OVS_RUNDIR (where bridge .mgmt sockets live, which ovs-ofctl needs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from overlay.lab.shell import in_netns, run
+
+VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+def scripts_dir() -> str:
+    """Where this Python environment's console scripts (overlay-agent, ovs) live."""
+    here = os.path.dirname(sys.executable)
+    return here if os.path.exists(os.path.join(here, "overlay-agent")) else sysconfig.get_path("scripts")
+
+
+@dataclass(frozen=True)
+class OvsPaths:
+    dir: str
+
+    @property
+    def db(self) -> str:
+        return os.path.join(self.dir, "conf.db")
+
+    @property
+    def sock(self) -> str:
+        return os.path.join(self.dir, "db.sock")
+
+    @property
+    def endpoint(self) -> str:
+        return "unix:" + self.sock
+
+
+def spawn(cmd: list[str], *, netns: str | None, log: str, pidfile: str,
+          env: dict[str, str] | None = None) -> int:
+    """Start a long-running process in its own session (it outlives the lab command)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(in_netns(netns, cmd), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+    with open(pidfile, "w") as fh:
+        fh.write(str(proc.pid))
+    return proc.pid
+
+
+def stop_pidfile(pidfile: str, timeout: float = 5.0) -> None:
+    try:
+        with open(pidfile) as fh:
+            pid = int(fh.read().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            try:  # reap it if it is our child; otherwise just wait for it to vanish
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.unlink(pidfile)
+    except OSError:
+        pass
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 20.0, log: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    tail = ""
+    if log and os.path.exists(log):
+        with open(log, errors="replace") as fh:
+            tail = "\n" + "".join(fh.readlines()[-20:])
+    raise RuntimeError(f"timed out waiting for {what}{tail}")
+
+
+def start_ovs(directory: str, netns: str | None) -> OvsPaths:
+    """Start ovsdb-server and ovs-vswitchd whose every file lives under `directory`."""
+    paths = OvsPaths(directory)
+    os.makedirs(directory, exist_ok=True)
+    env = {"OVS_RUNDIR": directory, "OVS_LOGDIR": directory, "OVS_DBDIR": directory}
+    if not os.path.exists(paths.db):
+        run(["ovsdb-tool", "create", paths.db, VSWITCH_SCHEMA])
+    spawn(["ovsdb-server", paths.db, f"--remote=punix:{paths.sock}",
+           f"--unixctl={directory}/ovsdb-server.ctl", f"--log-file={directory}/ovsdb-server.log"],
+          netns=None, log=f"{directory}/ovsdb-server.out", pidfile=f"{directory}/ovsdb-server.pid",
+          env=env)
+    wait_for(lambda: os.path.exists(paths.sock), "ovsdb-server socket")
+    run(["ovs-vsctl", f"--db={paths.endpoint}", "--no-wait", "init"])
+    # ovs-vswitchd runs inside the host's namespace: the netdev datapath opens interfaces there.
+    spawn(["ovs-vswitchd", paths.endpoint, f"--unixctl={directory}/ovs-vswitchd.ctl",
+           f"--log-file={directory}/ovs-vswitchd.log"],
+          netns=netns, log=f"{directory}/ovs-vswitchd.out",
+          pidfile=f"{directory}/ovs-vswitchd.pid", env=env)
+    wait_for(lambda: os.path.exists(f"{directory}/ovs-vswitchd.ctl"), "ovs-vswitchd")
+    return paths
+
+
+def stop_ovs(directory: str) -> None:
+    stop_pidfile(f"{directory}/ovs-vswitchd.pid")
+    stop_pidfile(f"{directory}/ovsdb-server.pid")
+
+
+def write_agent_config(path: str, **values: Any) -> None:
+    lines = []
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def start_agent(config: str, *, netns: str | None, log: str, pidfile: str, socket: str,
+                timeout: float = 30.0) -> int:
+    agent = os.path.join(scripts_dir(), "overlay-agent")
+    pid = spawn([agent, "--config", config], netns=netns, log=log, pidfile=pidfile)
+
+    def ready() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise RuntimeError(f"overlay-agent exited; see {log}") from None
+        return os.path.exists(socket)
+    wait_for(ready, f"overlay-agent socket {socket}", timeout, log)
+    return pid
+
+
+def write_cni_config(path: str, *, network: str, vni: int, subnet: str, bridge: str,
+                     agent_socket: str, cni_version: str = "1.0.0") -> dict[str, Any]:
+    conflist = {
+        "cniVersion": cni_version, "name": network,
+        "plugins": [{"type": "ovs", "bridge": bridge, "vxlanID": vni,
+                     "agentSocket": agent_socket,
+                     "ipam": {"type": "overlay", "subnet": subnet}}],
+    }
+    with open(path, "w") as fh:
+        json.dump(conflist, fh, indent=2)
+    return conflist
