@@ -1,6 +1,7 @@
 """overlayctl: look at the overlay's control plane (etcd) and at a host's agent.
 
     overlayctl [--etcd URL] hosts | networks | endpoints [--json]
+    overlayctl [--etcd URL] network-create NAME --vni VNI --subnet CIDR
     overlayctl status [--socket PATH] [--json]
 """
 
@@ -53,6 +54,20 @@ def endpoints(etcd: str) -> list[dict[str, Any]]:
             for _, v in sorted(_load(etcd, r.ENDPOINTS).items())]
 
 
+def create_network(etcd: str, name: str, vni: int, subnet: str) -> None:
+    """Same validation as a netconf's, then the same idempotent record ADD would write."""
+    from overlay.cni.netconf import parse_netconf
+    from overlay.store.etcd import Store
+
+    conf = parse_netconf(json.dumps({"cniVersion": "1.0.0", "name": name, "type": "ovs",
+                                     "vxlanID": vni, "ipam": {"subnet": subnet}}).encode())
+    store = Store(endpoints=[e.strip() for e in etcd.split(",")])
+    try:
+        store.ensure_network(r.NetworkRecord(conf.name, conf.vni, str(conf.subnet)))
+    finally:
+        store.close()
+
+
 def status(socket_path: str) -> dict[str, Any]:
     import grpc
     from google.protobuf.json_format import MessageToDict
@@ -79,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     for name in COLUMNS:
         sub.add_parser(name, help=f"list {name} recorded in etcd")
+    nc = sub.add_parser("network-create", help="record a network and claim its VNI")
+    nc.add_argument("name")
+    nc.add_argument("--vni", type=int, required=True)
+    nc.add_argument("--subnet", required=True)
     st = sub.add_parser("status", help="ask a host's agent how it is doing")
     st.add_argument("--socket", default=DEFAULT_SOCKET)
     args = parser.parse_args(argv)
@@ -93,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(info, indent=2))
             else:
                 print("\n".join(f"{k}: {v}" for k, v in info.items()))
+            return 0
+        if args.what == "network-create":
+            create_network(args.etcd, args.name, args.vni, args.subnet)
+            print(f"network {args.name}: VNI {args.vni}, subnet {args.subnet}")
             return 0
         rows = {"hosts": hosts, "networks": networks, "endpoints": endpoints}[args.what](args.etcd)
     except CniError as err:

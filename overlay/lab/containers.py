@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay.lab import host as steps
-from overlay.lab.shell import add_netns, del_netns
+from overlay.lab.shell import add_netns, del_netns, run
 from overlay.lab.topology import Lab, LabHost
 
 DEFAULT_NETWORK = "my-net"
@@ -57,7 +57,10 @@ def conflist_path(h: LabHost, network: str) -> str:
 
 
 def define_network(lab: Lab, network: str, vni: int, subnet: str) -> None:
-    """Write the network's conflist on every host (what an operator puts in /etc/cni/net.d)."""
+    """Record the network in etcd and write its conflist on every host (/etc/cni/net.d)."""
+    run([os.path.join(steps.scripts_dir(), "overlayctl"), "--etcd", "http://127.0.0.1:2379",
+         "network-create", network, "--vni", str(vni), "--subnet", subnet],
+        netns=lab.underlay_ns)
     for h in lab.hosts:
         steps.write_cni_config(conflist_path(h, network), network=network, vni=vni,
                                subnet=subnet, bridge="br-int", agent_socket=h.socket)

@@ -1,0 +1,43 @@
+# overlay: the two commands of the quick start are `make lab` and `make test` (as root).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOSTS  ?= 2
+LABDIR ?= /run/overlay-lab
+export OVERLAY_LAB_DIR := $(LABDIR)
+
+.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean
+
+deps:
+	@VENV=$(abspath $(VENV)) scripts/install-deps.sh
+
+## make lab: bring up HOSTS hosts (default 2), attach c0 and c1, ping across hosts.
+lab: deps
+	$(PY) -m overlay.lab up --hosts $(HOSTS)
+	$(PY) -m overlay.lab demo
+
+lab-down:
+	@if [ -x $(PY) ]; then $(PY) -m overlay.lab down; fi
+
+## make test: the whole suite (unit, integration, e2e); needs root for the last two.
+test: deps
+	$(PY) -m pytest tests
+
+test-unit: deps
+	$(PY) -m pytest tests/unit
+
+test-integration: deps
+	$(PY) -m pytest tests/integration
+
+test-e2e: deps
+	$(PY) -m pytest tests/e2e
+
+lint: deps
+	$(VENV)/bin/ruff check overlay plugins tests
+	$(VENV)/bin/mypy overlay plugins
+
+proto: deps
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \
+	    proto/overlay/cni/v1/cni.proto
+
+clean: lab-down
+	rm -rf $(VENV) *.egg-info overlay/cni/v1/*_pb2*

@@ -1,0 +1,69 @@
+from overlay.dataplane.flows import COOKIE, DesiredState, LocalPort, RemoteEndpoint, compute_flows
+
+C = f"cookie={COOKIE}"
+ARP_REPLY = ("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],mod_dl_src:{mac},load:0x2->NXM_OF_ARP_OP[],"
+             "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
+             "set_field:{mac}->arp_sha,set_field:{ip}->arp_spa,IN_PORT")
+
+
+def test_empty_state_drops_everything() -> None:
+    assert compute_flows(DesiredState(tunnel_ofport=1)) == [
+        f"{C},table=0,priority=0,actions=drop", f"{C},table=10,priority=0,actions=drop",
+        f"{C},table=20,priority=0,actions=drop", f"{C},table=30,priority=0,actions=drop"]
+
+
+def test_one_local_and_one_remote_endpoint_exact_flows() -> None:
+    state = DesiredState(
+        tunnel_ofport=1,
+        local=(LocalPort(42, "02:00:00:00:00:01", "10.0.0.1", 5),),
+        remote=(RemoteEndpoint(42, "02:00:00:00:00:02", "10.0.0.2", "172.31.0.2"),))
+    m1, m2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
+    to_vtep = "set_field:172.31.0.2->tun_dst,set_field:42->tun_id,output:1"
+    assert compute_flows(state) == [
+        f"{C},table=0,priority=0,actions=drop", f"{C},table=10,priority=0,actions=drop",
+        f"{C},table=20,priority=0,actions=drop", f"{C},table=30,priority=0,actions=drop",
+        f"{C},table=0,priority=100,in_port=1,tun_id=42,actions=load:42->NXM_NX_REG0[],goto_table:30",
+        f"{C},table=0,priority=100,in_port=5,dl_src={m1},ip,nw_src=10.0.0.1,"
+        "actions=load:42->NXM_NX_REG0[],goto_table:20",
+        f"{C},table=0,priority=100,in_port=5,dl_src={m1},arp,arp_spa=10.0.0.1,arp_sha={m1},"
+        "actions=load:42->NXM_NX_REG0[],goto_table:10",
+        f"{C},table=20,priority=100,reg0=42,dl_dst={m1},actions=output:5",
+        f"{C},table=30,priority=100,reg0=42,dl_dst={m1},actions=output:5",
+        f"{C},table=20,priority=100,reg0=42,dl_dst={m2},actions={to_vtep}",
+        f"{C},table=10,priority=100,reg0=42,arp,arp_op=1,arp_tpa=10.0.0.1,"
+        f"actions={ARP_REPLY.format(mac=m1, ip='10.0.0.1')}",
+        f"{C},table=10,priority=100,reg0=42,arp,arp_op=1,arp_tpa=10.0.0.2,"
+        f"actions={ARP_REPLY.format(mac=m2, ip='10.0.0.2')}",
+        f"{C},table=20,priority=50,reg0=42,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,"
+        f"actions=output:5,{to_vtep}",
+        f"{C},table=30,priority=50,reg0=42,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,"
+        "actions=output:5",
+    ]
+
+
+def test_remote_endpoints_of_networks_without_local_ports_are_not_programmed() -> None:
+    state = DesiredState(tunnel_ofport=1,
+                         local=(LocalPort(42, "02:00:00:00:00:01", "10.0.0.1", 5),),
+                         remote=(RemoteEndpoint(43, "02:00:00:00:00:09", "10.0.0.2", "172.31.0.9"),))
+    flows = "\n".join(compute_flows(state))
+    assert "172.31.0.9" not in flows and "tun_id=43" not in flows
+
+
+def test_overlapping_subnets_stay_apart_by_vni() -> None:
+    # Same IP in two networks: every rule that mentions it also pins the VNI.
+    state = DesiredState(tunnel_ofport=1, local=(
+        LocalPort(42, "02:00:00:00:00:01", "10.0.0.1", 5),
+        LocalPort(43, "02:00:00:00:00:03", "10.0.0.1", 6)))
+    flows = compute_flows(state)
+    arp = [f for f in flows if "arp_tpa=10.0.0.1" in f]
+    assert len(arp) == 2
+    assert any("reg0=42" in f and "02:00:00:00:00:01" in f for f in arp)
+    assert any("reg0=43" in f and "02:00:00:00:00:03" in f for f in arp)
+    flood42 = [f for f in flows if "table=20,priority=50,reg0=42" in f][0]
+    assert "output:5" in flood42 and "output:6" not in flood42
+
+
+def test_flows_do_not_depend_on_input_order() -> None:
+    a = LocalPort(42, "02:00:00:00:00:01", "10.0.0.1", 5)
+    b = LocalPort(42, "02:00:00:00:00:02", "10.0.0.2", 6)
+    assert compute_flows(DesiredState(1, (a, b))) == compute_flows(DesiredState(1, (b, a)))

@@ -1,0 +1,115 @@
+import ipaddress
+import json
+
+import pytest
+
+from overlay.cni.errors import CniError, Code
+from overlay.cni.netconf import parse_env, parse_netconf
+
+BASE = {"cniVersion": "1.0.0", "name": "my-net", "type": "ovs", "bridge": "br-int",
+        "vxlanID": 42, "ipam": {"type": "overlay", "subnet": "10.0.0.0/24"}}
+
+
+def conf(**changes: object) -> bytes:
+    body = {**BASE, **changes}
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+def error_of(data: bytes) -> CniError:
+    with pytest.raises(CniError) as info:
+        parse_netconf(data)
+    return info.value
+
+
+def test_valid_netconf_is_parsed_with_defaults() -> None:
+    nc = parse_netconf(conf(bridge=None))
+    assert (nc.name, nc.vni, nc.bridge, nc.mtu) == ("my-net", 42, "br-int", None)
+    assert nc.agent_socket == "/run/overlay/agent.sock"
+    assert nc.subnet == ipaddress.ip_network("10.0.0.0/24")
+    rng = nc.ipam.ranges[0]  # type: ignore[union-attr]
+    assert (str(rng.start), str(rng.end), rng.gateway) == ("10.0.0.1", "10.0.0.254", None)
+
+
+def test_malformed_json_is_a_decoding_failure() -> None:
+    err = error_of(b'{"cniVersion": "1.0.0", "name": ')
+    assert err.code == Code.DECODING_FAILURE and "not valid JSON" in err.msg
+
+
+@pytest.mark.parametrize("vni", [0, 16_777_216, -1, "42", True, None, 4.2])
+def test_vxlan_id_must_be_an_integer_in_range(vni: object) -> None:
+    err = error_of(conf(vxlanID=vni))
+    assert err.code == Code.INVALID_NETCONF
+    assert "vxlanID must be an integer from 1 to 16777215" in err.msg
+
+
+@pytest.mark.parametrize("vni", [1, 16_777_215])
+def test_vxlan_id_bounds_are_accepted(vni: int) -> None:
+    assert parse_netconf(conf(vxlanID=vni)).vni == vni
+
+
+def test_unsupported_version_is_code_1() -> None:
+    err = error_of(conf(cniVersion="9.9.9"))
+    assert err.code == Code.INCOMPATIBLE_CNI_VERSION and "9.9.9" in err.msg
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"type": "bridge"}, "type must be \"ovs\""),
+    ({"name": "bad/name"}, "name must match"),
+    ({"bridge": "a/b"}, "bridge must be an interface name"),
+    ({"mtu": 10}, "mtu must be an integer from 68"),
+    ({"agentSocket": "relative.sock"}, "agentSocket must be an absolute path"),
+    ({"ipam": None}, "ipam is required"),
+    ({"ipam": {"type": "overlay"}}, "needs a 'subnet'"),
+    ({"ipam": {"subnet": "10.0.0.0/33"}}, "is not a CIDR"),
+    ({"ipam": {"subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}}, "outside subnet"),
+    ({"ipam": {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.9", "rangeEnd": "10.0.0.3"}},
+     "after rangeEnd"),
+])
+def test_invalid_fields_name_the_field(changes: dict[str, object], words: str) -> None:
+    err = error_of(conf(**changes))
+    assert err.code == Code.INVALID_NETCONF
+    assert words in err.msg
+
+
+def test_foreign_ipam_type_is_unsupported_for_now() -> None:
+    err = error_of(conf(ipam={"type": "dhcp"}))
+    assert err.code == Code.UNSUPPORTED_FIELD and "dhcp" in err.msg
+
+
+def test_ranges_and_routes() -> None:
+    nc = parse_netconf(conf(ipam={"type": "overlay", "ranges": [[
+        {"subnet": "10.1.0.0/16", "rangeStart": "10.1.5.10", "rangeEnd": "10.1.5.20",
+         "gateway": "10.1.0.1"}]], "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}]}))
+    assert nc.ipam is not None
+    rng = nc.ipam.ranges[0]
+    assert (str(rng.start), str(rng.end), str(rng.gateway)) == ("10.1.5.10", "10.1.5.20",
+                                                                "10.1.0.1")
+    assert [(str(r.dst), str(r.gw)) for r in nc.ipam.routes] == [("0.0.0.0/0", "10.1.0.1")]
+
+
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/proc/self/ns/net",
+       "CNI_IFNAME": "eth0"}
+
+
+def test_env_is_parsed() -> None:
+    env = parse_env(ENV)
+    assert (env.command, env.container_id, env.ifname) == ("ADD", "abc123", "eth0")
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"CNI_COMMAND": "FROB"}, "CNI_COMMAND must be one of"),
+    ({"CNI_CONTAINERID": "../x"}, "CNI_CONTAINERID must match"),
+    ({"CNI_IFNAME": "a-very-long-interface-name"}, "CNI_IFNAME must be"),
+    ({"CNI_IFNAME": "et/h0"}, "CNI_IFNAME must be"),
+    ({"CNI_NETNS": ""}, "CNI_NETNS is required"),
+    ({"CNI_NETNS": "/var/run/netns/does-not-exist-here"}, "does not exist"),
+])
+def test_bad_env_is_code_4(changes: dict[str, str], words: str) -> None:
+    with pytest.raises(CniError) as info:
+        parse_env({**ENV, **changes})
+    assert info.value.code == Code.INVALID_ENV and words in info.value.msg
+
+
+def test_del_does_not_need_an_existing_netns() -> None:
+    env = parse_env({**ENV, "CNI_COMMAND": "DEL", "CNI_NETNS": "/var/run/netns/gone"})
+    assert env.command == "DEL"

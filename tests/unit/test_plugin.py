@@ -1,0 +1,38 @@
+"""The plugin's own behaviour: answered locally or mapped from transport failures."""
+
+import json
+
+import pytest
+
+from overlay.cni.netconf import SUPPORTED_VERSIONS
+from overlay_plugin_ovs import main as plugin
+
+
+def run(capsys: pytest.CaptureFixture[str], env: dict[str, str], stdin: bytes) -> tuple[int, dict]:
+    rc = plugin.run(env, stdin)
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def test_version_is_answered_without_an_agent(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run(capsys, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "0.4.0"}')
+    assert rc == 0
+    assert out == {"cniVersion": "0.4.0", "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def test_plugin_and_agent_agree_on_versions() -> None:
+    assert plugin.SUPPORTED_VERSIONS == SUPPORTED_VERSIONS
+
+
+def test_malformed_json_is_code_6(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run(capsys, {"CNI_COMMAND": "ADD"}, b"{nope")
+    assert rc == 1 and out["code"] == 6 and "not valid JSON" in out["msg"]
+
+
+def test_unreachable_agent_is_try_again_later(capsys: pytest.CaptureFixture[str],
+                                              tmp_path: object) -> None:
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "ovs", "vxlanID": 42,
+            "agentSocket": f"{tmp_path}/no-agent.sock", "ipam": {"subnet": "10.0.0.0/24"}}
+    rc, out = run(capsys, {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x", "CNI_IFNAME": "eth0",
+                           "CNI_NETNS": "/proc/self/ns/net"}, json.dumps(conf).encode())
+    assert rc == 1 and out["code"] == 11
+    assert "no-agent.sock" in out["msg"] and out["cniVersion"] == "1.0.0"
