@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import uuid
@@ -111,8 +112,45 @@ def host_snapshot(lab: Lab, host: LabHost, container_netns: str | None = None) -
     return snap
 
 
-def capture(netns: str, expr: str, seconds: float, out: str) -> subprocess.Popen[bytes]:
-    """tcpdump in `netns` for at most `seconds`, writing pcap to `out`."""
-    return subprocess.Popen(["ip", "netns", "exec", netns, "timeout", str(seconds), "tcpdump",
-                             "-i", "any", "-U", "-n", "-w", out, expr],
+def capture(netns: str, iface: str, expr: str, seconds: float, out: str,
+            direction: str = "inout") -> subprocess.Popen[bytes]:
+    """tcpdump on `iface` in `netns` for at most `seconds`, writing pcap to `out`.
+
+    Returns once tcpdump is listening, so nothing sent afterwards is missed.
+    """
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, "timeout", str(seconds), "tcpdump",
+                             "-Z", "root", "--immediate-mode", "-Q", direction, "-i", iface, "-U", "-n", "-w", out, *expr.split()],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    line = proc.stderr.readline().decode()
+    assert "listening on" in line, f"tcpdump did not start: {line}"
+    return proc
+
+
+def pcap_frames(path: str) -> list[bytes]:
+    """The Ethernet frames of a classic pcap file."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    magic = struct.unpack("<I", data[:4])[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    frames, offset = [], 24
+    while offset + 16 <= len(data):
+        caplen = struct.unpack(endian + "I", data[offset + 8:offset + 12])[0]
+        frames.append(data[offset + 16:offset + 16 + caplen])
+        offset += 16 + caplen
+    return frames
+
+
+def vxlan_vnis(path: str) -> list[int]:
+    """The VNI of every VXLAN (UDP 4789) packet in an Ethernet pcap."""
+    vnis = []
+    for frame in pcap_frames(path):
+        if len(frame) < 14 + 20 + 8 + 8 or frame[12:14] != b"\x08\x00":
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        udp = 14 + ihl
+        if frame[14 + 9] != 17 or struct.unpack("!H", frame[udp + 2:udp + 4])[0] != 4789:
+            continue
+        vxlan = frame[udp + 8:udp + 16]
+        vnis.append(int.from_bytes(vxlan[4:7], "big"))
+    return vnis

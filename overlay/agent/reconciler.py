@@ -19,7 +19,8 @@ from overlay.store import records as r
 log = logging.getLogger(__name__)
 
 
-def remote_endpoints(state: dict[str, bytes], me: str) -> list[RemoteEndpoint]:
+def live_vteps(state: dict[str, bytes]) -> dict[str, str]:
+    """host -> VTEP address, for every host whose leased record exists."""
     vteps: dict[str, str] = {}
     for key, value in state.items():
         if key.startswith(r.HOSTS):
@@ -27,6 +28,11 @@ def remote_endpoints(state: dict[str, bytes], me: str) -> list[RemoteEndpoint]:
                 vteps[key[len(r.HOSTS):]] = r.HostRecord.from_json(value).vtep
             except (ValueError, TypeError, KeyError):
                 log.warning("ignoring malformed host record %s", key)
+    return vteps
+
+
+def remote_endpoints(state: dict[str, bytes], me: str) -> list[RemoteEndpoint]:
+    vteps = live_vteps(state)
     out = []
     for key, value in state.items():
         if not key.startswith(r.ENDPOINTS):
@@ -55,7 +61,9 @@ class Reconciler:
 
     def on_change(self, state: dict[str, bytes]) -> None:
         remote = remote_endpoints(state, self._host)
-        vteps = {e.vtep for e in remote}
+        # Every other live host, not only those with endpoints yet: a host is known well
+        # before its first container, which leaves time to resolve its VTEP.
+        vteps = {v for h, v in live_vteps(state).items() if h != self._host}
         new, self._vteps = vteps - self._vteps, vteps
         try:
             if new:

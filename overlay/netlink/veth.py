@@ -81,6 +81,7 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
         except NetlinkError as exc:
             raise CniError(Code.NETLINK_FAILURE, f"cannot create veth {host}", str(exc)) from None
         try:
+            _quiet_host_side(host)
             disable_tx_checksum(peer)
             nsfd = os.open(netns, os.O_RDONLY)
             try:
@@ -100,6 +101,18 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
                 raise CniError(Code.NETLINK_FAILURE,
                                f"cannot set up {ifname} in {netns}", str(exc)) from None
             raise
+
+
+def _quiet_host_side(host: str) -> None:
+    """The host end is only an OVS port: keep the kernel from sending IPv6 autoconf out of it.
+
+    Otherwise the host's kernel sends router solicitations and MLD reports down the veth, and
+    the container sees frames that came from neither its network nor any other container.
+    """
+    path = f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6"
+    if os.path.exists(path):
+        with open(path, "w") as fh:
+            fh.write("1")
 
 
 def _configure_inside(netns: str, peer: str, ifname: str,
