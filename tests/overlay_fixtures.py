@@ -119,7 +119,8 @@ def capture(netns: str, iface: str, expr: str, seconds: float, out: str,
     Returns once tcpdump is listening, so nothing sent afterwards is missed.
     """
     proc = subprocess.Popen(["ip", "netns", "exec", netns, "timeout", str(seconds), "tcpdump",
-                             "-Z", "root", "--immediate-mode", "-Q", direction, "-i", iface, "-U", "-n", "-w", out, *expr.split()],
+                             "-Z", "root", "--immediate-mode", "-Q", direction, "-i", iface,
+                             "-U", "-n", "-w", out, *expr.split()],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     line = proc.stderr.readline().decode()

@@ -76,8 +76,9 @@ def status(socket_path: str) -> dict[str, Any]:
 
     with grpc.insecure_channel(f"unix:{socket_path}") as channel:
         reply = cni_pb2_grpc.CniStub(channel).Status(cni_pb2.StatusRequest(), timeout=5)
-    return MessageToDict(reply, preserving_proto_field_name=True,
-                         always_print_fields_with_no_presence=True)
+    info: dict[str, Any] = MessageToDict(reply, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    return info
 
 
 COLUMNS = {

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[CniEnv, NetConf], bytes]
 
 
-class CniServicer(cni_pb2_grpc.CniServicer):  # type: ignore[misc]
+class CniServicer(cni_pb2_grpc.CniServicer):
     def __init__(self, *, service: CniService,
                  status: Callable[[], cni_pb2.StatusReply]) -> None:
         self._service = service
@@ -40,12 +40,12 @@ class CniServicer(cni_pb2_grpc.CniServicer):  # type: ignore[misc]
             return cni_pb2.CniReply(result=handler(env, conf))
         except CniError as err:
             log.info("%s %s failed: %s", command, env_vars.get("CNI_CONTAINERID", "?"), err)
-            return cni_pb2.CniReply(error=cni_pb2.CniError(code=int(err.code), msg=err.msg,
-                                                           details=err.details))
+            return cni_pb2.CniReply(error=cni_pb2.CniError(
+                code=int(err.code), msg=err.msg, details=err.details))  # type: ignore[arg-type]
         except Exception as exc:
             log.exception("%s failed unexpectedly", command)
             return cni_pb2.CniReply(error=cni_pb2.CniError(
-                code=int(Code.INTERNAL), msg=f"overlay-agent failed during {command}",
+                code=int(Code.INTERNAL), msg=f"overlay-agent failed during {command}",  # type: ignore[arg-type]
                 details=f"{type(exc).__name__}: {exc}"))
 
     def Add(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method names)

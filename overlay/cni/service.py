@@ -48,6 +48,10 @@ class HostInfo:
     underlay_mtu: int
 
 
+def void(_: object) -> None:
+    """Discards a result, so that a call fits where an undo step is expected."""
+
+
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
     return f"{network}/{container_id}/{ifname}"
 
@@ -114,7 +118,7 @@ class CniService:
         link = veth.create_container_link(container_id=env.container_id, netns=env.netns,
                                           ifname=env.ifname, mtu=mtu, address=address,
                                           routes=conf.ipam.routes)
-        undo.append(lambda: veth.delete_host_link(link.host_ifname))
+        undo.append(lambda: void(veth.delete_host_link(link.host_ifname)))
 
         ofport = self._ovs.ensure_port(self._host.bridge, link.host_ifname, external_ids={
             EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,

@@ -102,7 +102,9 @@ def compute_flows(state: DesiredState) -> list[str]:
         if e.vni in local_by_vni:  # a host only needs the networks it has containers in
             flows.append(_flow(FORWARD, 100, f"reg0={e.vni},dl_dst={e.mac}",
                                _to_vtep(e.vtep, e.vni, tun)))
-    for ep in [*local, *(e for e in remote if e.vni in local_by_vni)]:
+    answerable: list[LocalPort | RemoteEndpoint] = [*local, *(e for e in remote
+                                                               if e.vni in local_by_vni)]
+    for ep in answerable:
         flows.append(_flow(ARP, 100, f"reg0={ep.vni},arp,arp_op=1,arp_tpa={ep.ip}",
                            _arp_reply(ep.mac, ep.ip)))
     for vni in vnis:

@@ -9,7 +9,7 @@ loser picks again. Allocations have no lease, so an agent restart never frees an
 from __future__ import annotations
 
 from overlay.cni.errors import CniError, Code
-from overlay.cni.netconf import Address, IpamConfig, AddressRange
+from overlay.cni.netconf import Address, AddressRange, IpamConfig
 from overlay.ipam.pool import candidates
 from overlay.store.etcd import Store
 

@@ -128,6 +128,8 @@ def _configure(peer: str, ifname: str, address: ipaddress.IPv4Interface | ipaddr
             raise CniError(Code.NETLINK_FAILURE, f"interface {ifname} already exists in {netns}",
                            "pick another CNI_IFNAME or delete the existing interface")
         idx = _index(ns, peer)
+        if idx is None:
+            raise CniError(Code.NETLINK_FAILURE, f"{peer} did not arrive in {netns}")
         ns.link("set", index=idx, ifname=ifname)
         ns.link("set", index=idx, state="up")
         ns.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
