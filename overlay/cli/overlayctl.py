@@ -39,9 +39,16 @@ def _load(etcd: str, prefix: str) -> dict[str, bytes]:
 
 
 def hosts(etcd: str) -> list[dict[str, Any]]:
-    # A host key exists only while its agent keeps the lease alive, so presence means alive.
-    return [dict(r.HostRecord.from_json(v).__dict__, alive=True)
-            for _, v in sorted(_load(etcd, r.HOSTS).items())]
+    """Live hosts (their leased key exists) and hosts that only endpoints still name."""
+    state = _load(etcd, r.ROOT)
+    rows = {rec.host: dict(rec.__dict__, alive=True)
+            for rec in (r.HostRecord.from_json(v) for k, v in state.items()
+                        if k.startswith(r.HOSTS))}
+    for key, value in state.items():
+        if key.startswith(r.ENDPOINTS):
+            name = r.EndpointRecord.from_json(value).host
+            rows.setdefault(name, {"host": name, "vtep": "?", "datapath": "?", "alive": False})
+    return [rows[name] for name in sorted(rows)]
 
 
 def networks(etcd: str) -> list[dict[str, Any]]:

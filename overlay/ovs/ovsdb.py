@@ -57,8 +57,9 @@ class Ovsdb:
             raise CniError(Code.OVS_FAILURE, f"OVSDB refused to {what}", str(exc)) from None
 
     def connected(self) -> bool:
+        # python-ovs exposes the live state only on the IDL's session object.
         try:
-            return bool(self.api.idl.is_connected)
+            return bool(self._conn.idl._session.is_connected())
         except Exception:
             return False
 
