@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from overlay.lab import host as steps
 from overlay.lab.shell import add_netns, del_netns, netns_exists, run
 
-ETCD_PORT = 2379
+ETCD_PORT = steps.ETCD_PORT
 
 
 def wire_checksums(ifname: str, netns: str) -> None:
@@ -138,10 +138,7 @@ class Lab:
         etcd_dir = os.path.join(self.workdir, "etcd")
         os.makedirs(etcd_dir, exist_ok=True)
         if not os.path.exists(os.path.join(etcd_dir, "etcd.pid")):
-            steps.spawn(["etcd", "--name", "lab", "--data-dir", os.path.join(etcd_dir, "data"),
-                         "--listen-client-urls", f"{self.etcd_url},http://127.0.0.1:{ETCD_PORT}",
-                         "--advertise-client-urls", self.etcd_url,
-                         "--listen-peer-urls", "http://127.0.0.1:2380"],
+            steps.spawn(steps.etcd_command("lab", os.path.join(etcd_dir, "data"), self.etcd_ip),
                         netns=ns, log=os.path.join(etcd_dir, "etcd.log"),
                         pidfile=os.path.join(etcd_dir, "etcd.pid"))
             steps.wait_for(lambda: run(["etcdctl", "--endpoints", self.etcd_url, "endpoint",
@@ -149,11 +146,7 @@ class Lab:
                            "etcd", log=os.path.join(etcd_dir, "etcd.log"))
 
     def _install_plugin(self) -> None:
-        # What a runtime's CNI_PATH holds: an executable named after the netconf's "type".
-        os.makedirs(self.cni_bin, exist_ok=True)
-        link = os.path.join(self.cni_bin, "ovs")
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(steps.scripts_dir(), "ovs"), link)
+        steps.install_plugin(self.cni_bin)
 
     def add_host(self, name: str) -> LabHost:
         index = len(self.hosts)
@@ -178,7 +171,7 @@ class Lab:
         steps.write_agent_config(
             h.agent_config, host=name, underlay_interface="eth0", underlay_ip=h.vtep,
             etcd_endpoints=[self.etcd_url], ovsdb=paths.endpoint, ovs_rundir=h.ovs_dir,
-            socket=h.socket, datapath="auto")
+            socket=h.socket, datapath="netdev")  # the same on every machine, module or not
         self.start_agent(h)
         return h
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import stat
 from collections.abc import Callable
 
 import pytest
 
+from overlay.lab import containers as ctr
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 
@@ -51,3 +56,47 @@ def test_restarting_the_agent_changes_nothing(lab: Lab) -> None:
         lab.stop_agent(h)
         lab.start_agent(h)
     assert ovs_layout(lab) == before
+
+
+def _connect_as_nobody(path: str) -> str:
+    """Connect to a unix socket from a child process running as uid/gid 65534."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop root, try the door, report, exit without cleanup handlers
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(path)
+            outcome = "connected"
+        except OSError as exc:
+            outcome = errno.errorcode.get(exc.errno or 0, str(exc))
+        os.write(write, outcome.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as fh:
+        return fh.read()
+
+
+def test_agent_socket_is_for_root_only(lab: Lab) -> None:
+    h = lab.hosts[0]
+    st = os.stat(h.socket)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+    # Open the directories on the way, so that only the socket's own mode stands in the way.
+    dirs = [lab.workdir, h.dir]
+    modes = [stat.S_IMODE(os.stat(d).st_mode) for d in dirs]
+    try:
+        for d, m in zip(dirs, modes, strict=True):
+            os.chmod(d, m | 0o005)
+        assert _connect_as_nobody(h.socket) == "EACCES"
+    finally:
+        for d, m in zip(dirs, modes, strict=True):
+            os.chmod(d, m)
+    # And root, for contrast, gets in (the plugin's CHECK reaches the agent and gets an answer).
+    conf = ctr.plugin_netconf(ctr.read_conflist(h, "my-net"))
+    out = ctr.cni_exec(lab.cni_bin, "CHECK", container_id="nobody-here", netns="/proc/self/ns/net",
+                       ifname="eth0", netconf=conf)
+    assert out.json()["code"] == 3
