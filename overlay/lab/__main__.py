@@ -15,7 +15,6 @@ import os
 import sys
 
 from overlay.lab import containers as ctr
-from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 
 WORKDIR = os.environ.get("OVERLAY_LAB_DIR", "/run/overlay-lab")
@@ -23,14 +22,10 @@ WORKDIR = os.environ.get("OVERLAY_LAB_DIR", "/run/overlay-lab")
 
 def _ping(lab: Lab, src: str, dst: str, count: int = 3) -> bool:
     target = lab.containers[dst]["ip"]
-    proc = run(["ping", "-c", str(count), "-i", "0.2", "-W", "1", target],
-               netns=lab.containers[src]["netns"], check=False)
-    summary = [ln for ln in proc.stdout.splitlines() if "packet loss" in ln]
-    ok = proc.returncode == 0
+    outcome = ctr.ping(lab.containers[src]["netns"], target, count)
     print(f"  {src} ({lab.containers[src]['host']}) -> {dst} {target} "
-          f"({lab.containers[dst]['host']}): {'OK' if ok else 'FAILED'}  "
-          f"{summary[0] if summary else proc.stderr.strip()}")
-    return ok
+          f"({lab.containers[dst]['host']}): {'OK' if outcome.ok else 'FAILED'}  {outcome.summary}")
+    return outcome.ok
 
 
 def _add(lab: Lab, name: str, host: str, network: str) -> None:

@@ -52,8 +52,12 @@ def cni_exec(cni_path: str, command: str, *, container_id: str, netns: str, ifna
     return CniOutcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
+def conflist_name(network: str) -> str:
+    return f"10-{network}.conflist"
+
+
 def conflist_path(h: LabHost, network: str) -> str:
-    return os.path.join(h.cni_dir, f"10-{network}.conflist")
+    return os.path.join(h.cni_dir, conflist_name(network))
 
 
 def define_network(lab: Lab, network: str, vni: int, subnet: str) -> None:
@@ -69,6 +73,18 @@ def define_network(lab: Lab, network: str, vni: int, subnet: str) -> None:
 def read_conflist(h: LabHost, network: str) -> dict[str, Any]:
     with open(conflist_path(h, network)) as fh:
         return dict(json.load(fh))
+
+
+@dataclass(frozen=True)
+class PingOutcome:
+    ok: bool
+    summary: str  # ping's "packet loss" line, else its error
+
+
+def ping(netns: str, address: str, count: int = 3) -> PingOutcome:
+    proc = run(["ping", "-c", str(count), "-i", "0.2", "-W", "1", address], netns=netns, check=False)
+    summary = [ln for ln in proc.stdout.splitlines() if "packet loss" in ln]
+    return PingOutcome(proc.returncode == 0, summary[0] if summary else proc.stderr.strip())
 
 
 def add_container(lab: Lab, name: str, host: str, network: str = DEFAULT_NETWORK,

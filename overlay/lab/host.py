@@ -1,12 +1,15 @@
 """The per-host steps, shared by the netns lab and the Vagrant VMs.
 
+    etcd_command(...)        etcd's command line: clients on one address and loopback
     start_ovs(dir, netns)    own ovsdb-server and ovs-vswitchd, with every file under `dir`
     write_agent_config(...)  the agent's TOML
     start_agent(...)         overlay-agent in the background, waits for its socket
     write_cni_config(...)    a conflist for the host's runtime (the `ovs` plugin first)
+    install_plugin(dir)      the `ovs` plugin where a runtime's CNI_PATH looks for it
 
 Several OVS instances can share a machine because each gets its own database, sockets, pid
-files and OVS_RUNDIR (where bridge .mgmt sockets live, which ovs-ofctl needs).
+files and OVS_RUNDIR (where bridge .mgmt sockets live, which ovs-ofctl needs). The VMs use
+the system's OVS instead and run etcd and the agent as systemd units (overlay.lab.vm).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from overlay.lab.shell import in_netns, run
 
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+ETCD_PORT = 2379
 
 
 def scripts_dir() -> str:
@@ -101,6 +105,14 @@ def wait_for(predicate: Any, what: str, timeout: float = 20.0, log: str | None =
     raise RuntimeError(f"timed out waiting for {what}{tail}")
 
 
+def etcd_command(name: str, data_dir: str, ip: str, port: int = ETCD_PORT) -> list[str]:
+    """A single-member etcd serving clients on `ip` and on loopback; its peer port stays local."""
+    url = f"http://{ip}:{port}"
+    return ["etcd", "--name", name, "--data-dir", data_dir,
+            "--listen-client-urls", f"{url},http://127.0.0.1:{port}",
+            "--advertise-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380"]
+
+
 def start_ovs(directory: str, netns: str | None) -> OvsPaths:
     """Start ovsdb-server and ovs-vswitchd whose every file lives under `directory`."""
     paths = OvsPaths(directory)
@@ -162,3 +174,12 @@ def write_cni_config(path: str, *, network: str, vni: int, subnet: str, bridge: 
     with open(path, "w") as fh:
         json.dump(conflist, fh, indent=2)
     return conflist
+
+
+def install_plugin(cni_bin: str) -> str:
+    """What a runtime's CNI_PATH holds: an executable named after the netconf's "type"."""
+    os.makedirs(cni_bin, exist_ok=True)
+    link = os.path.join(cni_bin, "ovs")
+    if not os.path.lexists(link):
+        os.symlink(os.path.join(scripts_dir(), "ovs"), link)
+    return link

@@ -1,0 +1,165 @@
+"""The Vagrant lab's Vagrantfile: valid, and provisioned by the project's own shared steps.
+
+No VM is started and no box is fetched. `vagrant validate` only loads and checks the
+configuration. To see the provisioning commands exactly as Vagrant would run them, the
+Vagrantfile is also loaded by Ruby with a stand-in `Vagrant.configure` that records them; each
+`overlay.lab.vm` command is then parsed by that module's own argument parser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from overlay.lab import vm
+
+ROOT = Path(__file__).resolve().parents[2]
+VAGRANT_DIR = ROOT / "vagrant"
+VAGRANTFILE = VAGRANT_DIR / "Vagrantfile"
+VENV = "/opt/overlay/venv"
+LAB = f"{VENV}/bin/python -m overlay.lab.vm "
+
+RECORDER = r"""
+require "json"
+
+class Stub
+  def initialize(log, machine = nil)
+    @log, @machine = log, machine
+  end
+
+  def define(name, *_args, **_opts)
+    yield Stub.new(@log, name)
+  end
+
+  def provision(name, **opts)
+    @log[:provision] << opts.merge(machine: @machine, name: name)
+  end
+
+  def synced_folder(host, guest, **opts)
+    @log[:synced] << opts.merge(host: host, guest: guest)
+  end
+
+  def network(kind, **opts)
+    @log[:network] << opts.merge(machine: @machine, kind: kind)
+  end
+
+  def provider(*_args)
+    yield Stub.new(@log, @machine) if block_given?
+  end
+
+  def method_missing(*_args, **_opts)
+    self
+  end
+
+  def respond_to_missing?(*_args)
+    true
+  end
+end
+
+module Vagrant
+  LOG = { provision: [], synced: [], network: [] }
+
+  def self.configure(_version)
+    yield Stub.new(LOG)
+  end
+end
+
+load ARGV[0]
+puts JSON.generate(Vagrant::LOG)
+"""
+
+
+def test_provisioning_goes_through_the_shared_steps() -> None:
+    text = VAGRANTFILE.read_text()
+    assert "scripts/install-deps.sh" in text
+    assert '"VENV" => VENV' in text and f'VENV = "{VENV}"' in text
+    assert "-m overlay.lab.vm" in text
+    assert (ROOT / "scripts" / "install-deps.sh").is_file()
+    assert (ROOT / "overlay" / "lab" / "vm.py").is_file()
+
+
+def test_vagrant_validate(tmp_path: Path) -> None:
+    if shutil.which("vagrant") is None:
+        pytest.skip("the `vagrant` binary is not installed (apt-get install vagrant)")
+    env = {**os.environ,
+           # offline and side-effect free: no version or box update checks, no .vagrant/ here
+           "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1",
+           "VAGRANT_DOTFILE_PATH": str(tmp_path / "dotfile"), "VAGRANT_NO_COLOR": "1"}
+
+    def validate(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["vagrant", "validate", *flags], cwd=VAGRANT_DIR, env=env,
+                              capture_output=True, text=True, timeout=120)
+    proc = validate()
+    if proc.returncode != 0 and "usable" in proc.stderr:
+        # No provider works on this machine (no VirtualBox, no vagrant-libvirt plugin): the
+        # provider blocks cannot be checked here, everything else still is.
+        proc = validate("--ignore-provider")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "validated successfully" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        pytest.skip("no `ruby` to load the Vagrantfile with (Debian's vagrant package brings it)")
+    script = tmp_path_factory.mktemp("vagrant") / "record.rb"
+    script.write_text(RECORDER)
+    proc = subprocess.run([ruby, str(script), str(VAGRANTFILE)], cwd=VAGRANT_DIR,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    log: dict[str, Any] = json.loads(proc.stdout)
+    return log
+
+
+def steps_of(recorded: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    by_machine: dict[str, list[dict[str, Any]]] = {}
+    for p in recorded["provision"]:
+        by_machine.setdefault(p["machine"], []).append(p)
+    return by_machine
+
+
+def lab_argv(step: dict[str, Any]) -> list[str]:
+    assert step["type"] == "shell" and step["inline"].startswith(LAB), step
+    return shlex.split(step["inline"][len(LAB):])
+
+
+def test_the_repository_is_synced_where_provisioning_looks(recorded: dict[str, Any]) -> None:
+    src = [s for s in recorded["synced"] if not s.get("disabled")]
+    assert len(src) == 1 and (VAGRANT_DIR / src[0]["host"]).resolve() == ROOT
+    for steps in steps_of(recorded).values():
+        deps = steps[0]  # everything else runs from the virtualenv it makes
+        assert deps["inline"].split()[-1] == f"{src[0]['guest']}/scripts/install-deps.sh"
+        assert deps["env"] == {"VENV": VENV, "SRC": src[0]["guest"]}
+
+
+def test_every_other_step_is_a_valid_overlay_lab_vm_command(recorded: dict[str, Any]) -> None:
+    parsed = {machine: [vm.build_parser().parse_args(lab_argv(s)) for s in steps[1:]]
+              for machine, steps in steps_of(recorded).items()}
+    assert len(parsed) >= 2
+    ips = {n["machine"]: n["ip"] for n in recorded["network"] if n["kind"] == "private_network"}
+    etcd = [(m, a.listen) for m, args in parsed.items() for a in args if a.cmd == "etcd"]
+    assert len(etcd) == 1, "exactly one VM runs etcd"
+    assert etcd[0][1] == ips[etcd[0][0]], "etcd listens on its VM's private address"
+    for machine, args in parsed.items():
+        commands = [a.cmd for a in args]
+        assert "host" in commands and "container" in commands, (machine, commands)
+        assert commands.index("host") < commands.index("container"), (machine, commands)
+        if "etcd" in commands:
+            assert commands.index("etcd") < commands.index("host"), (machine, commands)
+        host = args[commands.index("host")]
+        assert host.name == machine and host.underlay_ip == ips[machine]
+        assert urlparse(host.etcd).hostname == etcd[0][1], "every agent uses the lab's etcd"
+    where = {a.name: m for m, args in parsed.items() for a in args if a.cmd == "container"}
+    pings = [(m, a) for m, args in parsed.items() for a in args if a.cmd == "ping"]
+    assert pings, "some VM shows the cross-host ping"
+    for machine, ping in pings:
+        assert where[ping.name] == machine and where[ping.target] != machine, "a cross-host ping"
