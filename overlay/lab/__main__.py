@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, host in (("c0", lab.hosts[0].name), ("c1", lab.hosts[1].name)):
             if name not in lab.containers:
                 _add(lab, name, host, ctr.DEFAULT_NETWORK)
+        ctr.wait_converged(lab)
         print("cross-host ping over VXLAN (VNI 42):")
         ok = _ping(lab, "c0", "c1") & _ping(lab, "c1", "c0")
         return 0 if ok else 1

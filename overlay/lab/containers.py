@@ -117,3 +117,22 @@ def del_container(lab: Lab, name: str) -> CniOutcome:
         del lab.containers[name]
         lab.save()
     return outcome
+
+
+def wait_converged(lab: Lab, timeout: float = 10.0) -> None:
+    """Wait until every host's agent has programmed every lab container on the other hosts.
+
+    An endpoint reaches the other hosts through their etcd watch, a few milliseconds after the
+    ADD that created it returned. Pinging inside that window would measure the watch, not the
+    dataplane, so the demo and the tests wait for it first.
+    """
+    from overlay.cli.overlayctl import status  # deferred: gRPC is only needed here
+
+    def converged() -> bool:
+        for h in lab.hosts:
+            expected = sum(1 for c in lab.containers.values() if c["host"] != h.name)
+            if int(status(h.socket).get("remote_endpoints", 0)) < expected:
+                return False
+        return True
+
+    steps.wait_for(converged, "agents to learn every container", timeout)

@@ -21,6 +21,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
     for name, host in (("c0", "host0"), ("c1", "host1")):
         out = ctr.add_container(lab, name, host)
         assert out.returncode == 0, out.stdout
+    ctr.wait_converged(lab)
     return lab
 
 

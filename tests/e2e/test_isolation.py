@@ -21,6 +21,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
                             ("b0", "host0", "blue-net"), ("b1", "host1", "blue-net")):
         out = ctr.add_container(lab, name, host, net)
         assert out.returncode == 0, out.stdout
+    ctr.wait_converged(lab)
     return lab
 
 

@@ -18,6 +18,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
     for i in range(3):
         out = ctr.add_container(lab, f"c{i}", f"host{i}")
         assert out.returncode == 0, out.stdout
+    ctr.wait_converged(lab)
     return lab
 
 
