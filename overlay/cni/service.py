@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,23 @@ def void(_: object) -> None:
 
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
     return f"{network}/{container_id}/{ifname}"
+
+
+class _Stopwatch:
+    """Milliseconds per step, for the log line of each call: where does ADD spend its time?"""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self._laps.append((name, (now - self._last) * 1000))
+        self._last = now
+
+    def __str__(self) -> str:
+        total = sum(ms for _, ms in self._laps)
+        return f"{total:.0f} ms: " + " ".join(f"{n} {ms:.0f}" for n, ms in self._laps)
 
 
 class _StripedLock:
@@ -108,10 +126,13 @@ class CniService:
     def _add_steps(self, env: CniEnv, conf: NetConf, owner: str,
                    undo: list[Callable[[], None]]) -> bytes:
         assert conf.ipam is not None
+        t = _Stopwatch()
         self._store.ensure_network(NetworkRecord(conf.name, conf.vni, str(conf.subnet)))
+        t.lap("network")
 
         ip, rng = self._ipam.allocate(conf.name, owner, conf.ipam)
         undo.append(lambda: self._ipam.release(conf.name, owner))
+        t.lap("ipam")
         address = ipaddress.ip_interface(f"{ip}/{rng.subnet.prefixlen}")
         mtu = conf.mtu or self._host.underlay_mtu - VXLAN_OVERHEAD
 
@@ -119,27 +140,31 @@ class CniService:
                                           ifname=env.ifname, mtu=mtu, address=address,
                                           routes=conf.ipam.routes)
         undo.append(lambda: void(veth.delete_host_link(link.host_ifname)))
+        t.lap("veth")
 
         ofport = self._ovs.ensure_port(self._host.bridge, link.host_ifname, external_ids={
             EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
             EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni), EXT_IP: str(ip), EXT_MAC: link.mac})
         undo.append(lambda: self._ovs.delete_port(link.host_ifname))
+        t.lap("ovs-port")
 
         rec = EndpointRecord(network=conf.name, container_id=env.container_id, ifname=env.ifname,
                              host=self._host.name, vni=conf.vni, ip=str(address), mac=link.mac,
                              port=link.host_ifname, netns=env.netns)
         self._store.put_endpoint(rec)
         undo.append(lambda: self._store.delete_endpoint(conf.name, env.container_id, env.ifname))
+        t.lap("endpoint")
 
         key = endpoint_key(conf.name, env.container_id, env.ifname)
         self._dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, str(ip), ofport))
         undo.append(lambda: self._dataplane.remove_endpoint(key))
+        t.lap("flows")
 
         result = build_result(conf.cni_version, Attachment(
             host_ifname=link.host_ifname, host_mac=link.host_mac, ifname=env.ifname,
             mac=link.mac, netns=env.netns, address=address, gateway=rng.gateway,
             routes=conf.ipam.routes, mtu=mtu))
-        log.info("ADD %s %s -> %s %s port %s", conf.name, owner, address, link.mac, ofport)
+        log.info("ADD %s %s -> %s %s port %s (%s)", conf.name, owner, address, link.mac, ofport, t)
         return encode(result)
 
     # --- DEL ----------------------------------------------------------------------------------

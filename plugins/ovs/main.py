@@ -5,6 +5,7 @@ unchanged over gRPC to the agent's unix socket (netconf field `agentSocket`, def
 /run/overlay/agent.sock), and prints the result or error bytes the agent returns. It never
 touches OVS, netlink or etcd. VERSION is answered locally, since it must work without an agent.
 Transport failures map to CNI code 11 ("try again later"): the agent may just be restarting.
+The gRPC call itself goes through a small client of our own (wire.py): start-up time matters.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import json
 import os
 import sys
 from typing import Any
+
+from overlay_plugin_ovs.messages import decode_reply, encode_request
+from overlay_plugin_ovs.wire import RpcFailure, unary_call
 
 DEFAULT_SOCKET = "/run/overlay/agent.sock"
 # Mirrors overlay.cni.netconf.SUPPORTED_VERSIONS; a unit test keeps the two equal.
@@ -56,24 +60,17 @@ def run(environ: dict[str, str], stdin: bytes) -> int:
         return _error(version, DECODING_FAILURE, "netconf on stdin is not valid JSON", bad_json)
 
     socket_path = conf.get("agentSocket") or DEFAULT_SOCKET
-    import grpc  # deferred: VERSION and early errors should not pay for it
-
-    from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
-
-    request = cni_pb2.CniRequest(
-        env={k: v for k, v in environ.items() if k.startswith("CNI_")}, netconf=stdin)
+    env = {k: v for k, v in environ.items() if k.startswith("CNI_")}
+    method = "/overlay.cni.v1.Cni/" + {"ADD": "Add", "DEL": "Del", "CHECK": "Check"}[command]
     try:
-        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
-            method = {"ADD": "Add", "DEL": "Del", "CHECK": "Check"}[command]
-            reply = getattr(cni_pb2_grpc.CniStub(channel), method)(request,
-                                                                   timeout=TIMEOUT_SECONDS)
-    except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
+        reply = decode_reply(unary_call(socket_path, method, encode_request(env, stdin),
+                                        TIMEOUT_SECONDS))
+    except RpcFailure as exc:
         return _error(version, TRY_AGAIN_LATER,
                       f"cannot reach overlay-agent at {socket_path}: is it running, and are "
-                      f"you root?", f"{code}: {exc.details() if hasattr(exc, 'details') else exc}")
-    if reply.WhichOneof("outcome") == "error":
-        return _error(version, reply.error.code, reply.error.msg, reply.error.details)
+                      f"you root?", f"{exc.status}: {exc.message}")
+    if reply.is_error:
+        return _error(version, reply.code, reply.msg, reply.details)
     if reply.result:
         sys.stdout.buffer.write(reply.result + b"\n")
         sys.stdout.flush()
