@@ -37,18 +37,21 @@ log = logging.getLogger("overlay.agent")
 RESYNC_INTERVAL = 15.0
 
 
-def restore_local_endpoints(ovs: Ovsdb, bridge: str, dataplane: Dataplane) -> int:
-    """Put back the flows of every endpoint port found on the bridge (external_ids say whose)."""
-    count = 0
+def local_endpoints(ovs: Ovsdb, bridge: str) -> dict[str, LocalPort]:
+    """Every endpoint port found on the bridge, rebuilt from its external_ids."""
+    found = {}
     for port in ovs.ports(bridge):
         ids = port.external_ids
         if svc.EXT_CONTAINER not in ids or port.ofport <= 0:
             continue
-        key = svc.endpoint_key(ids[svc.EXT_NETWORK], ids[svc.EXT_CONTAINER], ids[svc.EXT_IFNAME])
-        dataplane.install_endpoint(key, LocalPort(int(ids[svc.EXT_VNI]), ids[svc.EXT_MAC],
-                                                  ids[svc.EXT_IP], port.ofport))
-        count += 1
-    return count
+        try:
+            key = svc.endpoint_key(ids[svc.EXT_NETWORK], ids[svc.EXT_CONTAINER],
+                                   ids[svc.EXT_IFNAME])
+            found[key] = LocalPort(int(ids[svc.EXT_VNI]), ids[svc.EXT_MAC],
+                                   tuple(filter(None, ids[svc.EXT_IP].split(","))), port.ofport)
+        except (KeyError, ValueError):
+            log.warning("port %s has incomplete overlay external_ids; leaving it alone", port.name)
+    return found
 
 
 def register_until_done(store: Store, rec: records.HostRecord, ttl: int,
@@ -79,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot prepare OVS: %s", err)
         return 1
     dataplane = Dataplane(ofctl=Ofctl(rundir=cfg.rundir), bridge=cfg.bridge,
-                          tunnel_ofport=node.tunnel_ofport)
-    restored = restore_local_endpoints(ovs, cfg.bridge, dataplane)
-    dataplane.resync()
-    log.info("restored %d local endpoints from OVSDB", restored)
+                          tunnel_ofport=node.tunnel_ofport, held=True)
+    try:
+        restored = local_endpoints(ovs, cfg.bridge)
+    except CniError as err:
+        log.error("cannot read the ports of %s: %s", cfg.bridge, err)
+        return 1
+    dataplane.load_local(restored)
+    log.info("found %d local endpoints in OVSDB; flows untouched until etcd is read", len(restored))
 
     store = Store(endpoints=list(cfg.etcd_endpoints), timeout=cfg.etcd_timeout)
     register_until_done(store, records.HostRecord(cfg.host, node.vtep, node.datapath),
@@ -93,20 +100,28 @@ def main(argv: list[str] | None = None) -> int:
     mirror = PrefixMirror(store=store, prefix=records.ROOT, on_change=reconciler.on_change,
                           ignore=(records.IPAM,))
     mirror.start()
+    while not stop.is_set() and not mirror.wait_synced(1.0):
+        log.info("waiting for the first snapshot of etcd")
+    dataplane.release()  # one atomic replacement: local and remote endpoints together
 
     service = svc.CniService(
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
-        dataplane=dataplane, store=store, ipam=EtcdIpam(store=store))
+        dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host))
 
-    def status() -> cni_pb2.StatusReply:
+    def info() -> cni_pb2.AgentInfoReply:
         state = dataplane.state()
-        return cni_pb2.StatusReply(
+        try:
+            store.ping()
+            etcd_ok = True
+        except CniError:
+            etcd_ok = False
+        return cni_pb2.AgentInfoReply(
             host=cfg.host, vtep=node.vtep, datapath=node.datapath, bridge=cfg.bridge,
-            ovs_connected=ovs.connected(), etcd_connected=mirror.wait_synced(0),
+            ovs_connected=ovs.connected(), etcd_connected=etcd_ok,
             local_endpoints=len(state.local), remote_endpoints=len(state.remote),
             flows=len(dataplane.flows()), version=__version__)
 
-    server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, status=status))
+    server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, info=info))
     log.info("serving CNI on %s (host %s, vtep %s, datapath %s)",
              cfg.socket, cfg.host, node.vtep, node.datapath)
 

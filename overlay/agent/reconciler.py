@@ -4,19 +4,31 @@ Level-triggered: it is handed the whole mirrored state (hosts, networks, endpoin
 change and derives the complete list of remote endpoints from it. An endpoint counts only while
 its host is alive (its leased host key exists), so traffic to a lost host stops when the
 lease expires, and resumes by itself when the host registers again.
+
+Records are validated before they reach the flow table: whatever is in etcd is written into
+OpenFlow text, so a malformed or hostile record (a VNI as a string, a MAC with a comma in it)
+is skipped with a warning instead of breaking, or extending, every host's flow table.
 """
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import logging
+import re
 from collections.abc import Callable
 
+from overlay.cni.netconf import VNI_MAX, VNI_MIN
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import RemoteEndpoint
 from overlay.store import records as r
 
 log = logging.getLogger(__name__)
+
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def _ipv4(value: object) -> str:
+    return str(ipaddress.IPv4Address(value if isinstance(value, str) else ""))
 
 
 def live_vteps(state: dict[str, bytes]) -> dict[str, str]:
@@ -25,10 +37,21 @@ def live_vteps(state: dict[str, bytes]) -> dict[str, str]:
     for key, value in state.items():
         if key.startswith(r.HOSTS):
             try:
-                vteps[key[len(r.HOSTS):]] = r.HostRecord.from_json(value).vtep
-            except (ValueError, TypeError, KeyError):
+                vteps[key[len(r.HOSTS):]] = _ipv4(r.HostRecord.from_json(value).vtep)
+            except (ValueError, TypeError, KeyError, AttributeError):
                 log.warning("ignoring malformed host record %s", key)
     return vteps
+
+
+def _remote(ep: r.EndpointRecord, vtep: str) -> RemoteEndpoint:
+    if not isinstance(ep.vni, int) or isinstance(ep.vni, bool) or not VNI_MIN <= ep.vni <= VNI_MAX:
+        raise ValueError(f"bad vni {ep.vni!r}")
+    if not isinstance(ep.mac, str) or not _MAC_RE.fullmatch(ep.mac):
+        raise ValueError(f"bad mac {ep.mac!r}")
+    if not isinstance(ep.ips, list) or not ep.ips:
+        raise ValueError(f"bad ips {ep.ips!r}")
+    ips = tuple(str(ipaddress.ip_interface(ip).ip) for ip in ep.ips)
+    return RemoteEndpoint(ep.vni, ep.mac, ips, vtep)
 
 
 def remote_endpoints(state: dict[str, bytes], me: str) -> list[RemoteEndpoint]:
@@ -39,11 +62,10 @@ def remote_endpoints(state: dict[str, bytes], me: str) -> list[RemoteEndpoint]:
             continue
         try:
             ep = r.EndpointRecord.from_json(value)
-        except (ValueError, TypeError, json.JSONDecodeError):
-            log.warning("ignoring malformed endpoint record %s", key)
-            continue
-        if ep.host != me and ep.host in vteps:
-            out.append(RemoteEndpoint(ep.vni, ep.mac, ep.address, vteps[ep.host]))
+            if ep.host != me and ep.host in vteps:
+                out.append(_remote(ep, vteps[ep.host]))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("ignoring malformed endpoint record %s: %s", key, exc)
     return out
 
 

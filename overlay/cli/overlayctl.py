@@ -20,11 +20,16 @@ DEFAULT_ETCD = "http://127.0.0.1:2379"
 DEFAULT_SOCKET = "/run/overlay/agent.sock"
 
 
+def _cell(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    widths = {c: max([len(c)] + [len(str(row.get(c, ""))) for row in rows]) for c in columns}
+    cells = [{c: _cell(row.get(c, "")) for c in columns} for row in rows]
+    widths = {c: max([len(c)] + [len(cell[c]) for cell in cells]) for c in columns}
     lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip()]
-    for row in rows:
-        lines.append("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+    for cell in cells:
+        lines.append("  ".join(cell[c].ljust(widths[c]) for c in columns).rstrip())
     return "\n".join(lines)
 
 
@@ -82,7 +87,7 @@ def status(socket_path: str) -> dict[str, Any]:
     from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
 
     with grpc.insecure_channel(f"unix:{socket_path}") as channel:
-        reply = cni_pb2_grpc.CniStub(channel).Status(cni_pb2.StatusRequest(), timeout=5)
+        reply = cni_pb2_grpc.CniStub(channel).AgentInfo(cni_pb2.AgentInfoRequest(), timeout=5)
     info: dict[str, Any] = MessageToDict(reply, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)
     return info
@@ -91,7 +96,7 @@ def status(socket_path: str) -> dict[str, Any]:
 COLUMNS = {
     "hosts": ("host", "vtep", "datapath", "alive"),
     "networks": ("name", "vni", "subnet"),
-    "endpoints": ("network", "container_id", "ifname", "host", "ip", "mac", "port"),
+    "endpoints": ("network", "container_id", "ifname", "host", "ips", "mac", "port"),
 }
 
 

@@ -31,6 +31,8 @@ class Code(enum.IntEnum):
     NETWORK_CONFLICT = 105
     CHECK_FAILED = 106
     ALREADY_ATTACHED = 107
+    REQUESTED_ADDRESS_UNAVAILABLE = 108
+    DELEGATE_FAILED = 109
 
 
 class CniError(Exception):

@@ -17,15 +17,18 @@ from typing import Any
 from overlay.cni.errors import CniError, Code
 
 VNI_MIN, VNI_MAX = 1, 16_777_215
+BUILTIN_IPAM = "overlay"
 DEFAULT_BRIDGE = "br-int"
 DEFAULT_AGENT_SOCKET = "/run/overlay/agent.sock"
 # The versions whose result shape we produce (the plugin answers VERSION with this list).
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
+NO_CONTAINER_COMMANDS = ("VERSION", "STATUS", "GC")  # called for a network, not an attachment
 
-# The CNI spec's own patterns for network names and container IDs.
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_IFNAME_BAD = re.compile(r"[/:\s]")
+# The CNI spec's own pattern for network names and container IDs (matched in full: a trailing
+# newline must not slip into an etcd key).
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+_IFNAME_BAD = re.compile(r"[/:%\s]")  # '%' would make the kernel pick the name itself
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,9 +52,24 @@ class AddressRange:
 
 @dataclass(frozen=True)
 class IpamConfig:
+    """`type` "overlay" is the built-in etcd allocator; any other names a plugin to delegate to.
+
+    Each range set yields one address (as host-local does), so one IPv4 and one IPv6 set give
+    a dual-stack container.
+    """
+
     type: str
-    ranges: tuple[AddressRange, ...]
+    range_sets: tuple[tuple[AddressRange, ...], ...] = ()
     routes: tuple[Route, ...] = ()
+    exclude: tuple[Network, ...] = ()
+
+    @property
+    def delegated(self) -> bool:
+        return self.type != BUILTIN_IPAM
+
+    @property
+    def ranges(self) -> tuple[AddressRange, ...]:
+        return tuple(r for rset in self.range_sets for r in rset)
 
 
 @dataclass(frozen=True)
@@ -62,12 +80,26 @@ class NetConf:
     bridge: str = DEFAULT_BRIDGE
     mtu: int | None = None
     agent_socket: str = DEFAULT_AGENT_SOCKET
-    ipam: IpamConfig | None = None
+    ipam: IpamConfig = IpamConfig(BUILTIN_IPAM)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    source: bytes = field(default=b"", compare=False, repr=False)  # stdin, for delegation
 
     @property
     def subnet(self) -> Network | None:
-        return self.ipam.ranges[0].subnet if self.ipam else None
+        ranges = self.ipam.ranges
+        return ranges[0].subnet if ranges else None
+
+    @property
+    def prev_result(self) -> dict[str, Any] | None:
+        prev = self.raw.get("prevResult")
+        return prev if isinstance(prev, dict) else None
+
+    def at_least(self, version: str) -> bool:
+        return _version_key(self.cni_version) >= _version_key(version)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 @dataclass(frozen=True)
@@ -125,31 +157,54 @@ def _parse_range(obj: Any) -> AddressRange:
     return AddressRange(subnet, start, end, gateway)
 
 
+def _parse_range_set(raw: Any, where: str) -> tuple[AddressRange, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise _invalid(f"ipam: {where} is an empty range set")
+    rset = tuple(_parse_range(r) for r in items)
+    if len({r.subnet.version for r in rset}) > 1:
+        raise _invalid(f"ipam: {where} mixes IPv4 and IPv6; use one range set per family")
+    return rset
+
+
+def _parse_routes(raw: Any) -> tuple[Route, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _invalid(f"ipam.routes must be a list of {{\"dst\": ..., \"gw\": ...}}, got {raw!r}")
+    routes = []
+    for r in raw:
+        if not isinstance(r, dict) or "dst" not in r:
+            raise _invalid(f"ipam: a route needs a 'dst', got {r!r}")
+        routes.append(Route(_net(r["dst"], "route dst"),
+                            _ip(r["gw"], "route gw") if "gw" in r else None))
+    return tuple(routes)
+
+
 def _parse_ipam(obj: Any) -> IpamConfig:
     if not isinstance(obj, dict):
         raise _invalid("ipam must be an object such as {\"type\": \"overlay\", \"subnet\": ...}")
-    ipam_type = obj.get("type", "overlay")
-    if ipam_type != "overlay":
-        # Delegation to other IPAM plugins (host-local, static, dhcp) is not built yet.
-        raise CniError(Code.UNSUPPORTED_FIELD,
-                       f"ipam.type {ipam_type!r} is not supported; use \"overlay\"")
-    raw_ranges: list[Any] = []
+    ipam_type = obj.get("type", BUILTIN_IPAM)
+    if not isinstance(ipam_type, str) or not _NAME_RE.fullmatch(ipam_type):
+        raise _invalid(f"ipam.type must name an IPAM plugin such as \"overlay\" or "
+                       f"\"host-local\", got {ipam_type!r}")
+    if ipam_type != BUILTIN_IPAM:
+        # Delegated: the plugin named by ipam.type validates its own section.
+        return IpamConfig(ipam_type)
     if "ranges" in obj:
         if not isinstance(obj["ranges"], list) or not obj["ranges"]:
             raise _invalid("ipam.ranges must be a non-empty list of range sets")
-        for rset in obj["ranges"]:
-            raw_ranges.extend(rset if isinstance(rset, list) else [rset])
+        range_sets = tuple(_parse_range_set(rset, f"ranges[{i}]")
+                           for i, rset in enumerate(obj["ranges"]))
     elif "subnet" in obj:
-        raw_ranges.append(obj)
+        range_sets = (_parse_range_set(obj, "subnet"),)
     else:
         raise _invalid("ipam needs a 'subnet' (or 'ranges') to allocate addresses from")
-    ranges = tuple(_parse_range(r) for r in raw_ranges)
-    routes = []
-    for r in obj.get("routes", []) or []:
-        if not isinstance(r, dict) or "dst" not in r:
-            raise _invalid(f"ipam: a route needs a 'dst', got {r!r}")
-        routes.append(Route(_net(r["dst"], "route dst"), _ip(r["gw"], "route gw") if "gw" in r else None))
-    return IpamConfig(ipam_type, ranges, tuple(routes))
+    exclude_raw = obj.get("exclude", [])
+    if not isinstance(exclude_raw, list):
+        raise _invalid(f"ipam.exclude must be a list of addresses or CIDRs, got {exclude_raw!r}")
+    exclude = tuple(_net(e, "exclude entry") for e in exclude_raw)
+    return IpamConfig(ipam_type, range_sets, _parse_routes(obj.get("routes")), exclude)
 
 
 def parse_netconf(data: bytes) -> NetConf:
@@ -160,13 +215,14 @@ def parse_netconf(data: bytes) -> NetConf:
     if not isinstance(obj, dict):
         raise CniError(Code.DECODING_FAILURE, "netconf on stdin must be a JSON object")
 
-    version = obj.get("cniVersion", "0.1.0")  # the spec's default when absent
+    # Absent, or "" as libcni passes it for a list without one: 0.1.0, as libcni reads it.
+    version = obj.get("cniVersion") or "0.1.0"
     if version not in SUPPORTED_VERSIONS:
         raise CniError(Code.INCOMPATIBLE_CNI_VERSION,
                        f"cniVersion {version!r} is not supported",
                        "supported: " + ", ".join(SUPPORTED_VERSIONS))
     name = obj.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise _invalid(f"name must match {_NAME_RE.pattern}, got {name!r}")
     if obj.get("type") != "ovs":
         raise _invalid(f"type must be \"ovs\", got {obj.get('type')!r}")
@@ -180,11 +236,21 @@ def parse_netconf(data: bytes) -> NetConf:
         raise _invalid(f"agentSocket must be an absolute path, got {sock!r}")
     if "ipam" not in obj:
         raise _invalid("ipam is required, e.g. {\"type\": \"overlay\", \"subnet\": \"10.0.0.0/24\"}")
-    return NetConf(version, name, vni, bridge, mtu, sock, _parse_ipam(obj["ipam"]), obj)
+    ipam = _parse_ipam(obj["ipam"])
+    if not _version_key(version) >= (0, 3, 0):
+        families = [rset[0].subnet.version for rset in ipam.range_sets]
+        if len(families) != len(set(families)):
+            raise _invalid(f"cniVersion {version} allows one address per family; "
+                           "use 0.3.0 or later for several range sets of one family")
+    if "prevResult" in obj and not isinstance(obj["prevResult"], dict):
+        raise CniError(Code.DECODING_FAILURE, "prevResult must be a CNI result object")
+    return NetConf(version, name, vni, bridge, mtu, sock, ipam, obj, data)
 
 
 def valid_ifname(name: str) -> bool:
-    return 0 < len(name) <= 15 and name not in (".", "..") and not _IFNAME_BAD.search(name)
+    """What the kernel accepts as a name, and keeps as given: 1-15 bytes, no / : % or space."""
+    return (0 < len(name.encode()) <= 15 and name not in (".", "..")
+            and not _IFNAME_BAD.search(name))
 
 
 def parse_env(env: dict[str, str]) -> CniEnv:
@@ -195,9 +261,9 @@ def parse_env(env: dict[str, str]) -> CniEnv:
     cid = env.get("CNI_CONTAINERID", "")
     ifname = env.get("CNI_IFNAME", "")
     netns = env.get("CNI_NETNS", "")
-    if command == "VERSION":
-        return CniEnv(command, cid, netns, ifname)
-    if not _NAME_RE.match(cid):
+    if command in NO_CONTAINER_COMMANDS:
+        return CniEnv(command, cid, netns, ifname, env.get("CNI_ARGS", ""), env.get("CNI_PATH", ""))
+    if not _NAME_RE.fullmatch(cid):
         raise CniError(Code.INVALID_ENV, f"CNI_CONTAINERID must match {_NAME_RE.pattern}, got {cid!r}")
     if not valid_ifname(ifname):
         raise CniError(Code.INVALID_ENV,

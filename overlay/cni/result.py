@@ -1,17 +1,21 @@
 """CNI result objects, in the shape of the netconf's cniVersion.
 
-0.1.0 and 0.2.0 have the old `ip4` shape; 0.3.x and later list `interfaces` and `ips` that
-point at them by index; 1.0.0 dropped the per-IP `version` field.
+0.1.0 and 0.2.0 have the old `ip4`/`ip6` shape; 0.3.x and later list `interfaces` and `ips`
+that point at them by index; 1.0.0 dropped the per-IP `version` field; 1.1.0 added an
+interface's `mtu`. When we are not the first plugin of a chain, our interfaces, addresses and
+routes are appended to the `prevResult` we were given, as the spec requires.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overlay.cni.netconf import Address, Route
+from overlay.cni.netconf import Route
+from overlay.ipam.allocator import Assigned
 
 
 @dataclass(frozen=True)
@@ -21,49 +25,59 @@ class Attachment:
     ifname: str
     mac: str
     netns: str
-    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
-    gateway: Address | None
-    routes: tuple[Route, ...]
+    addresses: Sequence[Assigned]
+    routes: Sequence[Route]
     mtu: int
 
 
-def _routes(routes: tuple[Route, ...]) -> list[dict[str, str]]:
-    out = []
-    for r in routes:
-        item = {"dst": str(r.dst)}
-        if r.gw is not None:
-            item["gw"] = str(r.gw)
-        out.append(item)
-    return out
+def _route(r: Route) -> dict[str, str]:
+    item = {"dst": str(r.dst)}
+    if r.gw is not None:
+        item["gw"] = str(r.gw)
+    return item
 
 
-def build_result(version: str, a: Attachment) -> dict[str, Any]:
-    family = "ip4" if a.address.version == 4 else "ip6"
+def _legacy(version: str, a: Attachment) -> dict[str, Any]:
+    result: dict[str, Any] = {"cniVersion": version}
+    for family, key in ((4, "ip4"), (6, "ip6")):
+        first = next((x for x in a.addresses if x.address.version == family), None)
+        if first is None:
+            continue
+        section: dict[str, Any] = {"ip": str(first.address)}
+        if first.gateway is not None:
+            section["gateway"] = str(first.gateway)
+        routes = [_route(r) for r in a.routes if r.dst.version == family]
+        if routes:
+            section["routes"] = routes
+        result[key] = section
+    result["dns"] = {}
+    return result
+
+
+def build_result(version: str, a: Attachment,
+                 prev_result: dict[str, Any] | None = None) -> dict[str, Any]:
     if version in ("0.1.0", "0.2.0"):
-        ipconf: dict[str, Any] = {"ip": str(a.address)}
-        if a.gateway is not None:
-            ipconf["gateway"] = str(a.gateway)
-        if a.routes:
-            ipconf["routes"] = _routes(a.routes)
-        return {"cniVersion": version, family: ipconf, "dns": {}}
-    ip: dict[str, Any] = {"address": str(a.address), "interface": 1}
-    if a.gateway is not None:
-        ip["gateway"] = str(a.gateway)
-    if version.startswith("0."):
-        ip = {"version": str(a.address.version), **ip}
-    result: dict[str, Any] = {
-        "cniVersion": version,
-        "interfaces": [
-            {"name": a.host_ifname, "mac": a.host_mac},
-            {"name": a.ifname, "mac": a.mac, "mtu": a.mtu, "sandbox": a.netns},
-        ],
-        "ips": [ip],
-        "dns": {},
-    }
-    if version != "1.1.0":
-        del result["interfaces"][1]["mtu"]  # interface `mtu` arrived with spec 1.1.0
-    if a.routes:
-        result["routes"] = _routes(a.routes)
+        return _legacy(version, a)
+    base: dict[str, Any] = copy.deepcopy(prev_result) if prev_result else {}
+    interfaces = list(base.get("interfaces") or [])
+    container_index = len(interfaces) + 1
+    container: dict[str, Any] = {"name": a.ifname, "mac": a.mac, "sandbox": a.netns}
+    if version == "1.1.0":
+        container["mtu"] = a.mtu  # interface `mtu` arrived with spec 1.1.0
+    interfaces += [{"name": a.host_ifname, "mac": a.host_mac}, container]
+    ips = list(base.get("ips") or [])
+    for x in a.addresses:
+        ip: dict[str, Any] = {"address": str(x.address), "interface": container_index}
+        if x.gateway is not None:
+            ip["gateway"] = str(x.gateway)
+        if version.startswith("0."):
+            ip = {"version": str(x.address.version), **ip}
+        ips.append(ip)
+    result: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces, "ips": ips}
+    routes = list(base.get("routes") or []) + [_route(r) for r in a.routes]
+    if routes:
+        result["routes"] = routes
+    result["dns"] = base.get("dns") or {}
     return result
 
 

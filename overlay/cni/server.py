@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from overlay.cni import housekeeping
 from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import CniEnv, NetConf, parse_env, parse_netconf
 from overlay.cni.service import CniService
@@ -27,9 +28,9 @@ Handler = Callable[[CniEnv, NetConf], bytes]
 
 class CniServicer(cni_pb2_grpc.CniServicer):
     def __init__(self, *, service: CniService,
-                 status: Callable[[], cni_pb2.StatusReply]) -> None:
+                 info: Callable[[], cni_pb2.AgentInfoReply]) -> None:
         self._service = service
-        self._status = status
+        self._info = info
 
     def _call(self, command: str, request: Any, handler: Handler) -> Any:
         env_vars = dict(request.env)
@@ -58,7 +59,15 @@ class CniServicer(cni_pb2_grpc.CniServicer):
         return self._call("CHECK", request, self._service.check)
 
     def Status(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return self._status()
+        return self._call("STATUS", request, lambda env, conf: housekeeping.status(
+            self._service, env, conf))
+
+    def Gc(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._call("GC", request, lambda env, conf: housekeeping.gc(
+            self._service, env, conf))
+
+    def AgentInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return self._info()
 
 
 def serve(*, socket_path: str, servicer: CniServicer, workers: int = 16) -> grpc.Server:

@@ -1,13 +1,14 @@
 """ADD, DEL and CHECK: the steps of attaching a container, in order, each undone on failure.
 
-ADD: validate -> record the network (etcd) -> allocate an IP (etcd txn) -> veth into the netns
--> port on br-int (waits for its ofport) -> endpoint record (etcd) -> local flows. If a step
-fails, the steps before it are rolled back in reverse order, so a failed ADD leaves no veth,
-no OVS port, no IP allocation and no endpoint record behind.
+ADD: validate -> record the network (etcd) -> addresses (etcd transactions, or the delegated
+IPAM plugin) -> veth into the netns -> port on br-int (waits for its ofport) -> endpoint record
+(etcd) -> local flows. Each step's undo is registered *before* the step runs (every undo is
+idempotent), so a step that fails half-way is undone too: a failed ADD leaves no veth, no OVS
+port, no IP allocation and no endpoint record behind.
 
 DEL undoes every step whether or not the others are still there, and succeeds when there is
 nothing left to undo. Calls for the same container interface are serialised by a striped lock;
-different containers proceed in parallel.
+different containers proceed in parallel. STATUS and GC live in housekeeping.py.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from overlay.cni import requests
 from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import CniEnv, NetConf
 from overlay.cni.result import Attachment, build_result, encode
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
+from overlay.ipam import delegate
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import veth
 from overlay.ovs.ovsdb import Ovsdb
@@ -49,10 +52,6 @@ class HostInfo:
     underlay_mtu: int
 
 
-def void(_: object) -> None:
-    """Discards a result, so that a call fits where an undo step is expected."""
-
-
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
     return f"{network}/{container_id}/{ifname}"
 
@@ -74,7 +73,7 @@ class _Stopwatch:
         return f"{total:.0f} ms: " + " ".join(f"{n} {ms:.0f}" for n, ms in self._laps)
 
 
-class _StripedLock:
+class StripedLock:
     def __init__(self, stripes: int = 64) -> None:
         self._locks = [threading.Lock() for _ in range(stripes)]
 
@@ -86,33 +85,31 @@ class _StripedLock:
 class CniService:
     def __init__(self, *, host: HostInfo, ovs: Ovsdb, dataplane: Dataplane, store: Store,
                  ipam: EtcdIpam) -> None:
-        self._host = host
-        self._ovs = ovs
-        self._dataplane = dataplane
-        self._store = store
-        self._ipam = ipam
-        self._lock = _StripedLock()
+        self.host = host
+        self.ovs = ovs
+        self.dataplane = dataplane
+        self.store = store
+        self.ipam = ipam
+        self.lock = StripedLock()
 
-    def _check_bridge(self, conf: NetConf) -> None:
-        if conf.bridge != self._host.bridge:
+    def check_bridge(self, conf: NetConf) -> None:
+        if conf.bridge != self.host.bridge:
             raise CniError(Code.INVALID_NETCONF,
                            f"bridge {conf.bridge!r} is not managed by the overlay agent on "
-                           f"{self._host.name}; it manages {self._host.bridge!r}")
+                           f"{self.host.name}; it manages {self.host.bridge!r}")
 
     # --- ADD ----------------------------------------------------------------------------------
 
     def add(self, env: CniEnv, conf: NetConf) -> bytes:
-        self._check_bridge(conf)
-        assert conf.ipam is not None and conf.subnet is not None
+        self.check_bridge(conf)
         owner = owner_of(env.container_id, env.ifname)
-        host_if = veth.hostside_name(env.container_id, env.ifname)
-        with self._lock(owner):
-            if veth.link_exists(host_if) or self._store.get_endpoint(conf.name, env.container_id,
-                                                                     env.ifname):
+        with self.lock(owner):
+            if veth.link_exists(veth.hostside_name(env.container_id, env.ifname)) or \
+                    self.store.get_endpoint(conf.name, env.container_id, env.ifname):
                 raise CniError(Code.ALREADY_ATTACHED,
                                f"container {env.container_id} interface {env.ifname} is already "
-                               f"attached to {conf.name}", "run DEL for it before ADD again")
-            undo: list[Callable[[], None]] = []
+                               f"attached", "run DEL for it before ADD again")
+            undo: list[Callable[[], object]] = []
             try:
                 return self._add_steps(env, conf, owner, undo)
             except BaseException:
@@ -124,75 +121,107 @@ class CniService:
                 raise
 
     def _add_steps(self, env: CniEnv, conf: NetConf, owner: str,
-                   undo: list[Callable[[], None]]) -> bytes:
-        assert conf.ipam is not None
+                   undo: list[Callable[[], object]]) -> bytes:
         t = _Stopwatch()
-        self._store.ensure_network(NetworkRecord(conf.name, conf.vni, str(conf.subnet)))
+        mac = requests.requested_mac(conf, env)
+        wanted_ips = requests.requested_ips(conf, env)
+        network = NetworkRecord(conf.name, conf.vni, str(conf.subnet or ""))
+        if self.store.ensure_network(network):
+            undo.append(lambda: self.store.drop_network_if_unused(network))
         t.lap("network")
 
-        ip, rng = self._ipam.allocate(conf.name, owner, conf.ipam)
-        undo.append(lambda: self._ipam.release(conf.name, owner))
+        if conf.ipam.delegated:
+            undo.append(lambda: delegate.run("DEL", conf, env))
+            lease = delegate.parse_result(delegate.run("ADD", conf, env) or {})
+            assigned, routes = lease.assigned, lease.routes
+        else:
+            undo.append(lambda: self.ipam.release(conf.name, owner))
+            assigned = self.ipam.allocate(conf.name, owner, conf.ipam, wanted_ips)
+            routes = conf.ipam.routes
         t.lap("ipam")
-        address = ipaddress.ip_interface(f"{ip}/{rng.subnet.prefixlen}")
-        mtu = conf.mtu or self._host.underlay_mtu - VXLAN_OVERHEAD
+        mtu = conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
+        host_if = veth.hostside_name(env.container_id, env.ifname)
 
+        undo.append(lambda: veth.delete_host_link(host_if))
         link = veth.create_container_link(container_id=env.container_id, netns=env.netns,
-                                          ifname=env.ifname, mtu=mtu, address=address,
-                                          routes=conf.ipam.routes)
-        undo.append(lambda: void(veth.delete_host_link(link.host_ifname)))
+                                          ifname=env.ifname, mtu=mtu,
+                                          addresses=[a.address for a in assigned],
+                                          routes=routes, mac=mac)
         t.lap("veth")
 
-        ofport = self._ovs.ensure_port(self._host.bridge, link.host_ifname, external_ids={
+        ips = tuple(str(a.address.ip) for a in assigned)
+        undo.append(lambda: self.ovs.delete_port(host_if))
+        ofport = self.ovs.ensure_port(self.host.bridge, host_if, external_ids={
             EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
-            EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni), EXT_IP: str(ip), EXT_MAC: link.mac})
-        undo.append(lambda: self._ovs.delete_port(link.host_ifname))
+            EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni), EXT_IP: ",".join(ips),
+            EXT_MAC: link.mac})
         t.lap("ovs-port")
 
         rec = EndpointRecord(network=conf.name, container_id=env.container_id, ifname=env.ifname,
-                             host=self._host.name, vni=conf.vni, ip=str(address), mac=link.mac,
-                             port=link.host_ifname, netns=env.netns)
-        self._store.put_endpoint(rec)
-        undo.append(lambda: self._store.delete_endpoint(conf.name, env.container_id, env.ifname))
+                             host=self.host.name, vni=conf.vni,
+                             ips=[str(a.address) for a in assigned], mac=link.mac,
+                             port=host_if, netns=env.netns, mtu=mtu,
+                             routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes])
+        undo.append(lambda: self.store.delete_endpoint(conf.name, env.container_id, env.ifname))
+        self.store.put_endpoint(rec)
         t.lap("endpoint")
 
         key = endpoint_key(conf.name, env.container_id, env.ifname)
-        self._dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, str(ip), ofport))
-        undo.append(lambda: self._dataplane.remove_endpoint(key))
+        undo.append(lambda: self.dataplane.remove_endpoint(key))
+        self.dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport))
         t.lap("flows")
 
         result = build_result(conf.cni_version, Attachment(
-            host_ifname=link.host_ifname, host_mac=link.host_mac, ifname=env.ifname,
-            mac=link.mac, netns=env.netns, address=address, gateway=rng.gateway,
-            routes=conf.ipam.routes, mtu=mtu))
-        log.info("ADD %s %s -> %s %s port %s (%s)", conf.name, owner, address, link.mac, ofport, t)
+            host_ifname=host_if, host_mac=link.host_mac, ifname=env.ifname, mac=link.mac,
+            netns=env.netns, addresses=assigned, routes=routes, mtu=mtu), conf.prev_result)
+        log.info("ADD %s %s -> %s %s port %s (%s)", conf.name, owner, ",".join(ips), link.mac,
+                 ofport, t)
         return encode(result)
 
     # --- DEL ----------------------------------------------------------------------------------
 
     def delete(self, env: CniEnv, conf: NetConf) -> bytes:
-        owner = owner_of(env.container_id, env.ifname)
-        host_if = veth.hostside_name(env.container_id, env.ifname)
-        with self._lock(owner):
-            self._dataplane.remove_endpoint(endpoint_key(conf.name, env.container_id, env.ifname))
-            self._ovs.delete_port(host_if)
-            veth.delete_host_link(host_if)
-            self._store.delete_endpoint(conf.name, env.container_id, env.ifname)
-            self._ipam.release(conf.name, owner)
-        log.info("DEL %s %s", conf.name, owner)
+        with self.lock(owner_of(env.container_id, env.ifname)):
+            self.teardown(env, conf, env.container_id, env.ifname)
+        log.info("DEL %s %s/%s", conf.name, env.container_id, env.ifname)
         return b""
+
+    def teardown(self, env: CniEnv, conf: NetConf, container_id: str, ifname: str) -> None:
+        """Remove one attachment of `conf`'s network, whatever of it is left. Idempotent.
+
+        The host-side veth and port are named after container and interface only, so they are
+        removed only if the port says it belongs to this network (or no port is left): a DEL
+        for another network, sent after its ADD was refused, must not cut this one.
+        """
+        host_if = veth.hostside_name(container_id, ifname)
+        self.dataplane.remove_endpoint(endpoint_key(conf.name, container_id, ifname))
+        port_network = self.ovs.port_external_ids(host_if).get(EXT_NETWORK)
+        if port_network in (None, conf.name):
+            self.ovs.delete_port(host_if)
+            veth.delete_host_link(host_if)
+        self.store.delete_endpoint(conf.name, container_id, ifname)
+        if conf.ipam.delegated:
+            delegate.run("DEL", conf, env, container_id=container_id, ifname=ifname)
+        else:
+            self.ipam.release(conf.name, owner_of(container_id, ifname))
 
     # --- CHECK --------------------------------------------------------------------------------
 
     def check(self, env: CniEnv, conf: NetConf) -> bytes:
-        self._check_bridge(conf)
-        owner = owner_of(env.container_id, env.ifname)
-        with self._lock(owner):
-            rec = self._store.get_endpoint(conf.name, env.container_id, env.ifname)
+        if not conf.at_least("0.4.0"):
+            raise CniError(Code.INCOMPATIBLE_CNI_VERSION,
+                           f"CHECK needs cniVersion 0.4.0 or later, the netconf says "
+                           f"{conf.cni_version}")
+        self.check_bridge(conf)
+        with self.lock(owner_of(env.container_id, env.ifname)):
+            rec = self.store.get_endpoint(conf.name, env.container_id, env.ifname)
             if rec is None:
                 raise CniError(Code.UNKNOWN_CONTAINER,
                                f"container {env.container_id} interface {env.ifname} is not "
                                f"attached to {conf.name}")
             problems = self._differences(env, conf, rec)
+            if conf.ipam.delegated:
+                delegate.run("CHECK", conf, env)
         if problems:
             raise CniError(Code.CHECK_FAILED,
                            f"container {env.container_id} interface {env.ifname} on "
@@ -203,21 +232,52 @@ class CniService:
         problems = []
         if rec.vni != conf.vni:
             problems.append(f"recorded vxlanID {rec.vni} differs from netconf {conf.vni}")
+        problems += _prev_result_differences(conf, env, rec)
         link = veth.inspect_container_link(env.netns, env.ifname)
         if link is None:
             problems.append(f"interface {env.ifname} is missing from {env.netns}")
         else:
             if link.mac != rec.mac:
                 problems.append(f"MAC is {link.mac}, expected {rec.mac}")
-            if rec.ip not in link.addresses:
-                problems.append(f"address {rec.ip} is missing (has {', '.join(link.addresses)})")
+            for ip in rec.ips:
+                if str(ipaddress.ip_interface(ip)) not in link.addresses:
+                    problems.append(f"address {ip} is missing (has {', '.join(link.addresses)})")
+            if rec.mtu and link.mtu != rec.mtu:
+                problems.append(f"MTU is {link.mtu}, expected {rec.mtu}")
+            for route in rec.routes:
+                if (route["dst"], route["gw"]) not in link.routes:
+                    problems.append(f"route to {route['dst']} via {route['gw'] or 'link'} "
+                                    "is missing")
             if not link.up:
                 problems.append("interface is down")
-        if not self._ovs.port_exists(rec.port):
-            problems.append(f"OVS port {rec.port} is missing from {self._host.bridge}")
-        holder = self._store.allocations(conf.name).get(ipaddress.ip_address(rec.address))
-        if holder != owner_of(env.container_id, env.ifname):
-            problems.append(f"IP allocation of {rec.address} is held by {holder!r}")
-        if endpoint_key(conf.name, env.container_id, env.ifname) not in self._dataplane.local_keys():
-            problems.append("no flows are installed for the endpoint")
+        ofport = self.ovs.ofport(rec.port)
+        if ofport is None:
+            problems.append(f"OVS port {rec.port} is missing from {self.host.bridge}")
+        else:
+            port = LocalPort(rec.vni, rec.mac, tuple(rec.addresses), ofport)
+            key = endpoint_key(conf.name, env.container_id, env.ifname)
+            if key not in self.dataplane.local_keys() or not self.dataplane.switch_has(port):
+                problems.append(f"the flows of port {rec.port} are not in the switch")
+        if not conf.ipam.delegated:
+            held = self.ipam.held_by(conf.name, owner_of(env.container_id, env.ifname))
+            for ip in rec.addresses:
+                if ipaddress.ip_address(ip) not in held:
+                    problems.append(f"the IP allocation of {ip} is not held by this container")
         return problems
+
+
+def _prev_result_differences(conf: NetConf, env: CniEnv, rec: EndpointRecord) -> list[str]:
+    """Addresses the runtime's prevResult gives our interface must be the ones we recorded."""
+    prev = conf.prev_result
+    if not prev:
+        return []
+    interfaces = prev.get("interfaces") or []
+    ours = {i for i, itf in enumerate(interfaces)
+            if isinstance(itf, dict) and itf.get("name") == env.ifname
+            and itf.get("sandbox") == env.netns}
+    problems = []
+    for ip in prev.get("ips") or []:
+        if isinstance(ip, dict) and ip.get("interface") in ours and ip.get("address") not in rec.ips:
+            problems.append(f"prevResult lists {ip.get('address')} on {env.ifname}, which ADD "
+                            "did not assign")
+    return problems

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import threading
 
+from overlay.cni.errors import CniError
 from overlay.dataplane.flows import DesiredState, LocalPort, RemoteEndpoint, compute_flows
 from overlay.ovs.ofctl import Ofctl
 
 
 class Dataplane:
-    def __init__(self, *, ofctl: Ofctl, bridge: str, tunnel_ofport: int) -> None:
+    def __init__(self, *, ofctl: Ofctl, bridge: str, tunnel_ofport: int,
+                 held: bool = False) -> None:
         self._ofctl = ofctl
         self._bridge = bridge
         self._tunnel_ofport = tunnel_ofport
@@ -27,6 +29,9 @@ class Dataplane:
         self._wanted = 0     # bumped by every change
         self._applied = -1   # the change number the switch has caught up with
         self._installed: list[str] | None = None
+        # While held, intent is collected but nothing is pushed: a restarting agent must not
+        # replace a correct table with one that lacks what it has not re-learned from etcd yet.
+        self._held = held
 
     # --- intent -----------------------------------------------------------------------------
 
@@ -44,6 +49,16 @@ class Dataplane:
         with self._state_lock:
             self._remote = tuple(sorted(set(endpoints)))
         self._sync()
+
+    def load_local(self, ports: dict[str, LocalPort]) -> None:
+        """Add many local endpoints at once (start-up), pushed with the next sync."""
+        with self._state_lock:
+            self._local.update(ports)
+
+    def release(self) -> None:
+        """End the hold: from now on every change is pushed, starting with this one."""
+        self._held = False
+        self.resync()
 
     def resync(self) -> None:
         """Push the table again even if unchanged: after OVS restarted, say."""
@@ -64,9 +79,23 @@ class Dataplane:
         with self._state_lock:
             return set(self._local)
 
+    def switch_has(self, port: LocalPort) -> bool:
+        """Does the switch itself (not just our intent) admit this port's traffic?"""
+        lines = self._ofctl.dump_flows(self._bridge, f"table=0,in_port={port.ofport}")
+        return any(f"dl_src={port.mac}" in line for line in lines)
+
+    def switch_answers(self) -> bool:
+        try:
+            self._ofctl.dump_flows(self._bridge, "table=99")  # an empty table: a cheap probe
+            return True
+        except CniError:
+            return False
+
     # --- mechanics --------------------------------------------------------------------------
 
     def _sync(self) -> None:
+        if self._held:
+            return
         with self._state_lock:
             self._wanted += 1
             mine = self._wanted

@@ -2,11 +2,13 @@
 
 Pipeline (one integration bridge, one flow-based VXLAN port):
 
-  table 0  CLASSIFY   A container port is admitted only with its own MAC and IPv4 address
-                      (anti-spoofing); its VNI goes to reg0. Tunnel traffic is admitted per
-                      known VNI (tun_id -> reg0). Everything else is dropped.
+  table 0  CLASSIFY   A container port is admitted only with its own MAC and its own IPv4/IPv6
+                      addresses (anti-spoofing; IPv6 also link-local and DAD, which neighbour
+                      discovery needs); its VNI goes to reg0. Tunnel traffic is admitted per
+                      VNI from the VTEPs of hosts that have that network. The rest is dropped.
   table 10 ARP        ARP requests for any endpoint of the same network are answered right here
                       from control-plane data; nothing is flooded, across tunnels or locally.
+                      IPv6 neighbour solicitations are multicast and go the broadcast way.
   table 20 FORWARD    Traffic from local containers: to a local port, or to the remote host's
                       VTEP with tun_id = VNI. Broadcast/multicast is replicated head-end to the
                       network's local ports and to the hosts that have the network, only.
@@ -30,7 +32,7 @@ MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 class LocalPort:
     vni: int
     mac: str
-    ip: str
+    ips: tuple[str, ...]
     ofport: int
 
 
@@ -38,7 +40,7 @@ class LocalPort:
 class RemoteEndpoint:
     vni: int
     mac: str
-    ip: str
+    ips: tuple[str, ...]
     vtep: str
 
 
@@ -69,45 +71,73 @@ def _to_vtep(vtep: str, vni: int, tunnel_ofport: int) -> str:
     return f"set_field:{vtep}->tun_dst,set_field:{vni}->tun_id,output:{tunnel_ofport}"
 
 
+def _v4(ips: tuple[str, ...]) -> list[str]:
+    return [ip for ip in ips if ":" not in ip]
+
+
+def _v6(ips: tuple[str, ...]) -> list[str]:
+    return [ip for ip in ips if ":" in ip]
+
+
+def _admit_local(p: LocalPort) -> list[str]:
+    """Table 0 for one container port: only its own MAC, with its own addresses."""
+    load = f"load:{p.vni}->NXM_NX_REG0[]"
+    base = f"in_port={p.ofport},dl_src={p.mac}"
+    flows = []
+    for ip in _v4(p.ips):
+        flows.append(_flow(CLASSIFY, 100, f"{base},ip,nw_src={ip}", f"{load},goto_table:{FORWARD}"))
+        flows.append(_flow(CLASSIFY, 100, f"{base},arp,arp_spa={ip},arp_sha={p.mac}",
+                           f"{load},goto_table:{ARP}"))
+        # Its own address is never answered for it: duplicate-address probes must stay unanswered.
+        flows.append(_flow(ARP, 110, f"in_port={p.ofport},arp,arp_tpa={ip}", "drop"))
+    v6 = _v6(p.ips)
+    for ip in v6:
+        flows.append(_flow(CLASSIFY, 100, f"{base},ipv6,ipv6_src={ip}",
+                           f"{load},goto_table:{FORWARD}"))
+    if v6:
+        # Link-local sources and the unspecified source of duplicate-address detection are part
+        # of IPv6 neighbour discovery; neighbour solicitations travel as multicast in the network.
+        flows.append(_flow(CLASSIFY, 100, f"{base},ipv6,ipv6_src=fe80::/10",
+                           f"{load},goto_table:{FORWARD}"))
+        flows.append(_flow(CLASSIFY, 100, f"{base},icmp6,ipv6_src=::,icmp_type=135",
+                           f"{load},goto_table:{FORWARD}"))
+    return flows
+
+
 def compute_flows(state: DesiredState) -> list[str]:
     tun = state.tunnel_ofport
     local = sorted(set(state.local))
-    remote = sorted(set(state.remote))
-    vnis = sorted({p.vni for p in local})
     local_by_vni: dict[int, list[LocalPort]] = defaultdict(list)
     for p in local:
         local_by_vni[p.vni].append(p)
+    # A host only needs the remote endpoints of networks it has containers in.
+    remote = sorted(e for e in set(state.remote) if e.vni in local_by_vni)
     vteps_by_vni: dict[int, set[str]] = defaultdict(set)
     for e in remote:
         vteps_by_vni[e.vni].add(e.vtep)
 
     flows = [_flow(CLASSIFY, 0, "", "drop"), _flow(ARP, 0, "", "drop"),
              _flow(FORWARD, 0, "", "drop"), _flow(DELIVER, 0, "", "drop")]
-    for vni in vnis:
-        # Only networks with a local endpoint accept tunnel traffic at all.
-        flows.append(_flow(CLASSIFY, 100, f"in_port={tun},tun_id={vni}",
-                           f"load:{vni}->NXM_NX_REG0[],goto_table:{DELIVER}"))
+    for vni in sorted(local_by_vni):
+        # Tunnel traffic is admitted per network and only from hosts that have that network.
+        for vtep in sorted(vteps_by_vni[vni]):
+            flows.append(_flow(CLASSIFY, 100, f"in_port={tun},tun_src={vtep},tun_id={vni}",
+                               f"load:{vni}->NXM_NX_REG0[],goto_table:{DELIVER}"))
     for p in local:
-        load = f"load:{p.vni}->NXM_NX_REG0[]"
+        flows += _admit_local(p)
         flows += [
-            _flow(CLASSIFY, 100, f"in_port={p.ofport},dl_src={p.mac},ip,nw_src={p.ip}",
-                  f"{load},goto_table:{FORWARD}"),
-            _flow(CLASSIFY, 100,
-                  f"in_port={p.ofport},dl_src={p.mac},arp,arp_spa={p.ip},arp_sha={p.mac}",
-                  f"{load},goto_table:{ARP}"),
             _flow(FORWARD, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
             _flow(DELIVER, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
         ]
     for e in remote:
-        if e.vni in local_by_vni:  # a host only needs the networks it has containers in
-            flows.append(_flow(FORWARD, 100, f"reg0={e.vni},dl_dst={e.mac}",
-                               _to_vtep(e.vtep, e.vni, tun)))
-    answerable: list[LocalPort | RemoteEndpoint] = [*local, *(e for e in remote
-                                                               if e.vni in local_by_vni)]
+        flows.append(_flow(FORWARD, 100, f"reg0={e.vni},dl_dst={e.mac}",
+                           _to_vtep(e.vtep, e.vni, tun)))
+    answerable: list[LocalPort | RemoteEndpoint] = [*local, *remote]
     for ep in answerable:
-        flows.append(_flow(ARP, 100, f"reg0={ep.vni},arp,arp_op=1,arp_tpa={ep.ip}",
-                           _arp_reply(ep.mac, ep.ip)))
-    for vni in vnis:
+        for ip in _v4(ep.ips):
+            flows.append(_flow(ARP, 100, f"reg0={ep.vni},arp,arp_op=1,arp_tpa={ip}",
+                               _arp_reply(ep.mac, ip)))
+    for vni in sorted(local_by_vni):
         outputs = [f"output:{p.ofport}" for p in local_by_vni[vni]]
         floods = [_to_vtep(v, vni, tun) for v in sorted(vteps_by_vni[vni])]
         flows.append(_flow(FORWARD, 50, f"reg0={vni},dl_dst={MULTICAST}",

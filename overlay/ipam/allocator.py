@@ -1,47 +1,109 @@
 """Cluster-wide unique IP allocation, backed by etcd.
 
-An allocation is one key, /overlay/v1/ipam/<network>/<ip> -> "<container>/<ifname>", created
-only if absent in an etcd transaction. etcd's linearizable compare is the whole concurrency
-story: two agents that pick the same address race on the same key and exactly one wins; the
-loser picks again. Allocations have no lease, so an agent restart never frees an address.
+An allocation is one key, /overlay/v1/ipam/<network>/<ip> -> {"owner": "<container>/<if>",
+"host": "<host>"}, created only if absent in an etcd transaction. etcd's linearizable compare
+is the whole concurrency story: two agents that pick the same address race on the same key and
+exactly one wins; the loser picks again. Allocations have no lease, so an agent restart never
+frees an address. The host is recorded so that GC on one host never frees another host's.
+
+One address comes from each range set of the netconf (one IPv4 and one IPv6 set make a
+dual-stack container). A requested address (runtimeConfig/args `ips`, CNI_ARGS IP) is taken for
+the set whose ranges contain it, or the call fails: the runtime asked for that one.
 """
 
 from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import Address, AddressRange, IpamConfig
 from overlay.ipam.pool import candidates
 from overlay.store.etcd import Store
+from overlay.store.records import Holder
+
+
+@dataclass(frozen=True)
+class Assigned:
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    gateway: Address | None
+
+
+def _range_for(ip: Address, rset: tuple[AddressRange, ...]) -> AddressRange | None:
+    for rng in rset:
+        if ip in rng.subnet and rng.start <= ip <= rng.end:  # type: ignore[operator]
+            return rng
+    return None
+
+
+def _assigned(ip: Address, rng: AddressRange) -> Assigned:
+    return Assigned(ipaddress.ip_interface(f"{ip}/{rng.subnet.prefixlen}"), rng.gateway)
 
 
 class EtcdIpam:
-    def __init__(self, *, store: Store) -> None:
+    def __init__(self, *, store: Store, host: str) -> None:
         self._store = store
+        self._host = host
 
-    def allocate(self, network: str, owner: str, ipam: IpamConfig) -> tuple[Address, AddressRange]:
-        """Reserve one address for `owner`; calling again for the same owner returns the same one."""
+    def allocate(self, network: str, owner: str, ipam: IpamConfig,
+                 requested: Sequence[Address] = ()) -> list[Assigned]:
+        """Reserve one address per range set for `owner`; again for the same owner, the same.
+
+        All-or-nothing: if a later set fails, the addresses taken for earlier sets are freed.
+        """
         held = self._store.allocations(network)
-        for ip, holder in held.items():
-            if holder == owner:
-                return ip, self._range_of(ip, ipam)
-        for rng in ipam.ranges:
+        mine = {ip for ip, h in held.items() if h.owner == owner}
+        unplaced = [ip for ip in requested
+                    if not any(_range_for(ip, rset) for rset in ipam.range_sets)]
+        if unplaced:
+            raise CniError(Code.REQUESTED_ADDRESS_UNAVAILABLE,
+                           f"requested address {unplaced[0]} is in none of the network's ranges")
+        taken: list[Address] = []
+        try:
+            return [self._one(network, owner, rset, ipam, held, mine, requested, taken)
+                    for rset in ipam.range_sets]
+        except BaseException:
+            for ip in taken:
+                self._store.release_ip(network, ip, Holder(owner, self._host))
+            raise
+
+    def _one(self, network: str, owner: str, rset: tuple[AddressRange, ...], ipam: IpamConfig,
+             held: dict[Address, Holder], mine: set[Address], requested: Sequence[Address],
+             taken: list[Address]) -> Assigned:
+        holder = Holder(owner, self._host)
+        for ip in mine:  # a retried ADD: keep what this owner already holds in this set
+            rng = _range_for(ip, rset)
+            if rng is not None:
+                return _assigned(ip, rng)
+        for ip in requested:
+            rng = _range_for(ip, rset)
+            if rng is None:
+                continue
+            if not self._store.claim_ip(network, ip, holder):
+                raise CniError(Code.REQUESTED_ADDRESS_UNAVAILABLE,
+                               f"requested address {ip} is already in use in {network!r}",
+                               f"held by {held.get(ip, Holder('?', '?')).owner}")
+            taken.append(ip)
+            return _assigned(ip, rng)
+        excluded = [net for net in ipam.exclude if net.version == rset[0].subnet.version]
+        for rng in rset:
             used = {ip for ip in held if ip in rng.subnet}
             for ip in candidates(rng, used):
-                if self._store.claim_ip(network, ip, owner):
-                    return ip, rng
+                if any(ip in net for net in excluded):
+                    continue
+                if self._store.claim_ip(network, ip, holder):
+                    taken.append(ip)
+                    return _assigned(ip, rng)
         raise CniError(Code.IPAM_EXHAUSTED, f"network {network!r} has no free address left",
-                       "ranges: " + ", ".join(f"{r.start}-{r.end}" for r in ipam.ranges))
+                       "ranges: " + ", ".join(f"{r.start}-{r.end}" for r in rset))
+
+    def held_by(self, network: str, owner: str) -> list[Address]:
+        return sorted((ip for ip, h in self._store.allocations(network).items() if h.owner == owner),
+                      key=lambda ip: (ip.version, int(ip)))
 
     def release(self, network: str, owner: str) -> None:
         """Free every address `owner` holds in `network`; a no-op when it holds none."""
         for ip, holder in self._store.allocations(network).items():
-            if holder == owner:
-                self._store.release_ip(network, ip, owner)
-
-    @staticmethod
-    def _range_of(ip: Address, ipam: IpamConfig) -> AddressRange:
-        for rng in ipam.ranges:
-            if ip in rng.subnet:
-                return rng
-        raise CniError(Code.NETWORK_CONFLICT,
-                       f"address {ip} held for this container is outside the netconf's ranges")
+            if holder.owner == owner:
+                self._store.release_ip(network, ip, holder)

@@ -266,7 +266,7 @@ def resolve(target: str, etcd: str, timeout: float) -> tuple[str, str]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"no container {target} recorded in etcd at {etcd}")
         time.sleep(1)
-    address = rec["ip"].split("/")[0]
+    address = rec["ips"][0].split("/")[0]
     return address, f"{target} {address} ({rec['host']})"
 
 

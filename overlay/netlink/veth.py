@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -62,9 +62,13 @@ def link_exists(name: str) -> bool:
         return _index(ipr, name) is not None
 
 
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IFA_F_NODAD = 0x02  # an address the control plane made unique needs no duplicate detection
+
+
 def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: int,
-                          address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
-                          routes: tuple[Route, ...]) -> ContainerLink:
+                          addresses: Sequence[Interface], routes: Sequence[Route],
+                          mac: str | None = None) -> ContainerLink:
     """Create the pair, configure the container end inside `netns`, bring both ends up.
 
     All-or-nothing: on any failure the pair is deleted (which removes both ends) and a
@@ -83,16 +87,19 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
         try:
             _quiet_host_side(host)
             disable_tx_checksum(peer)
+            if mac is not None:
+                ipr.link("set", index=_index(ipr, peer), address=mac)
             nsfd = os.open(netns, os.O_RDONLY)
             try:
                 ipr.link("set", index=_index(ipr, peer), net_ns_fd=nsfd)
             finally:
                 os.close(nsfd)
-            mac, index = _configure_inside(netns, peer, ifname, address, routes)
+            peer_mac, index = run_in_netns(
+                netns, lambda: _configure(peer, ifname, addresses, routes, netns))
             host_idx = _index(ipr, host)
             ipr.link("set", index=host_idx, state="up")
             host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
-            return ContainerLink(host, host_mac, ifname, mac, index)
+            return ContainerLink(host, host_mac, ifname, peer_mac, index)
         except BaseException as exc:
             delete_host_link(host)
             if isinstance(exc, CniError):
@@ -115,14 +122,8 @@ def _quiet_host_side(host: str) -> None:
             fh.write("1")
 
 
-def _configure_inside(netns: str, peer: str, ifname: str,
-                      address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
-                      routes: tuple[Route, ...]) -> tuple[str, int]:
-    return run_in_netns(netns, lambda: _configure(peer, ifname, address, routes, netns))
-
-
-def _configure(peer: str, ifname: str, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
-               routes: tuple[Route, ...], netns: str) -> tuple[str, int]:
+def _configure(peer: str, ifname: str, addresses: Sequence[Interface], routes: Sequence[Route],
+               netns: str) -> tuple[str, int]:
     with _ipr() as ns:
         if _index(ns, ifname) is not None:
             raise CniError(Code.NETLINK_FAILURE, f"interface {ifname} already exists in {netns}",
@@ -132,7 +133,9 @@ def _configure(peer: str, ifname: str, address: ipaddress.IPv4Interface | ipaddr
             raise CniError(Code.NETLINK_FAILURE, f"{peer} did not arrive in {netns}")
         ns.link("set", index=idx, ifname=ifname)
         ns.link("set", index=idx, state="up")
-        ns.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
+        for address in addresses:
+            ns.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
+                    **({"flags": IFA_F_NODAD} if address.version == 6 else {}))
         for route in routes:
             kwargs: dict[str, Any] = {"dst": str(route.dst), "oif": idx}
             if route.gw is not None:
@@ -164,10 +167,14 @@ class LinkView:
     mtu: int
     addresses: tuple[str, ...]
     up: bool
+    routes: frozenset[tuple[str, str]]  # (dst, gateway or "")
 
 
 def inspect_container_link(netns: str, ifname: str) -> LinkView | None:
-    return run_in_netns(netns, lambda: _inspect(ifname))
+    try:
+        return run_in_netns(netns, lambda: _inspect(ifname))
+    except OSError as exc:
+        raise CniError(Code.NETLINK_FAILURE, f"cannot look into {netns}", str(exc)) from None
 
 
 def _inspect(ifname: str) -> LinkView | None:
@@ -178,5 +185,12 @@ def _inspect(ifname: str) -> LinkView | None:
         link = ns.get_links(idx)[0]
         addrs = tuple(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
                       for a in ns.get_addr(index=idx))
+        routes = set()
+        for family in (2, 10):  # AF_INET, AF_INET6
+            for r in ns.get_routes(family=family, oif=idx, table=254):
+                dst = r.get_attr("RTA_DST")
+                dst = f"{dst}/{r['dst_len']}" if dst else ("0.0.0.0/0" if family == 2 else "::/0")
+                routes.add((str(ipaddress.ip_network(dst, strict=False)),
+                            r.get_attr("RTA_GATEWAY") or ""))
         return LinkView(link.get_attr("IFLA_ADDRESS"), link.get_attr("IFLA_MTU"), addrs,
-                        link.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"))
+                        link.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"), frozenset(routes))

@@ -43,6 +43,6 @@ class Ofctl:
             f.flush()
             self._run("--bundle", "replace-flows", self._target(bridge), f.name)
 
-    def dump_flows(self, bridge: str) -> list[str]:
-        out = self._run("--no-stats", "dump-flows", self._target(bridge))
+    def dump_flows(self, bridge: str, match: str = "") -> list[str]:
+        out = self._run("--no-stats", "dump-flows", self._target(bridge), *([match] if match else []))
         return [line.strip() for line in out.splitlines() if line.strip() and "reply" not in line]

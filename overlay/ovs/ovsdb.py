@@ -56,6 +56,12 @@ class Ovsdb:
         except Exception as exc:
             raise CniError(Code.OVS_FAILURE, f"OVSDB refused to {what}", str(exc)) from None
 
+    def _read(self, what: str, command: Any) -> Any:
+        try:
+            return command.execute(check_error=True)
+        except Exception as exc:
+            raise CniError(Code.OVS_FAILURE, f"OVSDB could not {what}", str(exc)) from None
+
     def connected(self) -> bool:
         # python-ovs exposes the live state only on the IDL's session object.
         try:
@@ -83,10 +89,10 @@ class Ovsdb:
                       self.api.db_set("Bridge", name, *cols.items()))
 
     def bridge_exists(self, name: str) -> bool:
-        return bool(self.api.br_exists(name).execute(check_error=True))
+        return bool(self._read(f"look up bridge {name}", self.api.br_exists(name)))
 
     def bridge_datapath(self, name: str) -> str:
-        return str(self.api.db_get("Bridge", name, "datapath_type").execute(check_error=True))
+        return str(self._read(f"read bridge {name}", self.api.db_get("Bridge", name, "datapath_type")))
 
     # --- ports --------------------------------------------------------------------------------
 
@@ -108,7 +114,7 @@ class Ovsdb:
     def wait_ofport(self, name: str) -> int:
         deadline = time.monotonic() + self._timeout
         while True:
-            rows = self.api.db_find_rows("Interface", ("name", "=", name)).execute(check_error=True)
+            rows = self._interface_rows(name)
             ofport = rows[0].ofport[0] if rows and rows[0].ofport else None
             error = rows[0].error[0] if rows and rows[0].error else ""
             if isinstance(ofport, int) and ofport > 0:
@@ -123,13 +129,26 @@ class Ovsdb:
 
     def ports(self, bridge: str) -> list[PortInfo]:
         """Every port of `bridge` with its ofport and the Interface's external_ids."""
-        names = self.api.list_ports(bridge).execute(check_error=True)
+        names = self._read(f"list the ports of {bridge}", self.api.list_ports(bridge))
         out = []
-        for row in self.api.db_list_rows("Interface", names, if_exists=True).execute(check_error=True):
+        rows = self._read(f"list the interfaces of {bridge}",
+                          self.api.db_list_rows("Interface", names, if_exists=True))
+        for row in rows:
             ofport = row.ofport[0] if row.ofport else -1
             out.append(PortInfo(row.name, ofport, dict(row.external_ids)))
         return out
 
-    def port_exists(self, name: str) -> bool:
-        rows = self.api.db_find_rows("Port", ("name", "=", name)).execute(check_error=True)
-        return bool(rows)
+    def _interface_rows(self, name: str) -> list[Any]:
+        return list(self._read(f"look up interface {name}",
+                               self.api.db_find_rows("Interface", ("name", "=", name))))
+
+    def ofport(self, name: str) -> int | None:
+        """The interface's OpenFlow port number, or None if there is no such usable port."""
+        rows = self._interface_rows(name)
+        ofport = rows[0].ofport[0] if rows and rows[0].ofport else None
+        return ofport if isinstance(ofport, int) and ofport > 0 else None
+
+    def port_external_ids(self, name: str) -> dict[str, str]:
+        """external_ids of the interface; empty if there is no such interface."""
+        rows = self._interface_rows(name)
+        return dict(rows[0].external_ids) if rows else {}

@@ -81,8 +81,9 @@ class Store:
     @_translate
     def register_host(self, rec: r.HostRecord, ttl: int) -> None:
         """Write the host record under a fresh lease and keep the lease alive until close()."""
-        self._lease = self._client.lease(ttl)
-        self._client.put(r.host_key(rec.host), rec.to_json(), lease=self._lease)
+        lease = self._client.lease(ttl)
+        self._client.put(r.host_key(rec.host), rec.to_json(), lease=lease)
+        self._lease = lease  # only once the record is really written under it
         if self._keeper is None:
             self._keeper = threading.Thread(target=self._keep_alive, args=(rec, ttl),
                                             name="etcd-lease", daemon=True)
@@ -96,6 +97,8 @@ class Store:
                 remaining = self._lease.refresh()[0].TTL
                 if remaining <= 0:  # expired while etcd was unreachable: start over
                     raise CniError(Code.TRY_AGAIN_LATER, "lease expired")
+                if self._client.get(r.host_key(rec.host))[0] is None:  # deleted by hand, say
+                    raise CniError(Code.TRY_AGAIN_LATER, "host record is gone")
             except Exception as exc:  # keep trying: the lease thread must outlive etcd outages
                 log.warning("host lease refresh failed (%s); registering again", exc)
                 try:
@@ -107,6 +110,8 @@ class Store:
     @_translate
     def revoke_host(self, host: str) -> None:
         self._stop.set()
+        if self._keeper:
+            self._keeper.join(timeout=5)  # or it could write the record again after we delete it
         if self._lease is not None:
             self._lease.revoke()
         self._client.delete(r.host_key(host))
@@ -114,20 +119,26 @@ class Store:
     # --- networks ----------------------------------------------------------------------------
 
     @_translate
-    def ensure_network(self, rec: r.NetworkRecord) -> None:
-        """Record the network and claim its VNI, or fail if either is taken differently."""
+    def ensure_network(self, rec: r.NetworkRecord) -> bool:
+        """Record the network and claim its VNI, or fail if either is taken differently.
+
+        Returns True if this call created the network (the caller may undo that with
+        drop_network_if_unused when its ADD fails).
+        """
         nkey, vkey = r.network_key(rec.name), r.vni_key(rec.vni)
         tx = self._tx
         ok, _ = self._client.transaction(
             compare=[tx.version(nkey) == 0, tx.version(vkey) == 0],
             success=[tx.put(nkey, rec.to_json()), tx.put(vkey, rec.name)], failure=[])
         if ok:
-            return
+            return True
         existing, _ = self._client.get(nkey)
         owner, _ = self._client.get(vkey)
         if existing is not None:
             have = r.NetworkRecord.from_json(existing)
-            if (have.vni, have.subnet) != (rec.vni, rec.subnet):
+            # A delegated IPAM may not say its subnet (""): then only the VNI must agree.
+            subnets_differ = bool(have.subnet and rec.subnet and have.subnet != rec.subnet)
+            if have.vni != rec.vni or subnets_differ:
                 raise CniError(Code.NETWORK_CONFLICT,
                                f"network {rec.name!r} already exists with vxlanID {have.vni} and "
                                f"subnet {have.subnet}; this netconf says {rec.vni} and {rec.subnet}")
@@ -137,6 +148,24 @@ class Store:
         if existing is None or owner is None:  # half-written by an older version: repair it
             self._client.put(nkey, rec.to_json())
             self._client.put(vkey, rec.name)
+        return False
+
+    @_translate
+    def drop_network_if_unused(self, rec: r.NetworkRecord) -> None:
+        """Undo ensure_network: delete network and VNI records if no endpoint uses them."""
+        if any(True for _ in self._client.get_prefix(f"{r.ENDPOINTS}{rec.name}/", keys_only=True)):
+            return
+        tx = self._tx
+        self._client.transaction(
+            compare=[tx.value(r.network_key(rec.name)) == rec.to_json(),
+                     tx.value(r.vni_key(rec.vni)) == rec.name],
+            success=[tx.delete(r.network_key(rec.name)), tx.delete(r.vni_key(rec.vni))],
+            failure=[])
+
+    @_translate
+    def ping(self) -> None:
+        """One cheap read: raises CniError(TRY_AGAIN_LATER) when etcd cannot be reached."""
+        self._client.get(r.ROOT + "ping")
 
     # --- endpoints ---------------------------------------------------------------------------
 
@@ -153,26 +182,42 @@ class Store:
     def delete_endpoint(self, network: str, container_id: str, ifname: str) -> None:
         self._client.delete(r.endpoint_key(network, container_id, ifname))
 
+    @_translate
+    def endpoints(self, network: str) -> list[r.EndpointRecord]:
+        out = []
+        for value, _ in self._client.get_prefix(f"{r.ENDPOINTS}{network}/"):
+            try:
+                out.append(r.EndpointRecord.from_json(value))
+            except (ValueError, TypeError, KeyError):
+                log.warning("ignoring malformed endpoint record in %s", network)
+        return out
+
     # --- IP allocations ----------------------------------------------------------------------
 
     @_translate
-    def allocations(self, network: str) -> dict[Address, str]:
+    def allocations(self, network: str) -> dict[Address, r.Holder]:
         prefix = r.ipam_prefix(network)
-        return {ipaddress.ip_address(meta.key.decode()[len(prefix):]): value.decode()
-                for value, meta in self._client.get_prefix(prefix)}
+        out: dict[Address, r.Holder] = {}
+        for value, meta in self._client.get_prefix(prefix):
+            try:
+                ip = ipaddress.ip_address(meta.key.decode(errors="replace")[len(prefix):])
+            except ValueError:
+                continue  # not an allocation key: not ours to interpret
+            out[ip] = r.Holder.parse(value)
+        return out
 
     @_translate
-    def claim_ip(self, network: str, ip: Address, owner: str) -> bool:
+    def claim_ip(self, network: str, ip: Address, holder: r.Holder) -> bool:
         key = r.ipam_prefix(network) + str(ip)
         ok, _ = self._client.transaction(compare=[self._tx.version(key) == 0],
-                                         success=[self._tx.put(key, owner)], failure=[])
+                                         success=[self._tx.put(key, holder.to_json())], failure=[])
         return bool(ok)
 
     @_translate
-    def release_ip(self, network: str, ip: Address, owner: str) -> None:
+    def release_ip(self, network: str, ip: Address, holder: r.Holder) -> None:
         key = r.ipam_prefix(network) + str(ip)
         # Only the holder may free an address: a stale DEL must not free a reused one.
-        self._client.transaction(compare=[self._tx.value(key) == owner],
+        self._client.transaction(compare=[self._tx.value(key) == holder.to_json()],
                                  success=[self._tx.delete(key)], failure=[])
 
     # --- reading and watching ----------------------------------------------------------------
@@ -181,7 +226,7 @@ class Store:
     def snapshot(self, prefix: str) -> tuple[int, dict[str, bytes]]:
         """All keys under `prefix` and the revision they were read at."""
         resp = self._client.get_prefix_response(prefix)
-        return resp.header.revision, {kv.key.decode(): kv.value for kv in resp.kvs}
+        return resp.header.revision, {kv.key.decode(errors="replace"): kv.value for kv in resp.kvs}
 
     def watch(self, prefix: str, start_revision: int) -> tuple[Iterator[Any], Callable[[], None]]:
         return self._client.watch_prefix(prefix, start_revision=start_revision)  # type: ignore[no-any-return]

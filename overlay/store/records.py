@@ -6,7 +6,7 @@ Key layout (v1):
     /overlay/v1/networks/<name>                    NetworkRecord   created by the first ADD
     /overlay/v1/vnis/<vni>                         "<name>"        makes a VNI belong to one network
     /overlay/v1/endpoints/<net>/<container>/<if>   EndpointRecord  no lease: survives agent restarts
-    /overlay/v1/ipam/<net>/<ip>                    "<container>/<if>"
+    /overlay/v1/ipam/<net>/<ip>                    Holder          {"owner": "<container>/<if>", "host"}
 
 Every name in a key was validated by overlay.cni.netconf (no '/'), so keys cannot collide.
 """
@@ -14,7 +14,7 @@ Every name in a key was validated by overlay.cni.netconf (no '/'), so keys canno
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ROOT = "/overlay/v1/"
@@ -74,21 +74,39 @@ class NetworkRecord(Record):
 
 
 @dataclass(frozen=True)
+class Holder(Record):
+    """Who holds an IP allocation: the attachment, and the host it lives on (for GC)."""
+
+    owner: str
+    host: str
+
+    @classmethod
+    def parse(cls, value: bytes) -> Holder:
+        try:
+            holder: Holder = cls.from_json(value)
+            return holder
+        except (ValueError, TypeError):
+            return cls(value.decode(errors="replace"), "")  # not ours: never matches an owner
+
+
+@dataclass(frozen=True)
 class EndpointRecord(Record):
     network: str
     container_id: str
     ifname: str
     host: str
     vni: int
-    ip: str       # address with prefix, e.g. "10.0.0.2/24"
+    ips: list[str]  # addresses with prefix, e.g. ["10.0.0.2/24", "fd00::2/64"]
     mac: str
-    port: str     # the host-side veth, also the OVS port name
+    port: str       # the host-side veth, also the OVS port name
     netns: str
+    mtu: int = 0
+    routes: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
         return endpoint_key(self.network, self.container_id, self.ifname)
 
     @property
-    def address(self) -> str:
-        return self.ip.split("/")[0]
+    def addresses(self) -> list[str]:
+        return [ip.split("/")[0] for ip in self.ips]

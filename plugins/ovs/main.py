@@ -22,7 +22,8 @@ DEFAULT_SOCKET = "/run/overlay/agent.sock"
 # Mirrors overlay.cni.netconf.SUPPORTED_VERSIONS; a unit test keeps the two equal.
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 TIMEOUT_SECONDS = 120.0
-TRY_AGAIN_LATER, DECODING_FAILURE, INVALID_ENV, INTERNAL = 11, 6, 4, 100
+TRY_AGAIN_LATER, DECODING_FAILURE, INVALID_ENV, NOT_AVAILABLE, INTERNAL = 11, 6, 4, 50, 100
+METHODS = {"ADD": "Add", "DEL": "Del", "CHECK": "Check", "STATUS": "Status", "GC": "Gc"}
 
 
 def _emit(body: dict[str, Any]) -> None:
@@ -47,26 +48,29 @@ def run(environ: dict[str, str], stdin: bytes) -> int:
     else:
         bad_json = "" if isinstance(conf, dict) else "netconf must be a JSON object"
         conf = conf if isinstance(conf, dict) else {}
-    version = conf.get("cniVersion") if isinstance(conf.get("cniVersion"), str) else "1.0.0"
+    given = conf.get("cniVersion")
+    version = given if isinstance(given, str) and given else "0.1.0"  # as the agent reads it
 
     if command == "VERSION":
-        _emit({"cniVersion": version if version in SUPPORTED_VERSIONS else "1.1.0",
+        _emit({"cniVersion": given if given in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1],
                "supportedVersions": list(SUPPORTED_VERSIONS)})
         return 0
-    if command not in ("ADD", "DEL", "CHECK"):
+    if command not in METHODS:
         return _error(version, INVALID_ENV,
-                      f"CNI_COMMAND must be ADD, DEL, CHECK or VERSION, got {command!r}")
+                      f"CNI_COMMAND must be one of {', '.join(METHODS)} or VERSION, got {command!r}")
     if bad_json:
         return _error(version, DECODING_FAILURE, "netconf on stdin is not valid JSON", bad_json)
 
     socket_path = conf.get("agentSocket") or DEFAULT_SOCKET
     env = {k: v for k, v in environ.items() if k.startswith("CNI_")}
-    method = "/overlay.cni.v1.Cni/" + {"ADD": "Add", "DEL": "Del", "CHECK": "Check"}[command]
+    method = "/overlay.cni.v1.Cni/" + METHODS[command]
     try:
         reply = decode_reply(unary_call(socket_path, method, encode_request(env, stdin),
                                         TIMEOUT_SECONDS))
     except RpcFailure as exc:
-        return _error(version, TRY_AGAIN_LATER,
+        # STATUS asks "can you serve ADD?": without an agent, no (50). Anything else may
+        # simply be early, the agent restarting: try again later (11).
+        return _error(version, NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER,
                       f"cannot reach overlay-agent at {socket_path}: is it running, and are "
                       f"you root?", f"{exc.status}: {exc.message}")
     if reply.is_error:

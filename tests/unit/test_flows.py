@@ -15,18 +15,20 @@ def test_empty_state_drops_everything() -> None:
 def test_one_local_and_one_remote_endpoint_exact_flows() -> None:
     state = DesiredState(
         tunnel_ofport=1,
-        local=(LocalPort(42, "02:00:00:00:00:01", "10.0.0.1", 5),),
-        remote=(RemoteEndpoint(42, "02:00:00:00:00:02", "10.0.0.2", "172.31.0.2"),))
+        local=(LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5),),
+        remote=(RemoteEndpoint(42, "02:00:00:00:00:02", ("10.0.0.2",), "172.31.0.2"),))
     m1, m2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
     to_vtep = "set_field:172.31.0.2->tun_dst,set_field:42->tun_id,output:1"
     assert compute_flows(state) == [
         f"{C},table=0,priority=0,actions=drop", f"{C},table=10,priority=0,actions=drop",
         f"{C},table=20,priority=0,actions=drop", f"{C},table=30,priority=0,actions=drop",
-        f"{C},table=0,priority=100,in_port=1,tun_id=42,actions=load:42->NXM_NX_REG0[],goto_table:30",
+        f"{C},table=0,priority=100,in_port=1,tun_src=172.31.0.2,tun_id=42,"
+        "actions=load:42->NXM_NX_REG0[],goto_table:30",
         f"{C},table=0,priority=100,in_port=5,dl_src={m1},ip,nw_src=10.0.0.1,"
         "actions=load:42->NXM_NX_REG0[],goto_table:20",
         f"{C},table=0,priority=100,in_port=5,dl_src={m1},arp,arp_spa=10.0.0.1,arp_sha={m1},"
         "actions=load:42->NXM_NX_REG0[],goto_table:10",
+        f"{C},table=10,priority=110,in_port=5,arp,arp_tpa=10.0.0.1,actions=drop",
         f"{C},table=20,priority=100,reg0=42,dl_dst={m1},actions=output:5",
         f"{C},table=30,priority=100,reg0=42,dl_dst={m1},actions=output:5",
         f"{C},table=20,priority=100,reg0=42,dl_dst={m2},actions={to_vtep}",
@@ -43,8 +45,8 @@ def test_one_local_and_one_remote_endpoint_exact_flows() -> None:
 
 def test_remote_endpoints_of_networks_without_local_ports_are_not_programmed() -> None:
     state = DesiredState(tunnel_ofport=1,
-                         local=(LocalPort(42, "02:00:00:00:00:01", "10.0.0.1", 5),),
-                         remote=(RemoteEndpoint(43, "02:00:00:00:00:09", "10.0.0.2", "172.31.0.9"),))
+                         local=(LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5),),
+                         remote=(RemoteEndpoint(43, "02:00:00:00:00:09", ("10.0.0.2",), "172.31.0.9"),))
     flows = "\n".join(compute_flows(state))
     assert "172.31.0.9" not in flows and "tun_id=43" not in flows
 
@@ -52,10 +54,10 @@ def test_remote_endpoints_of_networks_without_local_ports_are_not_programmed() -
 def test_overlapping_subnets_stay_apart_by_vni() -> None:
     # Same IP in two networks: every rule that mentions it also pins the VNI.
     state = DesiredState(tunnel_ofport=1, local=(
-        LocalPort(42, "02:00:00:00:00:01", "10.0.0.1", 5),
-        LocalPort(43, "02:00:00:00:00:03", "10.0.0.1", 6)))
+        LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5),
+        LocalPort(43, "02:00:00:00:00:03", ("10.0.0.1",), 6)))
     flows = compute_flows(state)
-    arp = [f for f in flows if "arp_tpa=10.0.0.1" in f]
+    arp = [f for f in flows if "arp_op=1,arp_tpa=10.0.0.1" in f]
     assert len(arp) == 2
     assert any("reg0=42" in f and "02:00:00:00:00:01" in f for f in arp)
     assert any("reg0=43" in f and "02:00:00:00:00:03" in f for f in arp)
@@ -64,6 +66,30 @@ def test_overlapping_subnets_stay_apart_by_vni() -> None:
 
 
 def test_flows_do_not_depend_on_input_order() -> None:
-    a = LocalPort(42, "02:00:00:00:00:01", "10.0.0.1", 5)
-    b = LocalPort(42, "02:00:00:00:00:02", "10.0.0.2", 6)
+    a = LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5)
+    b = LocalPort(42, "02:00:00:00:00:02", ("10.0.0.2",), 6)
     assert compute_flows(DesiredState(1, (a, b))) == compute_flows(DesiredState(1, (b, a)))
+
+
+def test_ipv6_endpoint_admits_its_address_and_neighbour_discovery() -> None:
+    state = DesiredState(tunnel_ofport=1, local=(
+        LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1", "fd00::1"), 5),))
+    flows = compute_flows(state)
+    base = "in_port=5,dl_src=02:00:00:00:00:01"
+    for match in (f"{base},ipv6,ipv6_src=fd00::1", f"{base},ipv6,ipv6_src=fe80::/10",
+                  f"{base},icmp6,ipv6_src=::,icmp_type=135"):
+        assert any(f",{match},actions=load:42->NXM_NX_REG0[],goto_table:20" in f for f in flows)
+    assert not any("arp_tpa=fd00" in f or "nw_src=fd00" in f for f in flows)
+
+
+def test_ipv4_only_endpoint_admits_no_ipv6() -> None:
+    flows = compute_flows(DesiredState(1, (LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5),)))
+    assert not any("ipv6" in f or "icmp6" in f for f in flows)
+
+
+def test_tunnel_traffic_only_from_vteps_of_the_network() -> None:
+    state = DesiredState(1, (LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5),),
+                         (RemoteEndpoint(42, "02:00:00:00:00:02", ("10.0.0.2",), "172.31.0.2"),
+                          RemoteEndpoint(42, "02:00:00:00:00:03", ("10.0.0.3",), "172.31.0.3")))
+    tunnel_in = [f for f in compute_flows(state) if "in_port=1," in f]
+    assert [f.split(",")[4] for f in tunnel_in] == ["tun_src=172.31.0.2", "tun_src=172.31.0.3"]

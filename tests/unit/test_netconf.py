@@ -71,9 +71,33 @@ def test_invalid_fields_name_the_field(changes: dict[str, object], words: str) -
     assert words in err.msg
 
 
-def test_foreign_ipam_type_is_unsupported_for_now() -> None:
-    err = error_of(conf(ipam={"type": "dhcp"}))
-    assert err.code == Code.UNSUPPORTED_FIELD and "dhcp" in err.msg
+def test_other_ipam_types_are_delegated_untouched() -> None:
+    nc = parse_netconf(conf(ipam={"type": "host-local", "ranges": [[{"subnet": "10.9.0.0/24"}]]}))
+    assert nc.ipam.delegated and nc.ipam.type == "host-local" and nc.ipam.range_sets == ()
+    assert nc.source == conf(ipam={"type": "host-local", "ranges": [[{"subnet": "10.9.0.0/24"}]]})
+    assert error_of(conf(ipam={"type": "../bin/sh"})).code == Code.INVALID_NETCONF
+
+
+def test_dual_stack_range_sets() -> None:
+    nc = parse_netconf(conf(ipam={"ranges": [[{"subnet": "10.0.0.0/24"}],
+                                             [{"subnet": "fd00::/64"}]]}))
+    assert [rset[0].subnet.version for rset in nc.ipam.range_sets] == [4, 6]
+    err = error_of(conf(cniVersion="0.2.0", ipam={"ranges": [[{"subnet": "10.0.0.0/24"}],
+                                                             [{"subnet": "10.1.0.0/24"}]]}))
+    assert "one address per family" in err.msg
+    assert "mixes IPv4 and IPv6" in error_of(conf(ipam={"ranges": [[
+        {"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]})).msg
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"name": "net\n"}, "name must match"),
+    ({"ipam": {"subnet": "10.0.0.0/24", "routes": 5}}, "ipam.routes must be a list"),
+    ({"ipam": {"ranges": [[]]}}, "empty range set"),
+    ({"ipam": {"subnet": "10.0.0.0/24", "exclude": "10.0.0.5"}}, "ipam.exclude must be a list"),
+])
+def test_review_findings_are_refused_as_invalid(changes: dict[str, object], words: str) -> None:
+    err = error_of(conf(**changes))
+    assert err.code == Code.INVALID_NETCONF and words in err.msg
 
 
 def test_ranges_and_routes() -> None:
@@ -101,6 +125,9 @@ def test_env_is_parsed() -> None:
     ({"CNI_CONTAINERID": "../x"}, "CNI_CONTAINERID must match"),
     ({"CNI_IFNAME": "a-very-long-interface-name"}, "CNI_IFNAME must be"),
     ({"CNI_IFNAME": "et/h0"}, "CNI_IFNAME must be"),
+    ({"CNI_IFNAME": "eth%d"}, "CNI_IFNAME must be"),
+    ({"CNI_IFNAME": "é" * 8}, "CNI_IFNAME must be"),  # 8 characters, 16 bytes
+    ({"CNI_CONTAINERID": "abc\n"}, "CNI_CONTAINERID must match"),
     ({"CNI_NETNS": ""}, "CNI_NETNS is required"),
     ({"CNI_NETNS": "/var/run/netns/does-not-exist-here"}, "does not exist"),
 ])
