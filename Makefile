@@ -33,7 +33,7 @@ test-e2e: deps
 
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests
-	$(VENV)/bin/mypy overlay plugins
+	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
 
 proto: deps
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \

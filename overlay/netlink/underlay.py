@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.cni.errors import CniError, Code
 
@@ -39,12 +40,24 @@ def move_address(address: ipaddress.IPv4Interface, nic: str, bridge: str) -> Non
             raise CniError(Code.NETLINK_FAILURE, f"cannot move {address}: {nic} or {bridge} missing")
         ipr.link("set", index=nic_idx[0], state="up")
         ipr.link("set", index=br_idx[0], state="up")
-        if address in _addresses(ipr, nic_idx[0]):
-            ipr.addr("del", index=nic_idx[0], address=str(address.ip),
-                     prefixlen=address.network.prefixlen)
+        # Add before delete, and carry the NIC's gateway routes (the default route, say) over:
+        # at no point may the host lose its address or its way out.
         if address not in _addresses(ipr, br_idx[0]):
             ipr.addr("add", index=br_idx[0], address=str(address.ip),
                      prefixlen=address.network.prefixlen)
+        routes = [r for r in ipr.get_routes(family=2, oif=nic_idx[0], table=254)
+                  if r.get_attr("RTA_GATEWAY")]
+        if address in _addresses(ipr, nic_idx[0]):
+            ipr.addr("del", index=nic_idx[0], address=str(address.ip),
+                     prefixlen=address.network.prefixlen)
+        for r in routes:
+            dst = r.get_attr("RTA_DST")
+            try:
+                ipr.route("replace", dst=f"{dst}/{r['dst_len']}" if dst else "0.0.0.0/0",
+                          gateway=r.get_attr("RTA_GATEWAY"), oif=br_idx[0])
+            except NetlinkError as exc:
+                raise CniError(Code.NETLINK_FAILURE, f"cannot move a route to {bridge}",
+                               str(exc)) from None
 
 
 def prime_neighbors(vteps: Iterable[str]) -> None:

@@ -85,7 +85,7 @@ class PrefixMirror:
                     self._stop.wait(self._retry)
 
     def _apply(self, event: pyetcd.events.Event) -> None:
-        key = event.key.decode()
+        key = event.key.decode(errors="replace")
         self._revision = event.mod_revision
         if not self._wanted(key):
             return

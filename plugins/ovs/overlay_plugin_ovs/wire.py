@@ -90,6 +90,7 @@ class _Call:
         self._max_frame = DEFAULT_MAX_FRAME
         self.body, self._block, self.fields = b"", b"", dict[str, str]()
         self.done = False
+        self._ending = False
 
     def send_request(self, method: str, message: bytes, timeout: float) -> None:
         headers = Encoder().encode([
@@ -129,7 +130,11 @@ class _Call:
         elif kind == PING and not flags & ACK:
             self._sock.sendall(_frame(PING, ACK, 0, payload))
         elif kind == GOAWAY:
-            raise RpcFailure("UNAVAILABLE", "the agent is shutting down")
+            # A graceful GOAWAY names the last stream the server will still finish: if that
+            # includes ours, the answer is coming (an agent shutting down completes its calls).
+            last_stream = struct.unpack("!I", payload[:4])[0] & 0x7FFFFFFF if len(payload) >= 4 else 0
+            if last_stream < STREAM:
+                raise RpcFailure("UNAVAILABLE", "the agent is shutting down")
         elif kind == WINDOW_UPDATE:
             increment = struct.unpack("!I", payload[:4])[0] & 0x7FFFFFFF
             if stream == 0:
@@ -154,6 +159,8 @@ class _Call:
                         v if isinstance(v, str) else v.decode())
                 self._block = b""
         if stream == STREAM and flags & END_STREAM and kind in (DATA, HEADERS):
+            self._ending = True
+        if self._ending and not self._block:  # END_STREAM, and any CONTINUATION is in
             self.done = True
 
 
@@ -172,8 +179,8 @@ def unary_call(socket_path: str, method: str, request: bytes, timeout: float) ->
             call.send_request(method, b"\x00" + struct.pack("!I", len(request)) + request, timeout)
             while not call.done:
                 call.step()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise RpcFailure("UNAVAILABLE", f"the agent dropped the connection: {exc}") from None
+        except OSError as exc:  # reset, broken pipe, a send that timed out
+            raise RpcFailure("UNAVAILABLE", f"the connection to the agent failed: {exc}") from None
     finally:
         sock.close()
     status = call.fields.get("grpc-status", "")
