@@ -5,10 +5,10 @@ HOSTS  ?= 2
 LABDIR ?= /run/overlay-lab
 export OVERLAY_LAB_DIR := $(LABDIR)
 
-.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean
+.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean bench
 
 deps:
-	@VENV=$(abspath $(VENV)) scripts/install-deps.sh
+	@VENV=$(abspath $(VENV)) WITH_TEST_DEPS=1 scripts/install-deps.sh
 
 ## make lab: bring up HOSTS hosts (default 2), attach c0 and c1, ping across hosts.
 lab: deps
@@ -31,9 +31,14 @@ test-integration: deps
 test-e2e: deps
 	$(PY) -m pytest tests/e2e
 
+## make bench: CNI ADD/DEL latency, ours vs bridge+host-local through libcni (root; < 3 min)
+bench: deps
+	$(PY) bench/cni_latency.py
+
 lint: deps
-	$(VENV)/bin/ruff check overlay plugins tests
+	$(VENV)/bin/ruff check overlay plugins tests bench
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py tests/libcni/build.py
 
 proto: deps
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \

@@ -4,6 +4,9 @@
                           the end of the module (OVERLAY_TEST_KEEP=1 keeps it for debugging)
     netns                 a fresh, uniquely named network namespace, deleted afterwards
     cni                   runs the real `ovs` plugin executable the way a runtime does
+    libcni_driver         tests/libcni/driver.go built against Debian's libcni (session)
+    netns_factory         fresh network namespaces on demand, deleted afterwards
+    reference_plugins     the directory of Debian's reference CNI plugins (or a skip)
 
 Nothing here is mocked: these fixtures start ovsdb-server, ovs-vswitchd, etcd and agents.
 """
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from libcni.build import REFERENCE_PLUGINS, build_driver, why_not_buildable
 
 from overlay.lab import containers as ctr
 from overlay.lab.shell import add_netns, del_netns, run
@@ -155,3 +159,72 @@ def vxlan_vnis(path: str) -> list[int]:
         vxlan = frame[udp + 8:udp + 16]
         vnis.append(int.from_bytes(vxlan[4:7], "big"))
     return vnis
+
+
+# --- libcni: the library runtimes link, driving our plugin and the reference ones -----------
+
+
+@pytest.fixture(scope="session")
+def libcni_driver() -> Iterator[str]:
+    """The path of tests/libcni/driver.go built with `go build` (build cache in a temp dir)."""
+    reason = why_not_buildable()
+    if reason:
+        pytest.skip(reason)
+    outdir = tempfile.mkdtemp(prefix="libcni-driver-")
+    try:
+        yield build_driver(outdir)
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+@pytest.fixture
+def netns_factory() -> Iterator[Callable[[], str]]:
+    """Call it for another fresh network namespace; returns its path, like `netns`."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = new_prefix() + "-ns"
+        add_netns(name)
+        made.append(name)
+        return f"/var/run/netns/{name}"
+
+    yield make
+    for name in made:
+        del_netns(name)
+
+
+REFERENCE_NEEDED = ("bridge", "host-local", "tuning", "portmap", "bandwidth")
+
+
+@pytest.fixture(scope="session")
+def reference_plugins() -> str:
+    """Debian's containernetworking-plugins directory, with the plugins the tests chain."""
+    missing = [p for p in REFERENCE_NEEDED if not os.access(os.path.join(REFERENCE_PLUGINS, p), os.X_OK)]
+    if missing:
+        pytest.skip(f"reference CNI plugins missing from {REFERENCE_PLUGINS}: {', '.join(missing)} "
+                    "(apt: containernetworking-plugins)")
+    if shutil.which("iptables") is None:
+        pytest.skip("the portmap plugin needs iptables (apt: iptables)")
+    return REFERENCE_PLUGINS
+
+
+def ovs_plugin(host: LabHost, **overrides: Any) -> dict[str, Any]:
+    """The `ovs` entry of a conflist for a lab host (network my-net, VNI 42, 10.0.0.0/24)."""
+    conf: dict[str, Any] = {"type": "ovs", "bridge": "br-int", "vxlanID": 42,
+                            "agentSocket": host.socket,
+                            "ipam": {"type": "overlay", "subnet": "10.0.0.0/24"}}
+    conf.update(overrides)
+    return conf
+
+
+def container_addresses(netns: str, ifname: str = "eth0") -> list[str]:
+    """The global addresses (CIDR form) on `ifname` inside a netns given by path or name."""
+    out = run(["ip", "-j", "addr", "show", "dev", ifname], netns=os.path.basename(netns)).stdout
+    return [f"{a['local']}/{a['prefixlen']}" for link in json.loads(out)
+            for a in link.get("addr_info", []) if a.get("scope") == "global"]
+
+
+def container_link(netns: str, ifname: str = "eth0") -> dict[str, Any]:
+    """`ip -j link show` of one interface inside a netns given by path or name."""
+    out = run(["ip", "-j", "link", "show", "dev", ifname], netns=os.path.basename(netns)).stdout
+    return dict(json.loads(out)[0])
