@@ -94,9 +94,9 @@ class Cni:
         return conf
 
     def __call__(self, command: str, netconf: dict[str, Any] | bytes, *, container_id: str,
-                 netns: str, ifname: str = "eth0") -> ctr.CniOutcome:
-        return ctr.cni_exec(self.lab.cni_bin, command, container_id=container_id, netns=netns,
-                            ifname=ifname, netconf=netconf)
+                 netns: str, ifname: str = "eth0", cni_path: str | None = None) -> ctr.CniOutcome:
+        return ctr.cni_exec(cni_path or self.lab.cni_bin, command, container_id=container_id,
+                            netns=netns, ifname=ifname, netconf=netconf)
 
 
 def host_snapshot(lab: Lab, host: LabHost, container_netns: str | None = None) -> dict[str, Any]:

@@ -47,7 +47,10 @@ def cni_exec(cni_path: str, command: str, *, container_id: str, netns: str, ifna
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
            "CNI_IFNAME": ifname, "CNI_PATH": cni_path, "CNI_ARGS": cni_args,
            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    proc = subprocess.run([os.path.join(cni_path, plugin_type)], input=stdin, env=env,
+    plugin = next((os.path.join(d, plugin_type) for d in cni_path.split(":")
+                   if os.path.exists(os.path.join(d, plugin_type))),
+                  os.path.join(cni_path.split(":")[0], plugin_type))
+    proc = subprocess.run([plugin], input=stdin, env=env,
                           capture_output=True, timeout=timeout)
     return CniOutcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from overlay.lab.shell import run
+from overlay.lab.shell import add_netns, del_netns, run
 from overlay.lab.topology import Lab
 from overlay_fixtures import Cni, host_snapshot
 
@@ -87,3 +87,16 @@ def test_second_add_for_the_same_interface_is_refused_and_harmless(lab: Lab, net
     assert host_snapshot(lab, h, netns) == snap  # the refusal rolled nothing of the first back
     assert cni("CHECK", cni.netconf(h), container_id="life-4", netns=netns).returncode == 0
     assert cni("DEL", cni.netconf(h), container_id="life-4", netns=netns).returncode == 0
+
+
+def test_del_after_the_netns_is_gone_still_frees_everything(lab: Lab) -> None:
+    cni, h = Cni(lab), lab.hosts[0]
+    before = host_snapshot(lab, h)
+    name = f"{lab.prefix}-gone"
+    add_netns(name)
+    assert cni("ADD", cni.netconf(h), container_id="life-5",
+               netns=f"/var/run/netns/{name}").returncode == 0
+    del_netns(name)  # the runtime lost the container before it called DEL
+    out = cni("DEL", cni.netconf(h), container_id="life-5", netns=f"/var/run/netns/{name}")
+    assert out.returncode == 0, out.stdout
+    assert host_snapshot(lab, h) == before
