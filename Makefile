@@ -12,7 +12,7 @@ deps:
 
 ## make lab: bring up HOSTS hosts (default 2), attach c0 and c1, ping across hosts.
 lab: deps
-	$(PY) -m overlay.lab up --hosts $(HOSTS)
+	$(PY) -m overlay.lab up --hosts $(HOSTS) $(if $(filter 1,$(TLS)),--tls)
 	$(PY) -m overlay.lab demo
 
 lab-down:

@@ -1,7 +1,8 @@
 """pytest plugin: real labs, namespaces and CNI calls for the integration and e2e tiers.
 
     lab_factory(hosts=N)  a netns lab with its own etcd and per-host OVS + agent, torn down at
-                          the end of the module (OVERLAY_TEST_KEEP=1 keeps it for debugging)
+                          the end of the module (OVERLAY_TEST_KEEP=1 keeps it for debugging);
+                          tls=True: etcd over https with client certificates
     netns                 a fresh, uniquely named network namespace, deleted afterwards
     cni                   runs the real `ovs` plugin executable the way a runtime does
     libcni_driver         tests/libcni/driver.go built against Debian's libcni (session)
@@ -58,8 +59,10 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
     labs: list[Lab] = []
 
     def make(hosts: int = 2, network: tuple[str, int, str] | None = ("my-net", 42,
-                                                                    "10.0.0.0/24")) -> Lab:
-        lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-lab-"), prefix=new_prefix())
+                                                                    "10.0.0.0/24"),
+             tls: bool = False, etcd_members: int = 1) -> Lab:
+        lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-lab-"), prefix=new_prefix(), tls=tls,
+                  etcd_members=etcd_members)
         labs.append(lab)
         lab.up(hosts)
         if network:

@@ -8,6 +8,13 @@ Example (/etc/overlay/agent.toml):
     ovsdb = "unix:/var/run/openvswitch/db.sock"
     socket = "/run/overlay/agent.sock"
     datapath = "auto"        # or "system" / "netdev"
+
+etcd over TLS with a client certificate (all three empty, the default: plain http):
+
+    etcd_endpoints = ["https://192.168.56.10:2379"]
+    etcd_ca = "/etc/overlay/pki/ca.crt"          # the CA that signed etcd's server certificate
+    etcd_cert = "/etc/overlay/pki/client.crt"    # ours, signed by a CA etcd trusts
+    etcd_key = "/etc/overlay/pki/client.key"
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from overlay.store.tls import TlsFiles
 
 DATAPATHS = ("auto", "system", "netdev")
 
@@ -38,6 +47,13 @@ class AgentConfig:
     lease_ttl: int = 10
     etcd_timeout: float = 3.0
     log_level: str = "INFO"
+    etcd_ca: str = ""                   # TLS to etcd: CA file, then our client cert and key
+    etcd_cert: str = ""
+    etcd_key: str = ""
+
+    @property
+    def etcd_tls(self) -> TlsFiles:
+        return TlsFiles(self.etcd_ca, self.etcd_cert, self.etcd_key)
 
     @property
     def rundir(self) -> str:

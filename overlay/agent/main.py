@@ -18,6 +18,7 @@ from overlay import __version__
 from overlay.agent import config as agent_config
 from overlay.agent.node import Node, prepare
 from overlay.agent.reconciler import Reconciler
+from overlay.cni import housekeeping
 from overlay.cni import service as svc
 from overlay.cni.errors import CniError
 from overlay.cni.server import CniServicer, serve
@@ -26,15 +27,25 @@ from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import underlay
+from overlay.ovs.liveness import SwitchRestartWatcher
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.ovsdb import Ovsdb
 from overlay.store import records
+from overlay.store import tls as etcd_tls
 from overlay.store.etcd import Store
 from overlay.store.watch import PrefixMirror
 
 log = logging.getLogger("overlay.agent")
 
 RESYNC_INTERVAL = 15.0
+JANITOR_EVERY = 4  # resync rounds: once a minute
+
+
+def run_janitor(service: svc.CniService) -> None:
+    try:
+        housekeeping.janitor(service)
+    except CniError as err:  # etcd or OVS unavailable: next round
+        log.warning("janitor could not run: %s", err)
 
 
 def local_endpoints(ovs: Ovsdb, bridge: str) -> dict[str, LocalPort]:
@@ -71,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = agent_config.load(argv)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # before OVS is touched: certificate files, then a handshake if etcd answers already
+        etcd_tls.check_before_start(cfg.etcd_tls, cfg.etcd_endpoints, cfg.etcd_timeout)
+    except etcd_tls.TlsError as err:
+        log.error("refusing to start: %s", err)
+        return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -81,19 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     except CniError as err:
         log.error("cannot prepare OVS: %s", err)
         return 1
-    dataplane = Dataplane(ofctl=Ofctl(rundir=cfg.rundir), bridge=cfg.bridge,
-                          tunnel_ofport=node.tunnel_ofport, held=True)
     try:
+        generation = ovs.next_generation(cfg.bridge)
         restored = local_endpoints(ovs, cfg.bridge)
     except CniError as err:
         log.error("cannot read the ports of %s: %s", cfg.bridge, err)
         return 1
+    dataplane = Dataplane(ofctl=Ofctl(rundir=cfg.rundir), bridge=cfg.bridge,
+                          tunnel_ofport=node.tunnel_ofport, held=True, generation=generation)
     dataplane.load_local(restored)
-    log.info("found %d local endpoints in OVSDB; flows untouched until etcd is read", len(restored))
+    log.info("flow generation %d; found %d local endpoints in OVSDB; flows untouched until etcd "
+             "is read", generation, len(restored))
 
-    store = Store(endpoints=list(cfg.etcd_endpoints), timeout=cfg.etcd_timeout)
-    register_until_done(store, records.HostRecord(cfg.host, node.vtep, node.datapath),
-                        cfg.lease_ttl, stop)
+    try:  # etcd unreachable: keep trying; etcd refusing our TLS: give up (etcd_tls.TlsRejected)
+        store = Store(endpoints=list(cfg.etcd_endpoints), timeout=cfg.etcd_timeout,
+                      ca=cfg.etcd_ca, cert=cfg.etcd_cert, key=cfg.etcd_key)
+        register_until_done(store, records.HostRecord(cfg.host, node.vtep, node.datapath),
+                            cfg.lease_ttl, stop)
+    except etcd_tls.TlsError as err:
+        log.error("refusing to start: %s", err)
+        return 1
     # Userspace tunneling drops the first packet to a VTEP whose MAC it has not learnt yet.
     prime = underlay.prime_neighbors if node.datapath == "netdev" else (lambda vteps: None)
     reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime)
@@ -107,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     service = svc.CniService(
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host))
+    run_janitor(service)  # containers that vanished while no agent was watching
 
     def info() -> cni_pb2.AgentInfoReply:
         state = dataplane.state()
@@ -122,17 +146,31 @@ def main(argv: list[str] | None = None) -> int:
             flows=len(dataplane.flows()), version=__version__)
 
     server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, info=info))
+
+    def after_switch_restart() -> None:
+        again = prepare(cfg, ovs, known=node)  # netdev: br-phy's address is back
+        dataplane.set_tunnel_ofport(again.tunnel_ofport)
+        dataplane.reload_local(local_endpoints(ovs, cfg.bridge))
+        prime(reconciler.vteps)
+    switch_watch = SwitchRestartWatcher(rundir=cfg.rundir, bridge=cfg.bridge,
+                                        on_restart=after_switch_restart)
+    switch_watch.start()
     log.info("serving CNI on %s (host %s, vtep %s, datapath %s)",
              cfg.socket, cfg.host, node.vtep, node.datapath)
 
+    rounds = 0
     while not stop.wait(RESYNC_INTERVAL):
+        rounds += 1
         try:
             prime(reconciler.vteps)
             dataplane.resync()
         except CniError as err:
             log.warning("periodic flow resync failed: %s", err)
+        if rounds % JANITOR_EVERY == 0:
+            run_janitor(service)
 
     log.info("stopping")
+    switch_watch.stop()
     server.stop(grace=5).wait()
     mirror.stop()
     store.close()

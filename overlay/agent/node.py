@@ -33,6 +33,7 @@ class Node:
     vtep: str
     underlay_mtu: int
     tunnel_ofport: int
+    address: ipaddress.IPv4Interface  # the VTEP with its prefix, as found on the underlay
 
 
 def detect_datapath(requested: str) -> str:
@@ -70,9 +71,11 @@ def _underlay_address(cfg: AgentConfig, datapath: str) -> ipaddress.IPv4Interfac
     return candidates[0]
 
 
-def prepare(cfg: AgentConfig, ovs: Ovsdb) -> Node:
-    datapath = detect_datapath(cfg.datapath)
-    address = _underlay_address(cfg, datapath)
+def prepare(cfg: AgentConfig, ovs: Ovsdb, known: Node | None = None) -> Node:
+    """Idempotent. `known` is the result of an earlier run: after ovs-vswitchd restarted in
+    netdev mode, br-phy's internal port (and the address on it) is gone and must come back."""
+    datapath = known.datapath if known else detect_datapath(cfg.datapath)
+    address = known.address if known else _underlay_address(cfg, datapath)
     mtu = _mtu(cfg.underlay_interface)
     if datapath == "netdev":
         ovs.ensure_bridge(cfg.underlay_bridge, datapath_type="netdev", secure=False)
@@ -84,4 +87,4 @@ def prepare(cfg: AgentConfig, ovs: Ovsdb) -> Node:
         "type": "vxlan", "options": {"remote_ip": "flow", "key": "flow"}})
     log.info("node ready: datapath=%s vtep=%s mtu=%d tunnel ofport=%d",
              datapath, address.ip, mtu, tunnel)
-    return Node(datapath, str(address.ip), mtu, tunnel)
+    return Node(datapath, str(address.ip), mtu, tunnel, address)

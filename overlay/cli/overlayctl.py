@@ -1,8 +1,11 @@
 """overlayctl: look at the overlay's control plane (etcd) and at a host's agent.
 
-    overlayctl [--etcd URL] hosts | networks | endpoints [--json]
-    overlayctl [--etcd URL] network-create NAME --vni VNI --subnet CIDR
+    overlayctl [--etcd URL] [TLS] hosts | networks | endpoints [--json]
+    overlayctl [--etcd URL] [TLS] network-create NAME --vni VNI --subnet CIDR
     overlayctl status [--socket PATH] [--json]
+
+TLS: --etcd-ca FILE [--etcd-cert FILE --etcd-key FILE], as the agent's etcd_ca/etcd_cert/etcd_key;
+the default --etcd is then https://127.0.0.1:2379.
 """
 
 from __future__ import annotations
@@ -11,12 +14,18 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from overlay.cni.errors import CniError
+from overlay.cni.errors import CniError, Code
 from overlay.store import records as r
+from overlay.store.tls import TlsError, TlsFiles
+
+if TYPE_CHECKING:
+    from overlay.store.etcd import Store
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_ETCD_TLS = "https://127.0.0.1:2379"
+NO_TLS = TlsFiles()
 DEFAULT_SOCKET = "/run/overlay/agent.sock"
 
 
@@ -33,19 +42,29 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _load(etcd: str, prefix: str) -> dict[str, bytes]:
+def _store(etcd: str, tls: TlsFiles) -> Store:
     from overlay.store.etcd import Store  # deferred: `status` needs no etcd client
 
-    store = Store(endpoints=[e.strip() for e in etcd.split(",")])
+    return Store(endpoints=[e.strip() for e in etcd.split(",")], ca=tls.ca, cert=tls.cert,
+                 key=tls.key)
+
+
+def _load(etcd: str, prefix: str, tls: TlsFiles = NO_TLS) -> dict[str, bytes]:
+    store = _store(etcd, tls)
     try:
         return store.snapshot(prefix)[1]
+    except CniError as err:
+        reason = store.tls_rejection() if err.code is Code.TRY_AGAIN_LATER else None
+        if reason is not None:
+            raise CniError(err.code, "etcd refuses our TLS", reason) from None
+        raise
     finally:
         store.close()
 
 
-def hosts(etcd: str) -> list[dict[str, Any]]:
+def hosts(etcd: str, *, tls: TlsFiles = NO_TLS) -> list[dict[str, Any]]:
     """Live hosts (their leased key exists) and hosts that only endpoints still name."""
-    state = _load(etcd, r.ROOT)
+    state = _load(etcd, r.ROOT, tls)
     rows = {rec.host: dict(rec.__dict__, alive=True)
             for rec in (r.HostRecord.from_json(v) for k, v in state.items()
                         if k.startswith(r.HOSTS))}
@@ -56,28 +75,51 @@ def hosts(etcd: str) -> list[dict[str, Any]]:
     return [rows[name] for name in sorted(rows)]
 
 
-def networks(etcd: str) -> list[dict[str, Any]]:
+def networks(etcd: str, *, tls: TlsFiles = NO_TLS) -> list[dict[str, Any]]:
     return [dict(r.NetworkRecord.from_json(v).__dict__)
-            for _, v in sorted(_load(etcd, r.NETWORKS).items())]
+            for _, v in sorted(_load(etcd, r.NETWORKS, tls).items())]
 
 
-def endpoints(etcd: str) -> list[dict[str, Any]]:
+def endpoints(etcd: str, *, tls: TlsFiles = NO_TLS) -> list[dict[str, Any]]:
     return [dict(r.EndpointRecord.from_json(v).__dict__)
-            for _, v in sorted(_load(etcd, r.ENDPOINTS).items())]
+            for _, v in sorted(_load(etcd, r.ENDPOINTS, tls).items())]
 
 
-def create_network(etcd: str, name: str, vni: int, subnet: str) -> None:
+def create_network(etcd: str, name: str, vni: int, subnet: str, *,
+                   tls: TlsFiles = NO_TLS) -> None:
     """Same validation as a netconf's, then the same idempotent record ADD would write."""
     from overlay.cni.netconf import parse_netconf
-    from overlay.store.etcd import Store
 
     conf = parse_netconf(json.dumps({"cniVersion": "1.0.0", "name": name, "type": "ovs",
                                      "vxlanID": vni, "ipam": {"subnet": subnet}}).encode())
-    store = Store(endpoints=[e.strip() for e in etcd.split(",")])
+    store = _store(etcd, tls)
     try:
         store.ensure_network(r.NetworkRecord(conf.name, conf.vni, str(conf.subnet)))
+    except CniError as err:
+        reason = store.tls_rejection() if err.code is Code.TRY_AGAIN_LATER else None
+        if reason is not None:
+            raise CniError(err.code, "etcd refuses our TLS", reason) from None
+        raise
     finally:
         store.close()
+
+
+def run_doctor(etcd: str, sockets: list[str], tls: TlsFiles) -> list[str]:
+    import grpc
+
+    from overlay.cli.doctor import cluster_problems
+    from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
+
+    problems = cluster_problems(_load(etcd, r.ROOT, tls=tls))
+    for path in sockets:
+        try:
+            with grpc.insecure_channel(f"unix:{path}") as channel:
+                reply = cni_pb2_grpc.CniStub(channel).Doctor(cni_pb2.DoctorRequest(), timeout=30)
+        except grpc.RpcError as exc:
+            problems.append(f"agent at {path} did not answer: {exc.code()}")
+            continue
+        problems += [f"{reply.host}: {p}" for p in reply.problems]
+    return problems
 
 
 def status(socket_path: str) -> dict[str, Any]:
@@ -102,7 +144,12 @@ COLUMNS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="overlayctl", description=__doc__.split("\n")[1])
-    parser.add_argument("--etcd", default=DEFAULT_ETCD, help="etcd endpoint(s), comma-separated")
+    parser.add_argument("--etcd", default=None,
+                        help=f"etcd endpoint(s), comma-separated (default: {DEFAULT_ETCD}, or "
+                             f"{DEFAULT_ETCD_TLS} with --etcd-ca)")
+    parser.add_argument("--etcd-ca", default="", help="CA certificate that signed etcd's")
+    parser.add_argument("--etcd-cert", default="", help="client certificate (etcd --client-cert-auth)")
+    parser.add_argument("--etcd-key", default="", help="the client certificate's private key")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="what", required=True)
     for name in COLUMNS:
@@ -113,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     nc.add_argument("--subnet", required=True)
     st = sub.add_parser("status", help="ask a host's agent how it is doing")
     st.add_argument("--socket", default=DEFAULT_SOCKET)
+    dr = sub.add_parser("doctor", help="check that etcd, OVS and the kernel agree (exit 1 if not)")
+    dr.add_argument("--socket", action="append", default=[],
+                    help="an agent to check its host too (repeat for several hosts)")
     args = parser.parse_args(argv)
+    tls = TlsFiles(args.etcd_ca, args.etcd_cert, args.etcd_key)
+    etcd = args.etcd or (DEFAULT_ETCD_TLS if tls.enabled else DEFAULT_ETCD)
     try:
         if args.what == "status":
             try:
@@ -126,12 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print("\n".join(f"{k}: {v}" for k, v in info.items()))
             return 0
+        if args.what == "doctor":
+            problems = run_doctor(etcd, args.socket, tls)
+            print("\n".join(problems) if problems else "no problems found")
+            return 1 if problems else 0
         if args.what == "network-create":
-            create_network(args.etcd, args.name, args.vni, args.subnet)
+            create_network(etcd, args.name, args.vni, args.subnet, tls=tls)
             print(f"network {args.name}: VNI {args.vni}, subnet {args.subnet}")
             return 0
-        rows = {"hosts": hosts, "networks": networks, "endpoints": endpoints}[args.what](args.etcd)
-    except CniError as err:
+        rows = {"hosts": hosts, "networks": networks, "endpoints": endpoints}[args.what](etcd, tls=tls)
+    except (CniError, TlsError) as err:
         print(f"overlayctl: {err}", file=sys.stderr)
         return 1
     print(json.dumps(rows, indent=2) if args.json else table(rows, COLUMNS[args.what]))

@@ -1,4 +1,5 @@
-"""STATUS and GC (CNI 1.1.0): is this host ready for ADD, and which attachments are stale.
+"""STATUS and GC (CNI 1.1.0), the janitor and the doctor: is this host ready for ADD, which
+attachments are stale, and do OVS, the kernel and etcd agree about what is attached.
 
 STATUS answers 50 ("cannot service ADD") when OVSDB or etcd cannot be reached, and 51 ("and
 existing containers may have limited connectivity") when ovs-vswitchd does not answer, since
@@ -12,13 +13,23 @@ when one fails, and reports all failures at the end. It then forwards GC to a de
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 
 from overlay.cni import requests
 from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import CniEnv, NetConf
-from overlay.cni.service import EXT_CONTAINER, EXT_IFNAME, EXT_NETWORK, CniService
+from overlay.cni.service import (
+    EXT_CONTAINER,
+    EXT_IFNAME,
+    EXT_NETNS,
+    EXT_NETWORK,
+    CniService,
+    endpoint_key,
+)
 from overlay.ipam import delegate
+from overlay.netlink import veth
 from overlay.store.records import owner_of
 
 log = logging.getLogger(__name__)
@@ -96,3 +107,73 @@ def gc(service: CniService, env: CniEnv, conf: NetConf) -> bytes:
                        f"GC of {conf.name} failed for {len(failures)} of {len(stale)} stale "
                        "attachments", "; ".join(str(f) for f in failures))
     return b""
+
+
+def _local_endpoint_ports(service: CniService) -> list[tuple[str, str, str, str, str]]:
+    """(port, network, containerID, ifname, netns) of every endpoint port on the bridge."""
+    out = []
+    for port in service.ovs.ports(service.host.bridge):
+        ids = port.external_ids
+        if all(k in ids for k in (EXT_CONTAINER, EXT_IFNAME, EXT_NETWORK)):
+            out.append((port.name, ids[EXT_NETWORK], ids[EXT_CONTAINER], ids[EXT_IFNAME],
+                        ids.get(EXT_NETNS, "")))
+    return out
+
+
+def janitor(service: CniService) -> list[str]:
+    """Remove attachments whose container vanished without a DEL. Returns what it removed.
+
+    An attachment is gone when its network namespace no longer exists or its veth has
+    disappeared (the kernel deletes the pair when the namespace goes). Endpoint records that
+    name this host but have no port left are stale too. Anything whose namespace and veth
+    still exist is in use and left alone. Addresses from a delegated IPAM stay with that plugin
+    (we do not have its configuration here); CNI GC or the runtime's DEL frees them.
+    """
+    removed = []
+    with_port = set()
+    for port, network, container_id, ifname, netns in _local_endpoint_ports(service):
+        with_port.add((network, container_id, ifname))
+        if netns and os.path.exists(netns) and veth.link_exists(port):
+            continue
+        with service.lock(owner_of(container_id, ifname)):
+            service.teardown_orphan(network, container_id, ifname)
+        removed.append(f"{network}/{container_id}/{ifname} (netns {netns or '?'} is gone)")
+    for rec in service.store.all_endpoints():
+        key = (rec.network, rec.container_id, rec.ifname)
+        if rec.host != service.host.name or key in with_port:
+            continue
+        with service.lock(owner_of(rec.container_id, rec.ifname)):
+            if service.ovs.ofport(rec.port) is not None:  # an ADD finished in the meantime
+                continue
+            service.teardown_orphan(rec.network, rec.container_id, rec.ifname)
+        removed.append(f"{rec.network}/{rec.container_id}/{rec.ifname} (no port on this host)")
+    for line in removed:
+        log.info("janitor removed %s", line)
+    return removed
+
+
+def doctor(service: CniService) -> list[str]:
+    """Invariants of this host: every endpoint record of the host has its OVS port, veth,
+    flows and addresses, and every endpoint port has its record. Empty means healthy."""
+    problems = []
+    ports = {(n, c, i): p for p, n, c, i, _ in _local_endpoint_ports(service)}
+    records = {(r.network, r.container_id, r.ifname): r for r in service.store.all_endpoints()
+               if r.host == service.host.name}
+    flows = service.dataplane.local_keys()
+    for key, rec in records.items():
+        name = "/".join(key)
+        if key not in ports or service.ovs.ofport(rec.port) is None:
+            problems.append(f"{name}: endpoint record without a working OVS port {rec.port}")
+        if not veth.link_exists(rec.port):
+            problems.append(f"{name}: endpoint record without its veth {rec.port}")
+        if endpoint_key(*key) not in flows:
+            problems.append(f"{name}: no flows installed")
+        held = service.store.allocations(rec.network)
+        for ip in rec.addresses:
+            holder = held.get(ipaddress.ip_address(ip))
+            if holder is not None and holder.owner != owner_of(rec.container_id, rec.ifname):
+                problems.append(f"{name}: address {ip} is held by {holder.owner}")
+    for key in ports:
+        if key not in records:
+            problems.append(f"{'/'.join(key)}: OVS port {ports[key]} without an endpoint record")
+    return problems

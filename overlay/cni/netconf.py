@@ -8,6 +8,7 @@ accepted. The result is a frozen dataclass the rest of the agent can trust.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -28,7 +29,13 @@ NO_CONTAINER_COMMANDS = ("VERSION", "STATUS", "GC")  # called for a network, not
 # The CNI spec's own pattern for network names and container IDs (matched in full: a trailing
 # newline must not slip into an etcd key).
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
-_IFNAME_BAD = re.compile(r"[/:%\s]")  # '%' would make the kernel pick the name itself
+# '%' would make the kernel pick the name itself; control characters (C0, DEL, C1) the kernel
+# would take, but they have no place in an OVSDB external_id, an etcd key or a log line.
+_IFNAME_BAD = re.compile(r"[/:%\s\x00-\x1f\x7f-\x9f]")
+# The plugin that is this network's "type": naming it as ipam.type would have the agent run the
+# plugin as its own IPAM delegate, which calls the agent again for the same container and waits
+# for the lock the first call holds (a hang until the delegate times out).
+PLUGIN_TYPE = "ovs"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -125,25 +132,32 @@ def _require_int(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) ->
 
 
 def _ip(value: Any, what: str) -> Address:
+    # Only strings: ipaddress takes an int as an address too (`"gw": 5` would be 0.0.0.5), and
+    # an IPv6 zone ("fe80::1%eth0") has no meaning in a netconf.
     try:
-        return ipaddress.ip_address(value)
-    except (TypeError, ValueError):
-        raise _invalid(f"ipam: {what} {value!r} is not an IP address") from None
+        if isinstance(value, str) and "%" not in value:
+            return ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    raise _invalid(f"ipam: {what} {value!r} is not an IP address")
 
 
 def _net(value: Any, what: str) -> Network:
     try:
-        return ipaddress.ip_network(value, strict=False)
-    except (TypeError, ValueError):
-        raise _invalid(f"ipam: {what} {value!r} is not a CIDR such as 10.0.0.0/24") from None
+        if isinstance(value, str) and "%" not in value:
+            return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        pass
+    raise _invalid(f"ipam: {what} {value!r} is not a CIDR such as 10.0.0.0/24")
 
 
 def _parse_range(obj: Any) -> AddressRange:
     if not isinstance(obj, dict) or "subnet" not in obj:
         raise _invalid(f"ipam: a range needs a 'subnet', got {obj!r}")
     subnet = _net(obj["subnet"], "subnet")
-    if subnet.num_addresses < 4 and subnet.version == 4:
-        raise _invalid(f"ipam: subnet {subnet} is too small (at least a /30)")
+    if subnet.num_addresses < (4 if subnet.version == 4 else 2):
+        raise _invalid(f"ipam: subnet {subnet} is too small (at least a "
+                       f"{'/30' if subnet.version == 4 else '/127'})")
     hosts_first = subnet.network_address + 1
     hosts_last = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
     start = _ip(obj["rangeStart"], "rangeStart") if "rangeStart" in obj else hosts_first
@@ -167,6 +181,17 @@ def _parse_range_set(raw: Any, where: str) -> tuple[AddressRange, ...]:
     return rset
 
 
+def _refuse_overlaps(range_sets: tuple[tuple[AddressRange, ...], ...]) -> None:
+    """Every address in one range at most, as host-local requires: two range sets that share
+    addresses would give one container two of them, and one set's gateway to another's pool."""
+    ranges = sorted((r for rset in range_sets for r in rset),
+                    key=lambda r: (r.subnet.version, int(r.start)))
+    for r1, r2 in itertools.pairwise(ranges):  # sorted: an overlap shows between neighbours
+        if r1.subnet.version == r2.subnet.version and int(r2.start) <= int(r1.end):
+            raise _invalid(f"ipam: range {r1.start}-{r1.end} of {r1.subnet} overlaps with "
+                           f"{r2.start}-{r2.end} of {r2.subnet}")
+
+
 def _parse_routes(raw: Any) -> tuple[Route, ...]:
     if raw is None:
         return ()
@@ -176,8 +201,12 @@ def _parse_routes(raw: Any) -> tuple[Route, ...]:
     for r in raw:
         if not isinstance(r, dict) or "dst" not in r:
             raise _invalid(f"ipam: a route needs a 'dst', got {r!r}")
-        routes.append(Route(_net(r["dst"], "route dst"),
-                            _ip(r["gw"], "route gw") if "gw" in r else None))
+        route = Route(_net(r["dst"], "route dst"), _ip(r["gw"], "route gw") if "gw" in r else None)
+        # The kernel takes an IPv4 route via an IPv6 gateway (RFC 5549), but as RTA_VIA, which
+        # CHECK does not read back: refuse it rather than report it missing forever after.
+        if route.gw is not None and route.gw.version != route.dst.version:
+            raise _invalid(f"ipam: route to {route.dst} via {route.gw} mixes IPv4 and IPv6")
+        routes.append(route)
     return tuple(routes)
 
 
@@ -188,6 +217,9 @@ def _parse_ipam(obj: Any) -> IpamConfig:
     if not isinstance(ipam_type, str) or not _NAME_RE.fullmatch(ipam_type):
         raise _invalid(f"ipam.type must name an IPAM plugin such as \"overlay\" or "
                        f"\"host-local\", got {ipam_type!r}")
+    if ipam_type == PLUGIN_TYPE:
+        raise _invalid(f"ipam.type {ipam_type!r} names this plugin itself, not an IPAM plugin; "
+                       f"use \"{BUILTIN_IPAM}\" for the built-in allocator")
     if ipam_type != BUILTIN_IPAM:
         # Delegated: the plugin named by ipam.type validates its own section.
         return IpamConfig(ipam_type)
@@ -200,6 +232,7 @@ def _parse_ipam(obj: Any) -> IpamConfig:
         range_sets = (_parse_range_set(obj, "subnet"),)
     else:
         raise _invalid("ipam needs a 'subnet' (or 'ranges') to allocate addresses from")
+    _refuse_overlaps(range_sets)
     exclude_raw = obj.get("exclude", [])
     if not isinstance(exclude_raw, list):
         raise _invalid(f"ipam.exclude must be a list of addresses or CIDRs, got {exclude_raw!r}")
@@ -212,6 +245,9 @@ def parse_netconf(data: bytes) -> NetConf:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CniError(Code.DECODING_FAILURE, "netconf on stdin is not valid JSON", str(exc)) from None
+    except RecursionError:  # '[[[[...' nested deeper than the parser's stack
+        raise CniError(Code.DECODING_FAILURE, "netconf on stdin is not valid JSON",
+                       "nested too deeply") from None
     if not isinstance(obj, dict):
         raise CniError(Code.DECODING_FAILURE, "netconf on stdin must be a JSON object")
 
@@ -224,7 +260,7 @@ def parse_netconf(data: bytes) -> NetConf:
     name = obj.get("name")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise _invalid(f"name must match {_NAME_RE.pattern}, got {name!r}")
-    if obj.get("type") != "ovs":
+    if obj.get("type") != PLUGIN_TYPE:
         raise _invalid(f"type must be \"ovs\", got {obj.get('type')!r}")
     vni = _require_int(obj, "vxlanID", VNI_MIN, VNI_MAX, "")
     bridge = obj.get("bridge", DEFAULT_BRIDGE)
@@ -242,14 +278,37 @@ def parse_netconf(data: bytes) -> NetConf:
         if len(families) != len(set(families)):
             raise _invalid(f"cniVersion {version} allows one address per family; "
                            "use 0.3.0 or later for several range sets of one family")
-    if "prevResult" in obj and not isinstance(obj["prevResult"], dict):
-        raise CniError(Code.DECODING_FAILURE, "prevResult must be a CNI result object")
+    if "prevResult" in obj:
+        _check_prev_result(obj["prevResult"])
     return NetConf(version, name, vni, bridge, mtu, sock, ipam, obj, data)
 
 
+def _check_prev_result(prev: Any) -> None:
+    """The shape ADD (appending to it) and CHECK (comparing with it) rely on; not the values."""
+    if not isinstance(prev, dict):
+        raise CniError(Code.DECODING_FAILURE, "prevResult must be a CNI result object")
+    for key in ("interfaces", "ips", "routes"):
+        items = prev.get(key)
+        if items is not None and (not isinstance(items, list)
+                                  or not all(isinstance(i, dict) for i in items)):
+            raise CniError(Code.DECODING_FAILURE,
+                           f"prevResult.{key} must be a list of objects, got {items!r}")
+    if prev.get("dns") is not None and not isinstance(prev["dns"], dict):
+        raise CniError(Code.DECODING_FAILURE,
+                       f"prevResult.dns must be an object, got {prev['dns']!r}")
+
+
 def valid_ifname(name: str) -> bool:
-    """What the kernel accepts as a name, and keeps as given: 1-15 bytes, no / : % or space."""
-    return (0 < len(name.encode()) <= 15 and name not in (".", "..")
+    """What the kernel accepts as a name, and keeps as given: 1-15 bytes, no / : % or space.
+
+    The kernel's isspace() also takes byte 0xa0, which UTF-8 uses inside characters such as
+    'à'; control characters are refused as well (see _IFNAME_BAD).
+    """
+    try:
+        raw = name.encode()
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON "\udXXX" escape
+        return False
+    return (0 < len(raw) <= 15 and name not in (".", "..") and b"\xa0" not in raw
             and not _IFNAME_BAD.search(name))
 
 

@@ -7,7 +7,9 @@ Three channels carry such requests, and each is read here only:
   runtimeConfig        {"ips": [...], "mac": "..."}               capabilities `ips`, `mac`
 
 For a MAC the most specific wins, as the reference `tuning` plugin orders them: args.cni, then
-runtimeConfig, then CNI_ARGS. Requested IPs are gathered from all three (host-local's order).
+runtimeConfig, then CNI_ARGS. Requested IPs are gathered from all three (host-local's order);
+one that the netconf itself never hands out (a network, broadcast or gateway address, or one in
+`ipam.exclude`) is refused with 108, as host-local refuses a requested gateway.
 CNI_ARGS keys other than IP, MAC and IgnoreUnknown are an error unless IgnoreUnknown is set:
 kubelet sets it and adds K8S_POD_* keys.
 """
@@ -86,7 +88,30 @@ def requested_ips(conf: NetConf, env: CniEnv) -> list[Address]:
     for ip in out:
         if ip not in unique:
             unique.append(ip)
+    for ip in unique:
+        why = _never_handed_out(ip, conf)
+        if why:
+            raise CniError(Code.REQUESTED_ADDRESS_UNAVAILABLE,
+                           f"requested address {ip} is {why}, which is never handed out")
     return unique
+
+
+def _never_handed_out(ip: Address, conf: NetConf) -> str | None:
+    """Why the netconf itself keeps `ip` from containers (README: network, broadcast and gateway
+    addresses are never used; exclude), if it does. Only the built-in IPAM has ranges here."""
+    for rng in conf.ipam.ranges:
+        if ip not in rng.subnet:
+            continue
+        if ip == rng.subnet.network_address:
+            return f"the network address of {rng.subnet}"
+        if rng.subnet.version == 4 and ip == rng.subnet.broadcast_address:
+            return f"the broadcast address of {rng.subnet}"
+        if ip == rng.gateway:
+            return f"the gateway of {rng.subnet}"
+    for net in conf.ipam.exclude:
+        if ip in net:
+            return f"in ipam.exclude ({net})"
+    return None
 
 
 def valid_attachments(conf: NetConf) -> set[tuple[str, str]] | None:

@@ -69,6 +69,13 @@ class CniServicer(cni_pb2_grpc.CniServicer):
     def AgentInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
         return self._info()
 
+    def Doctor(self, request: Any, context: Any) -> Any:  # noqa: N802
+        try:
+            problems = housekeeping.doctor(self._service)
+        except CniError as err:
+            problems = [f"the check itself failed: {err}"]
+        return cni_pb2.DoctorReply(host=self._service.host.name, problems=problems)
+
 
 def serve(*, socket_path: str, servicer: CniServicer, workers: int = 16) -> grpc.Server:
     """Start serving on `socket_path` (mode 0600, in a 0700 directory)."""

@@ -52,6 +52,17 @@ class HostInfo:
     underlay_mtu: int
 
 
+def mac_for(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The container's MAC, derived from its address: 0a:58 and the address's last 4 bytes.
+
+    An address handed to a new container then comes with the MAC its predecessor had, so
+    peers' ARP caches stay right and nobody talks to a dead MAC for the seconds it takes the
+    kernel to notice. 0x0a is a locally administered unicast prefix; networks whose subnets
+    overlap may share MACs, which the flow table keeps apart by VNI.
+    """
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ip.packed[-4:])
+
+
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
     return f"{network}/{container_id}/{ifname}"
 
@@ -142,6 +153,8 @@ class CniService:
         mtu = conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
         host_if = veth.hostside_name(env.container_id, env.ifname)
 
+        if mac is None:
+            mac = mac_for(assigned[0].address.ip)
         undo.append(lambda: veth.delete_host_link(host_if))
         link = veth.create_container_link(container_id=env.container_id, netns=env.netns,
                                           ifname=env.ifname, mtu=mtu,
@@ -161,7 +174,8 @@ class CniService:
                              host=self.host.name, vni=conf.vni,
                              ips=[str(a.address) for a in assigned], mac=link.mac,
                              port=host_if, netns=env.netns, mtu=mtu,
-                             routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes])
+                             routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes],
+                             ipam=conf.ipam.type)
         undo.append(lambda: self.store.delete_endpoint(conf.name, env.container_id, env.ifname))
         self.store.put_endpoint(rec)
         t.lap("endpoint")
@@ -204,6 +218,17 @@ class CniService:
             delegate.run("DEL", conf, env, container_id=container_id, ifname=ifname)
         else:
             self.ipam.release(conf.name, owner_of(container_id, ifname))
+
+    def teardown_orphan(self, network: str, container_id: str, ifname: str) -> None:
+        """Like teardown, for an attachment whose netconf we do not have (the janitor's case):
+        built-in allocations are freed; a delegated IPAM's lease is left to GC or DEL."""
+        host_if = veth.hostside_name(container_id, ifname)
+        self.dataplane.remove_endpoint(endpoint_key(network, container_id, ifname))
+        if self.ovs.port_external_ids(host_if).get(EXT_NETWORK) in (None, network):
+            self.ovs.delete_port(host_if)
+            veth.delete_host_link(host_if)
+        self.store.delete_endpoint(network, container_id, ifname)
+        self.ipam.release(network, owner_of(container_id, ifname))
 
     # --- CHECK --------------------------------------------------------------------------------
 

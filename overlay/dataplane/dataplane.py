@@ -1,7 +1,13 @@
 """What the agent wants OVS to do, as intent: endpoints here, endpoints elsewhere.
 
 Callers say what exists (install_endpoint, remove_endpoint, set_remote); the Dataplane computes
-the whole flow table from that and hands it to OVS as one atomic replacement. Every method is
+the whole flow table from that and hands it to OVS as one atomic replacement.
+
+Flow cookies carry the generation of the agent run (a counter kept in br-int's external_ids,
+bumped at every start). A restarted agent's first replacement therefore rewrites every flow's
+cookie in the same atomic bundle, without deleting and re-adding anything: packets never meet
+a half-built table, and `ovs-ofctl dump-flows br-int cookie=0x0fe1a7...N/-1` shows which run
+wrote what. Every method is
 idempotent and safe to call from any thread. A call returns once a table that includes its
 change is in the switch: concurrent callers are coalesced into one ovs-ofctl run, so a burst of
 ADDs costs far fewer than one replacement each.
@@ -18,10 +24,11 @@ from overlay.ovs.ofctl import Ofctl
 
 class Dataplane:
     def __init__(self, *, ofctl: Ofctl, bridge: str, tunnel_ofport: int,
-                 held: bool = False) -> None:
+                 held: bool = False, generation: int = 0) -> None:
         self._ofctl = ofctl
         self._bridge = bridge
         self._tunnel_ofport = tunnel_ofport
+        self._generation = generation
         self._local: dict[str, LocalPort] = {}
         self._remote: tuple[RemoteEndpoint, ...] = ()
         self._state_lock = threading.Lock()
@@ -70,7 +77,8 @@ class Dataplane:
 
     def state(self) -> DesiredState:
         with self._state_lock:
-            return DesiredState(self._tunnel_ofport, tuple(self._local.values()), self._remote)
+            return DesiredState(self._tunnel_ofport, tuple(self._local.values()), self._remote,
+                                self._generation)
 
     def flows(self) -> list[str]:
         return compute_flows(self.state())
@@ -78,6 +86,16 @@ class Dataplane:
     def local_keys(self) -> set[str]:
         with self._state_lock:
             return set(self._local)
+
+    def set_tunnel_ofport(self, ofport: int) -> None:
+        with self._state_lock:
+            self._tunnel_ofport = ofport
+
+    def reload_local(self, ports: dict[str, LocalPort]) -> None:
+        """Replace the local endpoints wholesale (ofports may have changed), and push."""
+        with self._state_lock:
+            self._local = dict(ports)
+        self.resync()
 
     def switch_has(self, port: LocalPort) -> bool:
         """Does the switch itself (not just our intent) admit this port's traffic?"""
@@ -105,7 +123,7 @@ class Dataplane:
             with self._state_lock:
                 covers = self._wanted
                 state = DesiredState(self._tunnel_ofport, tuple(self._local.values()),
-                                     self._remote)
+                                     self._remote, self._generation)
             flows = compute_flows(state)
             if flows != self._installed:
                 self._ofctl.replace_flows(self._bridge, flows)

@@ -23,7 +23,15 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-COOKIE = "0x0fe1a70000000000"
+COOKIE_BASE = 0x0FE1A7 << 40  # "overlay" flows; the low 40 bits are the agent's generation
+
+
+def cookie(generation: int) -> str:
+    """Every flow carries the generation of the agent run that wrote it (see dataplane.py)."""
+    return f"{COOKIE_BASE | (generation & 0xFFFFFFFFFF):#018x}"
+
+
+COOKIE = cookie(0)
 CLASSIFY, ARP, FORWARD, DELIVER = 0, 10, 20, 30
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 
@@ -49,10 +57,11 @@ class DesiredState:
     tunnel_ofport: int
     local: tuple[LocalPort, ...] = ()
     remote: tuple[RemoteEndpoint, ...] = ()
+    generation: int = 0
 
 
 def _flow(table: int, priority: int, match: str, actions: str) -> str:
-    head = f"cookie={COOKIE},table={table},priority={priority}"
+    head = f"cookie=@,table={table},priority={priority}"  # '@' becomes the cookie at the end
     return f"{head},{match},actions={actions}" if match else f"{head},actions={actions}"
 
 
@@ -143,4 +152,5 @@ def compute_flows(state: DesiredState) -> list[str]:
         flows.append(_flow(FORWARD, 50, f"reg0={vni},dl_dst={MULTICAST}",
                            ",".join(outputs + floods)))
         flows.append(_flow(DELIVER, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs)))
-    return flows
+    mark = f"cookie={cookie(state.generation)},"
+    return [f.replace("cookie=@,", mark, 1) for f in flows]

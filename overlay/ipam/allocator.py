@@ -86,12 +86,9 @@ class EtcdIpam:
                                f"held by {held.get(ip, Holder('?', '?')).owner}")
             taken.append(ip)
             return _assigned(ip, rng)
-        excluded = [net for net in ipam.exclude if net.version == rset[0].subnet.version]
         for rng in rset:
             used = {ip for ip in held if ip in rng.subnet}
-            for ip in candidates(rng, used):
-                if any(ip in net for net in excluded):
-                    continue
+            for ip in candidates(rng, used, ipam.exclude):
                 if self._store.claim_ip(network, ip, holder):
                     taken.append(ip)
                     return _assigned(ip, rng)

@@ -9,9 +9,9 @@ moment are sorted out by etcd, and the loser moves on to the next.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Sequence, Set
 
-from overlay.cni.netconf import Address, AddressRange
+from overlay.cni.netconf import Address, AddressRange, Network
 
 
 def reserved(rng: AddressRange) -> set[Address]:
@@ -28,10 +28,23 @@ def range_size(rng: AddressRange) -> int:
     return int(rng.end) - int(rng.start) + 1
 
 
-def candidates(rng: AddressRange, used: Set[Address]) -> Iterator[Address]:
-    """Every address of `rng` that is neither reserved nor in `used`, lowest first."""
+def candidates(rng: AddressRange, used: Set[Address],
+               exclude: Sequence[Network] = ()) -> Iterator[Address]:
+    """Every address of `rng` that is neither reserved, used nor excluded, lowest first.
+
+    Excluded networks are jumped over, not walked: an IPv6 range may exclude a /64.
+    """
     skip = reserved(rng) | set(used)
-    for value in range(int(rng.start), int(rng.end) + 1):
-        addr = ipaddress.ip_address(value)
+    make = type(rng.start)  # ip_address(int) would make an IPv4 address of a small IPv6 one
+    blocks = sorted((int(n.network_address), int(n.broadcast_address))
+                    for n in exclude if n.version == rng.start.version)
+    value, end = int(rng.start), int(rng.end)
+    while value <= end:
+        jump = next((last for first, last in blocks if first <= value <= last), None)
+        if jump is not None:
+            value = jump + 1
+            continue
+        addr = make(value)
         if addr not in skip:
             yield addr
+        value += 1

@@ -1,6 +1,7 @@
 """python -m overlay.lab: bring the netns lab up or down, add containers, show the ping.
 
-    up [--hosts N]                       hosts, etcd, network my-net (VNI 42, 10.0.0.0/24)
+    up [--hosts N] [--tls]               hosts, etcd, network my-net (VNI 42, 10.0.0.0/24);
+                                         --tls (or TLS=1): etcd over https, client certificates
     demo                                 containers c0 on host0 and c1 on host1, ping both ways
     container add NAME --host H [--network N] | container del NAME
     network add NAME --vni V --subnet S
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up")
     up.add_argument("--hosts", type=int, default=int(os.environ.get("HOSTS", "2")))
+    up.add_argument("--tls", action="store_true", default=os.environ.get("TLS") == "1",
+                    help="etcd serves https and requires client certificates (made with openssl)")
     sub.add_parser("demo")
     sub.add_parser("down")
     sub.add_parser("status")
@@ -61,10 +64,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "up":
         lab = Lab.load(args.workdir) if os.path.exists(f"{args.workdir}/lab.json") else Lab(
-            workdir=args.workdir)
+            workdir=args.workdir, tls=args.tls)
+        if args.tls and not lab.tls:  # (a TLS lab stays one without --tls)
+            raise SystemExit(f"the lab in {args.workdir} runs etcd without TLS; remove it first "
+                             "(make lab-down) to bring it up with TLS")
         print(f"bringing up {args.hosts} hosts in {args.workdir} ...")
         lab.up(args.hosts)
         ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
+        if lab.tls:
+            print(f"  etcd: {lab.etcd_url}, client certificates required; CA, etcd's and the "
+                  f"agents' certificates in {lab.pki_dir}")
         for h in lab.hosts:
             print(f"  {h.name}: netns {h.netns}, vtep {h.vtep}, agent socket {h.socket}")
         return 0
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "ping":
         return 0 if _ping(lab, args.src, args.dst) else 1
     elif args.cmd == "status":
+        print(f"etcd: {lab.etcd_url}" + (f" (TLS, client certificates in {lab.pki_dir})"
+                                         if lab.tls else ""))
         for h in lab.hosts:
             print(f"{h.name}: netns {h.netns}, vtep {h.vtep}, socket {h.socket}, "
                   f"cni config {h.cni_dir}")

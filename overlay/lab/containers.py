@@ -65,7 +65,7 @@ def conflist_path(h: LabHost, network: str) -> str:
 
 def define_network(lab: Lab, network: str, vni: int, subnet: str) -> None:
     """Record the network in etcd and write its conflist on every host (/etc/cni/net.d)."""
-    run([os.path.join(steps.scripts_dir(), "overlayctl"), "--etcd", "http://127.0.0.1:2379",
+    run([os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(),
          "network-create", network, "--vni", str(vni), "--subnet", subnet],
         netns=lab.underlay_ns)
     for h in lab.hosts:

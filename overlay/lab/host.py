@@ -1,6 +1,7 @@
 """The per-host steps, shared by the netns lab and the Vagrant VMs.
 
-    etcd_command(...)        etcd's command line: clients on one address and loopback
+    etcd_command(...)        etcd's command line: clients on one address and loopback (with
+                             EtcdServerTls: https only, client certificates required)
     start_ovs(dir, netns)    own ovsdb-server and ovs-vswitchd, with every file under `dir`
     write_agent_config(...)  the agent's TOML
     start_agent(...)         overlay-agent in the background, waits for its socket
@@ -105,12 +106,42 @@ def wait_for(predicate: Any, what: str, timeout: float = 20.0, log: str | None =
     raise RuntimeError(f"timed out waiting for {what}{tail}")
 
 
-def etcd_command(name: str, data_dir: str, ip: str, port: int = ETCD_PORT) -> list[str]:
-    """A single-member etcd serving clients on `ip` and on loopback; its peer port stays local."""
-    url = f"http://{ip}:{port}"
+@dataclass(frozen=True)
+class EtcdServerTls:
+    """etcd's side of TLS: its certificate (naming every address it serves) and the client CA."""
+    cert_file: str
+    key_file: str
+    trusted_ca_file: str
+
+
+def etcd_command(name: str, data_dir: str, ip: str, port: int = ETCD_PORT,
+                 tls: EtcdServerTls | None = None) -> list[str]:
+    """A single-member etcd serving clients on `ip` and on loopback; its peer port stays local.
+
+    With `tls`, clients must speak https and present a certificate signed by trusted_ca_file.
+    """
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://{ip}:{port}"
+    command = ["etcd", "--name", name, "--data-dir", data_dir,
+               "--listen-client-urls", f"{url},{scheme}://127.0.0.1:{port}",
+               "--advertise-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380"]
+    if tls:
+        command += ["--cert-file", tls.cert_file, "--key-file", tls.key_file,
+                    "--client-cert-auth", "--trusted-ca-file", tls.trusted_ca_file]
+    return command
+
+
+def etcd_member_command(name: str, data_dir: str, ip: str, members: dict[str, str],
+                        port: int = ETCD_PORT) -> list[str]:
+    """One member of a plain-http etcd cluster whose members (name -> IP) all use `port`."""
+    peers = ",".join(f"{n}=http://{addr}:{port + 1}" for n, addr in members.items())
     return ["etcd", "--name", name, "--data-dir", data_dir,
-            "--listen-client-urls", f"{url},http://127.0.0.1:{port}",
-            "--advertise-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380"]
+            "--listen-client-urls", f"http://{ip}:{port}",
+            "--advertise-client-urls", f"http://{ip}:{port}",
+            "--listen-peer-urls", f"http://{ip}:{port + 1}",
+            "--initial-advertise-peer-urls", f"http://{ip}:{port + 1}",
+            "--initial-cluster", peers, "--initial-cluster-token", "overlay-lab",
+            "--initial-cluster-state", "new"]
 
 
 def start_ovs(directory: str, netns: str | None) -> OvsPaths:
@@ -126,13 +157,23 @@ def start_ovs(directory: str, netns: str | None) -> OvsPaths:
           env=env)
     wait_for(lambda: os.path.exists(paths.sock), "ovsdb-server socket")
     run(["ovs-vsctl", f"--db={paths.endpoint}", "--no-wait", "init"])
+    start_vswitchd(directory, netns)
+    return paths
+
+
+def start_vswitchd(directory: str, netns: str | None) -> None:
+    """ovs-vswitchd alone (also to bring it back after a test stopped it)."""
+    paths = OvsPaths(directory)
+    env = {"OVS_RUNDIR": directory, "OVS_LOGDIR": directory, "OVS_DBDIR": directory}
+    ctl = f"{directory}/ovs-vswitchd.ctl"
+    if os.path.exists(ctl):
+        os.unlink(ctl)  # left by one that was killed; its reappearance says the new one is up
     # ovs-vswitchd runs inside the host's namespace: the netdev datapath opens interfaces there.
-    spawn(["ovs-vswitchd", paths.endpoint, f"--unixctl={directory}/ovs-vswitchd.ctl",
+    spawn(["ovs-vswitchd", paths.endpoint, f"--unixctl={ctl}",
            f"--log-file={directory}/ovs-vswitchd.log"],
           netns=netns, log=f"{directory}/ovs-vswitchd.out",
           pidfile=f"{directory}/ovs-vswitchd.pid", env=env)
-    wait_for(lambda: os.path.exists(f"{directory}/ovs-vswitchd.ctl"), "ovs-vswitchd")
-    return paths
+    wait_for(lambda: os.path.exists(ctl), "ovs-vswitchd")
 
 
 def stop_ovs(directory: str) -> None:
@@ -151,6 +192,8 @@ def write_agent_config(path: str, **values: Any) -> None:
 def start_agent(config: str, *, netns: str | None, log: str, pidfile: str, socket: str,
                 timeout: float = 30.0) -> int:
     agent = os.path.join(scripts_dir(), "overlay-agent")
+    if os.path.exists(socket):
+        os.unlink(socket)  # left by an agent that was killed: its presence must mean "ready"
     pid = spawn([agent, "--config", config], netns=netns, log=log, pidfile=pidfile)
 
     def ready() -> bool:

@@ -6,6 +6,10 @@
 
 Everything a lab makes lives under `workdir` (files) or is named after `prefix` (namespaces,
 links), so `down()` can remove all of it, and several labs (the tests') can coexist.
+
+With `tls=True` etcd serves https only and requires client certificates: a CA, etcd's server
+certificate (for the underlay address and 127.0.0.1) and one client certificate for the agents
+and overlayctl are made with openssl in `<workdir>/pki` (overlay.lab.pki).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import shutil
 from dataclasses import asdict, dataclass, field
 
 from overlay.lab import host as steps
+from overlay.lab import pki
 from overlay.lab.shell import add_netns, del_netns, netns_exists, run
+from overlay.store.tls import TlsFiles
 
 ETCD_PORT = steps.ETCD_PORT
 
@@ -73,6 +79,8 @@ class Lab:
     underlay: str = "172.31.0.0/24"
     hosts: list[LabHost] = field(default_factory=list)
     containers: dict[str, dict[str, str]] = field(default_factory=dict)
+    tls: bool = False  # etcd over https with client-certificate authentication
+    etcd_members: int = 1  # 3: a cluster of three members on .254, .253, .252
 
     # --- naming -----------------------------------------------------------------------------
 
@@ -86,8 +94,63 @@ class Lab:
         return str(net.broadcast_address - 1)
 
     @property
+    def etcd_scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def etcd_url(self) -> str:
-        return f"http://{self.etcd_ip}:{ETCD_PORT}"
+        return f"{self.etcd_scheme}://{self.etcd_ip}:{ETCD_PORT}"
+
+    @property
+    def member_ips(self) -> list[str]:
+        net = ipaddress.ip_network(self.underlay)
+        return [str(net.broadcast_address - 1 - i) for i in range(self.etcd_members)]
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        """What agents are given: every member."""
+        return [f"{self.etcd_scheme}://{ip}:{ETCD_PORT}" for ip in self.member_ips]
+
+    @property
+    def local_etcd_url(self) -> str:
+        """etcd as seen from inside the underlay namespace."""
+        if self.etcd_members > 1:
+            return ",".join(self.etcd_urls)
+        return f"{self.etcd_scheme}://127.0.0.1:{ETCD_PORT}"
+
+    @property
+    def pki_dir(self) -> str:
+        return os.path.join(self.workdir, "pki")
+
+    @property
+    def pki(self) -> pki.LabPki:
+        return pki.lab_pki_paths(self.pki_dir)
+
+    @property
+    def etcd_client_tls(self) -> TlsFiles:
+        """What agents and overlayctl present to etcd (nothing in a plain lab)."""
+        if not self.tls:
+            return TlsFiles()
+        return TlsFiles(self.pki.ca.cert, self.pki.client.cert, self.pki.client.key)
+
+    def etcdctl(self, *args: str, url: str | None = None) -> list[str]:
+        """An etcdctl command line for this lab's etcd (run it in the underlay namespace)."""
+        files = self.etcd_client_tls
+        auth = ["--cacert", files.ca, "--cert", files.cert, "--key", files.key] if self.tls else []
+        return ["etcdctl", "--endpoints", url or self.local_etcd_url, *auth, *args]
+
+    def overlayctl_etcd_args(self) -> list[str]:
+        """overlayctl's etcd flags for this lab, from inside the underlay namespace."""
+        files = self.etcd_client_tls
+        auth = ["--etcd-ca", files.ca, "--etcd-cert", files.cert, "--etcd-key", files.key]
+        return ["--etcd", self.local_etcd_url, *(auth if self.tls else [])]
+
+    def agent_etcd_settings(self) -> dict[str, str]:
+        """The TLS keys of an agent's configuration (none in a plain lab)."""
+        files = self.etcd_client_tls
+        if not self.tls:
+            return {}
+        return {"etcd_ca": files.ca, "etcd_cert": files.cert, "etcd_key": files.key}
 
     @property
     def state_file(self) -> str:
@@ -132,18 +195,64 @@ class Lab:
         net = ipaddress.ip_network(self.underlay)
         if run(["ip", "link", "show", "ul"], netns=ns, check=False).returncode != 0:
             run(["ip", "link", "add", "ul", "type", "bridge"], netns=ns)
-            run(["ip", "addr", "add", f"{self.etcd_ip}/{net.prefixlen}", "dev", "ul"], netns=ns)
+            for ip in self.member_ips:
+                run(["ip", "addr", "add", f"{ip}/{net.prefixlen}", "dev", "ul"], netns=ns)
             run(["ip", "link", "set", "ul", "up"], netns=ns)
             wire_checksums("ul", ns)
-        etcd_dir = os.path.join(self.workdir, "etcd")
+        self.start_etcd()
+
+    @property
+    def etcd_dir(self) -> str:
+        return os.path.join(self.workdir, "etcd")
+
+    def member_pidfile(self, index: int) -> str:
+        return os.path.join(self.etcd_dir, f"m{index}.pid")
+
+    def start_etcd_member(self, index: int) -> None:
+        """One member of a multi-member lab (plain http), unless it runs already."""
+        if os.path.exists(self.member_pidfile(index)):
+            return
+        ips = self.member_ips
+        steps.spawn(steps.etcd_member_command(f"m{index}", os.path.join(self.etcd_dir, f"m{index}"),
+                                              ips[index], {f"m{i}": ip for i, ip in enumerate(ips)}),
+                    netns=self.underlay_ns, log=os.path.join(self.etcd_dir, f"m{index}.log"),
+                    pidfile=self.member_pidfile(index))
+
+    def stop_etcd_member(self, index: int) -> None:
+        steps.stop_pidfile(self.member_pidfile(index))
+
+    def start_etcd(self) -> None:
+        """etcd in the underlay namespace (TLS: certificates first), unless it runs already."""
+        if self.etcd_members > 1:
+            if self.tls:
+                raise ValueError("a multi-member etcd lab is plain http for now")
+            os.makedirs(self.etcd_dir, exist_ok=True)
+            for index in range(self.etcd_members):
+                self.start_etcd_member(index)
+            steps.wait_for(lambda: run(self.etcdctl("endpoint", "health"), netns=self.underlay_ns,
+                                       check=False).returncode == 0, "the etcd cluster", timeout=40,
+                           log=os.path.join(self.etcd_dir, "m0.log"))
+            return
+        ns, etcd_dir = self.underlay_ns, self.etcd_dir
         os.makedirs(etcd_dir, exist_ok=True)
-        if not os.path.exists(os.path.join(etcd_dir, "etcd.pid")):
-            steps.spawn(steps.etcd_command("lab", os.path.join(etcd_dir, "data"), self.etcd_ip),
-                        netns=ns, log=os.path.join(etcd_dir, "etcd.log"),
-                        pidfile=os.path.join(etcd_dir, "etcd.pid"))
-            steps.wait_for(lambda: run(["etcdctl", "--endpoints", self.etcd_url, "endpoint",
-                                        "health"], netns=ns, check=False).returncode == 0,
-                           "etcd", log=os.path.join(etcd_dir, "etcd.log"))
+        if os.path.exists(os.path.join(etcd_dir, "etcd.pid")):
+            return
+        server_tls = None
+        if self.tls:
+            made = pki.lab_pki(self.pki_dir, [self.etcd_ip, "127.0.0.1"])
+            server_tls = steps.EtcdServerTls(made.server.cert, made.server.key, made.ca.cert)
+        steps.spawn(steps.etcd_command("lab", os.path.join(etcd_dir, "data"), self.etcd_ip,
+                                       tls=server_tls),
+                    netns=ns, log=os.path.join(etcd_dir, "etcd.log"),
+                    pidfile=os.path.join(etcd_dir, "etcd.pid"))
+        steps.wait_for(lambda: run(self.etcdctl("endpoint", "health", url=self.etcd_url),
+                                   netns=ns, check=False).returncode == 0,
+                       "etcd", log=os.path.join(etcd_dir, "etcd.log"))
+
+    def stop_etcd(self) -> None:
+        steps.stop_pidfile(os.path.join(self.etcd_dir, "etcd.pid"))
+        for index in range(self.etcd_members if self.etcd_members > 1 else 0):
+            self.stop_etcd_member(index)
 
     def _install_plugin(self) -> None:
         steps.install_plugin(self.cni_bin)
@@ -170,8 +279,9 @@ class Lab:
         paths = steps.start_ovs(h.ovs_dir, h.netns)
         steps.write_agent_config(
             h.agent_config, host=name, underlay_interface="eth0", underlay_ip=h.vtep,
-            etcd_endpoints=[self.etcd_url], ovsdb=paths.endpoint, ovs_rundir=h.ovs_dir,
-            socket=h.socket, datapath="netdev")  # the same on every machine, module or not
+            etcd_endpoints=self.etcd_urls, ovsdb=paths.endpoint, ovs_rundir=h.ovs_dir,
+            socket=h.socket, datapath="netdev",  # the same on every machine, module or not
+            **self.agent_etcd_settings())
         self.start_agent(h)
         return h
 
@@ -188,7 +298,7 @@ class Lab:
         for h in self.hosts:
             steps.stop_pidfile(h.agent_pidfile)
             steps.stop_ovs(h.ovs_dir)
-        steps.stop_pidfile(os.path.join(self.workdir, "etcd", "etcd.pid"))
+        self.stop_etcd()
         for name in list(self.containers):
             del_netns(self.containers[name]["netns"])
         for h in self.hosts:

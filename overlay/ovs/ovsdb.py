@@ -22,6 +22,7 @@ from overlay.cni.errors import CniError, Code
 
 OWNER_KEY = "overlay-owner"  # marks rows this project created
 OWNER = "overlay"
+GENERATION_KEY = "overlay-flow-generation"
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,15 @@ class Ovsdb:
         self._execute(f"create bridge {name}",
                       self.api.add_br(name, may_exist=True, datapath_type=datapath_type),
                       self.api.db_set("Bridge", name, *cols.items()))
+
+    def next_generation(self, bridge: str) -> int:
+        """Bump and return the flow generation kept in the bridge's external_ids."""
+        ids = self._read(f"read bridge {bridge}", self.api.db_get("Bridge", bridge, "external_ids"))
+        current = dict(ids or {}).get(GENERATION_KEY)
+        generation = (int(current) if current and str(current).isdigit() else 0) + 1
+        self._execute(f"record the flow generation on {bridge}",
+                      self.api.br_set_external_id(bridge, GENERATION_KEY, str(generation)))
+        return generation
 
     def bridge_exists(self, name: str) -> bool:
         return bool(self._read(f"look up bridge {name}", self.api.br_exists(name)))

@@ -4,6 +4,10 @@ Every call is bounded by a timeout, and "etcd is not reachable" always surfaces 
 CniError(TRY_AGAIN_LATER) so that a runtime retries instead of giving up. The host lease is kept
 alive by a thread this class owns; if the lease is lost (etcd was down longer than the TTL), the
 thread takes a new one and writes the host record again.
+
+With `ca` (and `cert`/`key` for client-certificate authentication) every endpoint is reached over
+TLS, whatever scheme its URL says; register_host then tells an etcd that refuses our TLS
+(tls.TlsRejected) from one that cannot be reached (CniError TRY_AGAIN_LATER).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pyetcd.exceptions
 from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import Address
 from overlay.store import records as r
+from overlay.store import tls
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +37,31 @@ T = TypeVar("T")
 _UNAVAILABLE = (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
                 pyetcd.exceptions.NoServerAvailableError)
 RETRY_AFTER = 0.2  # seconds an endpoint stays benched after a failure
+# gRPC backs off reconnecting exponentially, up to two minutes by default: after a 30 s etcd
+# outage the agent would stay disconnected for tens of seconds more, long enough for the host
+# leases (restored with their full TTL when etcd restarts) to expire unrefreshed, and for every
+# other host to drop its tunnels to us. Reconnect within a second instead; keepalives notice a
+# silently dead connection (etcd allows pings every 5 s).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
 
 
 def _translate(fn: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        # With several members, the call that finds one dead is the one that makes pyetcd fail
+        # over: try each endpoint once before telling the caller that etcd is unreachable.
+        store = args[0] if args and isinstance(args[0], Store) else None
+        for _ in range(len(store._addresses) - 1 if store is not None else 0):
+            try:
+                return fn(*args, **kwargs)
+            except _UNAVAILABLE:
+                continue
         try:
             return fn(*args, **kwargs)
         except _UNAVAILABLE as exc:
@@ -53,12 +78,19 @@ def parse_endpoint(url: str) -> tuple[str, int]:
 
 
 class Store:
-    def __init__(self, *, endpoints: list[str], timeout: float = 3.0) -> None:
+    def __init__(self, *, endpoints: list[str], timeout: float = 3.0, ca: str | None = None,
+                 cert: str | None = None, key: str | None = None) -> None:
+        self._tls = tls.TlsFiles(ca or "", cert or "", key or "")
+        tls.check_files(self._tls)  # raises TlsConfigError naming the file and the problem
+        creds = self._tls.credentials() if self._tls.enabled else None
+        self._addresses = [parse_endpoint(e) for e in endpoints]
+        self._timeout = timeout
         # pyetcd benches an endpoint for `time_retry` seconds (300 by default) after one failed
         # call, and a single-endpoint client then refuses every call until that time is up. We
         # want the next call after an outage to try again at once.
-        eps = [pyetcd.Endpoint(*parse_endpoint(e), secure=False, time_retry=RETRY_AFTER)
-               for e in endpoints]
+        eps = [pyetcd.Endpoint(host, port, secure=creds is not None, creds=creds,
+                               time_retry=RETRY_AFTER, opts=CHANNEL_OPTIONS)
+               for host, port in self._addresses]
         self._client: Any = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
                                                             failover=True)
         self._tx = self._client.transactions
@@ -78,9 +110,27 @@ class Store:
 
     # --- hosts -------------------------------------------------------------------------------
 
-    @_translate
+    def tls_rejection(self) -> str | None:
+        """Why etcd refuses our TLS (asked of etcd itself), or None: no TLS, or merely unreachable."""
+        return tls.rejection(self._tls, self._addresses, self._timeout)
+
     def register_host(self, rec: r.HostRecord, ttl: int) -> None:
-        """Write the host record under a fresh lease and keep the lease alive until close()."""
+        """Write the host record under a fresh lease and keep the lease alive until close().
+
+        Raises CniError(TRY_AGAIN_LATER) while etcd cannot be reached, and tls.TlsRejected when
+        it answers but refuses our TLS (wrong CA, certificate not accepted, no TLS at all).
+        """
+        try:
+            self._register_host(rec, ttl)
+        except CniError as err:
+            if err.code is Code.TRY_AGAIN_LATER and self._tls.enabled:
+                reason = self.tls_rejection()
+                if reason is not None:
+                    raise tls.TlsRejected(reason) from None
+            raise
+
+    @_translate
+    def _register_host(self, rec: r.HostRecord, ttl: int) -> None:
         lease = self._client.lease(ttl)
         self._client.put(r.host_key(rec.host), rec.to_json(), lease=lease)
         self._lease = lease  # only once the record is really written under it
@@ -104,7 +154,7 @@ class Store:
                 try:
                     self._lease = None
                     self.register_host(rec, ttl)
-                except CniError as again:
+                except (CniError, tls.TlsRejected) as again:
                     log.warning("host registration failed: %s", again)
 
     @_translate
@@ -182,10 +232,15 @@ class Store:
     def delete_endpoint(self, network: str, container_id: str, ifname: str) -> None:
         self._client.delete(r.endpoint_key(network, container_id, ifname))
 
+    def all_endpoints(self) -> list[r.EndpointRecord]:
+        return self.endpoints("")
+
     @_translate
     def endpoints(self, network: str) -> list[r.EndpointRecord]:
+        """Endpoint records of one network ("" for all networks)."""
         out = []
-        for value, _ in self._client.get_prefix(f"{r.ENDPOINTS}{network}/"):
+        prefix = f"{r.ENDPOINTS}{network}/" if network else r.ENDPOINTS
+        for value, _ in self._client.get_prefix(prefix):
             try:
                 out.append(r.EndpointRecord.from_json(value))
             except (ValueError, TypeError, KeyError):

@@ -102,6 +102,7 @@ class EndpointRecord(Record):
     netns: str
     mtu: int = 0
     routes: list[dict[str, str]] = field(default_factory=list)
+    ipam: str = "overlay"  # or the delegated plugin's name
 
     @property
     def key(self) -> str:

@@ -140,3 +140,106 @@ def test_bad_env_is_code_4(changes: dict[str, str], words: str) -> None:
 def test_del_does_not_need_an_existing_netns() -> None:
     env = parse_env({**ENV, "CNI_COMMAND": "DEL", "CNI_NETNS": "/var/run/netns/gone"})
     assert env.command == "DEL"
+
+
+# --- found by tests/integration/test_fuzz.py --------------------------------------------------
+
+
+def test_json_nested_too_deeply_is_a_decoding_failure() -> None:
+    err = error_of(b"[" * 100_000)
+    assert err.code == Code.DECODING_FAILURE and "nested too deeply" in err.details
+
+
+@pytest.mark.parametrize("ipam, words", [
+    ({"subnet": 167772160}, "is not a CIDR"),  # ipaddress would read 10.0.0.0/32
+    ({"subnet": "10.0.0.0/24", "gateway": 167772161}, "gateway 167772161 is not an IP address"),
+    ({"subnet": "10.0.0.0/24", "rangeStart": 167772170}, "rangeStart"),
+    ({"subnet": "10.0.0.0/24", "routes": [{"dst": "0.0.0.0/0", "gw": 5}]}, "route gw 5"),
+    ({"subnet": "10.0.0.0/24", "routes": [{"dst": 0}]}, "route dst 0"),
+    ({"subnet": "10.0.0.0/24", "exclude": [5]}, "exclude entry 5"),
+    ({"subnet": "fd00::%eth0/64"}, "is not a CIDR"),  # IPv6 zones have no place here
+    ({"subnet": "fe80::/64", "gateway": "fe80::1%eth0"}, "is not an IP address"),
+    ({"subnet": "fd00::/128"}, "too small (at least a /127)"),
+    ({"type": "ovs", "subnet": "10.0.0.0/24"}, "names this plugin itself"),  # self-delegation hang
+])
+def test_ipam_values_that_are_not_address_strings_are_refused(ipam: dict[str, object],
+                                                              words: str) -> None:
+    err = error_of(conf(ipam=ipam))
+    assert err.code == Code.INVALID_NETCONF and words in err.msg, err
+
+
+def test_smallest_ipv6_subnet_is_accepted() -> None:
+    rng = parse_netconf(conf(ipam={"subnet": "fd00::/127"})).ipam.ranges[0]
+    assert (str(rng.start), str(rng.end)) == ("fd00::1", "fd00::1")
+
+
+@pytest.mark.parametrize("prev, words", [
+    ({"interfaces": 5}, "prevResult.interfaces must be a list of objects"),
+    ({"ips": "10.0.0.5/24"}, "prevResult.ips must be a list of objects"),
+    ({"ips": [1]}, "prevResult.ips must be a list of objects"),
+    ({"routes": {"dst": "0.0.0.0/0"}}, "prevResult.routes must be a list of objects"),
+    ({"dns": ["10.0.0.53"]}, "prevResult.dns must be an object"),
+    ([], "prevResult must be a CNI result object"),
+])
+def test_prev_result_of_the_wrong_shape_is_a_decoding_failure(prev: object, words: str) -> None:
+    err = error_of(conf(prevResult=prev))
+    assert err.code == Code.DECODING_FAILURE and words in err.msg, err
+
+
+def test_prev_result_with_nulls_and_the_usual_shape_is_accepted() -> None:
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+            "ips": [{"address": "10.1.0.5/24", "interface": 0}], "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {"nameservers": ["10.1.0.53"]}}
+    assert parse_netconf(conf(prevResult=prev)).prev_result == prev
+    nulls = {"cniVersion": "1.0.0", "interfaces": None, "ips": None, "routes": None, "dns": None}
+    assert parse_netconf(conf(prevResult=nulls)).prev_result == nulls
+
+
+@pytest.mark.parametrize("ifname", ["e\x01th", "a\x7fb", "a\x9bb", "\x1b[31m", "à", "a\u00a0b",
+                                    "\ud800"])
+def test_ifnames_with_control_characters_or_a_kernel_space_byte_are_code_4(ifname: str) -> None:
+    # 'à' is c3 a0 in UTF-8, and the kernel's isspace() takes 0xa0: it refused it (103) before.
+    with pytest.raises(CniError) as info:
+        parse_env({**ENV, "CNI_IFNAME": ifname})
+    assert info.value.code == Code.INVALID_ENV and "CNI_IFNAME must be" in info.value.msg
+
+
+@pytest.mark.parametrize("ifname", ["é" * 7, "名前", "eth0.100", "x-y_z", "e" * 15])
+def test_unicode_ifnames_the_kernel_keeps_are_accepted(ifname: str) -> None:
+    assert parse_env({**ENV, "CNI_IFNAME": ifname}).ifname == ifname
+
+
+def test_bridge_with_a_lone_surrogate_is_invalid_not_a_crash() -> None:
+    err = error_of(b'{"cniVersion": "1.0.0", "name": "n", "type": "ovs", "vxlanID": 1, '
+                   b'"bridge": "\\ud800", "ipam": {"subnet": "10.0.0.0/24"}}')
+    assert err.code == Code.INVALID_NETCONF and "bridge must be an interface name" in err.msg
+
+
+@pytest.mark.parametrize("route", [{"dst": "0.0.0.0/0", "gw": "fd00::1"},
+                                   {"dst": "fd20::/48", "gw": "10.0.0.1"}])
+def test_route_mixing_families_is_invalid(route: dict[str, str]) -> None:
+    # ADD installed 0.0.0.0/0 via fd00::1 (RFC 5549), then CHECK reported it missing (106).
+    err = error_of(conf(ipam={"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]],
+                              "routes": [route]}))
+    assert err.code == Code.INVALID_NETCONF and "mixes IPv4 and IPv6" in err.msg
+
+
+@pytest.mark.parametrize("ranges", [
+    [[{"subnet": "10.0.0.0/24", "gateway": "10.0.0.1"}], [{"subnet": "10.0.0.0/24"}]],
+    [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.50"},
+      {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50"}]],
+    [[{"subnet": "10.0.0.0/16"}], [{"subnet": "fd00::/64"}], [{"subnet": "10.0.7.0/24"}]],
+])
+def test_overlapping_ranges_are_invalid(ranges: list[object]) -> None:
+    # The first: the second set handed out 10.0.0.1, the first set's gateway, after the first
+    # set gave the same container 10.0.0.2. host-local refuses overlapping ranges too.
+    err = error_of(conf(ipam={"ranges": ranges}))
+    assert err.code == Code.INVALID_NETCONF and "overlaps with" in err.msg, err
+
+
+def test_ranges_side_by_side_in_one_subnet_are_fine() -> None:
+    nc = parse_netconf(conf(ipam={"ranges": [
+        [{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.12"},
+         {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.13", "rangeEnd": "10.0.0.60"}],
+        [{"subnet": "fd00::/64"}], [{"subnet": "10.1.0.0/24"}]]}))
+    assert len(nc.ipam.ranges) == 4

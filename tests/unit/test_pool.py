@@ -33,3 +33,15 @@ def test_range_bounds_are_inclusive_and_exhaustion_yields_nothing() -> None:
 def test_ipv6_range() -> None:
     r = rng("fd00::/64", "fd00::10", "fd00::11")
     assert list(candidates(r, set())) == [ip("fd00::10"), ip("fd00::11")]
+
+
+def test_excluded_networks_are_jumped_not_walked() -> None:
+    r = rng("fd00::/64", "fd00::1", "fd00::ffff:ffff:ffff:ffff")
+    excluded = [ipaddress.ip_network("fd00::/65")]
+    assert next(candidates(r, set(), excluded)) == ip("fd00::8000:0:0:0")
+    assert list(candidates(r, set(), [ipaddress.ip_network("fd00::/64")])) == []
+
+
+def test_small_ipv6_addresses_stay_ipv6() -> None:
+    r = rng("::/120", "::1", "::3")
+    assert list(candidates(r, set())) == [ip("::1"), ip("::2"), ip("::3")]

@@ -54,3 +54,33 @@ def test_valid_attachments_new_key_old_key_null_and_absent() -> None:
     assert valid_attachments(conf(**{"cni.dev/attachments": items})) == {("a", "eth0")}
     assert valid_attachments(conf(**{"cni.dev/valid-attachments": None})) == set()
     assert valid_attachments(conf()) is None
+
+
+@pytest.mark.parametrize("ipam, ip, words", [
+    ({"subnet": "10.0.0.0/24", "gateway": "10.0.0.1"}, "10.0.0.1", "the gateway of 10.0.0.0/24"),
+    ({"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.0"}, "10.0.0.0", "the network address"),
+    ({"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.255"}, "10.0.0.255", "the broadcast address"),
+    ({"subnet": "10.0.0.0/24", "exclude": ["10.0.0.4/30"]}, "10.0.0.5", "in ipam.exclude"),
+    ({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64", "gateway": "fd00::1"}]]},
+     "fd00::1", "the gateway of fd00::/64"),
+])
+def test_requested_ips_the_netconf_never_hands_out_are_refused(ipam: dict[str, object], ip: str,
+                                                               words: str) -> None:
+    # Found by tests/integration/test_fuzz.py: IP=10.0.0.1 got the gateway's own address.
+    for c, e in ((conf(ipam=ipam), env(f"IP={ip}")),
+                 (conf(ipam=ipam, runtimeConfig={"ips": [ip]}), env()),
+                 (conf(ipam=ipam, args={"cni": {"ips": [f"{ip}/24"]}}), env())):
+        with pytest.raises(CniError) as info:
+            requested_ips(c, e)
+        assert info.value.code == Code.REQUESTED_ADDRESS_UNAVAILABLE and words in info.value.msg
+
+
+def test_requested_ips_next_to_reserved_ones_and_for_delegated_ipam_pass() -> None:
+    ipam = {"subnet": "10.0.0.0/24", "gateway": "10.0.0.1", "exclude": ["10.0.0.4/30"]}
+    assert requested_ips(conf(ipam=ipam), env("IP=10.0.0.2,10.0.0.8")) == [
+        ipaddress.ip_address("10.0.0.2"), ipaddress.ip_address("10.0.0.8")]
+    v6 = conf(ipam={"subnet": "fd00::/64"})  # IPv6 has no broadcast address
+    assert requested_ips(v6, env("IP=fd00::ffff:ffff:ffff:ffff")) == [
+        ipaddress.ip_address("fd00::ffff:ffff:ffff:ffff")]
+    delegated = conf(ipam={"type": "host-local", "subnet": "10.0.0.0/24", "gateway": "10.0.0.1"})
+    assert requested_ips(delegated, env("IP=10.0.0.1")) == [ipaddress.ip_address("10.0.0.1")]

@@ -59,3 +59,10 @@ def test_prev_result_is_kept_and_our_indexes_follow_it() -> None:
                                 {"dst": "0.0.0.0/0", "gw": "10.0.0.254"}]
     assert merged["dns"] == {"nameservers": ["192.168.1.1"]}
     assert prev["interfaces"] == [{"name": "br0"}, {"name": "net1", "sandbox": "/var/run/netns/c0"}]
+
+
+def test_container_mac_follows_its_address() -> None:
+    from overlay.cni.service import mac_for
+
+    assert mac_for(ipaddress.ip_address("10.0.0.3")) == "0a:58:0a:00:00:03"
+    assert mac_for(ipaddress.ip_address("fd00::a:1")) == "0a:58:00:0a:00:01"

@@ -22,7 +22,8 @@ DEFAULT_SOCKET = "/run/overlay/agent.sock"
 # Mirrors overlay.cni.netconf.SUPPORTED_VERSIONS; a unit test keeps the two equal.
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 TIMEOUT_SECONDS = 120.0
-TRY_AGAIN_LATER, DECODING_FAILURE, INVALID_ENV, NOT_AVAILABLE, INTERNAL = 11, 6, 4, 50, 100
+TRY_AGAIN_LATER, DECODING_FAILURE, INVALID_ENV, INVALID_NETCONF = 11, 6, 4, 7
+NOT_AVAILABLE, INTERNAL = 50, 100
 METHODS = {"ADD": "Add", "DEL": "Del", "CHECK": "Check", "STATUS": "Status", "GC": "Gc"}
 
 
@@ -39,17 +40,32 @@ def _error(version: str, code: int, msg: str, details: str = "") -> int:
     return 1
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:  # lone surrogates: bytes the OS gave us that are not UTF-8
+        return False
+
+
+def _usable_path(value: object) -> bool:
+    return (isinstance(value, str) and value.startswith("/") and "\0" not in value
+            and _utf8(value))
+
+
 def run(environ: dict[str, str], stdin: bytes) -> int:
     command = environ.get("CNI_COMMAND", "")
     try:
         conf = json.loads(stdin) if stdin.strip() else {}
-    except ValueError as exc:
-        conf, bad_json = {}, str(exc)
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        conf, bad_json = {}, str(exc) or type(exc).__name__
     else:
         bad_json = "" if isinstance(conf, dict) else "netconf must be a JSON object"
         conf = conf if isinstance(conf, dict) else {}
+    if not stdin.strip() and command != "VERSION":
+        bad_json = "stdin is empty; the runtime must pass the network configuration"
     given = conf.get("cniVersion")
-    version = given if isinstance(given, str) and given else "0.1.0"  # as the agent reads it
+    version = given if isinstance(given, str) and given.isprintable() and given else "0.1.0"
 
     if command == "VERSION":
         _emit({"cniVersion": given if given in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1],
@@ -61,8 +77,14 @@ def run(environ: dict[str, str], stdin: bytes) -> int:
     if bad_json:
         return _error(version, DECODING_FAILURE, "netconf on stdin is not valid JSON", bad_json)
 
-    socket_path = conf.get("agentSocket") or DEFAULT_SOCKET
+    socket_path = conf.get("agentSocket", DEFAULT_SOCKET)
+    if not _usable_path(socket_path):
+        return _error(version, INVALID_NETCONF,
+                      f"agentSocket must be an absolute path, got {socket_path!r}")
     env = {k: v for k, v in environ.items() if k.startswith("CNI_")}
+    for key, value in env.items():
+        if not _utf8(value):
+            return _error(version, INVALID_ENV, f"{key} is not valid UTF-8: {value!r}")
     method = "/overlay.cni.v1.Cni/" + METHODS[command]
     try:
         reply = decode_reply(unary_call(socket_path, method, encode_request(env, stdin),
