@@ -8,7 +8,6 @@ moment are sorted out by etcd, and the loser moves on to the next.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator, Sequence, Set
 
 from overlay.cni.netconf import Address, AddressRange, Network

@@ -51,5 +51,6 @@ def test_one_member_down_changes_nothing(lab: Lab, member: int) -> None:
     finally:
         lab.start_etcd_member(member)
     outcome = traffic.finish()
-    print(f"  member m{member} stopped ({'leader' if f'{lab.member_ips[member]}:2379' in leader and 'true' in leader.split(lab.member_ips[member])[1].split(chr(10))[0] else 'follower'})")
+    row = next(line for line in leader.splitlines() if f"{lab.member_ips[member]}:2379" in line)
+    print(f"  member m{member} stopped ({'leader' if ' true ' in row else 'follower'})")
     assert outcome.longest_gap_ms < 250 and outcome.lost <= outcome.sent // 100 and outcome.tcp_ok
