@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlay.cni.errors import CniError, Code
 from overlay.store import records as r
@@ -49,10 +49,14 @@ def _store(etcd: str, tls: TlsFiles) -> Store:
                  key=tls.key)
 
 
-def _load(etcd: str, prefix: str, tls: TlsFiles = NO_TLS) -> dict[str, bytes]:
+T = TypeVar("T")
+
+
+def _with_store(etcd: str, tls: TlsFiles, use: Callable[[Store], T]) -> T:
+    """Run `use` with a client; "unreachable" that is really a TLS refusal says so."""
     store = _store(etcd, tls)
     try:
-        return store.snapshot(prefix)[1]
+        return use(store)
     except CniError as err:
         reason = store.tls_rejection() if err.code is Code.TRY_AGAIN_LATER else None
         if reason is not None:
@@ -60,6 +64,10 @@ def _load(etcd: str, prefix: str, tls: TlsFiles = NO_TLS) -> dict[str, bytes]:
         raise
     finally:
         store.close()
+
+
+def _load(etcd: str, prefix: str, tls: TlsFiles = NO_TLS) -> dict[str, bytes]:
+    return _with_store(etcd, tls, lambda store: store.snapshot(prefix)[1])
 
 
 def hosts(etcd: str, *, tls: TlsFiles = NO_TLS) -> list[dict[str, Any]]:
@@ -92,16 +100,8 @@ def create_network(etcd: str, name: str, vni: int, subnet: str, *,
 
     conf = parse_netconf(json.dumps({"cniVersion": "1.0.0", "name": name, "type": "ovs",
                                      "vxlanID": vni, "ipam": {"subnet": subnet}}).encode())
-    store = _store(etcd, tls)
-    try:
-        store.ensure_network(r.NetworkRecord(conf.name, conf.vni, str(conf.subnet)))
-    except CniError as err:
-        reason = store.tls_rejection() if err.code is Code.TRY_AGAIN_LATER else None
-        if reason is not None:
-            raise CniError(err.code, "etcd refuses our TLS", reason) from None
-        raise
-    finally:
-        store.close()
+    _with_store(etcd, tls, lambda store: store.ensure_network(
+        r.NetworkRecord(conf.name, conf.vni, str(conf.subnet))))
 
 
 def run_doctor(etcd: str, sockets: list[str], tls: TlsFiles) -> list[str]:
