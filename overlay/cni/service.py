@@ -127,7 +127,9 @@ class CniService:
                 for step in reversed(undo):
                     try:
                         step()
-                    except Exception:  # keep undoing; report the original failure
+                    except CniError as err:  # keep undoing; report the original failure
+                        log.warning("rollback step failed for %s: %s", owner, err)
+                    except Exception:
                         log.exception("rollback step failed for %s", owner)
                 raise
 
@@ -142,6 +144,7 @@ class CniService:
         t.lap("network")
 
         if conf.ipam.delegated:
+            delegate.find_plugin(conf.ipam.type, env.path)  # not there: nothing to undo yet
             undo.append(lambda: delegate.run("DEL", conf, env))
             lease = delegate.parse_result(delegate.run("ADD", conf, env) or {})
             assigned, routes = lease.assigned, lease.routes
