@@ -53,6 +53,7 @@ def etcd() -> Iterator[Etcd]:
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
 
 
 def wait_until(predicate: object, timeout: float = 20) -> bool:
