@@ -4,6 +4,7 @@ from its last revision, and resyncs by snapshot when etcd compacted past that re
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import tempfile
 import threading
