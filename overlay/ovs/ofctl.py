@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 
 from overlay.cni.errors import CniError, Code
 
@@ -26,11 +25,11 @@ class Ofctl:
     def _target(self, bridge: str) -> str:
         return f"unix:{os.path.join(self._rundir, bridge + '.mgmt')}"
 
-    def _run(self, *args: str) -> str:
+    def _run(self, *args: str, stdin: str | None = None) -> str:
         cmd = ["ovs-ofctl", "-O", "OpenFlow14", *args]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self._timeout,
-                                  env={**os.environ, "OVS_RUNDIR": self._rundir})
+                                  input=stdin, env={**os.environ, "OVS_RUNDIR": self._rundir})
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise CniError(Code.OVS_FAILURE, "ovs-ofctl did not run", str(exc)) from None
         if proc.returncode != 0:
@@ -38,10 +37,9 @@ class Ofctl:
         return proc.stdout
 
     def replace_flows(self, bridge: str, flows: list[str]) -> None:
-        with tempfile.NamedTemporaryFile("w", prefix="overlay-flows-", suffix=".txt") as f:
-            f.write("\n".join(flows) + "\n")
-            f.flush()
-            self._run("--bundle", "replace-flows", self._target(bridge), f.name)
+        # On stdin ("-"), not in a file: an agent killed mid-call leaves nothing behind.
+        self._run("--bundle", "replace-flows", self._target(bridge), "-",
+                  stdin="\n".join(flows) + "\n")
 
     def dump_flows(self, bridge: str, match: str = "") -> list[str]:
         out = self._run("--no-stats", "dump-flows", self._target(bridge), *([match] if match else []))
