@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # Userspace tunneling drops the first packet to a VTEP whose MAC it has not learnt yet.
     prime = underlay.prime_neighbors if node.datapath == "netdev" else (lambda vteps: None)
-    reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime)
+    prime_new = (underlay.prime_neighbors_soon if node.datapath == "netdev"
+                 else (lambda vteps: None))
+    reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime_new)
     mirror = PrefixMirror(store=store, prefix=records.ROOT, on_change=reconciler.on_change,
                           ignore=(records.IPAM,))
     mirror.start()

@@ -136,6 +136,11 @@ def wait_converged(lab: Lab, timeout: float = 10.0) -> None:
             expected = sum(1 for c in lab.containers.values() if c["host"] != h.name)
             if int(status(h.socket).get("remote_endpoints", 0)) < expected:
                 return False
+            # Userspace tunneling also needs each other VTEP's MAC (the agent primes it).
+            neighbours = run(["ovs-appctl", "-t", os.path.join(h.ovs_dir, "ovs-vswitchd.ctl"),
+                              "tnl/neigh/show"], check=False).stdout
+            if any(other.vtep not in neighbours for other in lab.hosts if other is not h):
+                return False
         return True
 
     steps.wait_for(converged, "agents to learn every container", timeout)

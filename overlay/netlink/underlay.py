@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,6 +60,21 @@ def move_address(address: ipaddress.IPv4Interface, nic: str, bridge: str) -> Non
             except NetlinkError as exc:
                 raise CniError(Code.NETLINK_FAILURE, f"cannot move a route to {bridge}",
                                str(exc)) from None
+
+
+PRIME_AGAIN_AFTER = (0.3, 1.0, 2.5)  # seconds; ARP on a busy host can miss the first time
+
+
+def prime_neighbors_soon(vteps: Iterable[str]) -> None:
+    """prime_neighbors now and a few times over the next seconds, without waiting for it."""
+    targets = list(vteps)
+    prime_neighbors(targets)
+
+    def again() -> None:
+        for delay in PRIME_AGAIN_AFTER:
+            time.sleep(delay)
+            prime_neighbors(targets)
+    threading.Thread(target=again, name="prime-neighbors", daemon=True).start()
 
 
 def prime_neighbors(vteps: Iterable[str]) -> None:
