@@ -63,11 +63,9 @@ def status(service: CniService, env: CniEnv, conf: NetConf) -> bytes:
 def stale_attachments(service: CniService, conf: NetConf,
                       keep: set[tuple[str, str]]) -> list[tuple[str, str]]:
     """(containerID, ifname) of this network on this host that `keep` does not list."""
-    found: set[tuple[str, str]] = set()
-    for port in service.ovs.ports(service.host.bridge):
-        ids = port.external_ids
-        if ids.get(EXT_NETWORK) == conf.name and EXT_CONTAINER in ids and EXT_IFNAME in ids:
-            found.add((ids[EXT_CONTAINER], ids[EXT_IFNAME]))
+    found = {(container_id, ifname)
+             for _, network, container_id, ifname, _ in _local_endpoint_ports(service)
+             if network == conf.name}
     for rec in service.store.endpoints(conf.name):
         if rec.host == service.host.name:
             found.add((rec.container_id, rec.ifname))
@@ -160,6 +158,7 @@ def doctor(service: CniService) -> list[str]:
     records = {(r.network, r.container_id, r.ifname): r for r in service.store.all_endpoints()
                if r.host == service.host.name}
     flows = service.dataplane.local_keys()
+    allocations = {net: service.store.allocations(net) for net in {k[0] for k in records}}
     for key, rec in records.items():
         name = "/".join(key)
         if key not in ports or service.ovs.ofport(rec.port) is None:
@@ -168,9 +167,8 @@ def doctor(service: CniService) -> list[str]:
             problems.append(f"{name}: endpoint record without its veth {rec.port}")
         if endpoint_key(*key) not in flows:
             problems.append(f"{name}: no flows installed")
-        held = service.store.allocations(rec.network)
         for ip in rec.addresses:
-            holder = held.get(ipaddress.ip_address(ip))
+            holder = allocations[rec.network].get(ipaddress.ip_address(ip))
             if holder is not None and holder.owner != owner_of(rec.container_id, rec.ifname):
                 problems.append(f"{name}: address {ip} is held by {holder.owner}")
     for key in ports:

@@ -210,13 +210,7 @@ class CniService:
         removed only if the port says it belongs to this network (or no port is left): a DEL
         for another network, sent after its ADD was refused, must not cut this one.
         """
-        host_if = veth.hostside_name(container_id, ifname)
-        self.dataplane.remove_endpoint(endpoint_key(conf.name, container_id, ifname))
-        port_network = self.ovs.port_external_ids(host_if).get(EXT_NETWORK)
-        if port_network in (None, conf.name):
-            self.ovs.delete_port(host_if)
-            veth.delete_host_link(host_if)
-        self.store.delete_endpoint(conf.name, container_id, ifname)
+        self._detach(conf.name, container_id, ifname)
         if conf.ipam.delegated:
             delegate.run("DEL", conf, env, container_id=container_id, ifname=ifname)
         else:
@@ -225,13 +219,17 @@ class CniService:
     def teardown_orphan(self, network: str, container_id: str, ifname: str) -> None:
         """Like teardown, for an attachment whose netconf we do not have (the janitor's case):
         built-in allocations are freed; a delegated IPAM's lease is left to GC or DEL."""
+        self._detach(network, container_id, ifname)
+        self.ipam.release(network, owner_of(container_id, ifname))
+
+    def _detach(self, network: str, container_id: str, ifname: str) -> None:
+        """Flows, port and veth (if the port is this network's, or gone), endpoint record."""
         host_if = veth.hostside_name(container_id, ifname)
         self.dataplane.remove_endpoint(endpoint_key(network, container_id, ifname))
         if self.ovs.port_external_ids(host_if).get(EXT_NETWORK) in (None, network):
             self.ovs.delete_port(host_if)
             veth.delete_host_link(host_if)
         self.store.delete_endpoint(network, container_id, ifname)
-        self.ipam.release(network, owner_of(container_id, ifname))
 
     # --- CHECK --------------------------------------------------------------------------------
 
