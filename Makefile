@@ -5,7 +5,7 @@ HOSTS  ?= 2
 LABDIR ?= /run/overlay-lab
 export OVERLAY_LAB_DIR := $(LABDIR)
 
-.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean bench
+.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean bench bench-scale
 
 deps:
 	@VENV=$(abspath $(VENV)) WITH_TEST_DEPS=1 scripts/install-deps.sh
@@ -31,14 +31,21 @@ test-integration: deps
 test-e2e: deps
 	$(PY) -m pytest tests/e2e
 
-## make bench: CNI ADD/DEL latency, ours vs bridge+host-local through libcni (root; < 3 min)
+## make bench: CNI ADD/DEL latency, ours vs bridge+host-local through libcni (root; < 3 min),
+## then the control plane at scale (SCALE_SIZES remote endpoints; bench/scale.py)
+SCALE_SIZES ?= 1000,10000,50000
 bench: deps
 	$(PY) bench/cni_latency.py
+	$(PY) bench/scale.py --sizes $(SCALE_SIZES)
+
+## make bench-scale: one agent against 1,000 / 10,000 / 50,000 simulated remote endpoints
+bench-scale: deps
+	$(PY) bench/scale.py --sizes $(SCALE_SIZES)
 
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py tests/libcni/build.py
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/scale.py tests/libcni/build.py
 
 proto: deps
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \

@@ -16,15 +16,16 @@ import time
 
 from overlay import __version__
 from overlay.agent import config as agent_config
+from overlay.agent.networks import NetworkWatches
 from overlay.agent.node import Node, prepare
 from overlay.agent.reconciler import Reconciler
 from overlay.cni import housekeeping
 from overlay.cni import service as svc
-from overlay.cni.errors import CniError
 from overlay.cni.server import CniServicer, serve
 from overlay.cni.v1 import cni_pb2
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
+from overlay.errors import CniError
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import underlay
 from overlay.ovs.liveness import SwitchRestartWatcher
@@ -33,7 +34,7 @@ from overlay.ovs.ovsdb import Ovsdb
 from overlay.store import records
 from overlay.store import tls as etcd_tls
 from overlay.store.etcd import Store
-from overlay.store.watch import PrefixMirror
+from overlay.store.watch import PrefixWatch
 
 log = logging.getLogger("overlay.agent")
 
@@ -41,9 +42,9 @@ RESYNC_INTERVAL = 15.0
 JANITOR_EVERY = 4  # resync rounds: once a minute
 
 
-def run_janitor(service: svc.CniService) -> None:
+def run_janitor(service: svc.CniService, own: list[records.EndpointRecord] | None = None) -> None:
     try:
-        housekeeping.janitor(service)
+        housekeeping.janitor(service, own)
     except CniError as err:  # etcd or OVS unavailable: next round
         log.warning("janitor could not run: %s", err)
 
@@ -63,6 +64,11 @@ def local_endpoints(ovs: Ovsdb, bridge: str) -> dict[str, LocalPort]:
         except (KeyError, ValueError):
             log.warning("port %s has incomplete overlay external_ids; leaving it alone", port.name)
     return found
+
+
+def local_networks(dataplane: Dataplane) -> set[str]:
+    """Networks with an endpoint on this host (local keys are network/container/ifname)."""
+    return {key.split("/", 1)[0] for key in dataplane.local_keys()}
 
 
 def register_until_done(store: Store, rec: records.HostRecord, ttl: int,
@@ -122,20 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     prime_new = (underlay.prime_neighbors_soon if node.datapath == "netdev"
                  else (lambda vteps: None))
     reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime_new)
-    mirror = PrefixMirror(store=store, prefix=records.ROOT, on_change=reconciler.on_change,
-                          ignore=(records.IPAM,))
-    mirror.start()
-    while not stop.is_set() and not mirror.wait_synced(1.0):
+    hosts = PrefixWatch(store=store, prefix=records.HOSTS, on_changes=reconciler.on_hosts)
+    networks = NetworkWatches(store=store, reconciler=reconciler,
+                              local_networks=lambda: local_networks(dataplane))
+    hosts.start()
+    networks.sweep()  # one watch per network with a local endpoint recovered from OVSDB
+    while not stop.is_set() and not (hosts.wait_synced(1.0) and networks.wait_synced(1.0)):
         log.info("waiting for the first snapshot of etcd")
     dataplane.release()  # one atomic replacement: local and remote endpoints together
+    log.info("flows installed: %d local and %d remote endpoints, %d rules",
+             *dataplane.counts())
 
     service = svc.CniService(
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
-        dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host))
+        dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
+        networks=networks)
     run_janitor(service)  # containers that vanished while no agent was watching
 
     def info() -> cni_pb2.AgentInfoReply:
-        state = dataplane.state()
+        local, remote, flows = dataplane.counts()
         try:
             store.ping()
             etcd_ok = True
@@ -144,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return cni_pb2.AgentInfoReply(
             host=cfg.host, vtep=node.vtep, datapath=node.datapath, bridge=cfg.bridge,
             ovs_connected=ovs.connected(), etcd_connected=etcd_ok,
-            local_endpoints=len(state.local), remote_endpoints=len(state.remote),
-            flows=len(dataplane.flows()), version=__version__)
+            local_endpoints=local, remote_endpoints=remote, flows=flows, version=__version__)
 
     server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, info=info))
 
@@ -165,16 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         rounds += 1
         try:
             prime(reconciler.vteps)
-            dataplane.resync()
+            networks.sweep()
+            dataplane.verify()  # a count of the switch's rules; the whole table only on drift
         except CniError as err:
-            log.warning("periodic flow resync failed: %s", err)
+            log.warning("periodic flow check failed: %s", err)
         if rounds % JANITOR_EVERY == 0:
-            run_janitor(service)
+            run_janitor(service, reconciler.own_records())
 
     log.info("stopping")
     switch_watch.stop()
     server.stop(grace=5).wait()
-    mirror.stop()
+    networks.stop_all()
+    hosts.stop()
     store.close()
     ovs.close()
     time.sleep(0)  # let daemon threads observe the stop before interpreter shutdown

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from overlay.agent.config import AgentConfig
-from overlay.cni.errors import CniError, Code
+from overlay.errors import CniError, Code
 from overlay.netlink import underlay
 from overlay.ovs.ovsdb import Ovsdb
 

@@ -1,13 +1,20 @@
-"""From the control plane's state in etcd to the remote half of the flow table.
+"""From etcd changes to remote endpoints in the dataplane, one key at a time.
 
-Level-triggered: it is handed the whole mirrored state (hosts, networks, endpoints) on every
-change and derives the complete list of remote endpoints from it. An endpoint counts only while
-its host is alive (its leased host key exists), so traffic to a lost host stops when the
-lease expires, and resumes by itself when the host registers again.
+The watches (store/watch.py) deliver keyed changes: host records (`on_hosts`) and endpoint
+records of the networks this host takes part in (`on_endpoints`). Each change touches only
+what depends on that key: an endpoint put or delete becomes one remote endpoint update; a host
+change (its lease expired, it registered again, its VTEP moved) becomes updates of that host's
+endpoints only, found through an index. The dataplane turns them into one flow bundle per
+batch. Nothing here walks the whole cluster.
+
+An endpoint counts only while its host is alive (its leased host key exists), so traffic to a
+lost host stops when the lease expires, and resumes by itself when the host registers again.
 
 Records are validated before they reach the flow table: whatever is in etcd is written into
 OpenFlow text, so a malformed or hostile record (a VNI as a string, a MAC with a comma in it)
-is skipped with a warning instead of breaking, or extending, every host's flow table.
+is skipped with a warning instead of breaking, or extending, every host's flow table. Records
+naming this host are kept whole (`own_records`): they are the janitor's view of what etcd
+believes lives here.
 """
 
 from __future__ import annotations
@@ -15,58 +22,50 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from overlay.cni.netconf import VNI_MAX, VNI_MIN
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import RemoteEndpoint
 from overlay.store import records as r
+from overlay.store.stream import Change
 
 log = logging.getLogger(__name__)
 
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
-def _ipv4(value: object) -> str:
-    return str(ipaddress.IPv4Address(value if isinstance(value, str) else ""))
+class _Endpoint(NamedTuple):
+    host: str
+    network: str
+    vni: int
+    mac: str
+    ips: tuple[str, ...]
 
 
-def live_vteps(state: dict[str, bytes]) -> dict[str, str]:
-    """host -> VTEP address, for every host whose leased record exists."""
-    vteps: dict[str, str] = {}
-    for key, value in state.items():
-        if key.startswith(r.HOSTS):
-            try:
-                vteps[key[len(r.HOSTS):]] = _ipv4(r.HostRecord.from_json(value).vtep)
-            except (ValueError, TypeError, KeyError, AttributeError):
-                log.warning("ignoring malformed host record %s", key)
-    return vteps
+def parse_vtep(value: bytes) -> str:
+    """The VTEP of a host record, validated (raises ValueError and friends)."""
+    vtep = r.HostRecord.from_json(value).vtep
+    return str(ipaddress.IPv4Address(vtep if isinstance(vtep, str) else ""))
 
 
-def _remote(ep: r.EndpointRecord, vtep: str) -> RemoteEndpoint:
-    if not isinstance(ep.vni, int) or isinstance(ep.vni, bool) or not VNI_MIN <= ep.vni <= VNI_MAX:
-        raise ValueError(f"bad vni {ep.vni!r}")
-    if not isinstance(ep.mac, str) or not _MAC_RE.fullmatch(ep.mac):
-        raise ValueError(f"bad mac {ep.mac!r}")
-    if not isinstance(ep.ips, list) or not ep.ips:
-        raise ValueError(f"bad ips {ep.ips!r}")
-    ips = tuple(str(ipaddress.ip_interface(ip).ip) for ip in ep.ips)
-    return RemoteEndpoint(ep.vni, ep.mac, ips, vtep)
+def parse_endpoint(value: bytes) -> tuple[_Endpoint, r.EndpointRecord]:
+    rec: r.EndpointRecord = r.EndpointRecord.from_json(value)
+    if not isinstance(rec.vni, int) or isinstance(rec.vni, bool) or not VNI_MIN <= rec.vni <= VNI_MAX:
+        raise ValueError(f"bad vni {rec.vni!r}")
+    if not isinstance(rec.mac, str) or not _MAC_RE.fullmatch(rec.mac):
+        raise ValueError(f"bad mac {rec.mac!r}")
+    if not isinstance(rec.ips, list) or not rec.ips:
+        raise ValueError(f"bad ips {rec.ips!r}")
+    if not isinstance(rec.host, str) or not isinstance(rec.network, str):
+        raise ValueError("bad host or network")
+    ips = tuple(str(ipaddress.ip_interface(ip).ip) for ip in rec.ips)
+    return _Endpoint(rec.host, rec.network, rec.vni, rec.mac, ips), rec
 
 
-def remote_endpoints(state: dict[str, bytes], me: str) -> list[RemoteEndpoint]:
-    vteps = live_vteps(state)
-    out = []
-    for key, value in state.items():
-        if not key.startswith(r.ENDPOINTS):
-            continue
-        try:
-            ep = r.EndpointRecord.from_json(value)
-            if ep.host != me and ep.host in vteps:
-                out.append(_remote(ep, vteps[ep.host]))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning("ignoring malformed endpoint record %s: %s", key, exc)
-    return out
+_BAD = (ValueError, TypeError, KeyError, AttributeError)
 
 
 class Reconciler:
@@ -75,21 +74,116 @@ class Reconciler:
         self._host = host
         self._dataplane = dataplane
         self._on_new_vteps = on_new_vteps
-        self._vteps: set[str] = set()
+        self._lock = threading.Lock()  # watches of several prefixes call in on their threads
+        self._vteps: dict[str, str] = {}                  # live host -> VTEP
+        self._endpoints: dict[str, _Endpoint] = {}        # etcd key -> endpoint, any host
+        self._by_host: dict[str, set[str]] = {}           # host -> its endpoint keys
+        self._by_network: dict[str, set[str]] = {}        # network -> its endpoint keys
+        self._own: dict[str, r.EndpointRecord] = {}       # records naming this host
 
     @property
     def vteps(self) -> set[str]:
-        return set(self._vteps)
+        """VTEPs of every other live host."""
+        with self._lock:
+            return {v for h, v in self._vteps.items() if h != self._host}
 
-    def on_change(self, state: dict[str, bytes]) -> None:
-        remote = remote_endpoints(state, self._host)
-        # Every other live host, not only those with endpoints yet: a host is known well
-        # before its first container, which leaves time to resolve its VTEP.
-        vteps = {v for h, v in live_vteps(state).items() if h != self._host}
-        new, self._vteps = vteps - self._vteps, vteps
+    def own_records(self) -> list[r.EndpointRecord]:
+        with self._lock:
+            return list(self._own.values())
+
+    def remote_count(self) -> int:
+        with self._lock:
+            return sum(len(keys) for h, keys in self._by_host.items()
+                       if h != self._host and h in self._vteps)
+
+    # --- changes from the watches --------------------------------------------------------------
+
+    def on_hosts(self, changes: list[Change]) -> None:
+        updates: dict[str, RemoteEndpoint | None] = {}
+        new_vteps: set[str] = set()
+        with self._lock:
+            for change in changes:
+                host = change.key[len(r.HOSTS):]
+                vtep = None
+                if change.value is not None:
+                    try:
+                        vtep = parse_vtep(change.value)
+                    except _BAD:
+                        log.warning("ignoring malformed host record %s", change.key)
+                if self._vteps.get(host) == vtep:
+                    continue
+                if vtep is None:
+                    self._vteps.pop(host, None)
+                else:
+                    self._vteps[host] = vtep
+                    if host != self._host:
+                        new_vteps.add(vtep)
+                if host != self._host:
+                    for key in self._by_host.get(host, ()):
+                        updates[key] = self._remote(key)
+            self._apply(updates, new_vteps)
+
+    def on_endpoints(self, changes: list[Change]) -> None:
+        updates: dict[str, RemoteEndpoint | None] = {}
+        with self._lock:
+            for change in changes:
+                self._forget(change.key)
+                if change.value is not None:
+                    try:
+                        endpoint, rec = parse_endpoint(change.value)
+                    except _BAD as exc:
+                        log.warning("ignoring malformed endpoint record %s: %s", change.key, exc)
+                    else:
+                        self._remember(change.key, endpoint, rec)
+                updates[change.key] = self._remote(change.key)
+            self._apply(updates, set())
+
+    def forget_network(self, network: str) -> None:
+        """This host left the network: drop everything learnt about it."""
+        with self._lock:
+            keys = list(self._by_network.get(network, ()))
+            for key in keys:
+                self._forget(key)
+            self._apply(dict.fromkeys(keys), set())
+
+    # --- bookkeeping (under the lock) ----------------------------------------------------------
+
+    def _remember(self, key: str, endpoint: _Endpoint, rec: r.EndpointRecord) -> None:
+        self._endpoints[key] = endpoint
+        self._by_host.setdefault(endpoint.host, set()).add(key)
+        self._by_network.setdefault(endpoint.network, set()).add(key)
+        if endpoint.host == self._host:
+            self._own[key] = rec
+
+    def _forget(self, key: str) -> None:
+        old = self._endpoints.pop(key, None)
+        if old is None:
+            return
+        self._own.pop(key, None)
+        for index, name in ((self._by_host, old.host), (self._by_network, old.network)):
+            keys = index.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[name]
+
+    def _remote(self, key: str) -> RemoteEndpoint | None:
+        """What the dataplane should hold for this key now: a remote endpoint, or nothing."""
+        endpoint = self._endpoints.get(key)
+        if endpoint is None or endpoint.host == self._host:
+            return None
+        vtep = self._vteps.get(endpoint.host)
+        if vtep is None:
+            return None
+        return RemoteEndpoint(endpoint.vni, endpoint.mac, endpoint.ips, vtep)
+
+    def _apply(self, updates: dict[str, RemoteEndpoint | None], new_vteps: Iterable[str]) -> None:
+        # Under the lock: updates computed from two watches' changes must reach the dataplane
+        # in the order the state changed, or a stale one could overwrite a newer one.
         try:
-            if new:
-                self._on_new_vteps(new)
-            self._dataplane.set_remote(remote)
-        except Exception:  # the periodic resync in the agent retries
-            log.exception("could not apply remote endpoints")
+            if new_vteps:
+                self._on_new_vteps(set(new_vteps))
+            if updates:
+                self._dataplane.update_remote(updates)
+        except Exception:  # the dataplane marks itself for a full push; verify() repairs
+            log.exception("could not apply %d remote endpoint changes", len(updates))

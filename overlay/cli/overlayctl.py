@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from overlay.cni.errors import CniError, Code
+from overlay.errors import CniError, Code
 from overlay.store import records as r
 from overlay.store.tls import TlsError, TlsFiles
 

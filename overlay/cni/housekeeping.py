@@ -18,7 +18,6 @@ import logging
 import os
 
 from overlay.cni import requests
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import CniEnv, NetConf
 from overlay.cni.service import (
     EXT_CONTAINER,
@@ -28,9 +27,10 @@ from overlay.cni.service import (
     CniService,
     endpoint_key,
 )
+from overlay.errors import CniError, Code
 from overlay.ipam import delegate
 from overlay.netlink import veth
-from overlay.store.records import owner_of
+from overlay.store.records import EndpointRecord, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,12 @@ def _local_endpoint_ports(service: CniService) -> list[tuple[str, str, str, str,
     return out
 
 
-def janitor(service: CniService) -> list[str]:
+def janitor(service: CniService, own_records: list[EndpointRecord] | None = None) -> list[str]:
     """Remove attachments whose container vanished without a DEL. Returns what it removed.
+
+    `own_records` are the endpoint records naming this host as the watches know them (the
+    periodic run: no etcd read); None reads every endpoint record from etcd, page by page (the
+    run at start, which also finds records in networks this host no longer follows).
 
     An attachment is gone when its network namespace no longer exists or its veth has
     disappeared (the kernel deletes the pair when the namespace goes). Endpoint records that
@@ -136,7 +140,8 @@ def janitor(service: CniService) -> list[str]:
         with service.lock(owner_of(container_id, ifname)):
             service.teardown_orphan(network, container_id, ifname)
         removed.append(f"{network}/{container_id}/{ifname} (netns {netns or '?'} is gone)")
-    for rec in service.store.all_endpoints():
+    records = service.store.all_endpoints() if own_records is None else own_records
+    for rec in records:
         key = (rec.network, rec.container_id, rec.ifname)
         if rec.host != service.host.name or key in with_port:
             continue

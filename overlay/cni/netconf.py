@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlay.cni.errors import CniError, Code
+from overlay.errors import CniError, Code
 
 VNI_MIN, VNI_MAX = 1, 16_777_215
 BUILTIN_IPAM = "overlay"

@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 
 from overlay.cni import housekeeping
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import CniEnv, NetConf, parse_env, parse_netconf
 from overlay.cni.service import CniService
 from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
+from overlay.errors import CniError, Code
 
 log = logging.getLogger(__name__)
 

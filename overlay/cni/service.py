@@ -20,13 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from overlay.cni import requests
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import CniEnv, NetConf
 from overlay.cni.result import Attachment, build_result, encode
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
+from overlay.errors import CniError, Code
 from overlay.ipam import delegate
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import veth
@@ -93,14 +94,21 @@ class StripedLock:
         return self._locks[int.from_bytes(digest, "big") % len(self._locks)]
 
 
+class NetworkInterest(Protocol):
+    """Following a network's endpoints in etcd (agent/networks.py)."""
+
+    def join(self, network: str) -> None: ...
+
+
 class CniService:
     def __init__(self, *, host: HostInfo, ovs: Ovsdb, dataplane: Dataplane, store: Store,
-                 ipam: EtcdIpam) -> None:
+                 ipam: EtcdIpam, networks: NetworkInterest) -> None:
         self.host = host
         self.ovs = ovs
         self.dataplane = dataplane
         self.store = store
         self.ipam = ipam
+        self.networks = networks
         self.lock = StripedLock()
 
     def check_bridge(self, conf: NetConf) -> None:
@@ -183,6 +191,10 @@ class CniService:
         self.store.put_endpoint(rec)
         t.lap("endpoint")
 
+        # The network's remote endpoints are read before the local flows go in, so that the
+        # container's rules and the rules to reach the rest of its network land in one bundle.
+        self.networks.join(conf.name)
+        t.lap("join")
         key = endpoint_key(conf.name, env.container_id, env.ifname)
         undo.append(lambda: self.dataplane.remove_endpoint(key))
         self.dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport))

@@ -1,25 +1,51 @@
 """What the agent wants OVS to do, as intent: endpoints here, endpoints elsewhere.
 
-Callers say what exists (install_endpoint, remove_endpoint, set_remote); the Dataplane computes
-the whole flow table from that and hands it to OVS as one atomic replacement.
+Callers say what changed (install_endpoint, remove_endpoint, update_remote). The Dataplane
+recomputes the rules of just the objects concerned (flows.py), turns the difference into
+add / modify_strict / delete_strict operations (flowtable.py) and sends them in one atomic
+OpenFlow bundle. No call reads the switch's table back, so an event costs the same with 10
+remote endpoints as with 50,000.
+
+A whole-table replacement (`replace-flows --bundle`, which dumps and diffs the switch) is the
+recovery path only: at start-up, after ovs-vswitchd restarted, after a bundle failed (the
+switch's table is then unknown), and when `verify` finds that the switch holds a different
+number of rules than we want.
 
 Flow cookies carry the generation of the agent run (a counter kept in br-int's external_ids,
 bumped at every start). A restarted agent's first replacement therefore rewrites every flow's
 cookie in the same atomic bundle, without deleting and re-adding anything: packets never meet
 a half-built table, and `ovs-ofctl dump-flows br-int cookie=0x0fe1a7...N/-1` shows which run
-wrote what. Every method is
-idempotent and safe to call from any thread. A call returns once a table that includes its
-change is in the switch: concurrent callers are coalesced into one ovs-ofctl run, so a burst of
-ADDs costs far fewer than one replacement each.
+wrote what.
+
+Every method is idempotent and safe to call from any thread. A call returns once the switch
+holds its change. Operations queue in the order the model changed; whoever holds the apply
+lock sends everything queued so far in one bundle, so concurrent callers (a burst of ADDs and
+watch events) share ovs-ofctl runs instead of waiting for one each.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import Counter
+from collections.abc import Mapping
 
-from overlay.cni.errors import CniError
-from overlay.dataplane.flows import DesiredState, LocalPort, RemoteEndpoint, compute_flows
+from overlay.dataplane.flows import (
+    DesiredState,
+    Flow,
+    LocalPort,
+    RemoteEndpoint,
+    base_flows,
+    cookie,
+    local_port_flows,
+    network_flows,
+    remote_endpoint_flows,
+)
+from overlay.dataplane.flowtable import FlowTable, Op, Owner
+from overlay.errors import CniError
 from overlay.ovs.ofctl import Ofctl
+
+log = logging.getLogger(__name__)
 
 
 class Dataplane:
@@ -28,74 +54,130 @@ class Dataplane:
         self._ofctl = ofctl
         self._bridge = bridge
         self._tunnel_ofport = tunnel_ofport
+        self._cookie = cookie(generation)
         self._generation = generation
         self._local: dict[str, LocalPort] = {}
-        self._remote: tuple[RemoteEndpoint, ...] = ()
-        self._state_lock = threading.Lock()
-        self._apply_lock = threading.Lock()
-        self._wanted = 0     # bumped by every change
-        self._applied = -1   # the change number the switch has caught up with
-        self._installed: list[str] | None = None
+        self._remote: dict[str, RemoteEndpoint] = {}
+        self._ports_by_vni: dict[int, dict[str, int]] = {}  # vni -> local key -> ofport
+        self._remote_by_vni: dict[int, set[str]] = {}
+        self._vteps_by_vni: dict[int, Counter[str]] = {}    # remote endpoints per VTEP
+        self._table = FlowTable()
+        self._table.set(Owner.BASE, base_flows())
+        self._state_lock = threading.Lock()  # the model above and the queue below
+        self._apply_lock = threading.Lock()  # one ovs-ofctl run at a time
+        self._pending: list[Op] = []
+        self._queued = 0     # bumped by every change
+        self._applied = 0    # the change number the switch has caught up with
+        self._dirty = True   # the switch's table is unknown: the next push replaces it whole
         # While held, intent is collected but nothing is pushed: a restarting agent must not
         # replace a correct table with one that lacks what it has not re-learned from etcd yet.
         self._held = held
+        self.bundles = 0          # incremental bundles sent, and whole-table replacements:
+        self.replacements = 0     # figures for `overlayctl status` and the benchmark
 
     # --- intent -----------------------------------------------------------------------------
 
     def install_endpoint(self, key: str, port: LocalPort) -> None:
         with self._state_lock:
-            self._local[key] = port
-        self._sync()
+            mine = self._queue(self._set_local(key, port))
+        self._push(mine)
 
     def remove_endpoint(self, key: str) -> None:
         with self._state_lock:
-            self._local.pop(key, None)
-        self._sync()
+            mine = self._queue(self._set_local(key, None))
+        self._push(mine)
 
-    def set_remote(self, endpoints: list[RemoteEndpoint]) -> None:
+    def update_remote(self, changes: Mapping[str, RemoteEndpoint | None]) -> None:
+        """Apply a batch of remote endpoint puts (an endpoint) and deletes (None)."""
         with self._state_lock:
-            self._remote = tuple(sorted(set(endpoints)))
-        self._sync()
+            ops: list[Op] = []
+            touched: set[int] = set()
+            for key, endpoint in changes.items():
+                ops += self._set_remote(key, endpoint, touched)
+            for vni in touched:
+                ops += self._refresh_network(vni)
+            mine = self._queue(ops)
+        self._push(mine)
 
     def load_local(self, ports: dict[str, LocalPort]) -> None:
-        """Add many local endpoints at once (start-up), pushed with the next sync."""
+        """Add many local endpoints at once (start-up), pushed with the next push."""
         with self._state_lock:
-            self._local.update(ports)
+            for key, port in ports.items():
+                self._queue(self._set_local(key, port))
 
     def release(self) -> None:
-        """End the hold: from now on every change is pushed, starting with this one."""
+        """End the hold: from now on every change is pushed, starting with the whole table."""
         self._held = False
         self.resync()
 
     def resync(self) -> None:
-        """Push the table again even if unchanged: after OVS restarted, say."""
+        """Replace the whole table in the switch (after OVS restarted, or drift was found)."""
+        with self._state_lock:
+            self._dirty = True
+            mine = self._queue([])
+        self._push(mine)
+
+    def reload_local(self, ports: dict[str, LocalPort]) -> None:
+        """Replace the local endpoints wholesale (ofports may have changed), and resync."""
+        with self._state_lock:
+            for key in set(self._local) - set(ports):
+                self._queue(self._set_local(key, None))
+            for key, port in ports.items():
+                self._queue(self._set_local(key, port))
+        self.resync()
+
+    def set_tunnel_ofport(self, ofport: int) -> None:
+        """Every tunnel rule names the port: rebuild the model (pushed by the next resync)."""
+        with self._state_lock:
+            if ofport == self._tunnel_ofport:
+                return
+            self._tunnel_ofport = ofport
+            self._table = FlowTable()
+            self._table.set(Owner.BASE, base_flows())
+            for key, port in self._local.items():
+                self._table.set(Owner.local(key), local_port_flows(port))
+            for vni in self._ports_by_vni:
+                self._install_network(vni)
+            self._dirty = True
+
+    def verify(self) -> bool:
+        """Cheap drift check: does the switch hold as many rules as we want? If not, replace
+        the whole table. Returns False when drift was found (and repaired)."""
         with self._apply_lock:
-            self._installed = None
-        self._sync()
+            with self._state_lock:
+                if self._held or self._pending or self._dirty:
+                    return True  # a push is due anyway
+                wanted = len(self._table)
+            found = self._ofctl.flow_count(self._bridge)
+            if found == wanted:
+                return True
+            log.warning("switch holds %d rules where %d are wanted; replacing the table",
+                        found, wanted)
+            with self._state_lock:
+                self._dirty = True
+                mine = self._queue([])
+        self._push(mine)
+        return False
 
     # --- reading ----------------------------------------------------------------------------
 
     def state(self) -> DesiredState:
         with self._state_lock:
-            return DesiredState(self._tunnel_ofport, tuple(self._local.values()), self._remote,
+            return DesiredState(self._tunnel_ofport, dict(self._local), dict(self._remote),
                                 self._generation)
 
     def flows(self) -> list[str]:
-        return compute_flows(self.state())
+        with self._state_lock:
+            return self._table.render(self._cookie)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(local endpoints, remote endpoints, rules) without copying anything."""
+        with self._state_lock:
+            return len(self._local), len(self._remote), len(self._table)
 
     def local_keys(self) -> set[str]:
         with self._state_lock:
             return set(self._local)
-
-    def set_tunnel_ofport(self, ofport: int) -> None:
-        with self._state_lock:
-            self._tunnel_ofport = ofport
-
-    def reload_local(self, ports: dict[str, LocalPort]) -> None:
-        """Replace the local endpoints wholesale (ofports may have changed), and push."""
-        with self._state_lock:
-            self._local = dict(ports)
-        self.resync()
 
     def switch_has(self, port: LocalPort) -> bool:
         """Does the switch itself (not just our intent) admit this port's traffic?"""
@@ -109,23 +191,106 @@ class Dataplane:
         except CniError:
             return False
 
+    # --- the model (callers hold the state lock) ---------------------------------------------
+
+    def _set_local(self, key: str, port: LocalPort | None) -> list[Op]:
+        old = self._local.get(key)
+        if old == port:
+            return []
+        if old is not None:
+            self._ports_by_vni[old.vni].pop(key, None)
+            if not self._ports_by_vni[old.vni]:
+                del self._ports_by_vni[old.vni]
+        if port is None:
+            del self._local[key]
+            ops = self._table.drop(Owner.local(key))
+        else:
+            self._local[key] = port
+            self._ports_by_vni.setdefault(port.vni, {})[key] = port.ofport
+            ops = self._table.set(Owner.local(key), local_port_flows(port))
+        for vni in {p.vni for p in (old, port) if p is not None}:
+            ops += self._refresh_network(vni)
+        return ops
+
+    def _set_remote(self, key: str, endpoint: RemoteEndpoint | None, touched: set[int]) -> list[Op]:
+        old = self._remote.get(key)
+        if old == endpoint:
+            return []
+        if old is not None:
+            self._remote_by_vni[old.vni].discard(key)
+            if not self._remote_by_vni[old.vni]:
+                del self._remote_by_vni[old.vni]
+            vteps = self._vteps_by_vni[old.vni]
+            vteps[old.vtep] -= 1
+            if vteps[old.vtep] <= 0:  # the last endpoint of that host in the network
+                del vteps[old.vtep]
+                touched.add(old.vni)
+            del self._remote[key]
+        if endpoint is not None:
+            self._remote[key] = endpoint
+            self._remote_by_vni.setdefault(endpoint.vni, set()).add(key)
+            vteps = self._vteps_by_vni.setdefault(endpoint.vni, Counter())
+            if vteps[endpoint.vtep] == 0:
+                touched.add(endpoint.vni)
+            vteps[endpoint.vtep] += 1
+        # Remote rules exist only for networks with local ports: a host has no use for them
+        # otherwise (see _refresh_network for when a network appears or goes).
+        if endpoint is not None and endpoint.vni in self._ports_by_vni:
+            return self._table.set(Owner.remote(key), remote_endpoint_flows(endpoint,
+                                                                            self._tunnel_ofport))
+        return self._table.drop(Owner.remote(key))
+
+    def _refresh_network(self, vni: int) -> list[Op]:
+        present = vni in self._ports_by_vni
+        if present and not self._table.owns(Owner.network(vni)):
+            return self._install_network(vni)
+        if not present:
+            ops = []
+            for key in self._remote_by_vni.get(vni, ()):
+                ops += self._table.drop(Owner.remote(key))
+            return ops + self._table.drop(Owner.network(vni))
+        return self._table.set(Owner.network(vni), self._network_flows(vni))
+
+    def _install_network(self, vni: int) -> list[Op]:
+        """A network's first local port: its remote endpoints become rules too."""
+        ops = []
+        for key in self._remote_by_vni.get(vni, ()):
+            ops += self._table.set(Owner.remote(key),
+                                   remote_endpoint_flows(self._remote[key], self._tunnel_ofport))
+        return ops + self._table.set(Owner.network(vni), self._network_flows(vni))
+
+    def _network_flows(self, vni: int) -> list[Flow]:
+        return network_flows(vni, self._ports_by_vni[vni].values(),
+                             self._vteps_by_vni.get(vni, Counter()).keys(), self._tunnel_ofport)
+
+    def _queue(self, ops: list[Op]) -> int:
+        if not (self._held or self._dirty):  # a whole-table push will carry these anyway
+            self._pending += ops
+        self._queued += 1
+        return self._queued
+
     # --- mechanics --------------------------------------------------------------------------
 
-    def _sync(self) -> None:
+    def _push(self, mine: int) -> None:
         if self._held:
             return
-        with self._state_lock:
-            self._wanted += 1
-            mine = self._wanted
         with self._apply_lock:
             if self._applied >= mine:  # someone else's run already included our change
                 return
             with self._state_lock:
-                covers = self._wanted
-                state = DesiredState(self._tunnel_ofport, tuple(self._local.values()),
-                                     self._remote, self._generation)
-            flows = compute_flows(state)
-            if flows != self._installed:
-                self._ofctl.replace_flows(self._bridge, flows)
-                self._installed = flows
+                covers, ops, self._pending = self._queued, self._pending, []
+                whole = self._table.render(self._cookie) if self._dirty else None
+                self._dirty = False
+            try:
+                if whole is not None:
+                    self._ofctl.replace_flows(self._bridge, whole)
+                    self.replacements += 1
+                elif ops:
+                    self._ofctl.apply_bundle(self._bridge, [op.text(self._cookie) for op in ops])
+                    self.bundles += 1
+            except CniError:
+                with self._state_lock:  # the bundle may or may not have landed: start over
+                    self._dirty = True
+                    self._pending = []
+                raise
             self._applied = covers

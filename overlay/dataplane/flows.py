@@ -1,4 +1,4 @@
-"""The OpenFlow table of br-int, computed from desired state. Pure: same state, same flows.
+"""The OpenFlow rules of br-int, per object. Pure: same object, same flows.
 
 Pipeline (one integration bridge, one flow-based VXLAN port):
 
@@ -16,12 +16,20 @@ Pipeline (one integration bridge, one flow-based VXLAN port):
 
 Every lookup after table 0 matches reg0, so frames never cross between VNIs, even when the
 networks' subnets overlap. Unknown unicast is dropped: the control plane knows every MAC.
+
+The rules are grouped by the object they exist for, because that is how they change: a local
+port, a remote endpoint, a network on this host (its tunnel admission and broadcast rules), and
+the fixed base. Each function returns `Flow`s, whose `identity` (table, priority, match) is what
+OpenFlow itself uses to tell two rules apart: the incremental dataplane adds, modifies and
+deletes by identity (flowtable.py), and `flowtable.compute_flows` builds the whole table from the same
+functions for the recovery path and as the oracle the tests compare the increments with.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 COOKIE_BASE = 0x0FE1A7 << 40  # "overlay" flows; the low 40 bits are the agent's generation
 
@@ -33,7 +41,16 @@ def cookie(generation: int) -> str:
 
 COOKIE = cookie(0)
 CLASSIFY, ARP, FORWARD, DELIVER = 0, 10, 20, 30
+TABLE_NAMES = {CLASSIFY: "classify", ARP: "arp", FORWARD: "forward", DELIVER: "deliver"}
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
+
+
+class Flow(NamedTuple):
+    identity: str  # "table=T,priority=P[,match]": unique within a bridge, as in OpenFlow
+    actions: str
+
+    def text(self, cookie_value: str) -> str:
+        return f"cookie={cookie_value},{self.identity},actions={self.actions}"
 
 
 @dataclass(frozen=True, order=True)
@@ -54,15 +71,17 @@ class RemoteEndpoint:
 
 @dataclass(frozen=True)
 class DesiredState:
+    """Everything the table is computed from, keyed as the dataplane keys its owners."""
+
     tunnel_ofport: int
-    local: tuple[LocalPort, ...] = ()
-    remote: tuple[RemoteEndpoint, ...] = ()
+    local: Mapping[str, LocalPort] = field(default_factory=dict)
+    remote: Mapping[str, RemoteEndpoint] = field(default_factory=dict)
     generation: int = 0
 
 
-def _flow(table: int, priority: int, match: str, actions: str) -> str:
-    head = f"cookie=@,table={table},priority={priority}"  # '@' becomes the cookie at the end
-    return f"{head},{match},actions={actions}" if match else f"{head},actions={actions}"
+def _flow(table: int, priority: int, match: str, actions: str) -> Flow:
+    head = f"table={table},priority={priority}"
+    return Flow(f"{head},{match}" if match else head, actions)
 
 
 def _arp_reply(mac: str, ip: str) -> str:
@@ -88,8 +107,19 @@ def _v6(ips: tuple[str, ...]) -> list[str]:
     return [ip for ip in ips if ":" in ip]
 
 
-def _admit_local(p: LocalPort) -> list[str]:
-    """Table 0 for one container port: only its own MAC, with its own addresses."""
+def _arp_answers(vni: int, mac: str, ips: tuple[str, ...]) -> list[Flow]:
+    return [_flow(ARP, 100, f"reg0={vni},arp,arp_op=1,arp_tpa={ip}", _arp_reply(mac, ip))
+            for ip in _v4(ips)]
+
+
+def base_flows() -> list[Flow]:
+    """What is not explicitly allowed is dropped, in every table."""
+    return [_flow(CLASSIFY, 0, "", "drop"), _flow(ARP, 0, "", "drop"),
+            _flow(FORWARD, 0, "", "drop"), _flow(DELIVER, 0, "", "drop")]
+
+
+def local_port_flows(p: LocalPort) -> list[Flow]:
+    """Admission (only its own MAC, with its own addresses), delivery to it, ARP for it."""
     load = f"load:{p.vni}->NXM_NX_REG0[]"
     base = f"in_port={p.ofport},dl_src={p.mac}"
     flows = []
@@ -110,47 +140,28 @@ def _admit_local(p: LocalPort) -> list[str]:
                            f"{load},goto_table:{FORWARD}"))
         flows.append(_flow(CLASSIFY, 100, f"{base},icmp6,ipv6_src=::,icmp_type=135",
                            f"{load},goto_table:{FORWARD}"))
+    flows += [
+        _flow(FORWARD, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
+        _flow(DELIVER, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
+    ]
+    return flows + _arp_answers(p.vni, p.mac, p.ips)
+
+
+def remote_endpoint_flows(e: RemoteEndpoint, tunnel_ofport: int) -> list[Flow]:
+    """Unicast to it goes to its host's VTEP; ARP for it is answered here."""
+    return [_flow(FORWARD, 100, f"reg0={e.vni},dl_dst={e.mac}", _to_vtep(e.vtep, e.vni, tunnel_ofport)),
+            *_arp_answers(e.vni, e.mac, e.ips)]
+
+
+def network_flows(vni: int, ofports: Iterable[int], vteps: Iterable[str],
+                  tunnel_ofport: int) -> list[Flow]:
+    """A network present on this host: tunnel admission from the hosts that have it, and
+    head-end replication of broadcast to its local ports and those hosts."""
+    ports, hosts = sorted(set(ofports)), sorted(set(vteps))
+    flows = [_flow(CLASSIFY, 100, f"in_port={tunnel_ofport},tun_src={vtep},tun_id={vni}",
+                   f"load:{vni}->NXM_NX_REG0[],goto_table:{DELIVER}") for vtep in hosts]
+    outputs = [f"output:{p}" for p in ports]
+    floods = [_to_vtep(v, vni, tunnel_ofport) for v in hosts]
+    flows.append(_flow(FORWARD, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs + floods)))
+    flows.append(_flow(DELIVER, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs)))
     return flows
-
-
-def compute_flows(state: DesiredState) -> list[str]:
-    tun = state.tunnel_ofport
-    local = sorted(set(state.local))
-    local_by_vni: dict[int, list[LocalPort]] = defaultdict(list)
-    for p in local:
-        local_by_vni[p.vni].append(p)
-    # A host only needs the remote endpoints of networks it has containers in.
-    remote = sorted(e for e in set(state.remote) if e.vni in local_by_vni)
-    vteps_by_vni: dict[int, set[str]] = defaultdict(set)
-    for e in remote:
-        vteps_by_vni[e.vni].add(e.vtep)
-
-    flows = [_flow(CLASSIFY, 0, "", "drop"), _flow(ARP, 0, "", "drop"),
-             _flow(FORWARD, 0, "", "drop"), _flow(DELIVER, 0, "", "drop")]
-    for vni in sorted(local_by_vni):
-        # Tunnel traffic is admitted per network and only from hosts that have that network.
-        for vtep in sorted(vteps_by_vni[vni]):
-            flows.append(_flow(CLASSIFY, 100, f"in_port={tun},tun_src={vtep},tun_id={vni}",
-                               f"load:{vni}->NXM_NX_REG0[],goto_table:{DELIVER}"))
-    for p in local:
-        flows += _admit_local(p)
-        flows += [
-            _flow(FORWARD, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
-            _flow(DELIVER, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
-        ]
-    for e in remote:
-        flows.append(_flow(FORWARD, 100, f"reg0={e.vni},dl_dst={e.mac}",
-                           _to_vtep(e.vtep, e.vni, tun)))
-    answerable: list[LocalPort | RemoteEndpoint] = [*local, *remote]
-    for ep in answerable:
-        for ip in _v4(ep.ips):
-            flows.append(_flow(ARP, 100, f"reg0={ep.vni},arp,arp_op=1,arp_tpa={ip}",
-                               _arp_reply(ep.mac, ip)))
-    for vni in sorted(local_by_vni):
-        outputs = [f"output:{p.ofport}" for p in local_by_vni[vni]]
-        floods = [_to_vtep(v, vni, tun) for v in sorted(vteps_by_vni[vni])]
-        flows.append(_flow(FORWARD, 50, f"reg0={vni},dl_dst={MULTICAST}",
-                           ",".join(outputs + floods)))
-        flows.append(_flow(DELIVER, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs)))
-    mark = f"cookie={cookie(state.generation)},"
-    return [f.replace("cookie=@,", mark, 1) for f in flows]

@@ -17,8 +17,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import Address, AddressRange, IpamConfig
+from overlay.errors import CniError, Code
 from overlay.ipam.pool import candidates
 from overlay.store.etcd import Store
 from overlay.store.records import Holder

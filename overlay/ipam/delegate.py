@@ -15,8 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import Address, CniEnv, NetConf, Route
+from overlay.errors import CniError, Code
 from overlay.ipam.allocator import Assigned
 
 TIMEOUT = 60.0

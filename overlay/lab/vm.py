@@ -34,7 +34,7 @@ from typing import Any
 
 from overlay.agent import config as agent_config
 from overlay.cli import overlayctl
-from overlay.cni.errors import CniError
+from overlay.errors import CniError
 from overlay.lab import containers as ctr
 from overlay.lab import host as steps
 from overlay.lab.shell import add_netns, del_netns, netns_exists, run

@@ -18,7 +18,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overlay.cni.errors import CniError, Code
+from overlay.errors import CniError, Code
 
 
 def _addresses(ipr: Any, index: int) -> list[ipaddress.IPv4Interface]:

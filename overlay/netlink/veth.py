@@ -19,8 +19,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import Route
+from overlay.errors import CniError, Code
 from overlay.netlink.netns import run_in_netns
 from overlay.netlink.offload import disable_tx_checksum
 

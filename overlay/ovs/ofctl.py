@@ -1,4 +1,7 @@
-"""OpenFlow through ovs-ofctl: replace a bridge's whole flow table in one atomic bundle.
+"""OpenFlow through ovs-ofctl: atomic bundles of flow changes, and whole-table replacement.
+
+`apply_bundle` sends a list of add / modify_strict / delete_strict operations as one OpenFlow
+1.4 bundle: the event path, which never reads the switch's table.
 
 `replace-flows --bundle` diffs the wanted table against the switch's and applies adds, modifies
 and deletes in a single OpenFlow 1.4 bundle, so packets see either the old table or the new one,
@@ -12,9 +15,10 @@ explicitly: several OVS instances (the lab's hosts) live on one machine.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
-from overlay.cni.errors import CniError, Code
+from overlay.errors import CniError, Code
 
 
 class Ofctl:
@@ -40,6 +44,20 @@ class Ofctl:
         # On stdin ("-"), not in a file: an agent killed mid-call leaves nothing behind.
         self._run("--bundle", "replace-flows", self._target(bridge), "-",
                   stdin="\n".join(flows) + "\n")
+
+    def apply_bundle(self, bridge: str, operations: list[str]) -> None:
+        """Operations in ovs-ofctl's syntax ("add ...", "modify_strict ...", "delete_strict ..."),
+        all or nothing."""
+        self._run("--bundle", "add-flows", self._target(bridge), "-",
+                  stdin="\n".join(operations) + "\n")
+
+    def flow_count(self, bridge: str) -> int:
+        """How many rules the bridge holds, without transferring them (a cheap drift probe)."""
+        out = self._run("dump-aggregate", self._target(bridge))
+        match = re.search(r"flow_count=(\d+)", out)
+        if match is None:
+            raise CniError(Code.OVS_FAILURE, "ovs-ofctl dump-aggregate said no flow_count", out)
+        return int(match.group(1))
 
     def dump_flows(self, bridge: str, match: str = "") -> list[str]:
         out = self._run("--no-stats", "dump-flows", self._target(bridge), *([match] if match else []))

@@ -18,7 +18,7 @@ from typing import Any
 from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.open_vswitch import impl_idl
 
-from overlay.cni.errors import CniError, Code
+from overlay.errors import CniError, Code
 
 OWNER_KEY = "overlay-owner"  # marks rows this project created
 OWNER = "overlay"

@@ -16,16 +16,17 @@ import functools
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 import grpc
 import pyetcd
 import pyetcd.exceptions
+import pyetcd.utils
 
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import Address
+from overlay.errors import CniError, Code
 from overlay.store import records as r
 from overlay.store import tls
 
@@ -48,7 +49,11 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # Reads are paged (PAGE keys per response), but one record may be as large as etcd allows
+    # (1.5 MiB by default): leave room for a page of large ones rather than fail the read.
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
+PAGE = 500  # keys per range response: ~150 KB of endpoint records, far below any limit
 
 
 def _translate(fn: Callable[P, T]) -> Callable[P, T]:
@@ -75,6 +80,12 @@ def _translate(fn: Callable[P, T]) -> Callable[P, T]:
 def parse_endpoint(url: str) -> tuple[str, int]:
     parsed = urlparse(url if "://" in url else "http://" + url)
     return parsed.hostname or "127.0.0.1", parsed.port or 2379
+
+
+class Item(NamedTuple):
+    key: str
+    value: bytes
+    mod_revision: int
 
 
 class Store:
@@ -203,7 +214,7 @@ class Store:
     @_translate
     def drop_network_if_unused(self, rec: r.NetworkRecord) -> None:
         """Undo ensure_network: delete network and VNI records if no endpoint uses them."""
-        if any(True for _ in self._client.get_prefix(f"{r.ENDPOINTS}{rec.name}/", keys_only=True)):
+        if self._client.get_prefix_response(f"{r.ENDPOINTS}{rec.name}/", count_only=True).count:
             return
         tx = self._tx
         self._client.transaction(
@@ -235,30 +246,28 @@ class Store:
     def all_endpoints(self) -> list[r.EndpointRecord]:
         return self.endpoints("")
 
-    @_translate
     def endpoints(self, network: str) -> list[r.EndpointRecord]:
         """Endpoint records of one network ("" for all networks)."""
         out = []
         prefix = f"{r.ENDPOINTS}{network}/" if network else r.ENDPOINTS
-        for value, _ in self._client.get_prefix(prefix):
+        for item in self.read_prefix(prefix)[1]:
             try:
-                out.append(r.EndpointRecord.from_json(value))
+                out.append(r.EndpointRecord.from_json(item.value))
             except (ValueError, TypeError, KeyError):
                 log.warning("ignoring malformed endpoint record in %s", network)
         return out
 
     # --- IP allocations ----------------------------------------------------------------------
 
-    @_translate
     def allocations(self, network: str) -> dict[Address, r.Holder]:
         prefix = r.ipam_prefix(network)
         out: dict[Address, r.Holder] = {}
-        for value, meta in self._client.get_prefix(prefix):
+        for item in self.read_prefix(prefix)[1]:
             try:
-                ip = ipaddress.ip_address(meta.key.decode(errors="replace")[len(prefix):])
+                ip = ipaddress.ip_address(item.key[len(prefix):])
             except ValueError:
                 continue  # not an allocation key: not ours to interpret
-            out[ip] = r.Holder.parse(value)
+            out[ip] = r.Holder.parse(item.value)
         return out
 
     @_translate
@@ -277,11 +286,47 @@ class Store:
 
     # --- reading and watching ----------------------------------------------------------------
 
-    @_translate
     def snapshot(self, prefix: str) -> tuple[int, dict[str, bytes]]:
-        """All keys under `prefix` and the revision they were read at."""
-        resp = self._client.get_prefix_response(prefix)
-        return resp.header.revision, {kv.key.decode(errors="replace"): kv.value for kv in resp.kvs}
+        """All keys under `prefix` and the revision they were read at (read in pages)."""
+        revision, items = self.read_prefix(prefix)
+        return revision, {item.key: item.value for item in items}
 
-    def watch(self, prefix: str, start_revision: int) -> tuple[Iterator[Any], Callable[[], None]]:
-        return self._client.watch_prefix(prefix, start_revision=start_revision)  # type: ignore[no-any-return]
+    def read_prefix(self, prefix: str, *, page: int = PAGE) -> tuple[int, list[Item]]:
+        """Every key under `prefix`, as of one revision, read `page` keys per request.
+
+        No single response holds the whole prefix: a cluster's endpoints can be tens of MB. The
+        first page fixes the revision and every later page is read at it, so the result is one
+        consistent snapshot; if etcd compacts that revision away mid-read, start over.
+        """
+        for attempt in range(3):
+            try:
+                return self._read_pages(prefix, page)
+            except CniError as err:
+                if attempt == 2 or err.code is Code.TRY_AGAIN_LATER:
+                    raise
+                log.info("paged read of %s restarted (%s)", prefix, err)
+        raise AssertionError("unreachable")
+
+    @_translate
+    def _read_pages(self, prefix: str, page: int) -> tuple[int, list[Item]]:
+        end = pyetcd.utils.prefix_range_end(prefix.encode())
+        start, revision, items = prefix.encode(), 0, []
+        while True:
+            resp = self._client.get_range_response(start, end, limit=page,
+                                                   **({"revision": revision} if revision else {}))
+            revision = revision or resp.header.revision
+            items += [Item(kv.key.decode(errors="replace"), kv.value, kv.mod_revision)
+                      for kv in resp.kvs]
+            if not resp.more or not resp.kvs:
+                return revision, items
+            start = resp.kvs[-1].key + b"\0"
+
+    @_translate
+    def count(self, prefix: str) -> tuple[int, int]:
+        """(keys under `prefix`, etcd's current revision): a probe of a few bytes."""
+        resp = self._client.get_prefix_response(prefix, count_only=True)
+        return int(resp.count), int(resp.header.revision)
+
+    def channel(self) -> Any:
+        """The gRPC channel to the member in use (watch streams are opened on it)."""
+        return self._client.channel

@@ -1,139 +1,213 @@
-"""The one place that follows etcd: snapshot, then watch from the snapshot's revision.
+"""The one place that follows etcd: a paged snapshot, then every change, as keyed deltas.
 
-A PrefixMirror keeps an in-memory copy of every key under a prefix and calls `on_change` with
-a copy of it after each change. Consumers are therefore level-triggered: they look at the whole
-current state, never at individual events, so a missed or repeated event cannot leave them
-wrong. After a disconnect the watch resumes from the last revision seen; if etcd compacted past
-it, the mirror takes a fresh snapshot and replaces its contents (the consumer sees the diff as
-one change).
+A PrefixWatch hands its consumer lists of `Change`s (key, value or None for a delete, mod
+revision):
 
-A watch stream can also go quiet without an error: seen when the etcd member it was attached
-to stopped, in a 3-member cluster. So a second thread compares the mirror with a fresh
-snapshot every `verify_interval` seconds; on any difference it installs the snapshot and
-restarts the watch from the snapshot's revision. Level-triggered consumers see that as one
-more change.
+- first the snapshot, as one list of puts, read in pages (no response holds the prefix);
+- then the events of every watch response, in order. All events of one revision arrive in one
+  response and are passed on together: a transaction, a DeleteRange (`etcdctl del --prefix`)
+  and the keys of a revoked lease each carry many events with the same revision, and every one
+  of them counts;
+- after a resync, the difference between what it had and a fresh snapshot, found by comparing
+  each key's mod revision and a digest of its value, never by the global revision alone.
+
+It keeps per key only (mod revision, crc32 of the value): the consumer keeps what it parsed.
+
+Liveness and drift, without reading the prefix again. Every `probe_interval` seconds:
+- a progress request goes down the stream. etcd answers it at once on a live stream; a stream
+  that stays silent until the next probe is dead (seen when the etcd member it was attached to
+  stopped): it is reopened from our revision, which costs nothing if etcd still has the history;
+- a count-only range tells how many keys the prefix has now. If that differs from ours on two
+  probes in a row while our watch brought nothing in between, an event was lost: resync.
+Both answers are a few dozen bytes, whatever the size of the prefix. Compaction past our
+revision (etcd says so when the watch is reopened) also resyncs.
+
+Replays are harmless: a reopened watch starts at the last revision we applied (not the next
+one), in case a response was cut short, and a change equal to what we know is dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import zlib
 from collections.abc import Callable
 
-import pyetcd.events
-import pyetcd.exceptions
-
+from overlay.errors import CniError
 from overlay.store.etcd import Store
+from overlay.store.stream import Change, Compacted, WatchStream
 
 log = logging.getLogger(__name__)
 
-OnChange = Callable[[dict[str, bytes]], None]
+OnChanges = Callable[[list[Change]], None]
 
 
-class PrefixMirror:
-    def __init__(self, *, store: Store, prefix: str, on_change: OnChange,
-                 ignore: tuple[str, ...] = (), retry_interval: float = 1.0,
-                 verify_interval: float = 3.0) -> None:
+def _digest(value: bytes) -> int:
+    return zlib.crc32(value)
+
+
+class PrefixWatch:
+    def __init__(self, *, store: Store, prefix: str, on_changes: OnChanges,
+                 retry_interval: float = 1.0, probe_interval: float = 5.0) -> None:
         self._store = store
         self._prefix = prefix
-        self._on_change = on_change
-        self._ignore = ignore
+        self._on_changes = on_changes
         self._retry = retry_interval
-        self._state: dict[str, bytes] = {}
-        self._revision: int | None = None
-        self._stop = threading.Event()
-        self._cancel: Callable[[], None] | None = None
+        self._probe_interval = probe_interval
+        self._known: dict[str, tuple[int, int]] = {}  # key -> (mod revision, digest of value)
+        self._revision = 0                             # every event up to here is applied
+        self._lock = threading.Lock()                  # _known, _revision and _stream
+        self._stream: WatchStream | None = None
+        self._resync_wanted = False
+        self._suspect: int | None = None  # our revision at a probe that found counts differing
         self._synced = threading.Event()
-        self._lock = threading.Lock()  # state, revision and on_change: one writer at a time
-        self._verify_interval = verify_interval
+        self._stop = threading.Event()
+        self.resyncs = 0  # after the first snapshot: each one repaired something or recovered
         self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
-        self._verifier = threading.Thread(target=self._verify, name=f"verify {prefix}",
-                                          daemon=True)
+        self._prober = threading.Thread(target=self._probe_loop, name=f"probe {prefix}",
+                                        daemon=True)
 
     @property
-    def revision(self) -> int | None:
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def revision(self) -> int:
         return self._revision
+
+    def __len__(self) -> int:
+        return len(self._known)
 
     def start(self) -> None:
         self._thread.start()
-        self._verifier.start()
+        self._prober.start()
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._cancel:
-            self._cancel()
-        self._thread.join(timeout=5)
-        self._verifier.join(timeout=5)
+        self._close_stream()
+        for thread in (self._thread, self._prober):
+            if thread.is_alive():
+                thread.join(timeout=5)
 
-    def _wanted(self, key: str) -> bool:
-        return not key.startswith(self._ignore)
-
-    def _resync(self) -> None:
-        revision, snap = self._store.snapshot(self._prefix)
-        with self._lock:
-            self._state = {k: v for k, v in snap.items() if self._wanted(k)}
-            self._revision = revision
-            self._on_change(dict(self._state))
-        self._synced.set()
-
-    def _verify(self) -> None:
-        while not self._stop.wait(self._verify_interval):
-            if not self._synced.is_set():
-                continue
-            try:
-                revision, snap = self._store.snapshot(self._prefix)
-            except Exception:  # etcd unreachable: the watch thread reports that
-                continue
-            wanted = {k: v for k, v in snap.items() if self._wanted(k)}
-            with self._lock:
-                if wanted == self._state or (self._revision or 0) >= revision:
-                    continue
-                log.warning("watch on %s fell behind (revision %s, etcd at %s); resyncing",
-                            self._prefix, self._revision, revision)
-                self._state, self._revision = wanted, revision
-                self._on_change(dict(wanted))
-                cancel = self._cancel
-            if cancel is not None:  # the watch thread starts again from the new revision
-                try:
-                    cancel()
-                except Exception:
-                    pass
+    # --- following -----------------------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self._revision is None:
+                if not self._synced.is_set() or self._resync_wanted:
                     self._resync()
-                assert self._revision is not None
-                events, self._cancel = self._store.watch(self._prefix, self._revision + 1)
-                for event in events:
-                    if self._stop.is_set():
-                        break
-                    self._apply(event)
-            except pyetcd.exceptions.RevisionCompactedError:
-                log.warning("etcd compacted past revision %s; resyncing by snapshot", self._revision)
-                self._revision = None
-            except Exception as exc:  # etcd down, stream broken: retry from the last revision
-                if not self._stop.is_set():
-                    log.warning("watch on %s broke (%s); retrying", self._prefix, exc)
+                stream = WatchStream(channel=self._store.channel(), prefix=self._prefix,
+                                     start_revision=self._revision)
+                with self._lock:
+                    self._stream = stream
+                for batch in stream.batches():
+                    self._apply(batch)
+            except Compacted as exc:
+                log.warning("watch on %s: %s; resyncing by snapshot", self._prefix, exc)
+                self._resync_wanted = True
+            except Exception as exc:  # etcd down, stream broken or closed by the prober
+                if self._stop.is_set():
+                    break
+                if not self._resync_wanted:
+                    log.warning("watch on %s broke (%s); resuming from revision %d",
+                                self._prefix, _short(exc), self._revision)
+                    self._failover()
                     self._stop.wait(self._retry)
+            finally:
+                self._close_stream()
 
-    def _apply(self, event: pyetcd.events.Event) -> None:
-        key = event.key.decode(errors="replace")
+    def _failover(self) -> None:
+        try:  # one plain call: the client moves to another member if this one is gone
+            self._store.ping()
+        except CniError:
+            pass
+
+    def _apply(self, batch: list[Change]) -> None:
+        changes = []
         with self._lock:
-            if self._revision is not None and event.mod_revision <= self._revision:
-                return  # already part of a snapshot the verifier installed
-            self._revision = event.mod_revision
-            if not self._wanted(key):
+            for change in batch:
+                if change.value is None:
+                    if self._known.pop(change.key, None) is None:
+                        continue
+                else:
+                    seen = (change.mod_revision, _digest(change.value))
+                    if self._known.get(change.key) == seen:
+                        continue
+                    self._known[change.key] = seen
+                changes.append(change)
+            self._revision = max([self._revision, *(c.mod_revision for c in batch)])
+        if changes:
+            self._on_changes(changes)
+
+    def _resync(self) -> None:
+        revision, items = self._store.read_prefix(self._prefix)
+        fresh = {item.key: (item.mod_revision, _digest(item.value)) for item in items}
+        with self._lock:
+            changes = [Change(item.key, item.value, item.mod_revision) for item in items
+                       if self._known.get(item.key) != fresh[item.key]]
+            changes += [Change(key, None, revision) for key in self._known.keys() - fresh.keys()]
+            self._known, self._revision = fresh, revision
+            self._resync_wanted, self._suspect = False, None
+        if self._synced.is_set():
+            self.resyncs += 1
+            log.warning("resynced %s at revision %d: %d keys differed from etcd",
+                        self._prefix, revision, len(changes))
+        else:
+            log.info("read %s: %d keys at revision %d", self._prefix, len(items), revision)
+        if changes or not self._synced.is_set():
+            self._on_changes(changes)
+        self._synced.set()
+
+    def _close_stream(self) -> None:
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+
+    # --- probing -------------------------------------------------------------------------------
+
+    def _probe_loop(self) -> None:
+        asked_at: float | None = None  # when a progress request went out unanswered so far
+        while not self._stop.wait(self._probe_interval):
+            with self._lock:
+                stream = self._stream
+            if stream is None or not self._synced.is_set():
+                asked_at = None
+                continue
+            if asked_at is not None and stream.last_heard < asked_at:
+                log.warning("watch on %s did not answer a progress request in %.0fs; reopening "
+                            "it from revision %d", self._prefix, time.monotonic() - asked_at,
+                            self._revision)
+                asked_at = None
+                self._close_stream()
+                continue
+            asked_at = time.monotonic()
+            stream.request_progress()
+            self._check_count()
+
+    def _check_count(self) -> None:
+        try:
+            count, _ = self._store.count(self._prefix)
+        except CniError:
+            return  # etcd unreachable: the watch says so itself
+        with self._lock:
+            ours, revision = len(self._known), self._revision
+            if count == ours:
+                self._suspect = None
                 return
-            if isinstance(event, pyetcd.events.DeleteEvent):
-                if self._state.pop(key, None) is None:
-                    return
-            else:
-                if self._state.get(key) == event.value:
-                    return
-                self._state[key] = event.value
-            self._on_change(dict(self._state))
+            if self._suspect != revision:  # perhaps events in flight: look again next time
+                self._suspect = revision
+                return
+        log.warning("watch on %s: etcd has %d keys, we have %d, and no event came in %.0fs; "
+                    "resyncing", self._prefix, count, ours, self._probe_interval)
+        self._resync_wanted = True
+        self._close_stream()
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

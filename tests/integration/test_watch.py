@@ -1,10 +1,13 @@
-"""PrefixMirror against a real etcd: it follows changes, survives an etcd restart by resuming
-from its last revision, and resyncs by snapshot when etcd compacted past that revision."""
+"""PrefixWatch against a real etcd. Whatever the write pattern (one key per put, a transaction,
+a DeleteRange, a revoked lease, compaction during a burst, a stream gone silent, an event lost),
+the consumer ends up holding exactly what etcd holds."""
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -16,7 +19,8 @@ import pytest
 from overlay.lab import host as steps
 from overlay.lab.shell import run
 from overlay.store.etcd import Store
-from overlay.store.watch import PrefixMirror
+from overlay.store.stream import Change
+from overlay.store.watch import PrefixWatch
 
 
 def free_port() -> int:
@@ -66,42 +70,169 @@ def wait_until(predicate: object, timeout: float = 20) -> bool:
     return False
 
 
-def test_mirror_resumes_and_resyncs_after_compaction(etcd: Etcd,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+class Consumer:
+    """What a watch's consumer would hold: the keys and values, from the changes alone."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, bytes] = {}
+        self.batches: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, changes: list[Change]) -> None:
+        with self.lock:
+            self.batches.append(len(changes))
+            for c in changes:
+                if c.value is None:
+                    self.state.pop(c.key, None)
+                else:
+                    self.state[c.key] = c.value
+
+
+def etcd_state(store: Store, prefix: str) -> dict[str, bytes]:
+    return store.snapshot(prefix)[1]
+
+
+def converges(store: Store, consumer: Consumer, prefix: str = "/t/", timeout: float = 20) -> bool:
+    return wait_until(lambda: consumer.state == etcd_state(store, prefix), timeout)
+
+
+@pytest.fixture
+def store(etcd: Etcd) -> Iterator[Store]:
+    client = Store(endpoints=[etcd.url], timeout=2.0)
+    yield client
+    client.close()
+
+
+def follow(store: Store, consumer: Consumer, **kwargs: float) -> PrefixWatch:
+    watch = PrefixWatch(store=store, prefix="/t/", on_changes=consumer, **kwargs)
+    watch.start()
+    assert watch.wait_synced(10)
+    return watch
+
+
+def revision_of(etcd: Etcd) -> int:
+    out = etcd.ctl("get", "/", "-w", "json")
+    return int(out.split('"revision":')[1].split(",")[0].split("}")[0])
+
+
+def test_resumes_after_an_etcd_restart_and_resyncs_after_compaction(
+        etcd: Etcd, store: Store, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    seen: dict[str, bytes] = {}
-    lock = threading.Lock()
-
-    def on_change(state: dict[str, bytes]) -> None:
-        with lock:
-            seen.clear()
-            seen.update(state)
-
     etcd.ctl("put", "/t/a", "1")
-    store = Store(endpoints=[etcd.url], timeout=1.0)
-    # The periodic verifier would repair this too (tests/e2e/test_etcd_cluster.py relies on
-    # it); keep it out of the way so that the watch's own compaction handling is what is shown.
-    mirror = PrefixMirror(store=store, prefix="/t/", on_change=on_change, retry_interval=3.0,
-                          verify_interval=600)
-    mirror.start()
+    consumer = Consumer()
+    watch = follow(store, consumer, retry_interval=3.0, probe_interval=600)
     try:
-        assert mirror.wait_synced(10)
         etcd.ctl("put", "/t/b", "2")
-        assert wait_until(lambda: seen.get("/t/b") == b"2")
-        last = mirror.revision
+        assert wait_until(lambda: consumer.state.get("/t/b") == b"2")
+        last = watch.revision
 
-        etcd.stop()  # the watch breaks; the mirror waits 3 s before it tries again
+        etcd.stop()  # the watch breaks; it waits 3 s before it tries again
         etcd.start()
         etcd.ctl("put", "/t/c", "3")
         etcd.ctl("del", "/t/a")
-        revision = int(etcd.ctl("put", "/t/d", "4", "-w", "json").split('"revision":')[1]
-                       .split(",")[0].split("}")[0])
-        etcd.ctl("compact", str(revision))  # past everything the mirror has seen
+        etcd.ctl("put", "/t/d", "4")
+        etcd.ctl("compact", str(revision_of(etcd)))  # past everything the watch has seen
 
-        assert wait_until(lambda: set(seen) == {"/t/b", "/t/c", "/t/d"})
-        assert mirror.revision is not None and last is not None and mirror.revision > last
-        assert "compacted past revision" in caplog.text  # took the snapshot-and-diff path
+        assert wait_until(lambda: set(consumer.state) == {"/t/b", "/t/c", "/t/d"})
+        assert watch.revision > last
+        assert "compacted at revision" in caplog.text  # took the snapshot-and-diff path
     finally:
-        mirror.stop()
-        store.close()
+        watch.stop()
 
+
+def test_every_event_of_a_transaction_a_delete_range_and_a_revoked_lease(
+        etcd: Etcd, store: Store) -> None:
+    consumer = Consumer()
+    watch = follow(store, consumer, probe_interval=600)  # no probe: the events alone must do
+    try:
+        tx = store.client.transactions
+        ok, _ = store.client.transaction(compare=[], failure=[],
+                                         success=[tx.put(f"/t/tx/{i}", str(i)) for i in range(40)])
+        assert ok
+        assert converges(store, consumer) and len(consumer.state) == 40
+        assert max(consumer.batches) == 40  # one revision, one batch
+
+        for i in range(300):
+            store.client.put(f"/t/many/{i:03d}", "x" * 50)
+        assert converges(store, consumer) and len(consumer.state) == 340
+        etcd.ctl("del", "--prefix", "/t/many/")  # one DeleteRange, 300 events, one revision
+        assert converges(store, consumer) and len(consumer.state) == 40
+
+        lease = store.client.lease(60)
+        for host in range(20):  # keys of 20 "hosts" under one lease
+            store.client.put(f"/t/leased/{host}", "h", lease=lease)
+        assert converges(store, consumer) and len(consumer.state) == 60
+        lease.revoke()
+        assert converges(store, consumer) and set(consumer.state) == {f"/t/tx/{i}" for i in range(40)}
+        assert watch.resyncs == 0  # all of it through the watch, nothing repaired afterwards
+    finally:
+        watch.stop()
+
+
+def test_compaction_during_a_burst(etcd: Etcd, store: Store) -> None:
+    gate = threading.Event()
+    consumer = Consumer()
+
+    def slow(changes: list[Change]) -> None:
+        gate.wait(30)  # the consumer is busy while the burst goes on
+        consumer(changes)
+
+    watch = PrefixWatch(store=store, prefix="/t/", on_changes=slow, probe_interval=600)
+    gate.set()
+    watch.start()
+    assert watch.wait_synced(10)
+    try:
+        gate.clear()
+        store.client.put("/t/first", "1")  # the consumer now blocks on this one
+        assert wait_until(lambda: watch.revision > 0 and watch._stream is not None)
+        time.sleep(0.5)
+        watch._close_stream()  # the connection drops; the burst goes on without the watch
+        for i in range(500):
+            store.client.put(f"/t/burst/{i}", str(i))
+        for i in range(0, 500, 2):
+            store.client.delete(f"/t/burst/{i}")
+        etcd.ctl("compact", str(revision_of(etcd)))  # and etcd forgets the history it needs
+        gate.set()
+        assert converges(store, consumer) and len(consumer.state) == 251
+        assert watch.resyncs >= 1
+    finally:
+        gate.set()
+        watch.stop()
+
+
+def test_a_silent_stream_is_noticed_by_a_progress_request(
+        etcd: Etcd, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    consumer = Consumer()
+    watch = follow(store, consumer, probe_interval=1.0, retry_interval=0.5)
+    pid = int(open(f"{etcd.dir}/etcd.pid").read())
+    try:
+        os.kill(pid, signal.SIGSTOP)  # the TCP connection stays up; nothing answers
+        assert wait_until(lambda: "did not answer a progress request" in caplog.text, 10)
+        os.kill(pid, signal.SIGCONT)
+        store.client.put("/t/after", "1")
+        assert converges(store, consumer)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        watch.stop()
+
+
+def test_a_lost_event_is_found_by_the_count_probe_and_repaired_by_content(
+        etcd: Etcd, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(10):
+        store.client.put(f"/t/k{i}", str(i))
+    consumer = Consumer()
+    watch = follow(store, consumer, probe_interval=0.5)
+    try:
+        # Simulate a put and a delete that never arrived: the watch and its consumer both
+        # lack /t/k3 and both still hold a key etcd deleted. The revision says nothing is wrong.
+        with watch._lock, consumer.lock:
+            del watch._known["/t/k3"]
+            del consumer.state["/t/k3"]
+            watch._known["/t/ghost"] = (1, 0)
+            watch._known["/t/ghost2"] = (1, 0)
+            consumer.state["/t/ghost"] = b"x"
+            consumer.state["/t/ghost2"] = b"x"
+        assert converges(store, consumer, timeout=10)
+        assert watch.resyncs == 1 and "3 keys differed from etcd" in caplog.text
+    finally:
+        watch.stop()

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import parse_env, parse_netconf
+from overlay.errors import CniError, Code
 
 BASE = {"cniVersion": "1.0.0", "name": "my-net", "type": "ovs", "bridge": "br-int",
         "vxlanID": 42, "ipam": {"type": "overlay", "subnet": "10.0.0.0/24"}}

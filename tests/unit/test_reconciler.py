@@ -1,45 +1,111 @@
+"""The reconciler turns keyed etcd changes into remote endpoint updates, key by key."""
+
+from __future__ import annotations
+
 import json
+from typing import Any, cast
 
-from overlay.agent.reconciler import remote_endpoints
-from overlay.dataplane.flows import RemoteEndpoint
+from overlay.agent.reconciler import Reconciler
+from overlay.dataplane.dataplane import Dataplane
+from overlay.dataplane.flows import LocalPort, RemoteEndpoint
+from overlay.ovs.testing import FakeOfctl
 from overlay.store import records as r
+from overlay.store.stream import Change
 
 
-def ep(host: str, ip: str, mac: str, vni: int = 42) -> tuple[str, bytes]:
+def ep(host: str, ip: str, mac: str, vni: int = 42) -> Change:
     rec = r.EndpointRecord(network="n", container_id=f"c-{ip}", ifname="eth0", host=host,
                            vni=vni, ips=[f"{ip}/24"], mac=mac, port="ovlx", netns="/x")
-    return rec.key, rec.to_json().encode()
+    return Change(rec.key, rec.to_json().encode(), 1)
 
 
-def host(name: str, vtep: str) -> tuple[str, bytes]:
-    return r.host_key(name), r.HostRecord(name, vtep, "netdev").to_json().encode()
+def host(name: str, vtep: str | None) -> Change:
+    value = None if vtep is None else r.HostRecord(name, vtep, "netdev").to_json().encode()
+    return Change(r.host_key(name), value, 1)
+
+
+def setup() -> tuple[Reconciler, Dataplane, list[set[str]]]:
+    dp = Dataplane(ofctl=cast(Any, FakeOfctl()), bridge="br-int", tunnel_ofport=1)
+    dp.install_endpoint("n/mine/eth0", LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5))
+    primed: list[set[str]] = []
+    return Reconciler(host="h0", dataplane=dp, on_new_vteps=primed.append), dp, primed
+
+
+def remote(dp: Dataplane) -> set[RemoteEndpoint]:
+    return set(dp.state().remote.values())
 
 
 def test_remote_endpoints_of_live_hosts_only() -> None:
-    state = dict([host("h0", "172.31.0.1"), host("h1", "172.31.0.2"),
-                  ep("h0", "10.0.0.1", "02:00:00:00:00:01"),
-                  ep("h1", "10.0.0.2", "02:00:00:00:00:02"),
-                  ep("h2", "10.0.0.3", "02:00:00:00:00:03")])  # h2 has no live host key
-    assert remote_endpoints(state, "h0") == [
-        RemoteEndpoint(42, "02:00:00:00:00:02", ("10.0.0.2",), "172.31.0.2")]
+    rec, dp, primed = setup()
+    rec.on_hosts([host("h0", "172.31.0.1"), host("h1", "172.31.0.2")])
+    rec.on_endpoints([ep("h0", "10.0.0.1", "02:00:00:00:00:01"),
+                      ep("h1", "10.0.0.2", "02:00:00:00:00:02"),
+                      ep("h2", "10.0.0.3", "02:00:00:00:00:03")])  # h2 has no live host key
+    assert remote(dp) == {RemoteEndpoint(42, "02:00:00:00:00:02", ("10.0.0.2",), "172.31.0.2")}
+    assert primed == [{"172.31.0.2"}]
+    assert [x.container_id for x in rec.own_records()] == ["c-10.0.0.1"]
+
+
+def test_a_host_that_registers_later_brings_its_endpoints_and_loses_them_with_its_lease() -> None:
+    rec, dp, _ = setup()
+    rec.on_endpoints([ep("h2", "10.0.0.3", "02:00:00:00:00:03")])
+    assert remote(dp) == set()
+    rec.on_hosts([host("h2", "172.31.0.3")])
+    assert remote(dp) == {RemoteEndpoint(42, "02:00:00:00:00:03", ("10.0.0.3",), "172.31.0.3")}
+    rec.on_hosts([host("h2", "172.31.0.9")])  # its VTEP moved
+    assert {e.vtep for e in remote(dp)} == {"172.31.0.9"}
+    rec.on_hosts([host("h2", None)])  # lease expired
+    assert remote(dp) == set()
+
+
+def test_every_event_of_one_batch_counts() -> None:
+    # A DeleteRange: many deletes with one revision, delivered together.
+    rec, dp, _ = setup()
+    rec.on_hosts([host("h1", "172.31.0.2")])
+    puts = [ep("h1", f"10.0.1.{i}", f"02:00:00:00:01:{i:02x}") for i in range(1, 60)]
+    rec.on_endpoints(puts)
+    assert len(remote(dp)) == 59
+    rec.on_endpoints([Change(c.key, None, 7) for c in puts])
+    assert remote(dp) == set()
+
+
+def test_forgetting_a_network_removes_its_endpoints() -> None:
+    rec, dp, _ = setup()
+    rec.on_hosts([host("h1", "172.31.0.2")])
+    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02")])
+    rec.forget_network("n")
+    assert remote(dp) == set() and rec.remote_count() == 0
 
 
 def test_malformed_records_are_skipped() -> None:
-    state = dict([host("h1", "172.31.0.2"), ep("h1", "10.0.0.2", "02:00:00:00:00:02")])
-    state[r.ENDPOINTS + "n/bad/eth0"] = b"{not json"
-    state[r.HOSTS + "broken"] = b"[]"
-    assert len(remote_endpoints(state, "h0")) == 1
+    rec, dp, _ = setup()
+    rec.on_hosts([host("h1", "172.31.0.2"), Change(r.HOSTS + "broken", b"[]", 1)])
+    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02"),
+                      Change(r.ENDPOINTS + "n/bad/eth0", b"{not json", 1)])
+    assert len(remote(dp)) == 1
 
 
 def test_hostile_records_never_reach_the_flow_table() -> None:
-    state = dict([host("h1", "172.31.0.2"), ep("h1", "10.0.0.2", "02:00:00:00:00:02")])
+    rec, dp, _ = setup()
+    changes = [ep("h1", "10.0.0.2", "02:00:00:00:00:02")]
     for i, bad in enumerate([
         {"vni": "42"}, {"vni": 0}, {"mac": "02:00:00:00:00:03,output:1"},
         {"mac": "02:00:00:00:00:03\ntable=0,actions=NORMAL"}, {"ips": ["10.0.0.9,in_port=1"]},
     ]):
-        key, value = ep("h1", f"10.0.0.{10 + i}", "02:00:00:00:00:03")
-        record = {**json.loads(value), **bad}
-        state[key] = json.dumps(record).encode()
-    state[r.HOSTS + "h2"] = json.dumps({"host": "h2", "vtep": "1.2.3.4,output:9",
-                                        "datapath": "netdev"}).encode()
-    assert [e.mac for e in remote_endpoints(state, "h0")] == ["02:00:00:00:00:02"]
+        good = ep("h1", f"10.0.0.{10 + i}", "02:00:00:00:00:03")
+        assert good.value is not None
+        changes.append(Change(good.key, json.dumps({**json.loads(good.value), **bad}).encode(), 1))
+    rec.on_hosts([host("h1", "172.31.0.2"),
+                  Change(r.HOSTS + "h2", json.dumps({"host": "h2", "vtep": "1.2.3.4,output:9",
+                                                     "datapath": "netdev"}).encode(), 1)])
+    rec.on_endpoints(changes)
+    assert [e.mac for e in remote(dp)] == ["02:00:00:00:00:02"]
+
+
+def test_a_malformed_update_removes_the_previous_good_record() -> None:
+    rec, dp, _ = setup()
+    rec.on_hosts([host("h1", "172.31.0.2")])
+    good = ep("h1", "10.0.0.2", "02:00:00:00:00:02")
+    rec.on_endpoints([good])
+    rec.on_endpoints([Change(good.key, b"garbage", 2)])
+    assert remote(dp) == set()

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from overlay.cni.errors import CniError, Code
 from overlay.cni.netconf import CniEnv, parse_netconf
 from overlay.cni.requests import parse_cni_args, requested_ips, requested_mac, valid_attachments
+from overlay.errors import CniError, Code
 
 BASE = {"cniVersion": "1.1.0", "name": "n", "type": "ovs", "vxlanID": 42,
         "ipam": {"subnet": "10.0.0.0/24"}}

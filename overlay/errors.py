@@ -1,4 +1,6 @@
-"""CNI errors: the one exception type every layer raises towards the runtime.
+"""The one error type of every layer (store, ovs, netlink, ipam, cni), with its CNI code.
+
+It lives at the ground floor so that lower layers never import from the CNI service above them.
 
 A CniError carries the code the runtime sees. Codes below 100 are the CNI specification's own
 (https://www.cni.dev/docs/spec/#error); 100 and up are ours and are listed in proto/ so the

@@ -1,0 +1,166 @@
+"""The flow table we want in the switch, kept as rules owned by objects, changed by deltas.
+
+Each object (a local port, a remote endpoint, a network, the base) owns the rules flows.py
+computes for it. Setting an object's rules returns the OpenFlow operations that turn the
+previous table into the new one, touching only that object's rules: adds for new identities,
+modify_strict where actions changed, delete_strict for identities no one claims any more.
+Nothing is read back from the switch.
+
+Two objects can claim the same identity: an address moved from one container to another, and
+etcd holds both records for a moment (the delete and the put may arrive in either order), or a
+stale record of a vanished host names an address now reused here. OpenFlow keeps one rule per
+identity, so exactly one claim is installed: local owners beat remote ones, and among equals
+the smallest owner key wins. The rule is deterministic, so the table built by deltas in any
+order equals the table built at once (flows.compute_flows), which the unit tests check. When
+the winner withdraws, the next claimant's rule replaces it in the same operation list.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from overlay.dataplane.flows import (
+    DesiredState,
+    Flow,
+    base_flows,
+    cookie,
+    local_port_flows,
+    network_flows,
+    remote_endpoint_flows,
+)
+
+OwnerId = tuple[int, str]  # (rank, name): compared as a tuple, so rank 0 beats rank 1
+
+
+class Owner:
+    """Owner ids. Local ports, networks and the base rank above remote endpoints."""
+
+    BASE: OwnerId = (0, "base")
+
+    @staticmethod
+    def local(key: str) -> OwnerId:
+        return (0, "local:" + key)
+
+    @staticmethod
+    def network(vni: int) -> OwnerId:
+        return (0, f"network:{vni}")
+
+    @staticmethod
+    def remote(key: str) -> OwnerId:
+        return (1, key)
+
+
+ADD, MODIFY, DELETE = "add", "modify_strict", "delete_strict"
+
+
+class Op(NamedTuple):
+    kind: str  # ADD, MODIFY or DELETE, as ovs-ofctl's bundle syntax spells them
+    identity: str
+    actions: str = ""
+
+    def text(self, cookie_value: str) -> str:
+        if self.kind == ADD:
+            return f"add cookie={cookie_value},{self.identity},actions={self.actions}"
+        if self.kind == MODIFY:
+            return f"modify_strict {self.identity},actions={self.actions}"
+        return f"delete_strict {self.identity}"
+
+
+class FlowTable:
+    """Not thread-safe: the dataplane calls it under its state lock."""
+
+    def __init__(self) -> None:
+        self._winner: dict[str, tuple[OwnerId, str]] = {}  # identity -> installed claim
+        self._others: dict[str, dict[OwnerId, str]] = {}   # identity -> losing claims (rare)
+        self._owned: dict[OwnerId, tuple[str, ...]] = {}   # owner -> identities it claims
+
+    def __len__(self) -> int:
+        return len(self._winner)
+
+    def owns(self, owner: OwnerId) -> bool:
+        return owner in self._owned
+
+    def set(self, owner: OwnerId, flows: list[Flow]) -> list[Op]:
+        """Make `flows` the rules of `owner`; returns the operations for the switch."""
+        new = {f.identity: f.actions for f in flows}
+        ops: list[Op] = []
+        for identity in self._owned.get(owner, ()):
+            if identity not in new:
+                ops += self._unclaim(identity, owner)
+        for identity, actions in new.items():
+            ops += self._claim(identity, owner, actions)
+        if new:
+            self._owned[owner] = tuple(new)
+        else:
+            self._owned.pop(owner, None)
+        return ops
+
+    def drop(self, owner: OwnerId) -> list[Op]:
+        return self.set(owner, [])
+
+    def flows(self) -> dict[str, str]:
+        """identity -> actions of every installed rule."""
+        return {identity: claim[1] for identity, claim in self._winner.items()}
+
+    def render(self, cookie_value: str) -> list[str]:
+        return [Flow(identity, claim[1]).text(cookie_value)
+                for identity, claim in self._winner.items()]
+
+    def _claim(self, identity: str, owner: OwnerId, actions: str) -> list[Op]:
+        current = self._winner.get(identity)
+        if current is None:
+            self._winner[identity] = (owner, actions)
+            return [Op(ADD, identity, actions)]
+        holder, installed = current
+        if holder == owner:
+            if installed == actions:
+                return []
+            self._winner[identity] = (owner, actions)
+            return [Op(MODIFY, identity, actions)]
+        others = self._others.setdefault(identity, {})
+        if owner < holder:  # the new claim wins; the old one waits in line
+            others[holder] = installed
+            others.pop(owner, None)
+            self._winner[identity] = (owner, actions)
+            return [Op(MODIFY, identity, actions)] if actions != installed else []
+        others[owner] = actions
+        return []
+
+    def _unclaim(self, identity: str, owner: OwnerId) -> list[Op]:
+        holder, installed = self._winner[identity]
+        others = self._others.get(identity)
+        if holder != owner:
+            if others is not None:
+                others.pop(owner, None)
+                if not others:
+                    del self._others[identity]
+            return []
+        if not others:
+            del self._winner[identity]
+            return [Op(DELETE, identity)]
+        successor = min(others)
+        actions = others.pop(successor)
+        if not others:
+            del self._others[identity]
+        self._winner[identity] = (successor, actions)
+        return [Op(MODIFY, identity, actions)] if actions != installed else []
+
+
+def compute_flows(state: DesiredState) -> list[str]:
+    """The whole table at once: the recovery path, and the oracle for the incremental one."""
+    table = FlowTable()
+    table.set(Owner.BASE, base_flows())
+    tun = state.tunnel_ofport
+    ports_by_vni: dict[int, list[int]] = {}
+    for key, p in state.local.items():
+        table.set(Owner.local(key), local_port_flows(p))
+        ports_by_vni.setdefault(p.vni, []).append(p.ofport)
+    # A host only needs the remote endpoints of networks it has containers in.
+    vteps_by_vni: dict[int, set[str]] = {}
+    for key, e in state.remote.items():
+        if e.vni in ports_by_vni:
+            table.set(Owner.remote(key), remote_endpoint_flows(e, tun))
+            vteps_by_vni.setdefault(e.vni, set()).add(e.vtep)
+    for vni, ports in ports_by_vni.items():
+        table.set(Owner.network(vni), network_flows(vni, ports, vteps_by_vni.get(vni, ()), tun))
+    return table.render(cookie(state.generation))
