@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 
 from overlay import __version__
 from overlay.agent import config as agent_config
+from overlay.agent import logs, observe
+from overlay.agent.metrics import Metrics
+from overlay.agent.metrics_server import Readiness
 from overlay.agent.node import Node, prepare
 from overlay.agent.reconciler import Reconciler
 from overlay.cni import housekeeping
@@ -41,9 +45,9 @@ RESYNC_INTERVAL = 15.0
 JANITOR_EVERY = 4  # resync rounds: once a minute
 
 
-def run_janitor(service: svc.CniService) -> None:
+def run_janitor(service: svc.CniService, metrics: Metrics) -> None:
     try:
-        housekeeping.janitor(service)
+        metrics.janitor_removed(len(housekeeping.janitor(service)))
     except CniError as err:  # etcd or OVS unavailable: next round
         log.warning("janitor could not run: %s", err)
 
@@ -79,13 +83,21 @@ def register_until_done(store: Store, rec: records.HostRecord, ttl: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = agent_config.load(argv)
-    logging.basicConfig(level=cfg.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg, check_only = agent_config.load_with_options(argv)
+    if check_only:
+        return check_config(cfg)
+    logs.configure(cfg.log_level, cfg.log_format)
     try:  # before OVS is touched: certificate files, then a handshake if etcd answers already
         etcd_tls.check_before_start(cfg.etcd_tls, cfg.etcd_endpoints, cfg.etcd_timeout)
     except etcd_tls.TlsError as err:
         log.error("refusing to start: %s", err)
+        return 1
+    # Metrics and probes from the start: /healthz answers while OVS and etcd are awaited.
+    metrics, readiness = Metrics(), Readiness()
+    try:
+        metrics_server = observe.start_server(cfg.metrics_address, metrics, readiness)
+    except OSError as err:
+        log.error("cannot serve metrics on %s: %s", cfg.metrics_address, err)
         return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -132,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     service = svc.CniService(
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host))
-    run_janitor(service)  # containers that vanished while no agent was watching
+    observe.watch_agent(metrics, readiness, dataplane=dataplane, ofctl=Ofctl(rundir=cfg.rundir),
+                        ovs=ovs, store=store, bridge=cfg.bridge, generation=generation,
+                        etcd_synced=lambda: mirror.wait_synced(0))
+    run_janitor(service, metrics)  # containers that vanished while no agent was watching
 
     def info() -> cni_pb2.AgentInfoReply:
         state = dataplane.state()
@@ -147,13 +162,15 @@ def main(argv: list[str] | None = None) -> int:
             local_endpoints=len(state.local), remote_endpoints=len(state.remote),
             flows=len(dataplane.flows()), version=__version__)
 
-    server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, info=info))
+    server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, info=info,
+                                                                   metrics=metrics))
 
     def after_switch_restart() -> None:
         again = prepare(cfg, ovs, known=node)  # netdev: br-phy's address is back
         dataplane.set_tunnel_ofport(again.tunnel_ofport)
         dataplane.reload_local(local_endpoints(ovs, cfg.bridge))
         prime(reconciler.vteps)
+        metrics.ovs_restart()
     switch_watch = SwitchRestartWatcher(rundir=cfg.rundir, bridge=cfg.bridge,
                                         on_restart=after_switch_restart)
     switch_watch.start()
@@ -169,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         except CniError as err:
             log.warning("periodic flow resync failed: %s", err)
         if rounds % JANITOR_EVERY == 0:
-            run_janitor(service)
+            run_janitor(service, metrics)
 
     log.info("stopping")
     switch_watch.stop()
@@ -177,7 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     mirror.stop()
     store.close()
     ovs.close()
+    if metrics_server is not None:
+        metrics_server.stop()
     time.sleep(0)  # let daemon threads observe the stop before interpreter shutdown
+    return 0
+
+
+def check_config(cfg: agent_config.AgentConfig) -> int:
+    """--check-config: the configuration parsed and its values are sane (load_with_options
+    exited 1 otherwise); the TLS files are readable and match the endpoints. Nothing starts."""
+    try:
+        etcd_tls.check_files(cfg.etcd_tls)
+        etcd_tls.check_endpoints(cfg.etcd_tls, cfg.etcd_endpoints)
+    except etcd_tls.TlsError as err:
+        print(f"overlay-agent: invalid configuration: {err}", file=sys.stderr)
+        return 1
+    print(f"configuration OK: host {cfg.host}, etcd {','.join(cfg.etcd_endpoints)}, "
+          f"ovsdb {cfg.ovsdb}, socket {cfg.socket}, metrics "
+          f"{cfg.metrics_address or 'off'}, log format {cfg.log_format}")
     return 0
 
 

@@ -26,6 +26,7 @@ from overlay.lab.shell import add_netns, del_netns, netns_exists, run
 from overlay.store.tls import TlsFiles
 
 ETCD_PORT = steps.ETCD_PORT
+METRICS_PORT = 10390  # overlay.agent.metrics_server.DEFAULT_PORT (not imported: no prometheus here)
 
 
 def wire_checksums(ifname: str, netns: str) -> None:
@@ -38,6 +39,18 @@ def wire_checksums(ifname: str, netns: str) -> None:
     underlay side of the lab fixes the emulation, not the product.
     """
     run(["ethtool", "-K", ifname, "tx", "off"], netns=netns)
+
+
+# A GET in the host's namespace, with whatever python3 the machine has: status line, then body.
+_HTTP_GET = """
+import sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=10)
+    code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+sys.stdout.write(f"{code}\\n" + body.decode())
+"""
 
 
 @dataclass
@@ -66,6 +79,11 @@ class LabHost:
     @property
     def agent_pidfile(self) -> str:
         return os.path.join(self.dir, "agent.pid")
+
+    @property
+    def metrics_url(self) -> str:
+        """The agent's /metrics, /healthz, /readyz, from inside the host's namespace."""
+        return f"http://127.0.0.1:{METRICS_PORT}"
 
     @property
     def cni_dir(self) -> str:
@@ -281,6 +299,7 @@ class Lab:
             h.agent_config, host=name, underlay_interface="eth0", underlay_ip=h.vtep,
             etcd_endpoints=self.etcd_urls, ovsdb=paths.endpoint, ovs_rundir=h.ovs_dir,
             socket=h.socket, datapath="netdev",  # the same on every machine, module or not
+            metrics_address=f"0.0.0.0:{METRICS_PORT}",  # each host netns has its own port space
             **self.agent_etcd_settings())
         self.start_agent(h)
         return h
@@ -288,6 +307,16 @@ class Lab:
     def start_agent(self, h: LabHost) -> None:
         steps.start_agent(h.agent_config, netns=h.netns, log=h.agent_log,
                           pidfile=h.agent_pidfile, socket=h.socket)
+
+    def agent_http(self, h: LabHost, path: str = "/metrics") -> tuple[int, str]:
+        """GET `path` from the agent's metrics listener, from inside its host's namespace
+        (the way a node-local Prometheus or a kubelet probe reaches it): (status, body)."""
+        proc = run(["python3", "-c", _HTTP_GET, h.metrics_url + path], netns=h.netns, check=False,
+                   timeout=15)
+        status, _, body = proc.stdout.partition("\n")
+        if not status.isdigit():
+            raise RuntimeError(f"no answer from {h.metrics_url}{path}: {proc.stderr.strip()}")
+        return int(status), body
 
     def stop_agent(self, h: LabHost) -> None:
         steps.stop_pidfile(h.agent_pidfile)
