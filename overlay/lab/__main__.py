@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the lab in {args.workdir} runs etcd without TLS; remove it first "
                              "(make lab-down) to bring it up with TLS")
         print(f"bringing up {args.hosts} hosts in {args.workdir} ...")
-        lab.up(args.hosts)
+        lab.up(args.hosts, progress=lambda line: print(line, flush=True))
         ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
         if lab.tls:
             print(f"  etcd: {lab.etcd_url}, client certificates required; CA, etcd's and the "
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, host in (("c0", lab.hosts[0].name), ("c1", lab.hosts[1].name)):
             if name not in lab.containers:
                 _add(lab, name, host, ctr.DEFAULT_NETWORK)
+        print("waiting for every agent to learn every container ...", flush=True)
         ctr.wait_converged(lab)
         print("cross-host ping over VXLAN (VNI 42):")
         ok = _ping(lab, "c0", "c1") & _ping(lab, "c1", "c0")

@@ -18,6 +18,8 @@ import ipaddress
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from overlay.lab import host as steps
@@ -26,6 +28,11 @@ from overlay.lab.shell import add_netns, del_netns, netns_exists, run
 from overlay.store.tls import TlsFiles
 
 ETCD_PORT = steps.ETCD_PORT
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
 METRICS_PORT = 10390  # overlay.agent.metrics_server.DEFAULT_PORT (not imported: no prometheus here)
 
 
@@ -199,13 +206,22 @@ class Lab:
 
     # --- bring-up ---------------------------------------------------------------------------
 
-    def up(self, count: int) -> None:
+    def up(self, count: int, progress: Progress = _quiet) -> None:
+        """Underlay and etcd, then hosts until there are `count`; `progress` hears each step
+        (the CLI prints them: bringing up a host takes seconds, and a lab of several, minutes)."""
+        started = time.monotonic()
         os.makedirs(self.workdir, exist_ok=True)
+        progress(f"underlay {self.underlay_ns} and etcd ({self.etcd_scheme}) ...")
         self._up_underlay()
         self._install_plugin()
         self.save()
+        progress(f"  etcd answers ({time.monotonic() - started:.1f} s)")
         for i in range(len(self.hosts), count):
+            t = time.monotonic()
+            progress(f"host {i + 1}/{count}: host{i}: namespace, OVS, agent ...")
             self.add_host(f"host{i}")
+            progress(f"  host{i} up in {time.monotonic() - t:.1f} s "
+                     f"({time.monotonic() - started:.1f} s so far)")
 
     def _up_underlay(self) -> None:
         ns = self.underlay_ns
