@@ -3,6 +3,7 @@ containers come and go (netns lab: real OVS, etcd and agents, real plugin calls)
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -105,3 +106,22 @@ def test_ovs_restart_is_counted(lab: Lab) -> None:
     assert status == 200, body
     assert re.search(r'overlay_flows\{table="0",table_name="classify"\} [1-9]',
                      lab.agent_http(h, "/metrics")[1])
+
+
+def test_json_logs_from_a_real_agent(lab: Lab) -> None:
+    """log_format = "json": every line the agent writes is one JSON object."""
+    import json
+
+    h = lab.host("host1")
+    lab.stop_agent(h)
+    with open(h.agent_config, "a") as fh:
+        fh.write('log_format = "json"\n')
+    os.truncate(h.agent_log, 0)
+    lab.start_agent(h)
+    status, _ = lab.agent_http(h, "/healthz")
+    assert status == 200
+    with open(h.agent_log) as fh:
+        lines = [line for line in fh.read().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # fails on any line that is not JSON
+    assert any(r["msg"].startswith("serving CNI on") and r["level"] == "info" for r in records)
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
