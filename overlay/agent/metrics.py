@@ -13,6 +13,17 @@ Two kinds of numbers:
   agent registers, so a number can never drift from the state it describes, and nothing has
   to remember to update a gauge.
 
+Who calls what (the agent's entry point builds one Metrics and injects it):
+    CniServicer            cni_request(command, code, seconds)          (done)
+    agent main             janitor_removed(n), ovs_restart()            (done)
+    observe.watch_agent    set_endpoint_source, set_flow_table_source, set_ip_usage_source
+    dataplane              flow_bundle(adds, mods, dels, seconds, ok) per bundle sent;
+                           set_flow_table_source(fn) may point at its own flow cache instead
+                           of the switch dump observe.py registers
+    etcd watch             watch_revision(applied, cluster) after each applied response,
+                           watch_resync(reason) for every full snapshot
+    etcd client            etcd_request_error(operation) for every failed request
+
 IP addresses in use and free are reported only for the networks this host has endpoints in:
 the cluster-wide view is a property of etcd, and belongs to one place (`overlayctl`), not to
 every agent multiplied by the number of hosts.
