@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -82,3 +83,16 @@ def test_other_network_dropped(lab: Lab) -> None:
     v = t["hops"][0]["verdict"]
     assert (v["kind"], v["table_name"]) == ("dropped", "forward")
     assert v["reason"].startswith(f"other network: 10.1.0.1 is {cid(lab, 'z')} in blue (VNI 43)")
+
+
+def test_lab_cli_trace_and_metrics(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    from overlay.lab.__main__ import main
+
+    assert main(["--workdir", lab.workdir, "trace", "a", "b", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [h["host"] for h in result["hops"]] == ["host0", "host1"]
+    assert result["verdict"].startswith("delivered to port")
+    assert main(["--workdir", lab.workdir, "trace", "a", "b", "--proto", "arp"]) == 0
+    assert "verdict: answered by ARP in OVS: 10.0.0.2" in capsys.readouterr().out
+    assert main(["--workdir", lab.workdir, "metrics", "host0"]) == 0
+    assert 'overlay_endpoints{location="local"} 2.0' in capsys.readouterr().out
