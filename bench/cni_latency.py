@@ -109,17 +109,26 @@ def at_once(calls: list[Callable[[], None]]) -> None:
 def measure(subject: Subject, pool: list[str], args: argparse.Namespace, deadline: float) -> bool:
     """Warm-up, serial, parallel. Returns False when the time budget ran out."""
     tag = subject.name.split("+")[0]
+
+    def say(what: str) -> None:
+        print(f"  {subject.name}: {what} ({max(0.0, deadline - time.monotonic()):.0f} s of the "
+              "budget left)", flush=True)
+
+    say("warm-up")
     for i in range(2):  # the first ADD of a network creates it (etcd record, bridge): not measured
         subject.call("warmup", "add", f"bench-{tag}-w{i}", pool[0])
         subject.call("warmup", "del", f"bench-{tag}-w{i}", pool[0])
     for i in range(args.serial):
         if time.monotonic() > deadline:
             return False
+        if i % 10 == 0:
+            say(f"serial ADD/DEL {i}/{args.serial}")
         subject.call("serial", "add", f"bench-{tag}-s{i}", pool[0])
         subject.call("serial", "del", f"bench-{tag}-s{i}", pool[0])
     for r in range(args.rounds):
         if time.monotonic() > deadline:
             return False
+        say(f"parallel round {r + 1}/{args.rounds}, {args.parallel} at once")
         ids = [(f"bench-{tag}-p{r}-{j}", pool[j]) for j in range(args.parallel)]
         for op in ("add", "del"):
             at_once([functools.partial(subject.call, "parallel", op, c, n) for c, n in ids])

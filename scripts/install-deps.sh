@@ -7,7 +7,8 @@
 #   SRC=/path/to/source (default: this script's repository)
 #   WITH_TEST_DEPS=1    also what the test suite needs (Go and Debian's libcni for the libcni
 #                       driver, the reference CNI plugins and iptables for chaining, vagrant for
-#                       `vagrant validate`); `make deps` sets it, the Vagrant VMs do not
+#                       `vagrant validate`, containerd/runc/busybox-static for the containerd e2e
+#                       test); `make deps` sets it, the Vagrant VMs do not
 set -euo pipefail
 
 SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -15,7 +16,8 @@ VENV=${VENV:-$SRC/.venv}
 PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2 iputils-ping
           tcpdump ethtool iperf3 python3-venv python3-pip)
 if [ "${WITH_TEST_DEPS:-0}" = 1 ]; then
-  PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant)
+  PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant
+            containerd runc busybox-static)
 fi
 
 missing=()

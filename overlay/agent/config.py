@@ -15,6 +15,15 @@ etcd over TLS with a client certificate (all three empty, the default: plain htt
     etcd_ca = "/etc/overlay/pki/ca.crt"          # the CA that signed etcd's server certificate
     etcd_cert = "/etc/overlay/pki/client.crt"    # ours, signed by a CA etcd trusts
     etcd_key = "/etc/overlay/pki/client.key"
+
+Observability (both off/plain by default):
+
+    metrics_address = "0.0.0.0:10390"   # /metrics, /healthz, /readyz; ":10390" = every address
+    log_format = "json"                 # one JSON object per line, for log shippers
+
+`overlay-agent --config FILE --check-config` validates the file and the flags and exits: 0 when
+the agent would start with them, 1 with one line per problem otherwise. It reads certificate
+files but touches neither OVS nor etcd.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -29,6 +39,12 @@ from typing import Any
 from overlay.store.tls import TlsFiles
 
 DATAPATHS = ("auto", "system", "netdev")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,8 @@ class AgentConfig:
     etcd_ca: str = ""                   # TLS to etcd: CA file, then our client cert and key
     etcd_cert: str = ""
     etcd_key: str = ""
+    metrics_address: str = ""           # off unless set; see overlay.agent.metrics_server
+    log_format: str = "text"            # or "json"
 
     @property
     def etcd_tls(self) -> TlsFiles:
@@ -73,22 +91,91 @@ def _coerce(name: str, value: Any) -> Any:
     return {"int": int, "float": float}.get(str(kind), str)(value)
 
 
-def load(argv: list[str] | None = None) -> AgentConfig:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="overlay-agent", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", help="TOML file (flags override it)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and exit (0 valid, 1 not)")
     for f in fields(AgentConfig):
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def build(config_file: str | None, flags: dict[str, Any]) -> AgentConfig:
+    """The file, then the flags on top, checked; raises ConfigError."""
     values: dict[str, Any] = {}
-    if args.config:
-        with open(args.config, "rb") as fh:
-            values.update(tomllib.load(fh))
-    values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                values.update(tomllib.load(fh))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file} is not valid TOML: {exc}") from None
+    values.update({k: v for k, v in flags.items() if v is not None})
     unknown = set(values) - {f.name for f in fields(AgentConfig)}
     if unknown:
-        parser.error("unknown configuration keys: " + ", ".join(sorted(unknown)))
-    cfg = replace(AgentConfig(), **{k: _coerce(k, v) for k, v in values.items()})
-    if cfg.datapath not in DATAPATHS:
-        parser.error(f"datapath must be one of {', '.join(DATAPATHS)}")
+        raise ConfigError("unknown configuration keys: " + ", ".join(sorted(unknown)))
+    coerced = {}
+    for k, v in values.items():
+        try:
+            coerced[k] = _coerce(k, v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{k}: {v!r} is not a valid {_kind(k)}") from None
+    cfg = replace(AgentConfig(), **coerced)
+    problems = problems_of(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
     return cfg
+
+
+def _kind(name: str) -> str:
+    return {"int": "integer", "float": "number"}.get(
+        str({f.name: f.type for f in fields(AgentConfig)}[name]), "string")
+
+
+def problems_of(cfg: AgentConfig) -> list[str]:
+    """What is wrong with a configuration that parsed, without touching OVS or etcd."""
+    from overlay.agent.metrics_server import parse_address  # (keeps prometheus out of load())
+
+    out = []
+    if cfg.datapath not in DATAPATHS:
+        out.append(f"datapath must be one of {', '.join(DATAPATHS)}, not {cfg.datapath!r}")
+    if cfg.log_format not in LOG_FORMATS:
+        out.append(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {cfg.log_format!r}")
+    if cfg.log_level.upper() not in LOG_LEVELS:
+        out.append(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {cfg.log_level!r}")
+    if cfg.metrics_address:
+        try:
+            parse_address(cfg.metrics_address)
+        except ValueError as exc:
+            out.append(str(exc))
+    if not cfg.etcd_endpoints:
+        out.append("etcd_endpoints is empty")
+    if cfg.lease_ttl < 2:
+        out.append(f"lease_ttl must be at least 2 seconds, not {cfg.lease_ttl}")
+    if cfg.etcd_timeout <= 0:
+        out.append(f"etcd_timeout must be positive, not {cfg.etcd_timeout}")
+    if not cfg.ovsdb.startswith(("unix:", "tcp:", "ssl:")):
+        out.append(f"ovsdb must be an OVSDB remote (unix:PATH, tcp:IP:PORT), not {cfg.ovsdb!r}")
+    return out
+
+
+def load_with_options(argv: list[str] | None = None) -> tuple[AgentConfig, bool]:
+    """(configuration, --check-config given). An unusable configuration ends the process:
+    with --check-config it exits 1 with the message; otherwise argparse's usage error (2)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "check_config")}
+    try:
+        return build(args.config, flags), bool(args.check_config)
+    except ConfigError as err:
+        if args.check_config:
+            print(f"overlay-agent: invalid configuration: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+        parser.error(str(err))
+
+
+def load(argv: list[str] | None = None) -> AgentConfig:
+    return load_with_options(argv)[0]

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 
 from overlay import __version__
 from overlay.agent import config as agent_config
+from overlay.agent import logs, observe
+from overlay.agent.metrics import Metrics
+from overlay.agent.metrics_server import Readiness
 from overlay.agent.networks import NetworkWatches
 from overlay.agent.node import Node, prepare
 from overlay.agent.reconciler import Reconciler
@@ -42,9 +46,10 @@ RESYNC_INTERVAL = 15.0
 JANITOR_EVERY = 4  # resync rounds: once a minute
 
 
-def run_janitor(service: svc.CniService, own: list[records.EndpointRecord] | None = None) -> None:
+def run_janitor(service: svc.CniService, metrics: Metrics,
+                own: list[records.EndpointRecord] | None = None) -> None:
     try:
-        housekeeping.janitor(service, own)
+        metrics.janitor_removed(len(housekeeping.janitor(service, own)))
     except CniError as err:  # etcd or OVS unavailable: next round
         log.warning("janitor could not run: %s", err)
 
@@ -85,13 +90,21 @@ def register_until_done(store: Store, rec: records.HostRecord, ttl: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = agent_config.load(argv)
-    logging.basicConfig(level=cfg.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg, check_only = agent_config.load_with_options(argv)
+    if check_only:
+        return check_config(cfg)
+    logs.configure(cfg.log_level, cfg.log_format)
     try:  # before OVS is touched: certificate files, then a handshake if etcd answers already
         etcd_tls.check_before_start(cfg.etcd_tls, cfg.etcd_endpoints, cfg.etcd_timeout)
     except etcd_tls.TlsError as err:
         log.error("refusing to start: %s", err)
+        return 1
+    # Metrics and probes from the start: /healthz answers while OVS and etcd are awaited.
+    metrics, readiness = Metrics(), Readiness()
+    try:
+        metrics_server = observe.start_server(cfg.metrics_address, metrics, readiness)
+    except OSError as err:
+        log.error("cannot serve metrics on %s: %s", cfg.metrics_address, err)
         return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -110,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot read the ports of %s: %s", cfg.bridge, err)
         return 1
     dataplane = Dataplane(ofctl=Ofctl(rundir=cfg.rundir), bridge=cfg.bridge,
-                          tunnel_ofport=node.tunnel_ofport, held=True, generation=generation)
+                          tunnel_ofport=node.tunnel_ofport, held=True, generation=generation,
+                          on_bundle=metrics.flow_bundle)
     dataplane.load_local(restored)
     log.info("flow generation %d; found %d local endpoints in OVSDB; flows untouched until etcd "
              "is read", generation, len(restored))
 
     try:  # etcd unreachable: keep trying; etcd refusing our TLS: give up (etcd_tls.TlsRejected)
         store = Store(endpoints=list(cfg.etcd_endpoints), timeout=cfg.etcd_timeout,
-                      ca=cfg.etcd_ca, cert=cfg.etcd_cert, key=cfg.etcd_key)
+                      ca=cfg.etcd_ca, cert=cfg.etcd_cert, key=cfg.etcd_key,
+                      on_error=metrics.etcd_request_error)
         register_until_done(store, records.HostRecord(cfg.host, node.vtep, node.datapath),
                             cfg.lease_ttl, stop)
     except etcd_tls.TlsError as err:
@@ -128,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     prime_new = (underlay.prime_neighbors_soon if node.datapath == "netdev"
                  else (lambda vteps: None))
     reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime_new)
-    hosts = PrefixWatch(store=store, prefix=records.HOSTS, on_changes=reconciler.on_hosts)
+    watch_metrics = observe.WatchMetrics(metrics)
+    hosts = PrefixWatch(store=store, prefix=records.HOSTS, on_changes=reconciler.on_hosts,
+                        observer=watch_metrics)
     networks = NetworkWatches(store=store, reconciler=reconciler,
-                              local_networks=lambda: local_networks(dataplane))
+                              local_networks=lambda: local_networks(dataplane),
+                              observer=watch_metrics)
     hosts.start()
     networks.sweep()  # one watch per network with a local endpoint recovered from OVSDB
     while not stop.is_set() and not (hosts.wait_synced(1.0) and networks.wait_synced(1.0)):
@@ -143,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
         networks=networks)
-    run_janitor(service)  # containers that vanished while no agent was watching
+    observe.watch_agent(metrics, readiness, dataplane=dataplane, ofctl=Ofctl(rundir=cfg.rundir),
+                        ovs=ovs, store=store, bridge=cfg.bridge, generation=generation,
+                        etcd_synced=lambda: hosts.wait_synced(0) and networks.wait_synced(0))
+    run_janitor(service, metrics)  # containers that vanished while no agent was watching
 
     def info() -> cni_pb2.AgentInfoReply:
         local, remote, flows = dataplane.counts()
@@ -157,13 +178,15 @@ def main(argv: list[str] | None = None) -> int:
             ovs_connected=ovs.connected(), etcd_connected=etcd_ok,
             local_endpoints=local, remote_endpoints=remote, flows=flows, version=__version__)
 
-    server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, info=info))
+    server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, info=info,
+                                                                   metrics=metrics))
 
     def after_switch_restart() -> None:
         again = prepare(cfg, ovs, known=node)  # netdev: br-phy's address is back
         dataplane.set_tunnel_ofport(again.tunnel_ofport)
         dataplane.reload_local(local_endpoints(ovs, cfg.bridge))
         prime(reconciler.vteps)
+        metrics.ovs_restart()
     switch_watch = SwitchRestartWatcher(rundir=cfg.rundir, bridge=cfg.bridge,
                                         on_restart=after_switch_restart)
     switch_watch.start()
@@ -180,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         except CniError as err:
             log.warning("periodic flow check failed: %s", err)
         if rounds % JANITOR_EVERY == 0:
-            run_janitor(service, reconciler.own_records())
+            run_janitor(service, metrics, reconciler.own_records())
 
     log.info("stopping")
     switch_watch.stop()
@@ -189,7 +212,24 @@ def main(argv: list[str] | None = None) -> int:
     hosts.stop()
     store.close()
     ovs.close()
+    if metrics_server is not None:
+        metrics_server.stop()
     time.sleep(0)  # let daemon threads observe the stop before interpreter shutdown
+    return 0
+
+
+def check_config(cfg: agent_config.AgentConfig) -> int:
+    """--check-config: the configuration parsed and its values are sane (load_with_options
+    exited 1 otherwise); the TLS files are readable and match the endpoints. Nothing starts."""
+    try:
+        etcd_tls.check_files(cfg.etcd_tls)
+        etcd_tls.check_endpoints(cfg.etcd_tls, cfg.etcd_endpoints)
+    except etcd_tls.TlsError as err:
+        print(f"overlay-agent: invalid configuration: {err}", file=sys.stderr)
+        return 1
+    print(f"configuration OK: host {cfg.host}, etcd {','.join(cfg.etcd_endpoints)}, "
+          f"ovsdb {cfg.ovsdb}, socket {cfg.socket}, metrics "
+          f"{cfg.metrics_address or 'off'}, log format {cfg.log_format}")
     return 0
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from overlay.agent.reconciler import Reconciler
 from overlay.store import records as r
 from overlay.store.etcd import Store
-from overlay.store.watch import PrefixWatch
+from overlay.store.watch import PrefixWatch, WatchObserver
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 class NetworkWatches:
     def __init__(self, *, store: Store, reconciler: Reconciler,
                  local_networks: Callable[[], set[str]], grace: float = 30.0,
-                 sync_timeout: float = 10.0, probe_interval: float = 5.0) -> None:
+                 sync_timeout: float = 10.0, probe_interval: float = 5.0,
+                 observer: WatchObserver | None = None) -> None:
         self._store = store
+        self._observer = observer
         self._reconciler = reconciler
         self._local_networks = local_networks
         self._grace = grace
@@ -84,7 +86,7 @@ class NetworkWatches:
     def _start(self, network: str) -> PrefixWatch:
         watch = PrefixWatch(store=self._store, prefix=f"{r.ENDPOINTS}{network}/",
                             on_changes=self._reconciler.on_endpoints,
-                            probe_interval=self._probe_interval)
+                            probe_interval=self._probe_interval, observer=self._observer)
         self._watches[network] = watch
         watch.start()
         log.info("following network %s", network)

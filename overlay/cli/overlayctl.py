@@ -3,6 +3,7 @@
     overlayctl [--etcd URL] [TLS] hosts | networks | endpoints [--json]
     overlayctl [--etcd URL] [TLS] network-create NAME --vni VNI --subnet CIDR
     overlayctl status [--socket PATH] [--json]
+    overlayctl [--etcd URL] trace SRC DST [--proto icmp|tcp|udp|arp] [--dport N] [--arriving]
 
 TLS: --etcd-ca FILE [--etcd-cert FILE --etcd-key FILE], as the agent's etcd_ca/etcd_cert/etcd_key;
 the default --etcd is then https://127.0.0.1:2379.
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from overlay.cli.trace import TraceError
 from overlay.errors import CniError, Code
 from overlay.store import records as r
 from overlay.store.tls import TlsError, TlsFiles
@@ -135,6 +138,59 @@ def status(socket_path: str) -> dict[str, Any]:
     return info
 
 
+def add_trace_parser(sub: Any) -> None:
+    tr = sub.add_parser("trace", help="why a packet from container SRC to DST goes where it goes")
+    tr.add_argument("src", help="container ID (or NETWORK/ID[/IFNAME]) of the sender")
+    tr.add_argument("dst", help="container ID, or an IP address")
+    tr.add_argument("--proto", default="icmp", choices=("icmp", "tcp", "udp", "arp"))
+    tr.add_argument("--sport", type=int, default=0, help="tcp/udp source port (default 40000)")
+    tr.add_argument("--dport", type=int, default=0, help="tcp/udp destination port")
+    tr.add_argument("--network", default="", help="SRC's network, when it has several")
+    tr.add_argument("--src-ip", default="", help="forge the source address (anti-spoofing)")
+    tr.add_argument("--src-mac", default="", help="forge the source MAC (anti-spoofing)")
+    tr.add_argument("--arriving", action="store_true",
+                    help="trace on the destination host, as the packet leaves the tunnel")
+    tr.add_argument("--host", default="", help="with --arriving: this host's name (default: "
+                    "the destination's host)")
+    tr.add_argument("--ovs-rundir", default=os.environ.get("OVS_RUNDIR", "/var/run/openvswitch"),
+                    help="this host's OVS_RUNDIR (default: $OVS_RUNDIR or /var/run/openvswitch)")
+    tr.add_argument("--bridge", default="br-int")
+    tr.add_argument("--tunnel-port", default="vxlan0")
+
+
+def run_trace(args: Any, etcd: str, tls: TlsFiles) -> int:
+    from overlay.cli import trace
+
+    cluster = trace.Cluster.from_state(_load(etcd, r.ROOT, tls))
+    req = trace.build(cluster, args.src, args.dst, proto=args.proto, sport=args.sport,
+                      dport=args.dport, network=args.network, src_ip=args.src_ip,
+                      src_mac=args.src_mac)
+    host = args.host or (req.dst.host if args.arriving and req.dst else "")
+    switch = trace.Switch(args.ovs_rundir, args.bridge, args.tunnel_port)
+    result = trace.Trace(req, [trace.trace_hop(req, cluster, switch, arriving=args.arriving,
+                                               host=host)])
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    print(result.render())
+    hop = result.hops[-1]
+    if hop.continue_on:
+        again = [a for a in (argv_of(args)) if a]
+        print(f"  continue on {hop.continue_on}: overlayctl trace {' '.join(again)} --arriving")
+    return 0
+
+
+def argv_of(args: Any) -> list[str]:
+    """SRC DST and the packet options, to repeat on the next host."""
+    out = [args.src, args.dst, "--proto", args.proto]
+    for flag, value in (("--sport", args.sport), ("--dport", args.dport),
+                        ("--network", args.network), ("--src-ip", args.src_ip),
+                        ("--src-mac", args.src_mac)):
+        if value:
+            out += [flag, str(value)]
+    return out
+
+
 COLUMNS = {
     "hosts": ("host", "vtep", "datapath", "alive"),
     "networks": ("name", "vni", "subnet"),
@@ -163,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     dr = sub.add_parser("doctor", help="check that etcd, OVS and the kernel agree (exit 1 if not)")
     dr.add_argument("--socket", action="append", default=[],
                     help="an agent to check its host too (repeat for several hosts)")
+    add_trace_parser(sub)
     args = parser.parse_args(argv)
     tls = TlsFiles(args.etcd_ca, args.etcd_cert, args.etcd_key)
     etcd = args.etcd or (DEFAULT_ETCD_TLS if tls.enabled else DEFAULT_ETCD)
@@ -182,12 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             problems = run_doctor(etcd, args.socket, tls)
             print("\n".join(problems) if problems else "no problems found")
             return 1 if problems else 0
+        if args.what == "trace":
+            return run_trace(args, etcd, tls)
         if args.what == "network-create":
             create_network(etcd, args.name, args.vni, args.subnet, tls=tls)
             print(f"network {args.name}: VNI {args.vni}, subnet {args.subnet}")
             return 0
         rows = {"hosts": hosts, "networks": networks, "endpoints": endpoints}[args.what](etcd, tls=tls)
-    except (CniError, TlsError) as err:
+    except (CniError, TlsError, TraceError) as err:
         print(f"overlayctl: {err}", file=sys.stderr)
         return 1
     print(json.dumps(rows, indent=2) if args.json else table(rows, COLUMNS[args.what]))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
 import grpc
 
+from overlay.agent.metrics import Metrics
 from overlay.cni import housekeeping
 from overlay.cni.netconf import CniEnv, NetConf, parse_env, parse_netconf
 from overlay.cni.service import CniService
@@ -28,11 +30,21 @@ Handler = Callable[[CniEnv, NetConf], bytes]
 
 class CniServicer(cni_pb2_grpc.CniServicer):
     def __init__(self, *, service: CniService,
-                 info: Callable[[], cni_pb2.AgentInfoReply]) -> None:
+                 info: Callable[[], cni_pb2.AgentInfoReply],
+                 metrics: Metrics | None = None) -> None:
         self._service = service
         self._info = info
+        self._metrics = metrics
 
     def _call(self, command: str, request: Any, handler: Handler) -> Any:
+        started = time.perf_counter()
+        reply = self._reply(command, request, handler)
+        if self._metrics is not None:  # every command, every outcome: code 0 is success
+            code = reply.error.code if reply.HasField("error") else 0
+            self._metrics.cni_request(command, int(code), time.perf_counter() - started)
+        return reply
+
+    def _reply(self, command: str, request: Any, handler: Handler) -> Any:
         env_vars = dict(request.env)
         env_vars["CNI_COMMAND"] = command
         try:

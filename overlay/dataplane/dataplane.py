@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from overlay.dataplane.flows import (
     DesiredState,
@@ -41,17 +42,23 @@ from overlay.dataplane.flows import (
     network_flows,
     remote_endpoint_flows,
 )
-from overlay.dataplane.flowtable import FlowTable, Op, Owner
+from overlay.dataplane.flowtable import ADD, DELETE, MODIFY, FlowTable, Op, Owner
 from overlay.errors import CniError
 from overlay.ovs.ofctl import Ofctl
 
 log = logging.getLogger(__name__)
 
+# (adds, modifies, deletes, seconds, applied): told after every push. A whole-table
+# replacement counts as a push with no operations listed (replace-flows diffs on its own).
+OnBundle = Callable[[int, int, int, float, bool], None]
+
 
 class Dataplane:
     def __init__(self, *, ofctl: Ofctl, bridge: str, tunnel_ofport: int,
-                 held: bool = False, generation: int = 0) -> None:
+                 held: bool = False, generation: int = 0,
+                 on_bundle: OnBundle = lambda adds, mods, dels, seconds, ok: None) -> None:
         self._ofctl = ofctl
+        self._on_bundle = on_bundle
         self._bridge = bridge
         self._tunnel_ofport = tunnel_ofport
         self._cookie = cookie(generation)
@@ -175,6 +182,13 @@ class Dataplane:
         with self._state_lock:
             return len(self._local), len(self._remote), len(self._table)
 
+    def flows_per_table(self) -> dict[int, int]:
+        """Rules per table as we want them (verify() keeps the switch's count equal)."""
+        with self._state_lock:
+            identities = list(self._table.flows())
+        counts: Counter[int] = Counter(int(i[6:i.index(",")]) for i in identities)
+        return dict(counts)
+
     def local_keys(self) -> set[str]:
         with self._state_lock:
             return set(self._local)
@@ -281,6 +295,8 @@ class Dataplane:
                 covers, ops, self._pending = self._queued, self._pending, []
                 whole = self._table.render(self._cookie) if self._dirty else None
                 self._dirty = False
+            kinds = Counter(op.kind for op in ops) if whole is None else Counter()
+            started = time.monotonic()
             try:
                 if whole is not None:
                     self._ofctl.replace_flows(self._bridge, whole)
@@ -292,5 +308,10 @@ class Dataplane:
                 with self._state_lock:  # the bundle may or may not have landed: start over
                     self._dirty = True
                     self._pending = []
+                self._on_bundle(kinds[ADD], kinds[MODIFY], kinds[DELETE],
+                                time.monotonic() - started, False)
                 raise
+            if whole is not None or ops:
+                self._on_bundle(kinds[ADD], kinds[MODIFY], kinds[DELETE],
+                                time.monotonic() - started, True)
             self._applied = covers

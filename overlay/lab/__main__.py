@@ -6,12 +6,15 @@
     container add NAME --host H [--network N] | container del NAME
     network add NAME --vni V --subnet S
     ping A B                             from container A to container B's address
+    trace A B [--proto P] [--dport N] [--json]   overlayctl trace across every host on the way
+    metrics HOST [--path /readyz]        the agent's /metrics (or probe) from its namespace
     status | down
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -60,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ping")
     p.add_argument("src")
     p.add_argument("dst")
+    t = sub.add_parser("trace")
+    t.add_argument("src")
+    t.add_argument("dst", help="a lab container or an IP address")
+    t.add_argument("--proto", default="icmp", choices=("icmp", "tcp", "udp", "arp"))
+    t.add_argument("--dport", type=int, default=0)
+    t.add_argument("--src-ip", default="", help="forge the source address")
+    t.add_argument("--json", action="store_true")
+    m = sub.add_parser("metrics")
+    m.add_argument("host")
+    m.add_argument("--path", default="/metrics")
     args = parser.parse_args(argv)
 
     if args.cmd == "up":
@@ -69,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the lab in {args.workdir} runs etcd without TLS; remove it first "
                              "(make lab-down) to bring it up with TLS")
         print(f"bringing up {args.hosts} hosts in {args.workdir} ...")
-        lab.up(args.hosts)
+        lab.up(args.hosts, progress=lambda line: print(line, flush=True))
         ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
         if lab.tls:
             print(f"  etcd: {lab.etcd_url}, client certificates required; CA, etcd's and the "
@@ -89,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, host in (("c0", lab.hosts[0].name), ("c1", lab.hosts[1].name)):
             if name not in lab.containers:
                 _add(lab, name, host, ctr.DEFAULT_NETWORK)
+        print("waiting for every agent to learn every container ...", flush=True)
         ctr.wait_converged(lab)
         print("cross-host ping over VXLAN (VNI 42):")
         ok = _ping(lab, "c0", "c1") & _ping(lab, "c1", "c0")
@@ -104,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         ctr.define_network(lab, args.name, args.vni, args.subnet)
     elif args.cmd == "ping":
         return 0 if _ping(lab, args.src, args.dst) else 1
+    elif args.cmd == "trace":
+        from overlay.lab.trace import lab_trace, render
+
+        options = ["--proto", args.proto] + (["--dport", str(args.dport)] if args.dport else [])
+        options += ["--src-ip", args.src_ip] if args.src_ip else []
+        result = lab_trace(lab, args.src, args.dst, options)
+        print(json.dumps(result, indent=2) if args.json else render(result))
+    elif args.cmd == "metrics":
+        status, body = lab.agent_http(lab.host(args.host), args.path)
+        print(body, end="")
+        return 0 if status == 200 else 1
     elif args.cmd == "status":
         print(f"etcd: {lab.etcd_url}" + (f" (TLS, client certificates in {lab.pki_dir})"
                                          if lab.tls else ""))

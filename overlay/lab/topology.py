@@ -18,6 +18,8 @@ import ipaddress
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from overlay.lab import host as steps
@@ -26,6 +28,12 @@ from overlay.lab.shell import add_netns, del_netns, netns_exists, run
 from overlay.store.tls import TlsFiles
 
 ETCD_PORT = steps.ETCD_PORT
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+METRICS_PORT = 10390  # overlay.agent.metrics_server.DEFAULT_PORT (not imported: no prometheus here)
 
 
 def wire_checksums(ifname: str, netns: str) -> None:
@@ -38,6 +46,18 @@ def wire_checksums(ifname: str, netns: str) -> None:
     underlay side of the lab fixes the emulation, not the product.
     """
     run(["ethtool", "-K", ifname, "tx", "off"], netns=netns)
+
+
+# A GET in the host's namespace, with whatever python3 the machine has: status line, then body.
+_HTTP_GET = """
+import sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=10)
+    code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+sys.stdout.write(f"{code}\\n" + body.decode())
+"""
 
 
 @dataclass
@@ -66,6 +86,11 @@ class LabHost:
     @property
     def agent_pidfile(self) -> str:
         return os.path.join(self.dir, "agent.pid")
+
+    @property
+    def metrics_url(self) -> str:
+        """The agent's /metrics, /healthz, /readyz, from inside the host's namespace."""
+        return f"http://127.0.0.1:{METRICS_PORT}"
 
     @property
     def cni_dir(self) -> str:
@@ -181,13 +206,22 @@ class Lab:
 
     # --- bring-up ---------------------------------------------------------------------------
 
-    def up(self, count: int) -> None:
+    def up(self, count: int, progress: Progress = _quiet) -> None:
+        """Underlay and etcd, then hosts until there are `count`; `progress` hears each step
+        (the CLI prints them: bringing up a host takes seconds, and a lab of several, minutes)."""
+        started = time.monotonic()
         os.makedirs(self.workdir, exist_ok=True)
+        progress(f"underlay {self.underlay_ns} and etcd ({self.etcd_scheme}) ...")
         self._up_underlay()
         self._install_plugin()
         self.save()
+        progress(f"  etcd answers ({time.monotonic() - started:.1f} s)")
         for i in range(len(self.hosts), count):
+            t = time.monotonic()
+            progress(f"host {i + 1}/{count}: host{i}: namespace, OVS, agent ...")
             self.add_host(f"host{i}")
+            progress(f"  host{i} up in {time.monotonic() - t:.1f} s "
+                     f"({time.monotonic() - started:.1f} s so far)")
 
     def _up_underlay(self) -> None:
         ns = self.underlay_ns
@@ -281,6 +315,7 @@ class Lab:
             h.agent_config, host=name, underlay_interface="eth0", underlay_ip=h.vtep,
             etcd_endpoints=self.etcd_urls, ovsdb=paths.endpoint, ovs_rundir=h.ovs_dir,
             socket=h.socket, datapath="netdev",  # the same on every machine, module or not
+            metrics_address=f"0.0.0.0:{METRICS_PORT}",  # each host netns has its own port space
             **self.agent_etcd_settings())
         self.start_agent(h)
         return h
@@ -288,6 +323,16 @@ class Lab:
     def start_agent(self, h: LabHost) -> None:
         steps.start_agent(h.agent_config, netns=h.netns, log=h.agent_log,
                           pidfile=h.agent_pidfile, socket=h.socket)
+
+    def agent_http(self, h: LabHost, path: str = "/metrics") -> tuple[int, str]:
+        """GET `path` from the agent's metrics listener, from inside its host's namespace
+        (the way a node-local Prometheus or a kubelet probe reaches it): (status, body)."""
+        proc = run(["python3", "-c", _HTTP_GET, h.metrics_url + path], netns=h.netns, check=False,
+                   timeout=15)
+        status, _, body = proc.stdout.partition("\n")
+        if not status.isdigit():
+            raise RuntimeError(f"no answer from {h.metrics_url}{path}: {proc.stderr.strip()}")
+        return int(status), body
 
     def stop_agent(self, h: LabHost) -> None:
         steps.stop_pidfile(h.agent_pidfile)

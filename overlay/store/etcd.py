@@ -70,9 +70,13 @@ def _translate(fn: Callable[P, T]) -> Callable[P, T]:
         try:
             return fn(*args, **kwargs)
         except _UNAVAILABLE as exc:
+            if store is not None:
+                store.on_error(fn.__name__.lstrip("_"))
             raise CniError(Code.TRY_AGAIN_LATER, "etcd is not reachable; try again later",
                            f"{type(exc).__name__}: {exc}") from None
         except (pyetcd.exceptions.Etcd3Exception, grpc.RpcError) as exc:
+            if store is not None:
+                store.on_error(fn.__name__.lstrip("_"))
             raise CniError(Code.STORE_FAILURE, "etcd refused the request", str(exc)) from None
     return wrapper
 
@@ -90,7 +94,9 @@ class Item(NamedTuple):
 
 class Store:
     def __init__(self, *, endpoints: list[str], timeout: float = 3.0, ca: str | None = None,
-                 cert: str | None = None, key: str | None = None) -> None:
+                 cert: str | None = None, key: str | None = None,
+                 on_error: Callable[[str], None] = lambda operation: None) -> None:
+        self.on_error = on_error  # told the name of every request that failed (metrics)
         self._tls = tls.TlsFiles(ca or "", cert or "", key or "")
         tls.check_files(self._tls)  # raises TlsConfigError naming the file and the problem
         creds = self._tls.credentials() if self._tls.enabled else None

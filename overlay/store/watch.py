@@ -43,14 +43,27 @@ log = logging.getLogger(__name__)
 OnChanges = Callable[[list[Change]], None]
 
 
+class WatchObserver:
+    """What a watch tells its observer (the agent's metrics): no-ops by default."""
+
+    def applied(self, revision: int) -> None:
+        """Every event up to `revision` has been handed to the consumer."""
+
+    def resynced(self, reason: str) -> None:
+        """A snapshot was read: "start", "compacted" or "drift"."""
+
+
 def _digest(value: bytes) -> int:
     return zlib.crc32(value)
 
 
 class PrefixWatch:
     def __init__(self, *, store: Store, prefix: str, on_changes: OnChanges,
-                 retry_interval: float = 1.0, probe_interval: float = 5.0) -> None:
+                 retry_interval: float = 1.0, probe_interval: float = 5.0,
+                 observer: WatchObserver | None = None) -> None:
         self._store = store
+        self._observer = observer or WatchObserver()
+        self._resync_reason = "start"
         self._prefix = prefix
         self._on_changes = on_changes
         self._retry = retry_interval
@@ -108,7 +121,7 @@ class PrefixWatch:
                     self._apply(batch)
             except Compacted as exc:
                 log.warning("watch on %s: %s; resyncing by snapshot", self._prefix, exc)
-                self._resync_wanted = True
+                self._resync_wanted, self._resync_reason = True, "compacted"
             except Exception as exc:  # etcd down, stream broken or closed by the prober
                 if self._stop.is_set():
                     break
@@ -142,6 +155,7 @@ class PrefixWatch:
             self._revision = max([self._revision, *(c.mod_revision for c in batch)])
         if changes:
             self._on_changes(changes)
+        self._observer.applied(self._revision)
 
     def _resync(self) -> None:
         revision, items = self._store.read_prefix(self._prefix)
@@ -160,6 +174,8 @@ class PrefixWatch:
             log.info("read %s: %d keys at revision %d", self._prefix, len(items), revision)
         if changes or not self._synced.is_set():
             self._on_changes(changes)
+        self._observer.resynced(self._resync_reason)
+        self._observer.applied(revision)
         self._synced.set()
 
     def _close_stream(self) -> None:
@@ -204,7 +220,7 @@ class PrefixWatch:
                 return
         log.warning("watch on %s: etcd has %d keys, we have %d, and no event came in %.0fs; "
                     "resyncing", self._prefix, count, ours, self._probe_interval)
-        self._resync_wanted = True
+        self._resync_wanted, self._resync_reason = True, "drift"
         self._close_stream()
 
 

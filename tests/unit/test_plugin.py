@@ -36,3 +36,26 @@ def test_unreachable_agent_is_try_again_later(capsys: pytest.CaptureFixture[str]
                            "CNI_NETNS": "/proc/self/ns/net"}, json.dumps(conf).encode())
     assert rc == 1 and out["code"] == 11
     assert "no-agent.sock" in out["msg"] and out["cniVersion"] == "1.0.0"
+
+
+ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x", "CNI_IFNAME": "eth0",
+           "CNI_NETNS": "/proc/self/ns/net"}
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "STATUS", "GC"])
+def test_unsupported_version_is_code_1_without_an_agent(capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: object, command: str) -> None:
+    conf = {"cniVersion": "9.9.9", "name": "n", "type": "ovs", "vxlanID": 42,
+            "agentSocket": f"{tmp_path}/no-agent.sock", "ipam": {"subnet": "10.0.0.0/24"}}
+    rc, out = run(capsys, {**ADD_ENV, "CNI_COMMAND": command}, json.dumps(conf).encode())
+    assert rc == 1 and out["code"] == 1, out
+    assert "9.9.9" in out["msg"] and "1.1.0" in out["details"]
+    assert out["cniVersion"] == SUPPORTED_VERSIONS[-1]  # a version the runtime can parse
+
+
+def test_version_with_an_unsupported_version_still_lists_ours(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # As the reference plugins' skel does: VERSION is how a runtime finds out what we speak.
+    rc, out = run(capsys, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "9.9.9"}')
+    assert rc == 0
+    assert out == {"cniVersion": "1.1.0", "supportedVersions": list(SUPPORTED_VERSIONS)}

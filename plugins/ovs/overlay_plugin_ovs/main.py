@@ -3,7 +3,9 @@
 Thin on purpose. It reads CNI_* from the environment and the netconf from stdin, sends both
 unchanged over gRPC to the agent's unix socket (netconf field `agentSocket`, default
 /run/overlay/agent.sock), and prints the result or error bytes the agent returns. It never
-touches OVS, netlink or etcd. VERSION is answered locally, since it must work without an agent.
+touches OVS, netlink or etcd. What it can decide alone it answers alone, agent or no agent:
+VERSION, an unknown CNI_COMMAND, a netconf that is not JSON, and a cniVersion we do not speak
+(code 1, as the spec says, rather than 11 from a failed attempt to reach the agent).
 Transport failures map to CNI code 11 ("try again later"): the agent may just be restarting.
 The gRPC call itself goes through a small client of our own (wire.py): start-up time matters.
 """
@@ -22,7 +24,7 @@ DEFAULT_SOCKET = "/run/overlay/agent.sock"
 # Mirrors overlay.cni.netconf.SUPPORTED_VERSIONS; a unit test keeps the two equal.
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 TIMEOUT_SECONDS = 120.0
-TRY_AGAIN_LATER, DECODING_FAILURE, INVALID_ENV, INVALID_NETCONF = 11, 6, 4, 7
+INCOMPATIBLE_VERSION, TRY_AGAIN_LATER, DECODING_FAILURE, INVALID_ENV, INVALID_NETCONF = 1, 11, 6, 4, 7
 NOT_AVAILABLE, INTERNAL = 50, 100
 METHODS = {"ADD": "Add", "DEL": "Del", "CHECK": "Check", "STATUS": "Status", "GC": "Gc"}
 
@@ -76,6 +78,11 @@ def run(environ: dict[str, str], stdin: bytes) -> int:
                       f"CNI_COMMAND must be one of {', '.join(METHODS)} or VERSION, got {command!r}")
     if bad_json:
         return _error(version, DECODING_FAILURE, "netconf on stdin is not valid JSON", bad_json)
+    if version not in SUPPORTED_VERSIONS:
+        # Answered in a version the runtime can read: ours, not the one we do not speak.
+        return _error(SUPPORTED_VERSIONS[-1], INCOMPATIBLE_VERSION,
+                      f"incompatible CNI version: the netconf says {version!r}",
+                      f"the ovs plugin supports {', '.join(SUPPORTED_VERSIONS)}")
 
     socket_path = conf.get("agentSocket", DEFAULT_SOCKET)
     if not _usable_path(socket_path):
