@@ -34,6 +34,7 @@ from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import underlay
 from overlay.ovs.liveness import SwitchRestartWatcher
 from overlay.ovs.ofctl import Ofctl
+from overlay.ovs.openflow import Channel
 from overlay.ovs.ovsdb import Ovsdb
 from overlay.store import records
 from overlay.store import tls as etcd_tls
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     dataplane = Dataplane(ofctl=Ofctl(rundir=cfg.rundir), bridge=cfg.bridge,
                           tunnel_ofport=node.tunnel_ofport, held=True, generation=generation,
-                          on_bundle=metrics.flow_bundle)
+                          on_bundle=metrics.flow_bundle,
+                          channel=Channel(rundir=cfg.rundir, bridge=cfg.bridge))
     dataplane.load_local(restored)
     log.info("flow generation %d; found %d local endpoints in OVSDB; flows untouched until etcd "
              "is read", generation, len(restored))

@@ -3,8 +3,9 @@
 Callers say what changed (install_endpoint, remove_endpoint, update_remote). The Dataplane
 recomputes the rules of just the objects concerned (flows.py), turns the difference into
 add / modify_strict / delete_strict operations (flowtable.py) and sends them in one atomic
-OpenFlow bundle. No call reads the switch's table back, so an event costs the same with 10
-remote endpoints as with 50,000.
+OpenFlow bundle, over a persistent OpenFlow connection (ovs/openflow.py) when it has one. No
+call reads the switch's table back, so an event costs the same with 10 remote endpoints as
+with 50,000.
 
 A whole-table replacement (`replace-flows --bundle`, which dumps and diffs the switch) is the
 recovery path only: at start-up, after ovs-vswitchd restarted, after a bundle failed (the
@@ -45,6 +46,7 @@ from overlay.dataplane.flows import (
 from overlay.dataplane.flowtable import ADD, DELETE, MODIFY, FlowTable, Op, Owner
 from overlay.errors import CniError
 from overlay.ovs.ofctl import Ofctl
+from overlay.ovs.openflow import Channel, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,15 @@ OnBundle = Callable[[int, int, int, float, bool], None]
 class Dataplane:
     def __init__(self, *, ofctl: Ofctl, bridge: str, tunnel_ofport: int,
                  held: bool = False, generation: int = 0,
-                 on_bundle: OnBundle = lambda adds, mods, dels, seconds, ok: None) -> None:
+                 on_bundle: OnBundle = lambda adds, mods, dels, seconds, ok: None,
+                 channel: Channel | None = None) -> None:
         self._ofctl = ofctl
+        self._channel = channel  # a persistent OpenFlow connection for bundles, if given
         self._on_bundle = on_bundle
         self._bridge = bridge
         self._tunnel_ofport = tunnel_ofport
         self._cookie = cookie(generation)
+        self._cookie_value = int(self._cookie, 16)
         self._generation = generation
         self._local: dict[str, LocalPort] = {}
         self._remote: dict[str, RemoteEndpoint] = {}
@@ -285,6 +290,18 @@ class Dataplane:
 
     # --- mechanics --------------------------------------------------------------------------
 
+    def _send(self, ops: list[Op]) -> None:
+        """One atomic bundle: over the persistent channel (a few ms), or through ovs-ofctl
+        when there is none or it cannot encode one of the rules (tens of ms, but complete)."""
+        if self._channel is not None:
+            try:
+                self._channel.apply([(op.kind, op.identity, op.actions) for op in ops],
+                                    self._cookie_value)
+                return
+            except Unsupported as exc:
+                log.debug("bundle through ovs-ofctl: %s", exc)
+        self._ofctl.apply_bundle(self._bridge, [op.text(self._cookie) for op in ops])
+
     def _push(self, mine: int) -> None:
         if self._held:
             return
@@ -302,7 +319,7 @@ class Dataplane:
                     self._ofctl.replace_flows(self._bridge, whole)
                     self.replacements += 1
                 elif ops:
-                    self._ofctl.apply_bundle(self._bridge, [op.text(self._cookie) for op in ops])
+                    self._send(ops)
                     self.bundles += 1
             except CniError:
                 with self._state_lock:  # the bundle may or may not have landed: start over
