@@ -12,8 +12,8 @@ At each size (default 1,000, 10,000 and 50,000 remote endpoints) it prints:
 - the agent's RSS and CPU seconds;
 - bytes the agent's host received from etcd per minute while idle (an iptables counter on the
   host's namespace, so TCP/IP headers included);
-- agent restart (SIGTERM, start) -> serving, with every flow verified in the switch under the
-  new run's cookie;
+- agent restart: from starting the new agent process (the old one stopped) until it serves,
+  with every flow verified in the switch under the new run's cookie;
 and each figure's ratio to the previous size. At the end, a `del --prefix` of every endpoint
 (one DeleteRange) and the time until the switch holds none of them.
 
@@ -282,8 +282,8 @@ def etcd_bytes_per_minute(plan: dict[str, Any], seconds: float) -> float:
 def restart_agent(plan: dict[str, Any], switch: Switch, remote: int) -> float | None:
     from overlay.lab import host as steps
     pid = agent_pid(plan)
-    start = time.monotonic()
-    steps.stop_pidfile(plan["agent_pidfile"])
+    steps.stop_pidfile(plan["agent_pidfile"])  # SIGTERM; the old agent drains (up to 5 s)
+    start = time.monotonic()                  # from here: a new process, as after a reboot
     steps.start_agent(plan["agent_config"], netns=plan["host_netns"], log=plan["agent_log"],
                       pidfile=plan["agent_pidfile"], socket=plan["agent_socket"])
     assert agent_pid(plan) != pid

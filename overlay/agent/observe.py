@@ -10,6 +10,7 @@ per scrape.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import re
@@ -35,12 +36,29 @@ IP_USAGE_TTL = 30.0
 _TABLE = re.compile(r"\btable=(\d+)")
 
 
-def start_server(address: str, metrics: Metrics, readiness: Readiness) -> MetricsServer | None:
+BIND_PATIENCE = 15.0  # seconds a restarting agent waits for its predecessor to free the port
+
+
+def start_server(address: str, metrics: Metrics, readiness: Readiness,
+                 patience: float = BIND_PATIENCE) -> MetricsServer | None:
     """The HTTP listener, if `address` is set (bind errors propagate: a typo must not leave
-    an operator without metrics and without a word)."""
+    an operator without metrics and without a word).
+
+    "Address in use" is retried for `patience` seconds first: on a restart (systemd's
+    Restart=, an operator's kill and start) the previous agent may still be draining its gRPC
+    calls with the port open, and the new one must not give up because of it.
+    """
     if not address:
         return None
-    server = MetricsServer(address=address, metrics=metrics, readiness=readiness)
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            server = MetricsServer(address=address, metrics=metrics, readiness=readiness)
+            break
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     server.start()
     log.info("metrics, /healthz and /readyz on %s (port %d)", address, server.port)
     return server

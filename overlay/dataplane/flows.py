@@ -53,7 +53,7 @@ class Flow(NamedTuple):
         return f"cookie={cookie_value},{self.identity},actions={self.actions}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class LocalPort:
     vni: int
     mac: str
@@ -61,7 +61,7 @@ class LocalPort:
     ofport: int
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class RemoteEndpoint:
     vni: int
     mac: str

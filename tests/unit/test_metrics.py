@@ -109,3 +109,38 @@ def test_listener_serves_metrics_and_probes() -> None:
         assert get(base + "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_a_restarted_agent_waits_for_its_predecessor_to_free_the_port() -> None:
+    import socket
+    import threading
+
+    from overlay.agent import observe
+    from overlay.agent.metrics import Metrics
+    from overlay.agent.metrics_server import Readiness
+
+    predecessor = socket.socket()
+    predecessor.bind(("127.0.0.1", 0))
+    predecessor.listen()
+    port = predecessor.getsockname()[1]
+    threading.Timer(0.5, predecessor.close).start()
+    server = observe.start_server(f"127.0.0.1:{port}", Metrics(), Readiness(), patience=10)
+    assert server is not None and server.port == port
+    server.stop()
+
+
+def test_a_port_held_for_good_is_still_an_error() -> None:
+    import socket
+
+    import pytest
+
+    from overlay.agent import observe
+    from overlay.agent.metrics import Metrics
+    from overlay.agent.metrics_server import Readiness
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        with pytest.raises(OSError):
+            observe.start_server(f"127.0.0.1:{holder.getsockname()[1]}", Metrics(), Readiness(),
+                                 patience=0.5)
