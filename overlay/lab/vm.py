@@ -8,9 +8,11 @@ overlay.lab.containers), so what the netns lab tests is what the VMs run.
 
     etcd --listen IP [--name N]        overlay-etcd.service, clients on IP:2379 and 127.0.0.1:2379
     host --etcd URL (--underlay-ip IP | --underlay-interface IF) [--name N]
-                                       system OVS, /etc/overlay/agent.toml, overlay-agent.service,
+                                       system OVS, `python -m overlay.install` (the shipped
+                                       overlay-agent.service, the plugin in /opt/cni/bin),
+                                       /etc/overlay/agent.toml for this lab, the agent started,
                                        network my-net (VNI 42, 10.0.0.0/24) recorded in etcd,
-                                       its conflist in /etc/cni/net.d, the plugin in /opt/cni/bin
+                                       its conflist in /etc/cni/net.d
     container NAME                     namespace NAME attached to my-net through CNI ADD
     ping NAME TARGET                   from container NAME to an IP or to another container
                                        (looked up in etcd); exit status 0 if replies came back
@@ -32,6 +34,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from overlay import install as installer
 from overlay.agent import config as agent_config
 from overlay.cli import overlayctl
 from overlay.cni.errors import CniError
@@ -75,12 +78,6 @@ def etcd_unit(command: Sequence[str]) -> str:
     # Restart covers a boot where etcd starts before the private address is configured.
     return systemd_unit("etcd for the overlay lab", command, after=["network-online.target"],
                         conflicts=[PACKAGED_ETCD_UNIT], notify=True)
-
-
-def agent_unit(agent: str, config: str) -> str:
-    # No ordering on etcd: the agent keeps retrying to register until etcd answers.
-    return systemd_unit("overlay agent (CNI over gRPC, OVS and VXLAN)", [agent, "--config", config],
-                        after=["network-online.target", OVS_UNIT])
 
 
 def agent_settings(name: str, etcd: str, underlay_interface: str,
@@ -183,7 +180,7 @@ def start_system_ovs() -> None:
 
 
 def start_agent_unit(timeout: float) -> None:
-    install_unit(AGENT_UNIT, agent_unit(os.path.join(steps.scripts_dir(), "overlay-agent"), AGENT_CONFIG))
+    # The unit is the shipped one (packaging/), put in place by install() in cmd_host.
     # Restarted whether or not the unit changed: the configuration may have.
     systemctl("stop", AGENT_UNIT, check=False)
     if os.path.exists(AGENT_SOCKET):  # so that its appearance means the new agent is serving
@@ -200,6 +197,9 @@ def cmd_host(args: argparse.Namespace) -> int:
     name = args.name or socket.gethostname()
     retire_packaged_etcd()
     start_system_ovs()
+    # What an operator runs on a real host: the plugin, the unit, an example config (replaced
+    # by this lab's own just below).
+    report = installer.install("/")
     interface = args.underlay_interface or interface_with_address(
         run(["ip", "-o", "-4", "addr", "show"]).stdout, args.underlay_ip)
     os.makedirs(os.path.dirname(AGENT_CONFIG), exist_ok=True)
@@ -213,12 +213,12 @@ def cmd_host(args: argparse.Namespace) -> int:
     conflist = os.path.join(CNI_CONF_DIR, ctr.conflist_name(args.network))
     steps.write_cni_config(conflist, network=args.network, vni=args.vni, subnet=args.subnet,
                            bridge=cfg.bridge, agent_socket=cfg.socket)
-    plugin = steps.install_plugin(CNI_BIN)
+    plugin = os.path.join("/", installer.PLUGIN_PATH)
     info = overlayctl.status(cfg.socket)
     print(f"{name}: agent {info['host']} serving on {cfg.socket}, vtep {info['vtep']} "
           f"({interface}), datapath {info['datapath']}, etcd {args.etcd}")
     print(f"{name}: network {args.network} (VNI {args.vni}, {args.subnet}) in {conflist}, "
-          f"plugin {plugin}")
+          f"plugin {plugin}; installed: {', '.join(report.changed) or 'nothing new'}")
     return 0
 
 
