@@ -126,7 +126,15 @@ def find_endpoint(records: Sequence[dict[str, Any]], container: str) -> dict[str
 
 
 def systemctl(*args: str, check: bool = True) -> int:
-    return run(["systemctl", *args], check=check, timeout=120).returncode
+    # Generous: under TCG emulation on a loaded machine one daemon-reload took 30 s.
+    return run(["systemctl", *args], check=check, timeout=600).returncode
+
+
+def unit_state(unit: str) -> tuple[str, str]:
+    """(is-enabled, is-active), e.g. ("disabled", "inactive"); both are read-only queries."""
+    enabled = run(["systemctl", "is-enabled", unit], check=False, timeout=600).stdout.strip()
+    active = run(["systemctl", "is-active", unit], check=False, timeout=600).stdout.strip()
+    return enabled, active
 
 
 def install_unit(name: str, text: str) -> bool:
@@ -149,7 +157,11 @@ def journal_tail(unit: str, lines: int = 30) -> str:
 def retire_packaged_etcd() -> None:
     # It listens on 127.0.0.1:2379: on the etcd VM it would hold overlay-etcd's port, elsewhere
     # it would answer `overlayctl` (whose default is 127.0.0.1) with an empty store.
-    systemctl("disable", "--now", PACKAGED_ETCD_UNIT, check=False)
+    # Skipped when already done (the overlay box ships it disabled): `disable` on a unit with a
+    # SysV script runs update-rc.d and two daemon-reloads, minutes under TCG.
+    enabled, active = unit_state(PACKAGED_ETCD_UNIT)
+    if enabled not in ("disabled", "masked", "") or active not in ("inactive", "unknown"):
+        systemctl("disable", "--now", PACKAGED_ETCD_UNIT, check=False)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -166,7 +178,7 @@ def cmd_etcd(args: argparse.Namespace) -> int:
     url = f"http://{args.listen}:{steps.ETCD_PORT}"
     try:
         steps.wait_for(lambda: run(["etcdctl", "--endpoints", url, "endpoint", "health"],
-                                   check=False).returncode == 0, f"etcd at {url}", timeout=60)
+                                   check=False).returncode == 0, f"etcd at {url}", timeout=300)
     except RuntimeError as err:
         raise RuntimeError(f"{err}\n{journal_tail(ETCD_UNIT)}") from None
     print(f"etcd: {ETCD_UNIT} serving {url} and http://127.0.0.1:{steps.ETCD_PORT}")
