@@ -86,8 +86,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
         conf = run(["vagrant", "ssh-config"], 120, VAGRANT_DIR)
         assert conf.returncode == 0, conf.stderr
         ssh_config.write_text(conf.stdout)
-        yield VagrantLab(Vm("node1", ssh_config), Vm("node2", ssh_config), up.stdout, driver,
-                         TIMINGS)
+        vms = [Vm("node1", ssh_config), Vm("node2", ssh_config)]
+        for vm in vms:
+            vm.open()
+        try:
+            yield VagrantLab(vms[0], vms[1], up.stdout, driver, TIMINGS)
+        finally:
+            for vm in vms:
+                vm.close()
     finally:
         if os.environ.get("OVERLAY_VM_KEEP") != "1":
             down = timed("vagrant-lab-down (destroy, networks, volume)",
