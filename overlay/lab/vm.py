@@ -87,7 +87,11 @@ def agent_settings(name: str, etcd: str, underlay_interface: str,
         "host": name, "underlay_interface": underlay_interface,
         "etcd_endpoints": [e.strip() for e in etcd.split(",") if e.strip()],
         "ovsdb": f"unix:{OVS_RUNDIR}/db.sock", "ovs_rundir": OVS_RUNDIR,
-        "socket": AGENT_SOCKET, "datapath": "system"}
+        "socket": AGENT_SOCKET, "datapath": "system",
+        # The host record's lease outlives an agent restart: while a host's record is gone, the
+        # other agents drop their flows towards its VTEP, and a restart under qemu TCG (Python
+        # start-up alone) took 15-18 s, longer than the default 10 s (see docs/vagrant-lab.md).
+        "lease_ttl": 30}
     if underlay_ip:
         values["underlay_ip"] = underlay_ip
     return values
