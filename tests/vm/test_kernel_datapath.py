@@ -136,6 +136,17 @@ def test_vnis_with_overlapping_subnets_stay_apart(lab: VagrantLab) -> None:
     assert ping(lab.node2, "c2", shared) == (3, 3)
 
 
+def test_every_container_keeps_the_mac_the_agent_chose(lab: VagrantLab) -> None:
+    # 0a:58 + the IPv4 address (overlay.cni.service.mac_for). systemd-udevd, which real hosts
+    # run and the netns lab does not, once replaced it on new veths (see overlay/netlink/veth.py).
+    records = json.loads(lab.node1.sh("/usr/local/bin/overlayctl --etcd http://192.168.56.11:2379 "
+                                      "--json endpoints").stdout)
+    assert len(records) >= 2
+    for rec in records:
+        ip = rec["ips"][0].split("/")[0]
+        assert rec["mac"] == "0a:58:" + ":".join(f"{int(b):02x}" for b in ip.split(".")), rec
+
+
 def agent_started_at(vm: Vm) -> float:
     """When systemd last started the agent (monotonic seconds in the VM)."""
     return int(vm.sh("systemctl show -p ExecMainStartTimestampMonotonic --value overlay-agent")
