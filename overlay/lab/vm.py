@@ -37,7 +37,7 @@ from typing import Any
 from overlay import install as installer
 from overlay.agent import config as agent_config
 from overlay.cli import overlayctl
-from overlay.cni.errors import CniError
+from overlay.cni.errors import CniError, Code
 from overlay.lab import containers as ctr
 from overlay.lab import host as steps
 from overlay.lab.shell import add_netns, del_netns, netns_exists, run
@@ -219,6 +219,20 @@ def start_agent_unit(timeout: float) -> None:
         raise RuntimeError(f"{err} (it serves once etcd answers)\n{journal_tail(AGENT_UNIT)}") from None
 
 
+def create_network_when_etcd_answers(args: argparse.Namespace, deadline: float) -> None:
+    # Under `vagrant up`'s parallel provisioning etcd may be busy (or on a TCG VM, slower than
+    # overlayctl's timeout) while node1 provisions itself: "try again later" is retried.
+    while True:
+        try:
+            overlayctl.create_network(args.etcd, args.network, args.vni, args.subnet)
+            return
+        except CniError as err:
+            if err.code != Code.TRY_AGAIN_LATER or time.monotonic() > deadline:
+                raise
+            print(f"waiting for etcd at {args.etcd}: {err}", file=sys.stderr)
+            time.sleep(2)
+
+
 def cmd_host(args: argparse.Namespace) -> int:
     name = args.name or socket.gethostname()
     retire_packaged_etcd()
@@ -234,7 +248,7 @@ def cmd_host(args: argparse.Namespace) -> int:
     cfg = agent_config.load(["--config", AGENT_CONFIG])
     start_agent_unit(args.timeout)
 
-    overlayctl.create_network(args.etcd, args.network, args.vni, args.subnet)
+    create_network_when_etcd_answers(args, time.monotonic() + args.timeout)
     os.makedirs(CNI_CONF_DIR, exist_ok=True)
     conflist = os.path.join(CNI_CONF_DIR, ctr.conflist_name(args.network))
     steps.write_cni_config(conflist, network=args.network, vni=args.vni, subnet=args.subnet,
