@@ -31,8 +31,8 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from overlay import install as installer
 from overlay.agent import config as agent_config
@@ -219,18 +219,25 @@ def start_agent_unit(timeout: float) -> None:
         raise RuntimeError(f"{err} (it serves once etcd answers)\n{journal_tail(AGENT_UNIT)}") from None
 
 
-def create_network_when_etcd_answers(args: argparse.Namespace, deadline: float) -> None:
+T = TypeVar("T")
+
+
+def when_etcd_answers(call: Callable[[], T], etcd: str, deadline: float) -> T:
     # Under `vagrant up`'s parallel provisioning etcd may be busy (or on a TCG VM, slower than
     # overlayctl's timeout) while node1 provisions itself: "try again later" is retried.
     while True:
         try:
-            overlayctl.create_network(args.etcd, args.network, args.vni, args.subnet)
-            return
+            return call()
         except CniError as err:
             if err.code != Code.TRY_AGAIN_LATER or time.monotonic() > deadline:
                 raise
-            print(f"waiting for etcd at {args.etcd}: {err}", file=sys.stderr)
+            print(f"waiting for etcd at {etcd}: {err}", file=sys.stderr)
             time.sleep(2)
+
+
+def create_network_when_etcd_answers(args: argparse.Namespace, deadline: float) -> None:
+    when_etcd_answers(lambda: overlayctl.create_network(args.etcd, args.network, args.vni,
+                                                        args.subnet), args.etcd, deadline)
 
 
 def cmd_host(args: argparse.Namespace) -> int:
@@ -302,7 +309,8 @@ def resolve(target: str, etcd: str, timeout: float) -> tuple[str, str]:
         pass
     deadline = time.monotonic() + timeout
     # It may be attached on a VM that is still being provisioned.
-    while (rec := find_endpoint(overlayctl.endpoints(etcd), target)) is None:
+    while (rec := find_endpoint(when_etcd_answers(lambda: overlayctl.endpoints(etcd), etcd,
+                                                  deadline), target)) is None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"no container {target} recorded in etcd at {etcd}")
         time.sleep(1)
