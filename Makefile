@@ -5,7 +5,8 @@ HOSTS  ?= 2
 LABDIR ?= /run/overlay-lab
 export OVERLAY_LAB_DIR := $(LABDIR)
 
-.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean bench bench-scale
+.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean bench \
+        bench-scale box vagrant-lab vagrant-lab-down test-vm
 
 deps:
 	@VENV=$(abspath $(VENV)) WITH_TEST_DEPS=1 scripts/install-deps.sh
@@ -30,6 +31,32 @@ test-integration: deps
 
 test-e2e: deps
 	$(PY) -m pytest tests/e2e
+
+## The Vagrant lab (root, libvirt). OVERLAY_BOX=debian/bookworm64 uses the public box instead of
+## the one `make box` builds offline from Debian packages (cached in BOX_CACHE).
+BOX_CACHE   ?= /var/cache/overlay/box
+OVERLAY_BOX ?= overlay/bookworm
+export OVERLAY_BOX
+export VAGRANT_CHECKPOINT_DISABLE := 1
+export VAGRANT_BOX_UPDATE_CHECK_DISABLE := 1
+
+box:
+	vagrant/box/build.sh $(BOX_CACHE)
+
+## make vagrant-lab: libvirtd started if needed, KVM if it runs guests else TCG, both VMs up,
+## provisioning ends with c2 on node2 pinging c1 on node1 over VXLAN VNI 42.
+vagrant-lab:
+	@if [ "$(OVERLAY_BOX)" = overlay/bookworm ]; then vagrant/box/build.sh $(BOX_CACHE) >/dev/null; fi
+	driver=$$(vagrant/libvirt-up.sh) && echo "libvirt domain type: $$driver" && \
+	  cd vagrant && OVERLAY_LIBVIRT_DRIVER=$$driver vagrant up --provider=libvirt
+
+## make vagrant-lab-down: no domain, network, volume or daemon of ours left behind.
+vagrant-lab-down:
+	vagrant/vagrant-lab-down.sh
+
+## make test-vm: the VM tier (tests/vm): vagrant up once, kernel-datapath checks, destroy.
+test-vm: deps
+	OVERLAY_VM_TESTS=1 $(PY) -m pytest tests/vm
 
 ## make bench: CNI ADD/DEL latency, ours vs bridge+host-local through libcni (root; < 3 min),
 ## then the control plane at scale (SCALE_SIZES remote endpoints; bench/scale.py)

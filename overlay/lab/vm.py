@@ -8,9 +8,11 @@ overlay.lab.containers), so what the netns lab tests is what the VMs run.
 
     etcd --listen IP [--name N]        overlay-etcd.service, clients on IP:2379 and 127.0.0.1:2379
     host --etcd URL (--underlay-ip IP | --underlay-interface IF) [--name N]
-                                       system OVS, /etc/overlay/agent.toml, overlay-agent.service,
+                                       system OVS, `python -m overlay.install` (the shipped
+                                       overlay-agent.service, the plugin in /opt/cni/bin),
+                                       /etc/overlay/agent.toml for this lab, the agent started,
                                        network my-net (VNI 42, 10.0.0.0/24) recorded in etcd,
-                                       its conflist in /etc/cni/net.d, the plugin in /opt/cni/bin
+                                       its conflist in /etc/cni/net.d
     container NAME                     namespace NAME attached to my-net through CNI ADD
     ping NAME TARGET                   from container NAME to an IP or to another container
                                        (looked up in etcd); exit status 0 if replies came back
@@ -29,12 +31,13 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from overlay import install as installer
 from overlay.agent import config as agent_config
 from overlay.cli import overlayctl
-from overlay.errors import CniError
+from overlay.errors import CniError, Code
 from overlay.lab import containers as ctr
 from overlay.lab import host as steps
 from overlay.lab.shell import add_netns, del_netns, netns_exists, run
@@ -77,12 +80,6 @@ def etcd_unit(command: Sequence[str]) -> str:
                         conflicts=[PACKAGED_ETCD_UNIT], notify=True)
 
 
-def agent_unit(agent: str, config: str) -> str:
-    # No ordering on etcd: the agent keeps retrying to register until etcd answers.
-    return systemd_unit("overlay agent (CNI over gRPC, OVS and VXLAN)", [agent, "--config", config],
-                        after=["network-online.target", OVS_UNIT])
-
-
 def agent_settings(name: str, etcd: str, underlay_interface: str,
                    underlay_ip: str = "") -> dict[str, Any]:
     """The agent's configuration on a VM: the system's OVS, and the kernel datapath."""
@@ -90,7 +87,11 @@ def agent_settings(name: str, etcd: str, underlay_interface: str,
         "host": name, "underlay_interface": underlay_interface,
         "etcd_endpoints": [e.strip() for e in etcd.split(",") if e.strip()],
         "ovsdb": f"unix:{OVS_RUNDIR}/db.sock", "ovs_rundir": OVS_RUNDIR,
-        "socket": AGENT_SOCKET, "datapath": "system"}
+        "socket": AGENT_SOCKET, "datapath": "system",
+        # The host record's lease outlives an agent restart: while a host's record is gone, the
+        # other agents drop their flows towards its VTEP, and a restart under qemu TCG (Python
+        # start-up alone) took 15-18 s, longer than the default 10 s (see docs/vagrant-lab.md).
+        "lease_ttl": 30}
     if underlay_ip:
         values["underlay_ip"] = underlay_ip
     return values
@@ -129,7 +130,15 @@ def find_endpoint(records: Sequence[dict[str, Any]], container: str) -> dict[str
 
 
 def systemctl(*args: str, check: bool = True) -> int:
-    return run(["systemctl", *args], check=check, timeout=120).returncode
+    # Generous: under TCG emulation on a loaded machine one daemon-reload took 30 s.
+    return run(["systemctl", *args], check=check, timeout=600).returncode
+
+
+def unit_state(unit: str) -> tuple[str, str]:
+    """(is-enabled, is-active), e.g. ("disabled", "inactive"); both are read-only queries."""
+    enabled = run(["systemctl", "is-enabled", unit], check=False, timeout=600).stdout.strip()
+    active = run(["systemctl", "is-active", unit], check=False, timeout=600).stdout.strip()
+    return enabled, active
 
 
 def install_unit(name: str, text: str) -> bool:
@@ -145,6 +154,14 @@ def install_unit(name: str, text: str) -> bool:
     return True
 
 
+def enable(unit: str) -> None:
+    """Enable at boot only if not yet: `systemctl enable` reloads systemd every time (and runs
+    update-rc.d for units with a SysV script), which cost minutes per call under TCG. The unit
+    files themselves are loaded by the daemon-reload that install_unit/overlay.install run."""
+    if unit_state(unit)[0] != "enabled":
+        systemctl("enable", "--no-reload", unit)
+
+
 def journal_tail(unit: str, lines: int = 30) -> str:
     return run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager"], check=False).stdout
 
@@ -152,7 +169,11 @@ def journal_tail(unit: str, lines: int = 30) -> str:
 def retire_packaged_etcd() -> None:
     # It listens on 127.0.0.1:2379: on the etcd VM it would hold overlay-etcd's port, elsewhere
     # it would answer `overlayctl` (whose default is 127.0.0.1) with an empty store.
-    systemctl("disable", "--now", PACKAGED_ETCD_UNIT, check=False)
+    # Skipped when already done (the overlay box ships it disabled): `disable` on a unit with a
+    # SysV script runs update-rc.d and two daemon-reloads, minutes under TCG.
+    enabled, active = unit_state(PACKAGED_ETCD_UNIT)
+    if enabled not in ("disabled", "masked", "") or active not in ("inactive", "unknown"):
+        systemctl("disable", "--now", PACKAGED_ETCD_UNIT, check=False)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -164,12 +185,12 @@ def cmd_etcd(args: argparse.Namespace) -> int:
     retire_packaged_etcd()
     os.makedirs(ETCD_DATA_DIR, mode=0o700, exist_ok=True)  # etcd warns about anything wider
     changed = install_unit(ETCD_UNIT, etcd_unit(command))
-    systemctl("enable", ETCD_UNIT)
+    enable(ETCD_UNIT)
     systemctl("restart" if changed else "start", ETCD_UNIT)
     url = f"http://{args.listen}:{steps.ETCD_PORT}"
     try:
         steps.wait_for(lambda: run(["etcdctl", "--endpoints", url, "endpoint", "health"],
-                                   check=False).returncode == 0, f"etcd at {url}", timeout=60)
+                                   check=False).returncode == 0, f"etcd at {url}", timeout=300)
     except RuntimeError as err:
         raise RuntimeError(f"{err}\n{journal_tail(ETCD_UNIT)}") from None
     print(f"etcd: {ETCD_UNIT} serving {url} and http://127.0.0.1:{steps.ETCD_PORT}")
@@ -178,17 +199,19 @@ def cmd_etcd(args: argparse.Namespace) -> int:
 
 def start_system_ovs() -> None:
     run(["modprobe", "openvswitch"])  # the kernel datapath; fail here rather than in the agent
-    systemctl("enable", "--now", OVS_UNIT)
+    enable(OVS_UNIT)
+    systemctl("start", OVS_UNIT)
     steps.wait_for(lambda: os.path.exists(f"{OVS_RUNDIR}/db.sock"), "ovsdb-server socket")
 
 
 def start_agent_unit(timeout: float) -> None:
-    install_unit(AGENT_UNIT, agent_unit(os.path.join(steps.scripts_dir(), "overlay-agent"), AGENT_CONFIG))
+    # The unit is the shipped one (packaging/), put in place by install() in cmd_host.
     # Restarted whether or not the unit changed: the configuration may have.
     systemctl("stop", AGENT_UNIT, check=False)
     if os.path.exists(AGENT_SOCKET):  # so that its appearance means the new agent is serving
         os.unlink(AGENT_SOCKET)
-    systemctl("enable", "--now", AGENT_UNIT)
+    enable(AGENT_UNIT)
+    systemctl("start", AGENT_UNIT)
     try:
         steps.wait_for(lambda: os.path.exists(AGENT_SOCKET), f"overlay-agent socket {AGENT_SOCKET}",
                        timeout=timeout)
@@ -196,10 +219,34 @@ def start_agent_unit(timeout: float) -> None:
         raise RuntimeError(f"{err} (it serves once etcd answers)\n{journal_tail(AGENT_UNIT)}") from None
 
 
+T = TypeVar("T")
+
+
+def when_etcd_answers(call: Callable[[], T], etcd: str, deadline: float) -> T:
+    # Under `vagrant up`'s parallel provisioning etcd may be busy (or on a TCG VM, slower than
+    # overlayctl's timeout) while node1 provisions itself: "try again later" is retried.
+    while True:
+        try:
+            return call()
+        except CniError as err:
+            if err.code != Code.TRY_AGAIN_LATER or time.monotonic() > deadline:
+                raise
+            print(f"waiting for etcd at {etcd}: {err}", file=sys.stderr)
+            time.sleep(2)
+
+
+def create_network_when_etcd_answers(args: argparse.Namespace, deadline: float) -> None:
+    when_etcd_answers(lambda: overlayctl.create_network(args.etcd, args.network, args.vni,
+                                                        args.subnet), args.etcd, deadline)
+
+
 def cmd_host(args: argparse.Namespace) -> int:
     name = args.name or socket.gethostname()
     retire_packaged_etcd()
     start_system_ovs()
+    # What an operator runs on a real host: the plugin, the unit, an example config (replaced
+    # by this lab's own just below).
+    report = installer.install("/")
     interface = args.underlay_interface or interface_with_address(
         run(["ip", "-o", "-4", "addr", "show"]).stdout, args.underlay_ip)
     os.makedirs(os.path.dirname(AGENT_CONFIG), exist_ok=True)
@@ -208,17 +255,17 @@ def cmd_host(args: argparse.Namespace) -> int:
     cfg = agent_config.load(["--config", AGENT_CONFIG])
     start_agent_unit(args.timeout)
 
-    overlayctl.create_network(args.etcd, args.network, args.vni, args.subnet)
+    create_network_when_etcd_answers(args, time.monotonic() + args.timeout)
     os.makedirs(CNI_CONF_DIR, exist_ok=True)
     conflist = os.path.join(CNI_CONF_DIR, ctr.conflist_name(args.network))
     steps.write_cni_config(conflist, network=args.network, vni=args.vni, subnet=args.subnet,
                            bridge=cfg.bridge, agent_socket=cfg.socket)
-    plugin = steps.install_plugin(CNI_BIN)
+    plugin = os.path.join("/", installer.PLUGIN_PATH)
     info = overlayctl.status(cfg.socket)
     print(f"{name}: agent {info['host']} serving on {cfg.socket}, vtep {info['vtep']} "
           f"({interface}), datapath {info['datapath']}, etcd {args.etcd}")
     print(f"{name}: network {args.network} (VNI {args.vni}, {args.subnet}) in {conflist}, "
-          f"plugin {plugin}")
+          f"plugin {plugin}; installed: {', '.join(report.changed) or 'nothing new'}")
     return 0
 
 
@@ -262,7 +309,8 @@ def resolve(target: str, etcd: str, timeout: float) -> tuple[str, str]:
         pass
     deadline = time.monotonic() + timeout
     # It may be attached on a VM that is still being provisioned.
-    while (rec := find_endpoint(overlayctl.endpoints(etcd), target)) is None:
+    while (rec := find_endpoint(when_etcd_answers(lambda: overlayctl.endpoints(etcd), etcd,
+                                                  deadline), target)) is None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"no container {target} recorded in etcd at {etcd}")
         time.sleep(1)

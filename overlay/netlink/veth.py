@@ -80,15 +80,20 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
         if _index(ipr, host) is not None:
             raise CniError(Code.NETLINK_FAILURE, f"host interface {host} already exists",
                            "a previous ADD for this container and interface was not deleted")
+        # The container side gets its MAC at creation, not by a later `set`: a veth born with a
+        # random MAC is fair game for systemd-udevd (MACAddressPolicy=persistent), which on a
+        # real host (seen in the Vagrant VMs) replaced our MAC while we were still configuring
+        # the link; one created with IFLA_ADDRESS counts as set and udev leaves it alone.
+        peer_spec: dict[str, object] = {"ifname": peer, "mtu": mtu}
+        if mac is not None:
+            peer_spec["address"] = mac
         try:
-            ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "mtu": mtu}, mtu=mtu)
+            ipr.link("add", ifname=host, kind="veth", peer=peer_spec, mtu=mtu)
         except NetlinkError as exc:
             raise CniError(Code.NETLINK_FAILURE, f"cannot create veth {host}", str(exc)) from None
         try:
             _quiet_host_side(host)
             disable_tx_checksum(peer)
-            if mac is not None:
-                ipr.link("set", index=_index(ipr, peer), address=mac)
             nsfd = os.open(netns, os.O_RDONLY)
             try:
                 ipr.link("set", index=_index(ipr, peer), net_ns_fd=nsfd)

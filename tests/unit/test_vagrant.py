@@ -163,3 +163,23 @@ def test_every_other_step_is_a_valid_overlay_lab_vm_command(recorded: dict[str, 
     assert pings, "some VM shows the cross-host ping"
     for machine, ping in pings:
         assert where[ping.name] == machine and where[ping.target] != machine, "a cross-host ping"
+
+
+def test_the_vms_networks_are_isolated(recorded: dict[str, Any]) -> None:
+    # libvirt adds no forwarding or NAT to a network without <forward>: the VMs may reach each
+    # other and this machine, nothing beyond it.
+    private = [n for n in recorded["network"] if n["kind"] == "private_network"]
+    assert private
+    for net in private:
+        assert net["libvirt__forward_mode"] == "none", net
+        assert net["libvirt__network_name"] == "overlay-lab", net
+    text = VAGRANTFILE.read_text()
+    assert 'lv.management_network_mode = "none"' in text
+    assert 'lv.management_network_name = "overlay-mgmt"' in text
+
+
+def test_box_and_driver_come_from_the_environment() -> None:
+    text = VAGRANTFILE.read_text()
+    assert 'ENV.fetch("OVERLAY_BOX", "overlay/bookworm")' in text
+    assert 'ENV.fetch("OVERLAY_LIBVIRT_DRIVER", "kvm")' in text
+    assert (VAGRANT_DIR / "box" / "build.sh").is_file()

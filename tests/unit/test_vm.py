@@ -48,15 +48,6 @@ def test_etcd_command_serves_the_address_and_loopback() -> None:
         "--listen-peer-urls", "http://127.0.0.1:2380"]
 
 
-def test_agent_unit_starts_after_ovs_with_the_config() -> None:
-    unit = parse_unit(vm.agent_unit("/opt/overlay/venv/bin/overlay-agent", vm.AGENT_CONFIG))
-    assert shlex.split(unit["Service"]["ExecStart"]) == [
-        "/opt/overlay/venv/bin/overlay-agent", "--config", "/etc/overlay/agent.toml"]
-    assert vm.OVS_UNIT in unit["Unit"]["After"].split()
-    assert vm.OVS_UNIT in unit["Unit"]["Wants"].split()
-    assert "Type" not in unit["Service"] and "Conflicts" not in unit["Unit"]
-
-
 def test_agent_config_is_the_system_ovs_and_kernel_datapath(tmp_path: Path) -> None:
     path = str(tmp_path / "agent.toml")
     steps.write_agent_config(path, **vm.agent_settings(

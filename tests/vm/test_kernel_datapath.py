@@ -1,0 +1,223 @@
+"""OVS's kernel datapath (system@ovs-system, openvswitch.ko) in the Vagrant lab's two VMs.
+
+Every other tier runs the userspace (netdev) datapath, because the machines the suite is
+built on have no openvswitch.ko. These tests run what every real host runs: the cross-host ping
+the provisioning ends with, VXLAN on the wire with the network's VNI, isolation between VNIs
+whose subnets overlap, an agent killed with SIGKILL under traffic (systemd restarts it; the
+kernel keeps forwarding meanwhile), CNI CHECK and DEL, and what the agent does differently
+from netdev (no br-phy, the underlay IP stays on its NIC, MTU and offloads).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from vagrant_lab import VagrantLab, Vm
+
+LAB = "/opt/overlay/venv/bin/python -m overlay.lab.vm"
+CNI = "/opt/overlay/venv/bin/python /vagrant-src/tests/vm/vm_cni.py"
+UNDERLAY = {"node1": "192.168.56.11", "node2": "192.168.56.12"}
+
+
+def address_of(vm: Vm, netns: str) -> str:
+    shown = vm.sh("ip -o -4 addr show dev eth0", check=False) if not netns else \
+        vm.sh(f"ip netns exec {netns} ip -o -4 addr show dev eth0")
+    match = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", shown.stdout)
+    assert match, shown.stdout
+    return match.group(1)
+
+
+def ping(vm: Vm, netns: str, address: str, count: int = 3) -> tuple[int, int]:
+    """(transmitted, received)"""
+    out = vm.sh(f"ip netns exec {netns} ping -c {count} -i 0.2 -W 2 {address}", check=False).stdout
+    match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert match, out
+    return int(match.group(1)), int(match.group(2))
+
+
+def cni(vm: Vm, command: str, name: str, network: str = "my-net") -> tuple[int, str]:
+    out = vm.sh(f"{CNI} {command} {name} --network {network}").stdout
+    code, _, rest = out.partition("\n")
+    return int(code), rest
+
+
+def wait_for_flows(vm: Vm, mac: str, *, present: bool, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (mac in vm.sh("ovs-ofctl -O OpenFlow14 dump-flows br-int").stdout) != present:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{vm.name}: flows for {mac} still {'absent' if present else 'present'} "
+                        f"after {timeout:.0f} s")
+        time.sleep(1)
+
+
+def test_provisioning_ended_with_the_cross_host_ping(lab: VagrantLab) -> None:
+    # overlay.lab.vm ping prints "  c2 (node2) -> c1 10.0.0.x (node1): OK  3 packets ..."
+    line = [ln for ln in lab.up_output.splitlines() if "c2 (node2) -> c1" in ln]
+    assert line and ": OK" in line[-1] and " 0% packet loss" in line[-1], line
+    assert ping(lab.node2, "c2", address_of(lab.node1, "c1")) == (3, 3)
+
+
+def test_agent_chose_the_kernel_datapath(lab: VagrantLab) -> None:
+    for vm in (lab.node1, lab.node2):
+        assert "system@ovs-system" in vm.sh("ovs-appctl dpif/show").stdout
+        assert vm.sh("lsmod").stdout.count("openvswitch") >= 1
+        status = json.loads(vm.sh("/usr/local/bin/overlayctl --json status").stdout)
+        assert status["datapath"] == "system", status
+        assert status["vtep"] == UNDERLAY[vm.name]
+        assert vm.sh("ovs-vsctl get bridge br-int datapath_type").stdout.strip() in ('""', "system")
+
+
+def test_what_differs_from_netdev(lab: VagrantLab) -> None:
+    for vm in (lab.node1, lab.node2):
+        # No br-phy: the kernel routes VXLAN packets out of the NIC; the underlay address stays
+        # on eth1 instead of moving onto an OVS internal port.
+        assert vm.sh("ovs-vsctl br-exists br-phy", check=False).returncode == 2
+        assert UNDERLAY[vm.name] in vm.sh("ip -o -4 addr show dev eth1").stdout
+        assert vm.sh("ovs-vsctl get interface vxlan0 type").stdout.strip() == "vxlan"
+        options = vm.sh("ovs-vsctl get interface vxlan0 options").stdout
+        assert 'remote_ip=flow' in options and 'key=flow' in options, options
+        # The kernel's vxlan_sys_4789 device carries the tunnel (netdev has none).
+        assert vm.sh("ip -o link show vxlan_sys_4789", check=False).returncode == 0
+    # MTU: the underlay's 1500 minus VXLAN over IPv4's 50 bytes.
+    for vm, netns in ((lab.node1, "c1"), (lab.node2, "c2")):
+        assert "mtu 1450" in vm.sh(f"ip netns exec {netns} ip -o link show eth0").stdout
+        # The agent turns TX checksum offload off on every datapath (netdev needs it for TCP);
+        # on the kernel datapath it is harmless, and TCP below proves the path works with it.
+        offload = vm.sh(f"ip netns exec {netns} ethtool -k eth0").stdout
+        assert "tx-checksumming: off" in offload, offload
+    # TCP across the kernel VXLAN, full-size segments included.
+    server = address_of(lab.node1, "c1")
+    lab.node1.sh("ip netns exec c1 iperf3 -s -1 -D -p 5201")
+    time.sleep(1)
+    result = json.loads(lab.node2.sh(f"ip netns exec c2 iperf3 -c {server} -p 5201 -t 3 -J",
+                                     timeout=120).stdout)
+    assert result["end"]["sum_received"]["bytes"] > 1_000_000, result["end"]
+
+
+def test_vxlan_on_the_wire_carries_vni_42(lab: VagrantLab) -> None:
+    capture = lab.node1.popen("timeout 20 tcpdump -l -n -c 2 -i eth1 udp port 4789 2>&1")
+    time.sleep(3)  # tcpdump attaches
+    ping(lab.node2, "c2", address_of(lab.node1, "c1"), count=3)
+    out, _ = capture.communicate(timeout=60)
+    assert "VXLAN" in out and "vni 42" in out, out
+
+
+def test_vnis_with_overlapping_subnets_stay_apart(lab: VagrantLab) -> None:
+    # Network "blue", VNI 43, on the same 10.0.0.0/24 as my-net (VNI 42). The agents restart
+    # with the host step (the netns lab's way of adding a network), which also proves a
+    # restarted agent keeps existing containers working.
+    for vm in (lab.node1, lab.node2):
+        vm.sh(f"{LAB} host --name {vm.name} --underlay-ip {UNDERLAY[vm.name]} "
+              f"--etcd http://192.168.56.11:2379 --network blue --vni 43 --subnet 10.0.0.0/24",
+              timeout=300)
+    # Three blue containers on node1, so the third has an address no my-net container has.
+    for name in ("b1", "b2", "b3"):
+        lab.node1.sh(f"{LAB} container {name} --network blue", timeout=300)
+    lab.node2.sh(f"{LAB} container b4 --network blue", timeout=300)
+    my_net = {address_of(lab.node1, "c1"), address_of(lab.node2, "c2")}
+    blue = {n: address_of(lab.node1, n) for n in ("b1", "b2", "b3")}
+    assert my_net & set(blue.values()), "the subnets overlap: some address is in both networks"
+    only_blue = next(a for a in blue.values() if a not in my_net)
+    assert ping(lab.node2, "b4", only_blue) == (3, 3), "same VNI across hosts"
+    assert ping(lab.node2, "c2", only_blue)[1] == 0, "VNI 42 must not reach VNI 43"
+    # The same address in both networks answers from its own network only: b4 pinging c1's
+    # address reaches the blue container holding it, and c2 still reaches c1.
+    shared = address_of(lab.node1, "c1")
+    twin = next(n for n, a in blue.items() if a == shared) if shared in blue.values() else None
+    if twin is not None:
+        capture = lab.node1.popen(f"timeout 15 ip netns exec {twin} tcpdump -l -n -c 1 icmp 2>&1")
+        time.sleep(3)
+        assert ping(lab.node2, "b4", shared)[1] > 0
+        out, _ = capture.communicate(timeout=40)
+        assert "ICMP echo request" in out, out
+    assert ping(lab.node2, "c2", shared) == (3, 3)
+
+
+def test_every_container_keeps_the_mac_the_agent_chose(lab: VagrantLab) -> None:
+    # 0a:58 + the IPv4 address (overlay.cni.service.mac_for). systemd-udevd, which real hosts
+    # run and the netns lab does not, once replaced it on new veths (see overlay/netlink/veth.py).
+    records = json.loads(lab.node1.sh("/usr/local/bin/overlayctl --etcd http://192.168.56.11:2379 "
+                                      "--json endpoints").stdout)
+    assert len(records) >= 2
+    for rec in records:
+        ip = rec["ips"][0].split("/")[0]
+        assert rec["mac"] == "0a:58:" + ":".join(f"{int(b):02x}" for b in ip.split(".")), rec
+
+
+def agent_started_at(vm: Vm) -> float:
+    """When systemd last started the agent (monotonic seconds in the VM)."""
+    return int(vm.sh("systemctl show -p ExecMainStartTimestampMonotonic --value overlay-agent")
+               .stdout) / 1e6
+
+
+def test_agent_kill_9_under_traffic_loses_nothing(lab: VagrantLab) -> None:
+    target = address_of(lab.node1, "c1")
+    before = {vm.name: vm.sh("systemctl show -p MainPID --value overlay-agent").stdout.strip()
+              for vm in (lab.node1, lab.node2)}
+    # 300 echo requests 0.2 s apart: a minute, long enough for both agents to die, come back
+    # (about 15 s each under TCG) and replace their flow tables while traffic flows. -w: a reply
+    # that is late (the VM busy starting Python) still counts; only a lost one does not.
+    pinger = lab.node2.popen(f"ip netns exec c2 ping -i 0.2 -c 300 -w 120 {target}; "
+                             "cat /proc/uptime")
+    time.sleep(3)
+    for vm in (lab.node2, lab.node1):  # the sender's agent, then the receiver's
+        vm.sh("systemctl kill -s KILL overlay-agent")
+        time.sleep(4)
+    out, _ = pinger.communicate(timeout=300)
+    match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert match, out
+    lost = [n for n in range(1, 301) if f"icmp_seq={n} " not in out]
+    assert match.group(1) == match.group(2) == "300", f"lost icmp_seq {lost}\n{out[-600:]}"
+    ping_end = float(out.split()[-2])  # node2's uptime when ping finished
+    for vm in (lab.node1, lab.node2):
+        # systemd brought it back (Restart=on-failure in the shipped unit), as a new process
+        for _ in range(60):
+            if vm.sh("systemctl is-active overlay-agent", check=False).stdout.strip() == "active" \
+                    and vm.sh("test -S /run/overlay/agent.sock", check=False).returncode == 0:
+                break
+            time.sleep(1)
+        pid = vm.sh("systemctl show -p MainPID --value overlay-agent").stdout.strip()
+        assert pid not in ("0", before[vm.name]), (vm.name, pid)
+        assert int(vm.sh("systemctl show -p NRestarts --value overlay-agent").stdout) >= 1
+    # node2's new agent started, read etcd and replaced its flows while the ping still ran
+    # (the serving line comes after the flow table is in place).
+    served = lab.node2.sh("journalctl -u overlay-agent -o short-monotonic --no-pager "
+                          "| grep 'serving CNI' | tail -1").stdout
+    assert served and float(served.split("]")[0].strip("[ ")) < ping_end, (served, ping_end)
+    assert agent_started_at(lab.node2) < ping_end
+    # and it serves CNI again
+    code, _ = cni(lab.node2, "CHECK", "c2")
+    assert code == 0
+
+
+def test_check_and_del(lab: VagrantLab) -> None:
+    assert cni(lab.node2, "DEL", "k1")[0] == 0, "DEL of a container never added succeeds"
+    ports_before = set(lab.node2.sh("ovs-vsctl list-ports br-int").stdout.split())
+    code, out = cni(lab.node2, "ADD", "k1")
+    assert code == 0, out
+    result = json.loads(out)
+    address = result["ips"][0]["address"].split("/")[0]
+    mac = next(i["mac"] for i in result["interfaces"] if i.get("sandbox"))
+    # node1 learns of k1 through its etcd watch: wait for its flows (seconds under TCG).
+    wait_for_flows(lab.node1, mac, present=True)
+    assert ping(lab.node1, "c1", address) == (3, 3)
+    assert cni(lab.node2, "CHECK", "k1")[0] == 0
+    # CHECK notices what a runtime would care about: the container's interface gone down.
+    lab.node2.sh("ip netns exec k1 ip link set eth0 down")
+    assert cni(lab.node2, "CHECK", "k1")[0] != 0
+    lab.node2.sh("ip netns exec k1 ip link set eth0 up")
+    assert cni(lab.node2, "CHECK", "k1")[0] == 0
+
+    code, out = cni(lab.node2, "DEL", "k1")
+    assert code == 0, out
+    assert set(lab.node2.sh("ovs-vsctl list-ports br-int").stdout.split()) == ports_before
+    assert lab.node2.sh("test -e /var/run/netns/k1", check=False).returncode != 0
+    endpoints = lab.node2.sh("/usr/local/bin/overlayctl --etcd http://192.168.56.11:2379 "
+                             "--json endpoints", check=False).stdout
+    assert address + "/" not in endpoints
+    # The remote host drops the flows for the MAC once the endpoint leaves etcd.
+    wait_for_flows(lab.node1, mac, present=False)
+    assert cni(lab.node2, "DEL", "k1")[0] == 0, "DEL twice succeeds"
