@@ -30,6 +30,7 @@ from overlay.cni.v1 import cni_pb2
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
 from overlay.errors import CniError
+from overlay.gateway.manager import GatewayManager
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import underlay
 from overlay.ovs.liveness import SwitchRestartWatcher
@@ -126,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                           tunnel_ofport=node.tunnel_ofport, held=True, generation=generation,
                           on_bundle=metrics.flow_bundle)
     dataplane.load_local(restored)
+    # Gateways of networks with local endpoints come back (flows held with the rest); those
+    # whose last container went while no agent ran are removed.
+    gateways = GatewayManager(ovs=ovs, dataplane=dataplane, bridge=cfg.bridge)
+    gateways.restore(dataplane.local_vnis())
     log.info("flow generation %d; found %d local endpoints in OVSDB; flows untouched until etcd "
              "is read", generation, len(restored))
 
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     service = svc.CniService(
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
-        networks=networks)
+        networks=networks, gateways=gateways)
     observe.watch_agent(metrics, readiness, dataplane=dataplane, ofctl=Ofctl(rundir=cfg.rundir),
                         ovs=ovs, store=store, bridge=cfg.bridge, generation=generation,
                         etcd_synced=lambda: hosts.wait_synced(0) and networks.wait_synced(0))
@@ -185,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         again = prepare(cfg, ovs, known=node)  # netdev: br-phy's address is back
         dataplane.set_tunnel_ofport(again.tunnel_ofport)
         dataplane.reload_local(local_endpoints(ovs, cfg.bridge))
+        gateways.restore(dataplane.local_vnis())  # the ports' addresses and routes are gone
         prime(reconciler.vteps)
         metrics.ovs_restart()
     switch_watch = SwitchRestartWatcher(rundir=cfg.rundir, bridge=cfg.bridge,

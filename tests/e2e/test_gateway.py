@@ -1,0 +1,176 @@
+"""The distributed gateway, through the real plugin: containers reach the underlay with their
+host's address, same-network traffic is neither NATed nor routed through the gateway, two
+networks with one subnet stay apart and both get egress, and the last DEL on a host takes
+every gateway artifact with it.
+
+The "outside world" is a TCP echo server in the lab's underlay namespace (172.31.0.254): it
+answers each line with the peer address it saw and the line, so a test learns both whether
+the connection worked and which source address arrived.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from overlay.lab import containers as ctr
+from overlay.lab.shell import in_netns, run
+from overlay.lab.topology import Lab, LabHost
+
+SERVER_IP, PORT = "172.31.0.254", 7777
+GATEWAY_MAC = "0e:6f:76:00:00:2a"  # VNI 42
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(64)
+def serve(conn, peer):
+    with conn, conn.makefile("rw") as f:
+        for line in f:
+            f.write(f"{peer[0]} {line.strip()}\n"); f.flush()
+while True:
+    conn, peer = srv.accept()
+    threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+"""
+
+CLIENT = r"""
+import socket, sys
+s = socket.socket(); s.settimeout(5)
+if len(sys.argv) > 4:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("", int(sys.argv[4])))
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(sys.argv[3].encode() + b"\n")
+print(s.makefile().readline().strip())
+"""
+
+
+def echo_server(netns: str, ip: str, port: int = PORT) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(in_netns(netns, [sys.executable, "-c", ECHO_SERVER, ip, str(port)]))
+    time.sleep(0.5)
+    return proc
+
+
+def ask(netns: str, ip: str, token: str, port: int = PORT, src_port: int | None = None) -> str:
+    """Connect from `netns`, send a token; returns '<source address seen> <token>'."""
+    args = [sys.executable, "-c", CLIENT, ip, str(port), token]
+    if src_port is not None:
+        args.append(str(src_port))
+    proc = run(args, netns=netns, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def iptables_tagged(h: LabHost) -> list[str]:
+    out = []
+    for table in ("raw", "mangle", "filter", "nat"):
+        out += [f"{table} {line}" for line in run(["iptables", "-w", "-t", table, "-S"],
+                                                  netns=h.netns).stdout.splitlines()
+                if "overlay-gw:" in line]
+    return out
+
+
+def gateway_artifacts(h: LabHost) -> dict[str, object]:
+    """Everything a gateway adds to a host, outside OVS flows."""
+    links = run(["ip", "-o", "link", "show"], netns=h.netns).stdout
+    rules = run(["ip", "rule", "show"], netns=h.netns).stdout
+    routes = run(["ip", "route", "show", "table", "all"], netns=h.netns).stdout
+    return {"links": [ln.split(":")[1].strip() for ln in links.splitlines() if ": ovg" in ln],
+            "rules": [ln for ln in rules.splitlines() if "fwmark" in ln],
+            "routes": [ln for ln in routes.splitlines() if "ovg" in ln],
+            "iptables": iptables_tagged(h)}
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: Callable[..., Lab]) -> Lab:
+    lab = lab_factory(hosts=2)
+    for name, host in (("c0", "host0"), ("c1", "host1")):
+        out = ctr.add_container(lab, name, host)
+        assert out.returncode == 0, out.stdout
+    ctr.wait_converged(lab)
+    return lab
+
+
+@pytest.fixture(scope="module")
+def server(lab: Lab) -> Iterator[None]:
+    proc = echo_server(lab.underlay_ns, SERVER_IP)
+    yield
+    proc.terminate()
+    proc.wait()
+
+
+def vtep(lab: Lab, host: str) -> str:
+    return lab.host(host).vtep
+
+
+def test_result_reports_gateway_and_default_route(lab: Lab) -> None:
+    c0 = lab.containers["c0"]
+    # The gateway is the subnet's first address and never handed out.
+    assert c0["ip"] != "10.0.0.1"
+    routes = run(["ip", "route"], netns=c0["netns"]).stdout
+    assert "default via 10.0.0.1 dev eth0" in routes, routes
+
+
+def test_container_reaches_underlay_with_its_hosts_address(lab: Lab, server: None) -> None:
+    assert ask(lab.containers["c0"]["netns"], SERVER_IP, "from-c0") == \
+        f"{vtep(lab, 'host0')} from-c0"
+    # The gateway answered ARP with the one gateway MAC every host uses.
+    neigh = run(["ip", "neigh", "show", "10.0.0.1"], netns=lab.containers["c0"]["netns"]).stdout
+    assert GATEWAY_MAC in neigh, neigh
+
+
+def test_container_on_host1_leaves_through_host1(lab: Lab, server: None) -> None:
+    assert ask(lab.containers["c1"]["netns"], SERVER_IP, "from-c1") == \
+        f"{vtep(lab, 'host1')} from-c1"
+    neigh = run(["ip", "neigh", "show", "10.0.0.1"], netns=lab.containers["c1"]["netns"]).stdout
+    assert GATEWAY_MAC in neigh, neigh
+
+
+def test_same_network_traffic_is_not_nated(lab: Lab) -> None:
+    c0, c1 = lab.containers["c0"], lab.containers["c1"]
+    proc = echo_server(c1["netns"], c1["ip"], 7000)
+    try:
+        assert ask(c0["netns"], c1["ip"], "east-west", 7000) == f"{c0['ip']} east-west"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_the_host_reaches_its_local_container(lab: Lab) -> None:
+    c0 = lab.containers["c0"]
+    out = run(["ping", "-c", "2", "-i", "0.2", "-W", "1", c0["ip"]], netns=lab.host("host0").netns,
+              check=False)
+    assert out.returncode == 0, out.stdout
+
+
+def test_path_mtu_through_the_gateway(lab: Lab, server: None) -> None:
+    c0 = lab.containers["c0"]
+    mtu = int(run(["cat", "/sys/class/net/eth0/mtu"], netns=c0["netns"]).stdout)
+    # A full-size unfragmentable packet crosses the gateway; one byte more is refused locally.
+    ok = run(["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 28), SERVER_IP],
+             netns=c0["netns"], check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    too_big = run(["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 27), SERVER_IP],
+                  netns=c0["netns"], check=False)
+    assert too_big.returncode != 0
+
+
+def test_check_and_doctor_see_the_gateway(lab: Lab) -> None:
+    h0 = lab.host("host0")
+    c0 = lab.containers["c0"]
+    conf = ctr.plugin_netconf(ctr.read_conflist(h0, "my-net"))
+    check = ctr.cni_exec(lab.cni_bin, "CHECK", container_id=c0["container_id"],
+                         netns=f"/var/run/netns/{c0['netns']}", ifname="eth0", netconf=conf)
+    assert check.returncode == 0, check.stdout
+    # Someone deletes the masquerade rule: CHECK says so.
+    nat = [ln for ln in iptables_tagged(h0) if ln.startswith("nat ")]
+    assert len(nat) == 1, nat
+    run(["iptables", "-w", "-t", "nat", "-D", *shlex.split(nat[0])[2:]], netns=h0.netns)
+    check = ctr.cni_exec(lab.cni_bin, "CHECK", container_id=c0["container_id"],
+                         netns=f"/var/run/netns/{c0['netns']}", ifname="eth0", netconf=conf)
+    assert check.returncode != 0 and check.json()["code"] == 106, check.stdout
+    assert "MASQUERADE" in check.json()["msg"], check.stdout
