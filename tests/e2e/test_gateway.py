@@ -10,15 +10,22 @@ the connection worked and which source address arrived.
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from overlay.lab import containers as ctr
+from overlay.lab import host as steps
 from overlay.lab.shell import in_netns, run
 from overlay.lab.topology import Lab, LabHost
 
@@ -174,3 +181,116 @@ def test_check_and_doctor_see_the_gateway(lab: Lab) -> None:
                          netns=f"/var/run/netns/{c0['netns']}", ifname="eth0", netconf=conf)
     assert check.returncode != 0 and check.json()["code"] == 106, check.stdout
     assert "MASQUERADE" in check.json()["msg"], check.stdout
+
+
+def doctor(lab: Lab, h: LabHost) -> subprocess.CompletedProcess[str]:
+    return run([os.path.join(steps.scripts_dir(), "overlayctl"), "--etcd",
+                "http://127.0.0.1:2379", "doctor", "--socket", h.socket],
+               netns=lab.underlay_ns, check=False)
+
+
+def test_doctor_is_content_with_a_whole_gateway_and_names_a_broken_one(lab: Lab) -> None:
+    h0 = lab.host("host0")
+    # The CHECK test above removed the masquerade rule; a new ADD in the network repairs it.
+    out = ctr.add_container(lab, "c2", "host0")
+    assert out.returncode == 0, out.stdout
+    assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
+    run(["ip", "rule", "del", "priority", "100"], netns=h0.netns)
+    broken = doctor(lab, h0)
+    assert broken.returncode != 0 and "fwmark" in broken.stdout, broken.stdout
+    assert ctr.del_container(lab, "c2").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def overlapping(lab: Lab) -> Lab:
+    """other-net has my-net's subnet (VNI 43); far-net another one (VNI 44); all on host0."""
+    ctr.define_network(lab, "other-net", 43, "10.0.0.0/24")
+    ctr.define_network(lab, "far-net", 44, "10.9.0.0/24")
+    # c2 re-creates my-net's gateway whole (the doctor test broke its rule).
+    for name, network in (("c2", "my-net"), ("o0", "other-net"), ("f0", "far-net")):
+        out = ctr.add_container(lab, name, "host0", network)
+        assert out.returncode == 0, out.stdout
+    return lab
+
+
+def test_overlapping_networks_both_get_egress_and_stay_apart(overlapping: Lab,
+                                                             server: None) -> None:
+    lab = overlapping
+    c0, o0 = lab.containers["c0"], lab.containers["o0"]
+    assert c0["ip"] == o0["ip"]  # same subnet, same first free address
+    host0 = vtep(lab, "host0")
+    # The same address and the same source port, to the same server, at the same time: only
+    # per-network conntrack zones keep these two connections apart, and only the per-network
+    # return marks bring each reply back to its own network.
+    results: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda n=name: results.__setitem__(
+        n, ask(lab.containers[n]["netns"], SERVER_IP, f"token-{n}", src_port=40001)))
+        for name in ("c0", "o0")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"c0": f"{host0} token-c0", "o0": f"{host0} token-o0"}
+    # No network reaches another through the host: far-net's f0 cannot reach c0 via its
+    # gateway, although the host itself routes to 10.0.0.0/24.
+    blocked = run(["ping", "-c", "2", "-i", "0.2", "-W", "1", c0["ip"]],
+                  netns=lab.containers["f0"]["netns"], check=False)
+    assert blocked.returncode != 0, blocked.stdout
+    # The host reaches my-net (the first on the host), and says why not other-net.
+    with open(lab.host("host0").agent_log) as fh:
+        assert "overlaps the subnet of ovg42" in fh.read()
+
+
+def test_agent_restart_under_egress_traffic(overlapping: Lab) -> None:
+    lab = overlapping
+    h0, c0 = lab.host("host0"), lab.containers["c0"]
+    before = gateway_artifacts(h0)
+    iperf = subprocess.Popen(in_netns(lab.underlay_ns, ["iperf3", "-s", "-1", "-p", "5399"]),
+                             stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    ping = subprocess.Popen(in_netns(c0["netns"], ["ping", "-D", "-i", "0.02", "-W", "1",
+                                                   "-c", "400", SERVER_IP]),
+                            stdout=subprocess.PIPE, text=True)
+    tcp = subprocess.Popen(in_netns(c0["netns"], ["iperf3", "-c", SERVER_IP, "-p", "5399",
+                                                  "-t", "8", "-b", "10M", "-J"]),
+                           stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    with open(h0.agent_pidfile) as fh:
+        os.kill(int(fh.read()), signal.SIGKILL)
+    time.sleep(0.5)
+    lab.start_agent(h0)
+    ping_out, _ = ping.communicate(timeout=60)
+    tcp_out, _ = tcp.communicate(timeout=60)
+    iperf.wait(timeout=30)
+    stamps = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", ping_out, re.M)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    # The first second is left out of the bound: the fault comes at 2 s, and on two cores the
+    # start of iperf3 and of the userspace datapath's flows has delayed a reply by 150 ms.
+    settled = [b - a for a, b in itertools.pairwise(stamps) if a >= stamps[0] + 1.0]
+    print(f"\n  egress pings received {len(stamps)}/400, longest gap {max(gaps) * 1000:.0f} ms, "
+          f"after the first second {max(settled) * 1000:.0f} ms")
+    # The bound of tests/e2e/test_faults.py: no gap of 150 ms (7 pings in a row).
+    assert len(stamps) >= 396 and max(settled) < 0.150
+    report = json.loads(tcp_out)
+    assert "error" not in report and report["end"]["sum_received"]["bytes"] > 0
+    # The restarted agent found the gateway whole: nothing added twice, nothing lost.
+    assert gateway_artifacts(h0) == before
+    assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
+
+
+def test_del_of_the_last_container_removes_every_gateway_artifact(overlapping: Lab) -> None:
+    lab = overlapping
+    h0, h1 = lab.host("host0"), lab.host("host1")
+    assert gateway_artifacts(h1)["links"] == ["ovg42"]
+    assert ctr.del_container(lab, "c1").returncode == 0
+    assert gateway_artifacts(h1) == {"links": [], "rules": [], "routes": [], "iptables": []}
+    flows = run(["ovs-ofctl", "dump-flows", "br-int"],
+                env={"OVS_RUNDIR": h1.ovs_dir}).stdout
+    assert "0e:6f:76" not in flows
+    ports = run(["ovs-vsctl", f"--db=unix:{h1.ovs_dir}/db.sock", "list-ports", "br-int"]).stdout
+    assert "ovg" not in ports
+    # On host0, other-net's gateway goes with o0; my-net's and far-net's stay.
+    assert ctr.del_container(lab, "o0").returncode == 0
+    assert gateway_artifacts(h0)["links"] == ["ovg42", "ovg44"]
+    assert not [r for r in gateway_artifacts(h0)["iptables"] if "overlay-gw:43" in str(r)]
+    assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
