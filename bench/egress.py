@@ -96,15 +96,15 @@ def main() -> int:
         time.sleep(0.5)
         s = args.seconds
         egress = iperf(c0["netns"], lab.underlay_ns, SERVER, s, 5301)
-        host = iperf(h0.netns, lab.underlay_ns, SERVER, s, 5302)
+        from_host = iperf(h0.netns, lab.underlay_ns, SERVER, s, 5302)
         east_west = iperf(c0["netns"], c1["netns"], c1["ip"], s, 5303)
         gw_p50, gw_p95 = connect_ms(c0["netns"], args.connects)
         host_p50, host_p95 = connect_ms(h0.netns, args.connects)
         print(f"\nTCP throughput, iperf3 {s} s, one stream:")
         print(f"  container -> underlay via gateway (SNAT): {egress:6.2f} Gbit/s")
-        print(f"  host -> underlay (the host's own stack):  {host:6.2f} Gbit/s")
+        print(f"  host -> underlay (the host's own stack):  {from_host:6.2f} Gbit/s")
         print(f"  container -> container, east-west VXLAN:  {east_west:6.2f} Gbit/s")
-        print(f"  egress / host      = {egress / host:6.1%}")
+        print(f"  egress / host      = {egress / from_host:6.1%}")
         print(f"  egress / east-west = {egress / east_west:6.1%}   (target >= 90%: "
               f"{'met' if egress >= 0.9 * east_west else 'NOT met'})")
         print(f"TCP connect + 1-byte answer, {args.connects} connections:")
