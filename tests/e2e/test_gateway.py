@@ -278,6 +278,28 @@ def test_agent_restart_under_egress_traffic(overlapping: Lab) -> None:
     assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
 
 
+def test_vswitchd_restart_brings_the_gateway_back(overlapping: Lab, server: None) -> None:
+    """ovs-vswitchd owns the gateway ports' interfaces (netdev: taps): they vanish with it,
+    and with them the address and routes; the agent restores them after the restart."""
+    lab = overlapping
+    h0, c0 = lab.host("host0"), lab.containers["c0"]
+    before = gateway_artifacts(h0)
+    steps.stop_pidfile(os.path.join(h0.ovs_dir, "ovs-vswitchd.pid"))
+    steps.start_vswitchd(h0.ovs_dir, h0.netns)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and gateway_artifacts(h0) != before:
+        time.sleep(0.2)
+    assert gateway_artifacts(h0) == before
+    deadline = time.monotonic() + 20
+    answer = ""
+    while time.monotonic() < deadline and not answer:
+        proc = run([sys.executable, "-c", CLIENT, SERVER_IP, str(PORT), "after"],
+                   netns=c0["netns"], check=False)
+        answer = proc.stdout.strip()
+    assert answer == f"{vtep(lab, 'host0')} after"
+    assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
+
+
 def test_del_of_the_last_container_removes_every_gateway_artifact(overlapping: Lab) -> None:
     lab = overlapping
     h0, h1 = lab.host("host0"), lab.host("host1")
