@@ -95,7 +95,11 @@ class GatewayManager:
             # A network with an overlapping subnet may now take over the main-table route.
             for other in self._specs.values():
                 if other.subnet.overlaps(spec.subnet):
-                    kernel.ensure(other)
+                    try:
+                        kernel.ensure(other)
+                    except CniError as err:  # DEL succeeded; the next restore retries
+                        log.warning("gateway %s could not take over %s: %s", other.port,
+                                    other.subnet, err)
 
     def restore(self, users: dict[int, set[str]]) -> None:
         """Bring every gateway recorded in OVSDB back (or remove it if `users`, the local
