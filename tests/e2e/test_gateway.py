@@ -201,6 +201,28 @@ def test_doctor_is_content_with_a_whole_gateway_and_names_a_broken_one(lab: Lab)
     assert ctr.del_container(lab, "c2").returncode == 0
 
 
+def test_dns_comes_back_and_a_contradicting_gateway_leaves_nothing(lab: Lab,
+                                                                 netns: str) -> None:
+    h0 = lab.host("host0")
+    conf = ctr.plugin_netconf(ctr.read_conflist(h0, "my-net"))
+    dns = {"nameservers": ["172.31.0.254"], "domain": "lab.test", "search": ["lab.test"],
+           "options": ["ndots:1"]}
+    added = ctr.cni_exec(lab.cni_bin, "ADD", container_id="dns-1", netns=netns, ifname="eth0",
+                         netconf={**conf, "dns": dns})
+    assert added.returncode == 0, added.stdout
+    assert added.json()["dns"] == dns
+    assert ctr.cni_exec(lab.cni_bin, "DEL", container_id="dns-1", netns=netns, ifname="eth0",
+                        netconf=conf).returncode == 0
+    # c0 uses my-net's gateway with masquerade on this host; ipMasq false contradicts it.
+    before = gateway_artifacts(h0)
+    refused = ctr.cni_exec(lab.cni_bin, "ADD", container_id="nomasq-1", netns=netns,
+                           ifname="eth0", netconf={**conf, "ipMasq": False})
+    assert refused.returncode != 0 and refused.json()["code"] == 105, refused.stdout
+    assert "ipMasq" in refused.json()["msg"]
+    assert gateway_artifacts(h0) == before
+    assert run(["ip", "-o", "link"], netns=os.path.basename(netns)).stdout.count("\n") == 1
+
+
 @pytest.fixture(scope="module")
 def overlapping(lab: Lab) -> Lab:
     """other-net has my-net's subnet (VNI 43); far-net another one (VNI 44); all on host0."""
