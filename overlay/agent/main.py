@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             prime(reconciler.vteps)
             networks.sweep()
             dataplane.verify()  # a count of the switch's rules; the whole table only on drift
+            gateways.repair()   # iptables rules, routes or addresses removed behind our back
         except CniError as err:
             log.warning("periodic flow check failed: %s", err)
         if rounds % JANITOR_EVERY == 0:

@@ -20,6 +20,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import Gateway
 from overlay.errors import CniError, Code
@@ -48,6 +50,12 @@ class GatewayManager:
         with self._lock:
             current = self._specs.get(spec.vni)
             others = self._users.get(spec.vni, set()) - {key}
+            if current == spec and others:
+                # In place already: no subprocess on the ADD path of every later container
+                # (repair() puts back what someone removed behind our back).
+                self._users[spec.vni].add(key)
+                self._vni_of[key] = spec.vni
+                return
             if current is not None and current != spec and others:
                 raise CniError(Code.NETWORK_CONFLICT,
                                f"network {spec.network} has gateway {current.address} "
@@ -124,6 +132,26 @@ class GatewayManager:
                 self._users[spec.vni] = set(keys)
                 for key in keys:
                     self._vni_of[key] = spec.vni
+
+    def repair(self) -> list[str]:
+        """Re-install every gateway that lost a piece (a deleted iptables rule, route or
+        address). Run periodically by the agent; returns the ports repaired."""
+        with self._lock:
+            specs = list(self._specs.values())
+        repaired = []
+        for spec in specs:
+            try:
+                if not (kernel.problems(spec) or nat.missing(spec)):
+                    continue
+                with self._lock:
+                    if self._specs.get(spec.vni) != spec:
+                        continue  # removed or replaced meanwhile
+                    log.warning("gateway %s was incomplete; installing it again", spec.port)
+                    self._install(spec)
+                    repaired.append(spec.port)
+            except (CniError, OSError, NetlinkError) as err:  # next round tries again
+                log.warning("cannot repair gateway %s: %s", spec.port, err)
+        return repaired
 
     # --- reading --------------------------------------------------------------------------
 
