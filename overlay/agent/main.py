@@ -30,6 +30,7 @@ from overlay.cni.v1 import cni_pb2
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
 from overlay.errors import CniError
+from overlay.gateway.manager import GatewayManager
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import underlay
 from overlay.ovs.liveness import SwitchRestartWatcher
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                           on_bundle=metrics.flow_bundle,
                           channel=Channel(rundir=cfg.rundir, bridge=cfg.bridge))
     dataplane.load_local(restored)
+    # Gateways of networks with local endpoints come back (flows held with the rest); those
+    # whose last container went while no agent ran are removed.
+    gateways = GatewayManager(ovs=ovs, dataplane=dataplane, bridge=cfg.bridge)
+    gateways.restore(dataplane.local_vnis())
     log.info("flow generation %d; found %d local endpoints in OVSDB; flows untouched until etcd "
              "is read", generation, len(restored))
 
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     service = svc.CniService(
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
-        networks=networks)
+        networks=networks, gateways=gateways)
     observe.watch_agent(metrics, readiness, dataplane=dataplane, ofctl=Ofctl(rundir=cfg.rundir),
                         ovs=ovs, store=store, bridge=cfg.bridge, generation=generation,
                         etcd_synced=lambda: hosts.wait_synced(0) and networks.wait_synced(0))
@@ -187,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         again = prepare(cfg, ovs, known=node)  # netdev: br-phy's address is back
         dataplane.set_tunnel_ofport(again.tunnel_ofport)
         dataplane.reload_local(local_endpoints(ovs, cfg.bridge))
+        gateways.restore(dataplane.local_vnis())  # the ports' addresses and routes are gone
         prime(reconciler.vteps)
         metrics.ovs_restart()
     switch_watch = SwitchRestartWatcher(rundir=cfg.rundir, bridge=cfg.bridge,
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             prime(reconciler.vteps)
             networks.sweep()
             dataplane.verify()  # a count of the switch's rules; the whole table only on drift
+            gateways.repair()   # iptables rules, routes or addresses removed behind our back
         except CniError as err:
             log.warning("periodic flow check failed: %s", err)
         if rounds % JANITOR_EVERY == 0:

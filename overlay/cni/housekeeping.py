@@ -179,4 +179,7 @@ def doctor(service: CniService) -> list[str]:
     for key in ports:
         if key not in records:
             problems.append(f"{'/'.join(key)}: OVS port {ports[key]} without an endpoint record")
+    # Gateways: each one whole (port, address, routes, rule, iptables, flows), none without
+    # containers, no iptables rule or route rule left by a gateway that is gone.
+    problems += service.gateways.doctor()
     return problems

@@ -69,6 +69,9 @@ class IpamConfig:
     range_sets: tuple[tuple[AddressRange, ...], ...] = ()
     routes: tuple[Route, ...] = ()
     exclude: tuple[Network, ...] = ()
+    # `routes` absent: the container gets a default route via the gateway. Present (even
+    # empty): exactly those routes, as the netconf says otherwise.
+    routes_given: bool = False
 
     @property
     def delegated(self) -> bool:
@@ -88,6 +91,8 @@ class NetConf:
     mtu: int | None = None
     agent_socket: str = DEFAULT_AGENT_SOCKET
     ipam: IpamConfig = IpamConfig(BUILTIN_IPAM)
+    ip_masq: bool = True  # `ipMasq`: egress from the network is SNATed to the host's address
+    dns: dict[str, Any] = field(default_factory=dict)  # returned in the result as given
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     source: bytes = field(default=b"", compare=False, repr=False)  # stdin, for delegation
 
@@ -100,6 +105,17 @@ class NetConf:
     def prev_result(self) -> dict[str, Any] | None:
         prev = self.raw.get("prevResult")
         return prev if isinstance(prev, dict) else None
+
+    @property
+    def gateway(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Network] | None:
+        """The network's distributed gateway and its subnet: the gateway of the first IPv4
+        range set (built-in IPAM only; IPv6 has no gateway, see README "IPv6")."""
+        for rset in self.ipam.range_sets:
+            for rng in rset:
+                if isinstance(rng.gateway, ipaddress.IPv4Address) and \
+                        isinstance(rng.subnet, ipaddress.IPv4Network):
+                    return rng.gateway, rng.subnet
+        return None
 
     def at_least(self, version: str) -> bool:
         return _version_key(self.cni_version) >= _version_key(version)
@@ -237,7 +253,32 @@ def _parse_ipam(obj: Any) -> IpamConfig:
     if not isinstance(exclude_raw, list):
         raise _invalid(f"ipam.exclude must be a list of addresses or CIDRs, got {exclude_raw!r}")
     exclude = tuple(_net(e, "exclude entry") for e in exclude_raw)
-    return IpamConfig(ipam_type, range_sets, _parse_routes(obj.get("routes")), exclude)
+    return IpamConfig(ipam_type, _with_gateway(range_sets), _parse_routes(obj.get("routes")),
+                      exclude, "routes" in obj)
+
+
+def _with_gateway(range_sets: tuple[tuple[AddressRange, ...], ...]
+                  ) -> tuple[tuple[AddressRange, ...], ...]:
+    """One gateway per network: the first IPv4 range set's `gateway`, by default its first
+    subnet's first address (as host-local defaults it), given to every range of that set on
+    the same subnet, so that it is never handed out and every container routes through it.
+    An IPv6 gateway is refused: the gateway and egress are IPv4 only (README "IPv6")."""
+    for rset in range_sets:
+        for rng in rset:
+            if rng.gateway is not None and rng.gateway.version == 6:
+                raise _invalid(f"ipam: gateway {rng.gateway}: the distributed gateway is IPv4 "
+                               "only; leave gateway out of IPv6 ranges")
+    out = list(range_sets)
+    for i, rset in enumerate(range_sets):
+        if rset[0].subnet.version != 4:
+            continue
+        first = rset[0].subnet
+        gateway = next((r.gateway for r in rset if r.gateway is not None and r.subnet == first),
+                       first.network_address + 1)
+        out[i] = tuple(AddressRange(r.subnet, r.start, r.end, gateway)
+                       if r.gateway is None and r.subnet == first else r for r in rset)
+        break
+    return tuple(out)
 
 
 def parse_netconf(data: bytes) -> NetConf:
@@ -280,7 +321,35 @@ def parse_netconf(data: bytes) -> NetConf:
                            "use 0.3.0 or later for several range sets of one family")
     if "prevResult" in obj:
         _check_prev_result(obj["prevResult"])
-    return NetConf(version, name, vni, bridge, mtu, sock, ipam, obj, data)
+    ip_masq = obj.get("ipMasq", True)
+    if not isinstance(ip_masq, bool):
+        raise _invalid(f"ipMasq must be true or false, got {ip_masq!r}")
+    return NetConf(version, name, vni, bridge, mtu, sock, ipam, ip_masq,
+                   _parse_dns(obj.get("dns")), obj, data)
+
+
+def _parse_dns(raw: Any) -> dict[str, Any]:
+    """The spec's DNS object: nameservers, domain, search, options; returned in the result."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _invalid(f"dns must be an object with nameservers, domain, search, options; "
+                       f"got {raw!r}")
+    out: dict[str, Any] = {}
+    for key in ("nameservers", "search", "options"):
+        if key in raw:
+            items = raw[key]
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise _invalid(f"dns.{key} must be a list of strings, got {items!r}")
+            if key == "nameservers":
+                for ns in items:
+                    _ip(ns, "dns nameserver")
+            out[key] = list(items)
+    if "domain" in raw:
+        if not isinstance(raw["domain"], str):
+            raise _invalid(f"dns.domain must be a string, got {raw['domain']!r}")
+        out["domain"] = raw["domain"]
+    return out
 
 
 def _check_prev_result(prev: Any) -> None:

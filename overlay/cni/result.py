@@ -55,9 +55,14 @@ def _legacy(version: str, a: Attachment) -> dict[str, Any]:
 
 
 def build_result(version: str, a: Attachment,
-                 prev_result: dict[str, Any] | None = None) -> dict[str, Any]:
+                 prev_result: dict[str, Any] | None = None,
+                 dns: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`dns` is the netconf's; a prevResult's DNS, if it has one, is kept (the earlier plugin
+    of the chain said it first)."""
     if version in ("0.1.0", "0.2.0"):
-        return _legacy(version, a)
+        legacy = _legacy(version, a)
+        legacy["dns"] = dict(dns or {})
+        return legacy
     base: dict[str, Any] = copy.deepcopy(prev_result) if prev_result else {}
     interfaces = list(base.get("interfaces") or [])
     container_index = len(interfaces) + 1
@@ -77,7 +82,7 @@ def build_result(version: str, a: Attachment,
     routes = list(base.get("routes") or []) + [_route(r) for r in a.routes]
     if routes:
         result["routes"] = routes
-    result["dns"] = base.get("dns") or {}
+    result["dns"] = base.get("dns") or dict(dns or {})
     return result
 
 

@@ -2,7 +2,8 @@
 
 ADD: validate -> record the network (etcd) -> addresses (etcd transactions, or the delegated
 IPAM plugin) -> veth into the netns -> port on br-int (waits for its ofport) -> endpoint record
-(etcd) -> local flows. Each step's undo is registered *before* the step runs (every undo is
+(etcd) -> the network's gateway on this host (overlay/gateway/, the first container of a
+network creates it) -> local flows. Each step's undo is registered *before* the step runs (every undo is
 idempotent), so a step that fails half-way is undone too: a failed ADD leaves no veth, no OVS
 port, no IP allocation and no endpoint record behind.
 
@@ -23,11 +24,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from overlay.cni import requests
-from overlay.cni.netconf import CniEnv, NetConf
+from overlay.cni.netconf import CniEnv, NetConf, Route
 from overlay.cni.result import Attachment, build_result, encode
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
 from overlay.errors import CniError, Code
+from overlay.gateway.manager import GatewayManager, spec_for
+from overlay.gateway.spec import GatewaySpec
 from overlay.ipam import delegate
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import veth
@@ -102,14 +105,22 @@ class NetworkInterest(Protocol):
 
 class CniService:
     def __init__(self, *, host: HostInfo, ovs: Ovsdb, dataplane: Dataplane, store: Store,
-                 ipam: EtcdIpam, networks: NetworkInterest) -> None:
+                 ipam: EtcdIpam, networks: NetworkInterest, gateways: GatewayManager) -> None:
         self.host = host
+        self.gateways = gateways
         self.ovs = ovs
         self.dataplane = dataplane
         self.store = store
         self.ipam = ipam
         self.networks = networks
         self.lock = StripedLock()
+
+    def gateway_spec(self, conf: NetConf) -> GatewaySpec | None:
+        """The network's gateway on this host, if it has one (an IPv4 range, built-in IPAM)."""
+        if conf.gateway is None:
+            return None
+        return spec_for(conf.name, conf.vni, conf.gateway, conf.ip_masq,
+                        conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD)
 
     def check_bridge(self, conf: NetConf) -> None:
         if conf.bridge != self.host.bridge:
@@ -162,6 +173,10 @@ class CniService:
             routes = conf.ipam.routes
         t.lap("ipam")
         mtu = conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
+        gateway = self.gateway_spec(conf)
+        if gateway is not None and not conf.ipam.routes_given:
+            # README: a default route via the gateway unless the netconf lists its own routes.
+            routes = (Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway.address.ip), *routes)
         host_if = veth.hostside_name(env.container_id, env.ifname)
 
         if mac is None:
@@ -196,13 +211,18 @@ class CniService:
         self.networks.join(conf.name)
         t.lap("join")
         key = endpoint_key(conf.name, env.container_id, env.ifname)
+        if gateway is not None:
+            undo.append(lambda: self.gateways.release(key))
+            self.gateways.acquire(key, gateway)
+            t.lap("gateway")
         undo.append(lambda: self.dataplane.remove_endpoint(key))
         self.dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport))
         t.lap("flows")
 
         result = build_result(conf.cni_version, Attachment(
             host_ifname=host_if, host_mac=link.host_mac, ifname=env.ifname, mac=link.mac,
-            netns=env.netns, addresses=assigned, routes=routes, mtu=mtu), conf.prev_result)
+            netns=env.netns, addresses=assigned, routes=routes, mtu=mtu), conf.prev_result,
+            conf.dns)
         log.info("ADD %s %s -> %s %s port %s (%s)", conf.name, owner, ",".join(ips), link.mac,
                  ofport, t)
         return encode(result)
@@ -237,7 +257,9 @@ class CniService:
     def _detach(self, network: str, container_id: str, ifname: str) -> None:
         """Flows, port and veth (if the port is this network's, or gone), endpoint record."""
         host_if = veth.hostside_name(container_id, ifname)
-        self.dataplane.remove_endpoint(endpoint_key(network, container_id, ifname))
+        key = endpoint_key(network, container_id, ifname)
+        self.dataplane.remove_endpoint(key)
+        self.gateways.release(key)  # the network's last container here takes the gateway along
         if self.ovs.port_external_ids(host_if).get(EXT_NETWORK) in (None, network):
             self.ovs.delete_port(host_if)
             veth.delete_host_link(host_if)
@@ -296,6 +318,9 @@ class CniService:
             key = endpoint_key(conf.name, env.container_id, env.ifname)
             if key not in self.dataplane.local_keys() or not self.dataplane.switch_has(port):
                 problems.append(f"the flows of port {rec.port} are not in the switch")
+        gateway = self.gateway_spec(conf)
+        if gateway is not None:
+            problems += self.gateways.problems(gateway)
         if not conf.ipam.delegated:
             held = self.ipam.held_by(conf.name, owner_of(env.container_id, env.ifname))
             for ip in rec.addresses:

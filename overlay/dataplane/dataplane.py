@@ -35,10 +35,12 @@ from collections.abc import Callable, Mapping
 from overlay.dataplane.flows import (
     DesiredState,
     Flow,
+    Gateway,
     LocalPort,
     RemoteEndpoint,
     base_flows,
     cookie,
+    gateway_flows,
     local_port_flows,
     network_flows,
     remote_endpoint_flows,
@@ -70,6 +72,7 @@ class Dataplane:
         self._generation = generation
         self._local: dict[str, LocalPort] = {}
         self._remote: dict[str, RemoteEndpoint] = {}
+        self._gateways: dict[int, Gateway] = {}  # vni -> this host's gateway port for it
         self._ports_by_vni: dict[int, dict[str, int]] = {}  # vni -> local key -> ofport
         self._remote_by_vni: dict[int, set[str]] = {}
         self._vteps_by_vni: dict[int, Counter[str]] = {}    # remote endpoints per VTEP
@@ -111,6 +114,20 @@ class Dataplane:
             mine = self._queue(ops)
         self._push(mine)
 
+    def set_gateway(self, vni: int, gateway: Gateway | None) -> None:
+        """Install (or with None remove) the gateway rules of network `vni`. Idempotent; the
+        gateway manager decides when a network has one (overlay/gateway/manager.py)."""
+        with self._state_lock:
+            if self._gateways.get(vni) == gateway:
+                return
+            if gateway is None:
+                del self._gateways[vni]
+                mine = self._queue(self._table.drop(Owner.gateway(vni)))
+            else:
+                self._gateways[vni] = gateway
+                mine = self._queue(self._table.set(Owner.gateway(vni), gateway_flows(gateway)))
+        self._push(mine)
+
     def load_local(self, ports: dict[str, LocalPort]) -> None:
         """Add many local endpoints at once (start-up), pushed with the next push."""
         with self._state_lock:
@@ -150,6 +167,8 @@ class Dataplane:
                 self._table.set(Owner.local(key), local_port_flows(port))
             for vni in self._ports_by_vni:
                 self._install_network(vni)
+            for vni, gw in self._gateways.items():
+                self._table.set(Owner.gateway(vni), gateway_flows(gw))
             self._dirty = True
 
     def verify(self) -> bool:
@@ -176,7 +195,7 @@ class Dataplane:
     def state(self) -> DesiredState:
         with self._state_lock:
             return DesiredState(self._tunnel_ofport, dict(self._local), dict(self._remote),
-                                self._generation)
+                                self._generation, dict(self._gateways))
 
     def flows(self) -> list[str]:
         with self._state_lock:
@@ -202,6 +221,20 @@ class Dataplane:
         """Does the switch itself (not just our intent) admit this port's traffic?"""
         lines = self._ofctl.dump_flows(self._bridge, f"table=0,in_port={port.ofport}")
         return any(f"dl_src={port.mac}" in line for line in lines)
+
+    def gateway(self, vni: int) -> Gateway | None:
+        with self._state_lock:
+            return self._gateways.get(vni)
+
+    def local_vnis(self) -> dict[int, set[str]]:
+        """vni -> keys of this host's endpoints in it."""
+        with self._state_lock:
+            return {vni: set(keys) for vni, keys in self._ports_by_vni.items()}
+
+    def switch_has_gateway(self, gw: Gateway) -> bool:
+        """Does the switch itself send frames for the gateway MAC to the gateway port?"""
+        lines = self._ofctl.dump_flows(self._bridge, f"table=20,reg0={gw.vni},dl_dst={gw.mac}")
+        return any(f"output:{gw.ofport}" in line for line in lines)
 
     def switch_answers(self) -> bool:
         try:

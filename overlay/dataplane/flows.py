@@ -13,6 +13,13 @@ Pipeline (one integration bridge, one flow-based VXLAN port):
                       VTEP with tun_id = VNI. Broadcast/multicast is replicated head-end to the
                       network's local ports and to the hosts that have the network, only.
   table 30 DELIVER    Traffic from the tunnel: to local ports of that VNI only (no hairpin).
+                      Traffic from the network's gateway port enters here too, so frames
+                      from the gateway never cross a tunnel.
+
+The gateway (see overlay/gateway/) is an internal port per network and host with the same IP
+and MAC on every host: ARP for it is answered in table 10, frames to its MAC go to the local
+gateway port (never to a tunnel), and what the host kernel sends back through it is delivered
+to local ports only.
 
 Every lookup after table 0 matches reg0, so frames never cross between VNIs, even when the
 networks' subnets overlap. Unknown unicast is dropped: the control plane knows every MAC.
@@ -69,6 +76,16 @@ class RemoteEndpoint:
     vtep: str
 
 
+@dataclass(frozen=True, order=True)
+class Gateway:
+    """A network's gateway port on this host: the same MAC and IPv4 address on every host."""
+
+    vni: int
+    mac: str
+    ip: str
+    ofport: int
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Everything the table is computed from, keyed as the dataplane keys its owners."""
@@ -77,6 +94,7 @@ class DesiredState:
     local: Mapping[str, LocalPort] = field(default_factory=dict)
     remote: Mapping[str, RemoteEndpoint] = field(default_factory=dict)
     generation: int = 0
+    gateways: Mapping[int, Gateway] = field(default_factory=dict)
 
 
 def _flow(table: int, priority: int, match: str, actions: str) -> Flow:
@@ -165,3 +183,23 @@ def network_flows(vni: int, ofports: Iterable[int], vteps: Iterable[str],
     flows.append(_flow(FORWARD, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs + floods)))
     flows.append(_flow(DELIVER, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs)))
     return flows
+
+
+def gateway_flows(g: Gateway) -> list[Flow]:
+    """The distributed gateway of one network on this host.
+
+    ARP for the gateway address is answered here with the gateway MAC, which is the same on
+    every host, so a container keeps its ARP entry when it moves. Frames to that MAC go to the
+    local gateway port: priority 110, above any endpoint that might claim the MAC, so gateway
+    traffic never takes a tunnel. What the host sends out of the port (replies to egress,
+    host -> container, published ports) starts in DELIVER (local ports only); its ARP requests
+    are answered from control-plane data like a container's.
+    """
+    load = f"load:{g.vni}->NXM_NX_REG0[]"
+    base = f"in_port={g.ofport},dl_src={g.mac}"
+    return [
+        _flow(CLASSIFY, 100, f"{base},ip", f"{load},goto_table:{DELIVER}"),
+        _flow(CLASSIFY, 100, f"{base},arp", f"{load},goto_table:{ARP}"),
+        _flow(ARP, 110, f"reg0={g.vni},arp,arp_op=1,arp_tpa={g.ip}", _arp_reply(g.mac, g.ip)),
+        _flow(FORWARD, 110, f"reg0={g.vni},dl_dst={g.mac}", f"output:{g.ofport}"),
+    ]

@@ -24,6 +24,7 @@ from overlay.dataplane.flows import (
     Flow,
     base_flows,
     cookie,
+    gateway_flows,
     local_port_flows,
     network_flows,
     remote_endpoint_flows,
@@ -44,6 +45,10 @@ class Owner:
     @staticmethod
     def network(vni: int) -> OwnerId:
         return (0, f"network:{vni}")
+
+    @staticmethod
+    def gateway(vni: int) -> OwnerId:
+        return (0, f"gateway:{vni}")
 
     @staticmethod
     def remote(key: str) -> OwnerId:
@@ -163,4 +168,6 @@ def compute_flows(state: DesiredState) -> list[str]:
             vteps_by_vni.setdefault(e.vni, set()).add(e.vtep)
     for vni, ports in ports_by_vni.items():
         table.set(Owner.network(vni), network_flows(vni, ports, vteps_by_vni.get(vni, ()), tun))
+    for vni, gw in state.gateways.items():
+        table.set(Owner.gateway(vni), gateway_flows(gw))
     return table.render(cookie(state.generation))

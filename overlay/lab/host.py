@@ -189,9 +189,29 @@ def write_agent_config(path: str, **values: Any) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+def _wait_previous_agent(pidfile: str, timeout: float) -> None:
+    """An agent told to stop (SIGTERM) finishes the CNI calls in flight first (up to 5 s)
+    and holds its metrics port until then: a new one started meanwhile would fail to bind."""
+    try:
+        with open(pidfile) as fh:
+            pid = int(fh.read().strip())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"overlay-agent" not in fh.read():
+                    return  # the pid belongs to someone else now
+        except OSError:
+            return  # gone
+        time.sleep(0.05)
+
+
 def start_agent(config: str, *, netns: str | None, log: str, pidfile: str, socket: str,
                 timeout: float = 30.0) -> int:
     agent = os.path.join(scripts_dir(), "overlay-agent")
+    _wait_previous_agent(pidfile, timeout)
     if os.path.exists(socket):
         os.unlink(socket)  # left by an agent that was killed: its presence must mean "ready"
     pid = spawn([agent, "--config", config], netns=netns, log=log, pidfile=pidfile)

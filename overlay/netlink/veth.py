@@ -116,15 +116,19 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
 
 
 def _quiet_host_side(host: str) -> None:
-    """The host end is only an OVS port: keep the kernel from sending IPv6 autoconf out of it.
+    """The host end is only an OVS port: keep the host's kernel from talking through it.
 
-    Otherwise the host's kernel sends router solicitations and MLD reports down the veth, and
-    the container sees frames that came from neither its network nor any other container.
+    IPv6 off: otherwise the host's kernel sends router solicitations and MLD reports down the
+    veth, and the container sees frames that came from neither its network nor any other
+    container. ARP never answered (arp_ignore 8): the host owns the gateway address (on the
+    gateway port), and Linux answers ARP for any of its addresses on any interface, so the
+    container would learn the gateway at this veth's MAC instead of the gateway's.
     """
-    path = f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6"
-    if os.path.exists(path):
-        with open(path, "w") as fh:
-            fh.write("1")
+    for path, value in ((f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1"),
+                        (f"/proc/sys/net/ipv4/conf/{host}/arp_ignore", "8")):
+        if os.path.exists(path):
+            with open(path, "w") as fh:
+                fh.write(value)
 
 
 def _configure(peer: str, ifname: str, addresses: Sequence[Interface], routes: Sequence[Route],

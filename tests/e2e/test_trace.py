@@ -58,7 +58,7 @@ def test_tunneled_then_delivered_on_the_destination_host(lab: Lab) -> None:
 def test_arp_answered_inside_ovs(lab: Lab) -> None:
     t = lab_trace(lab, "a", "b", ["--proto", "arp"])
     b_mac = t["destination"]["mac"]
-    assert t["verdict"] == f"answered by ARP in OVS: 10.0.0.2 is at {b_mac} ({cid(lab, 'b')} on host1)"
+    assert t["verdict"] == f"answered by ARP in OVS: 10.0.0.3 is at {b_mac} ({cid(lab, 'b')} on host1)"
     assert t["hops"][0]["verdict"]["kind"] == "arp-reply"
 
 
@@ -82,7 +82,7 @@ def test_other_network_dropped(lab: Lab) -> None:
     t = lab_trace(lab, "a", "z", [])
     v = t["hops"][0]["verdict"]
     assert (v["kind"], v["table_name"]) == ("dropped", "forward")
-    assert v["reason"].startswith(f"other network: 10.1.0.1 is {cid(lab, 'z')} in blue (VNI 43)")
+    assert v["reason"].startswith(f"other network: 10.1.0.2 is {cid(lab, 'z')} in blue (VNI 43)")
 
 
 def test_lab_cli_trace_and_metrics(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,6 +93,6 @@ def test_lab_cli_trace_and_metrics(lab: Lab, capsys: pytest.CaptureFixture[str])
     assert [h["host"] for h in result["hops"]] == ["host0", "host1"]
     assert result["verdict"].startswith("delivered to port")
     assert main(["--workdir", lab.workdir, "trace", "a", "b", "--proto", "arp"]) == 0
-    assert "verdict: answered by ARP in OVS: 10.0.0.2" in capsys.readouterr().out
+    assert "verdict: answered by ARP in OVS: 10.0.0.3" in capsys.readouterr().out
     assert main(["--workdir", lab.workdir, "metrics", "host0"]) == 0
     assert 'overlay_endpoints{location="local"} 2.0' in capsys.readouterr().out

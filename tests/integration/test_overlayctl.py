@@ -33,14 +33,14 @@ def test_hosts_networks_endpoints_as_json(lab: Lab) -> None:
     assert json.loads(ctl(lab, "--json", "networks")) == [
         {"name": "my-net", "vni": 42, "subnet": "10.0.0.0/24"}]
     (ep,) = json.loads(ctl(lab, "--json", "endpoints"))
-    assert (ep["host"], ep["ips"], ep["container_id"]) == ("host1", ["10.0.0.1/24"],
+    assert (ep["host"], ep["ips"], ep["container_id"]) == ("host1", ["10.0.0.2/24"],
                                                           lab.containers["c0"]["container_id"])
 
 
 def test_tables_for_people(lab: Lab) -> None:
     table = ctl(lab, "endpoints").splitlines()
     assert table[0].split() == ["NETWORK", "CONTAINER_ID", "IFNAME", "HOST", "IPS", "MAC", "PORT"]
-    assert "10.0.0.1/24" in table[1]
+    assert "10.0.0.2/24" in table[1]
 
 
 def test_agent_status(lab: Lab) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay.dataplane.dataplane import Dataplane
-from overlay.dataplane.flows import LocalPort, RemoteEndpoint
+from overlay.dataplane.flows import Gateway, LocalPort, RemoteEndpoint
 from overlay.dataplane.flowtable import compute_flows
 from overlay.ovs.testing import FakeOfctl
 
@@ -41,15 +41,26 @@ local_op = st.tuples(st.just("local"), st.sampled_from(["a", "b", "c"]),
 remote_op = st.tuples(st.just("remote"), st.sampled_from(["r1", "r2", "r3", "r4"]),
                       st.none() | st.builds(RemoteEndpoint, VNIS, MACS, st.tuples(IPS), VTEPS))
 
+# A gateway MAC equal to an endpoint's MAC makes the gateway's rule and the endpoint's meet.
+gateway_op = st.tuples(st.just("gateway"), VNIS,
+                       st.none() | st.builds(Gateway, st.just(0), MACS | st.just("0e:6f:76:00:00:2a"),
+                                             st.sampled_from(["10.0.0.1", "10.0.0.254"]),
+                                             st.integers(5, 6)))
+
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(local_op | remote_op, min_size=1, max_size=4), max_size=25))
-def test_increments_equal_the_whole_table(batches: list[list[tuple[str, str, Any]]]) -> None:
+@given(st.lists(st.lists(local_op | remote_op | gateway_op, min_size=1, max_size=4),
+                max_size=25))
+def test_increments_equal_the_whole_table(batches: list[list[tuple[str, Any, Any]]]) -> None:
     dp, fake = new_dataplane()
     for batch in batches:
         remote = {}
         for kind, key, value in batch:
-            if kind == "local":
+            if kind == "gateway":
+                vni = cast(int, key)
+                dp.set_gateway(vni, None if value is None
+                               else Gateway(vni, value.mac, value.ip, value.ofport))
+            elif kind == "local":
                 if value is None:
                     dp.remove_endpoint(key)
                 else:

@@ -61,8 +61,10 @@ def test_valid_attachments_new_key_old_key_null_and_absent() -> None:
     ({"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.0"}, "10.0.0.0", "the network address"),
     ({"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.255"}, "10.0.0.255", "the broadcast address"),
     ({"subnet": "10.0.0.0/24", "exclude": ["10.0.0.4/30"]}, "10.0.0.5", "in ipam.exclude"),
-    ({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64", "gateway": "fd00::1"}]]},
-     "fd00::1", "the gateway of fd00::/64"),
+    # The gateway is the subnet's first address unless the netconf names another.
+    ({"subnet": "10.0.0.0/24"}, "10.0.0.1", "the gateway of 10.0.0.0/24"),
+    ({"ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.0.254"}], [{"subnet": "fd00::/64"}]]},
+     "10.0.0.254", "the gateway of 10.0.0.0/24"),
 ])
 def test_requested_ips_the_netconf_never_hands_out_are_refused(ipam: dict[str, object], ip: str,
                                                                words: str) -> None:

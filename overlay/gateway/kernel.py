@@ -1,0 +1,190 @@
+"""The Linux side of a gateway port: address, routes, the return-path rule, sysctls.
+
+The address goes on with `noprefixroute`, and the routes are added by hand, because the
+kernel's automatic route would put every network's subnet in the main table, where two
+networks with the same subnet cannot both be: the second would silently lose.
+
+- table `spec.table`: the subnet via the port. Replies to a network's egress connections
+  carry its mark (nat.py) and a rule `fwmark mark/mask lookup table` sends them back to the
+  port they came from, whichever networks share the subnet.
+- main table: the subnet via the port only if no other gateway port on the host has an
+  overlapping subnet there. It is what the host itself and published ports (portmap's DNAT)
+  use, and it can name one network per subnet: the first network on the host keeps it, and
+  `main_route_conflict` tells the caller who holds it (a warning, a doctor line; never a
+  silent misroute). When that network leaves, the next `ensure` of the other takes over.
+
+Sysctls: IPv4 forwarding on (a host with a gateway routes), rp_filter loose on the port (the
+strict check would look the source up in the main table, where an overlapping network's
+subnet points at another port), IPv6 off on the port (the gateway is IPv4 only and must not
+send router solicitations into the overlay). TX checksum offload off: the port is read by the
+userspace datapath, which does not complete checksums (docs/architecture.md, datapaths).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from overlay.errors import CniError, Code
+from overlay.gateway.spec import MARK_MASK, PORT_PREFIX, TABLE_BASE, GatewaySpec
+from overlay.netlink.offload import disable_tx_checksum
+
+IFA_F_NOPREFIXROUTE = 0x200
+RULE_PRIORITY = 100
+MAIN = 254
+EEXIST, ENOENT, ESRCH = 17, 2, 3
+
+
+@contextmanager
+def _ipr() -> Iterator[Any]:
+    ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _write(path: str, value: str) -> None:
+    if os.path.exists(path):
+        with open(path, "w") as fh:
+            fh.write(value)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _subnet_routes(ipr: Any, table: int) -> dict[ipaddress.IPv4Network, int]:
+    """dst -> oif of the routes of `table` that go out of a gateway port."""
+    ports = {link["index"] for link in ipr.get_links()
+             if str(link.get_attr("IFLA_IFNAME") or "").startswith(PORT_PREFIX)}
+    out = {}
+    for r in ipr.get_routes(family=2, table=table):
+        oif, dst = r.get_attr("RTA_OIF"), r.get_attr("RTA_DST")
+        if oif in ports and dst:
+            out[ipaddress.IPv4Network(f"{dst}/{r['dst_len']}")] = oif
+    return out
+
+
+def main_route_conflict(spec: GatewaySpec) -> str | None:
+    """The gateway port that holds an overlapping subnet in the main table, if not ours."""
+    with _ipr() as ipr:
+        mine = _index(ipr, spec.port)
+        for dst, oif in _subnet_routes(ipr, MAIN).items():
+            if oif != mine and dst.overlaps(spec.subnet):
+                links = ipr.get_links(oif)
+                return str(links[0].get_attr("IFLA_IFNAME")) if links else str(oif)
+    return None
+
+
+def ensure(spec: GatewaySpec) -> None:
+    """Configure the port (which OVS has created) and its routes. Idempotent."""
+    _write("/proc/sys/net/ipv4/ip_forward", "1")
+    _write(f"/proc/sys/net/ipv4/conf/{spec.port}/rp_filter", "2")
+    _write(f"/proc/sys/net/ipv6/conf/{spec.port}/disable_ipv6", "1")
+    try:
+        disable_tx_checksum(spec.port)
+        with _ipr() as ipr:
+            idx = _index(ipr, spec.port)
+            if idx is None:
+                raise CniError(Code.NETLINK_FAILURE, f"gateway port {spec.port} is missing")
+            ipr.link("set", index=idx, state="up")
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                    for a in ipr.get_addr(index=idx, family=2)}
+            want = (str(spec.address.ip), spec.address.network.prefixlen)
+            for addr, plen in have - {want}:  # a gateway address from an older netconf
+                ipr.addr("del", index=idx, address=addr, prefixlen=plen)
+            if want not in have:
+                ipr.addr("add", index=idx, address=want[0], prefixlen=want[1],
+                         flags=IFA_F_NOPREFIXROUTE)
+            ipr.route("replace", dst=str(spec.subnet), oif=idx, table=spec.table, scope=253)
+            if main_route_conflict(spec) is None:
+                ipr.route("replace", dst=str(spec.subnet), oif=idx, table=MAIN, scope=253)
+            if not _has_rule(ipr, spec):
+                ipr.rule("add", fwmark=spec.mark, fwmask=MARK_MASK, table=spec.table,
+                         priority=RULE_PRIORITY, family=2)
+    except (NetlinkError, OSError) as exc:
+        raise CniError(Code.NETLINK_FAILURE, f"cannot configure gateway port {spec.port}",
+                       str(exc)) from None
+
+
+def _has_rule(ipr: Any, spec: GatewaySpec) -> bool:
+    return any(r.get_attr("FRA_FWMARK") == spec.mark and r.get_attr("FRA_TABLE") == spec.table
+               for r in ipr.get_rules(family=2))
+
+
+def remove(spec: GatewaySpec) -> None:
+    """Remove the rule and the routes (the port itself goes with its OVS port). Idempotent."""
+    with _ipr() as ipr:
+        while _has_rule(ipr, spec):
+            try:
+                ipr.rule("del", fwmark=spec.mark, fwmask=MARK_MASK, table=spec.table,
+                         priority=RULE_PRIORITY, family=2)
+            except NetlinkError as exc:
+                if exc.code not in (ENOENT, ESRCH):
+                    raise CniError(Code.NETLINK_FAILURE, "cannot remove the gateway's rule",
+                                   str(exc)) from None
+                break
+        idx = _index(ipr, spec.port)
+        if idx is not None:
+            for table in (spec.table, MAIN):
+                try:
+                    ipr.route("del", dst=str(spec.subnet), oif=idx, table=table)
+                except NetlinkError as exc:
+                    if exc.code not in (ENOENT, ESRCH):
+                        raise CniError(Code.NETLINK_FAILURE,
+                                       f"cannot remove the route of {spec.port}",
+                                       str(exc)) from None
+
+
+def problems(spec: GatewaySpec) -> list[str]:
+    """What CHECK and doctor report about the kernel side of this gateway."""
+    out = []
+    with _ipr() as ipr:
+        idx = _index(ipr, spec.port)
+        if idx is None:
+            return [f"gateway port {spec.port} is missing"]
+        link = ipr.get_links(idx)[0]
+        if link.get_attr("IFLA_ADDRESS") != spec.mac:
+            out.append(f"{spec.port} has MAC {link.get_attr('IFLA_ADDRESS')}, not {spec.mac}")
+        addrs = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
+        if (str(spec.address.ip), spec.address.network.prefixlen) not in addrs:
+            out.append(f"{spec.port} lacks the gateway address {spec.address}")
+        if spec.subnet not in _subnet_routes(ipr, spec.table):
+            out.append(f"route table {spec.table} lacks {spec.subnet} via {spec.port}")
+        if not _has_rule(ipr, spec):
+            out.append(f"no rule 'fwmark {spec.mark:#x}/{MARK_MASK:#x} lookup {spec.table}'")
+    if _read("/proc/sys/net/ipv4/ip_forward") != "1":
+        out.append("IPv4 forwarding is off")
+    return out
+
+
+def leftovers(active: list[GatewaySpec]) -> list[str]:
+    """Gateway interfaces and rules with no gateway behind them (doctor, and the DEL test)."""
+    ports, tables = {g.port for g in active}, {g.table for g in active}
+    out = []
+    with _ipr() as ipr:
+        for link in ipr.get_links():
+            name = str(link.get_attr("IFLA_IFNAME") or "")
+            if name.startswith(PORT_PREFIX) and name not in ports:
+                out.append(f"interface {name} has no gateway behind it")
+        for r in ipr.get_rules(family=2):
+            table = r.get_attr("FRA_TABLE") or 0
+            if TABLE_BASE < table <= TABLE_BASE + 0xFFFF and table not in tables:
+                out.append(f"rule 'lookup {table}' has no gateway behind it")
+    return out

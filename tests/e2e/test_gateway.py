@@ -1,0 +1,343 @@
+"""The distributed gateway, through the real plugin: containers reach the underlay with their
+host's address, same-network traffic is neither NATed nor routed through the gateway, two
+networks with one subnet stay apart and both get egress, and the last DEL on a host takes
+every gateway artifact with it.
+
+The "outside world" is a TCP echo server in the lab's underlay namespace (172.31.0.254): it
+answers each line with the peer address it saw and the line, so a test learns both whether
+the connection worked and which source address arrived.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from overlay.lab import containers as ctr
+from overlay.lab import host as steps
+from overlay.lab.shell import in_netns, run
+from overlay.lab.topology import Lab, LabHost
+
+SERVER_IP, PORT = "172.31.0.254", 7777
+GATEWAY_MAC = "0e:6f:76:00:00:2a"  # VNI 42
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(64)
+def serve(conn, peer):
+    with conn, conn.makefile("rw") as f:
+        for line in f:
+            f.write(f"{peer[0]} {line.strip()}\n"); f.flush()
+while True:
+    conn, peer = srv.accept()
+    threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+"""
+
+CLIENT = r"""
+import socket, sys
+s = socket.socket(); s.settimeout(5)
+if len(sys.argv) > 4:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("", int(sys.argv[4])))
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(sys.argv[3].encode() + b"\n")
+print(s.makefile().readline().strip())
+"""
+
+
+def echo_server(netns: str, ip: str, port: int = PORT) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(in_netns(netns, [sys.executable, "-c", ECHO_SERVER, ip, str(port)]))
+    time.sleep(0.5)
+    return proc
+
+
+def ask(netns: str, ip: str, token: str, port: int = PORT, src_port: int | None = None) -> str:
+    """Connect from `netns`, send a token; returns '<source address seen> <token>'."""
+    args = [sys.executable, "-c", CLIENT, ip, str(port), token]
+    if src_port is not None:
+        args.append(str(src_port))
+    proc = run(args, netns=netns, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def iptables_tagged(h: LabHost) -> list[str]:
+    out = []
+    for table in ("raw", "mangle", "filter", "nat"):
+        out += [f"{table} {line}" for line in run(["iptables", "-w", "-t", table, "-S"],
+                                                  netns=h.netns).stdout.splitlines()
+                if "overlay-gw:" in line]
+    return out
+
+
+def gateway_artifacts(h: LabHost) -> dict[str, object]:
+    """Everything a gateway adds to a host, outside OVS flows."""
+    links = run(["ip", "-o", "link", "show"], netns=h.netns).stdout
+    rules = run(["ip", "rule", "show"], netns=h.netns).stdout
+    routes = run(["ip", "route", "show", "table", "all"], netns=h.netns).stdout
+    return {"links": [ln.split(":")[1].strip() for ln in links.splitlines() if ": ovg" in ln],
+            "rules": [ln for ln in rules.splitlines() if "fwmark" in ln],
+            "routes": [ln for ln in routes.splitlines() if "ovg" in ln],
+            "iptables": iptables_tagged(h)}
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: Callable[..., Lab]) -> Lab:
+    lab = lab_factory(hosts=2)
+    for name, host in (("c0", "host0"), ("c1", "host1")):
+        out = ctr.add_container(lab, name, host)
+        assert out.returncode == 0, out.stdout
+    ctr.wait_converged(lab)
+    return lab
+
+
+@pytest.fixture(scope="module")
+def server(lab: Lab) -> Iterator[None]:
+    proc = echo_server(lab.underlay_ns, SERVER_IP)
+    yield
+    proc.terminate()
+    proc.wait()
+
+
+def vtep(lab: Lab, host: str) -> str:
+    return lab.host(host).vtep
+
+
+def test_result_reports_gateway_and_default_route(lab: Lab) -> None:
+    c0 = lab.containers["c0"]
+    # The gateway is the subnet's first address and never handed out.
+    assert c0["ip"] != "10.0.0.1"
+    routes = run(["ip", "route"], netns=c0["netns"]).stdout
+    assert "default via 10.0.0.1 dev eth0" in routes, routes
+
+
+def test_container_reaches_underlay_with_its_hosts_address(lab: Lab, server: None) -> None:
+    assert ask(lab.containers["c0"]["netns"], SERVER_IP, "from-c0") == \
+        f"{vtep(lab, 'host0')} from-c0"
+    # The gateway answered ARP with the one gateway MAC every host uses.
+    neigh = run(["ip", "neigh", "show", "10.0.0.1"], netns=lab.containers["c0"]["netns"]).stdout
+    assert GATEWAY_MAC in neigh, neigh
+
+
+def test_container_on_host1_leaves_through_host1(lab: Lab, server: None) -> None:
+    assert ask(lab.containers["c1"]["netns"], SERVER_IP, "from-c1") == \
+        f"{vtep(lab, 'host1')} from-c1"
+    neigh = run(["ip", "neigh", "show", "10.0.0.1"], netns=lab.containers["c1"]["netns"]).stdout
+    assert GATEWAY_MAC in neigh, neigh
+
+
+def test_same_network_traffic_is_not_nated(lab: Lab) -> None:
+    c0, c1 = lab.containers["c0"], lab.containers["c1"]
+    proc = echo_server(c1["netns"], c1["ip"], 7000)
+    try:
+        assert ask(c0["netns"], c1["ip"], "east-west", 7000) == f"{c0['ip']} east-west"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_the_host_reaches_its_local_container(lab: Lab) -> None:
+    c0 = lab.containers["c0"]
+    out = run(["ping", "-c", "2", "-i", "0.2", "-W", "1", c0["ip"]], netns=lab.host("host0").netns,
+              check=False)
+    assert out.returncode == 0, out.stdout
+
+
+def test_path_mtu_through_the_gateway(lab: Lab, server: None) -> None:
+    c0 = lab.containers["c0"]
+    mtu = int(run(["cat", "/sys/class/net/eth0/mtu"], netns=c0["netns"]).stdout)
+    # A full-size unfragmentable packet crosses the gateway; one byte more is refused locally.
+    ok = run(["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 28), SERVER_IP],
+             netns=c0["netns"], check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    too_big = run(["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 27), SERVER_IP],
+                  netns=c0["netns"], check=False)
+    assert too_big.returncode != 0
+
+
+def test_check_and_doctor_see_the_gateway(lab: Lab) -> None:
+    h0 = lab.host("host0")
+    c0 = lab.containers["c0"]
+    conf = ctr.plugin_netconf(ctr.read_conflist(h0, "my-net"))
+    check = ctr.cni_exec(lab.cni_bin, "CHECK", container_id=c0["container_id"],
+                         netns=f"/var/run/netns/{c0['netns']}", ifname="eth0", netconf=conf)
+    assert check.returncode == 0, check.stdout
+    # Someone deletes the masquerade rule: CHECK says so.
+    nat = [ln for ln in iptables_tagged(h0) if ln.startswith("nat ")]
+    assert len(nat) == 1, nat
+    run(["iptables", "-w", "-t", "nat", "-D", *shlex.split(nat[0])[2:]], netns=h0.netns)
+    check = ctr.cni_exec(lab.cni_bin, "CHECK", container_id=c0["container_id"],
+                         netns=f"/var/run/netns/{c0['netns']}", ifname="eth0", netconf=conf)
+    assert check.returncode != 0 and check.json()["code"] == 106, check.stdout
+    assert "MASQUERADE" in check.json()["msg"], check.stdout
+
+
+def doctor(lab: Lab, h: LabHost) -> subprocess.CompletedProcess[str]:
+    return run([os.path.join(steps.scripts_dir(), "overlayctl"), "--etcd",
+                "http://127.0.0.1:2379", "doctor", "--socket", h.socket],
+               netns=lab.underlay_ns, check=False)
+
+
+def test_doctor_names_a_broken_gateway_and_the_agent_repairs_it(lab: Lab, server: None) -> None:
+    h0 = lab.host("host0")
+    # The CHECK test above removed the masquerade rule; doctor names it ...
+    broken = doctor(lab, h0)
+    assert broken.returncode != 0 and "MASQUERADE" in broken.stdout, broken.stdout
+    run(["ip", "rule", "del", "priority", "100"], netns=h0.netns)
+    assert "fwmark" in doctor(lab, h0).stdout
+    # ... and the agent's periodic check (every 15 s) puts both back.
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and doctor(lab, h0).returncode != 0:
+        time.sleep(1)
+    assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
+    assert ask(lab.containers["c0"]["netns"], SERVER_IP, "repaired") == \
+        f"{vtep(lab, 'host0')} repaired"
+
+
+def test_dns_comes_back_and_a_contradicting_gateway_leaves_nothing(lab: Lab,
+                                                                 netns: str) -> None:
+    h0 = lab.host("host0")
+    conf = ctr.plugin_netconf(ctr.read_conflist(h0, "my-net"))
+    dns = {"nameservers": ["172.31.0.254"], "domain": "lab.test", "search": ["lab.test"],
+           "options": ["ndots:1"]}
+    added = ctr.cni_exec(lab.cni_bin, "ADD", container_id="dns-1", netns=netns, ifname="eth0",
+                         netconf={**conf, "dns": dns})
+    assert added.returncode == 0, added.stdout
+    assert added.json()["dns"] == dns
+    assert ctr.cni_exec(lab.cni_bin, "DEL", container_id="dns-1", netns=netns, ifname="eth0",
+                        netconf=conf).returncode == 0
+    # c0 uses my-net's gateway with masquerade on this host; ipMasq false contradicts it.
+    before = gateway_artifacts(h0)
+    refused = ctr.cni_exec(lab.cni_bin, "ADD", container_id="nomasq-1", netns=netns,
+                           ifname="eth0", netconf={**conf, "ipMasq": False})
+    assert refused.returncode != 0 and refused.json()["code"] == 105, refused.stdout
+    assert "ipMasq" in refused.json()["msg"]
+    assert gateway_artifacts(h0) == before
+    assert run(["ip", "-o", "link"], netns=os.path.basename(netns)).stdout.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def overlapping(lab: Lab) -> Lab:
+    """other-net has my-net's subnet (VNI 43); far-net another one (VNI 44); all on host0."""
+    ctr.define_network(lab, "other-net", 43, "10.0.0.0/24")
+    ctr.define_network(lab, "far-net", 44, "10.9.0.0/24")
+    for name, network in (("o0", "other-net"), ("f0", "far-net")):
+        out = ctr.add_container(lab, name, "host0", network)
+        assert out.returncode == 0, out.stdout
+    return lab
+
+
+def test_overlapping_networks_both_get_egress_and_stay_apart(overlapping: Lab,
+                                                             server: None) -> None:
+    lab = overlapping
+    c0, o0 = lab.containers["c0"], lab.containers["o0"]
+    assert c0["ip"] == o0["ip"]  # same subnet, same first free address
+    host0 = vtep(lab, "host0")
+    # The same address and the same source port, to the same server, at the same time: only
+    # per-network conntrack zones keep these two connections apart, and only the per-network
+    # return marks bring each reply back to its own network.
+    results: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda n=name: results.__setitem__(
+        n, ask(lab.containers[n]["netns"], SERVER_IP, f"token-{n}", src_port=40001)))
+        for name in ("c0", "o0")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"c0": f"{host0} token-c0", "o0": f"{host0} token-o0"}
+    # No network reaches another through the host: far-net's f0 cannot reach c0 via its
+    # gateway, although the host itself routes to 10.0.0.0/24.
+    blocked = run(["ping", "-c", "2", "-i", "0.2", "-W", "1", c0["ip"]],
+                  netns=lab.containers["f0"]["netns"], check=False)
+    assert blocked.returncode != 0, blocked.stdout
+    # The host reaches my-net (the first on the host), and says why not other-net.
+    with open(lab.host("host0").agent_log) as fh:
+        assert "overlaps the subnet of ovg42" in fh.read()
+
+
+def test_agent_restart_under_egress_traffic(overlapping: Lab) -> None:
+    lab = overlapping
+    h0, c0 = lab.host("host0"), lab.containers["c0"]
+    before = gateway_artifacts(h0)
+    iperf = subprocess.Popen(in_netns(lab.underlay_ns, ["iperf3", "-s", "-1", "-p", "5399"]),
+                             stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    ping = subprocess.Popen(in_netns(c0["netns"], ["ping", "-D", "-i", "0.02", "-W", "1",
+                                                   "-c", "400", SERVER_IP]),
+                            stdout=subprocess.PIPE, text=True)
+    tcp = subprocess.Popen(in_netns(c0["netns"], ["iperf3", "-c", SERVER_IP, "-p", "5399",
+                                                  "-t", "8", "-b", "10M", "-J"]),
+                           stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    with open(h0.agent_pidfile) as fh:
+        os.kill(int(fh.read()), signal.SIGKILL)
+    time.sleep(0.5)
+    lab.start_agent(h0)
+    ping_out, _ = ping.communicate(timeout=60)
+    tcp_out, _ = tcp.communicate(timeout=60)
+    iperf.wait(timeout=30)
+    stamps = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", ping_out, re.M)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    # The first second is left out of the bound: the fault comes at 2 s, and on two cores the
+    # start of iperf3 and of the userspace datapath's flows has delayed a reply by 150 ms.
+    settled = [b - a for a, b in itertools.pairwise(stamps) if a >= stamps[0] + 1.0]
+    print(f"\n  egress pings received {len(stamps)}/400, longest gap {max(gaps) * 1000:.0f} ms, "
+          f"after the first second {max(settled) * 1000:.0f} ms")
+    # The bound of tests/e2e/test_faults.py: no gap of 150 ms (7 pings in a row).
+    assert len(stamps) >= 396 and max(settled) < 0.150
+    report = json.loads(tcp_out)
+    assert "error" not in report and report["end"]["sum_received"]["bytes"] > 0
+    # The restarted agent found the gateway whole: nothing added twice, nothing lost.
+    assert gateway_artifacts(h0) == before
+    assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
+
+
+def test_vswitchd_restart_brings_the_gateway_back(overlapping: Lab, server: None) -> None:
+    """ovs-vswitchd owns the gateway ports' interfaces (netdev: taps): they vanish with it,
+    and with them the address and routes; the agent restores them after the restart."""
+    lab = overlapping
+    h0, c0 = lab.host("host0"), lab.containers["c0"]
+    before = gateway_artifacts(h0)
+    steps.stop_pidfile(os.path.join(h0.ovs_dir, "ovs-vswitchd.pid"))
+    steps.start_vswitchd(h0.ovs_dir, h0.netns)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and gateway_artifacts(h0) != before:
+        time.sleep(0.2)
+    assert gateway_artifacts(h0) == before
+    deadline = time.monotonic() + 20
+    answer = ""
+    while time.monotonic() < deadline and not answer:
+        proc = run([sys.executable, "-c", CLIENT, SERVER_IP, str(PORT), "after"],
+                   netns=c0["netns"], check=False)
+        answer = proc.stdout.strip()
+    assert answer == f"{vtep(lab, 'host0')} after"
+    assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
+
+
+def test_del_of_the_last_container_removes_every_gateway_artifact(overlapping: Lab) -> None:
+    lab = overlapping
+    h0, h1 = lab.host("host0"), lab.host("host1")
+    assert gateway_artifacts(h1)["links"] == ["ovg42"]
+    assert ctr.del_container(lab, "c1").returncode == 0
+    assert gateway_artifacts(h1) == {"links": [], "rules": [], "routes": [], "iptables": []}
+    flows = run(["ovs-ofctl", "dump-flows", "br-int"],
+                env={"OVS_RUNDIR": h1.ovs_dir}).stdout
+    assert "0e:6f:76" not in flows
+    ports = run(["ovs-vsctl", f"--db=unix:{h1.ovs_dir}/db.sock", "list-ports", "br-int"]).stdout
+    assert "ovg" not in ports
+    # On host0, other-net's gateway goes with o0; my-net's and far-net's stay.
+    assert ctr.del_container(lab, "o0").returncode == 0
+    assert gateway_artifacts(h0)["links"] == ["ovg42", "ovg44"]
+    assert not [r for r in gateway_artifacts(h0)["iptables"] if "overlay-gw:43" in str(r)]
+    assert doctor(lab, h0).returncode == 0, doctor(lab, h0).stdout
