@@ -6,7 +6,7 @@ LABDIR ?= /run/overlay-lab
 export OVERLAY_LAB_DIR := $(LABDIR)
 
 .PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean bench \
-        bench-scale box vagrant-lab vagrant-lab-down test-vm
+        bench-scale vm-deps box vagrant-lab vagrant-lab-down test-vm
 
 deps:
 	@VENV=$(abspath $(VENV)) WITH_TEST_DEPS=1 scripts/install-deps.sh
@@ -40,12 +40,15 @@ export OVERLAY_BOX
 export VAGRANT_CHECKPOINT_DISABLE := 1
 export VAGRANT_BOX_UPDATE_CHECK_DISABLE := 1
 
-box:
+vm-deps:
+	@VENV=$(abspath $(VENV)) WITH_TEST_DEPS=1 WITH_VM_DEPS=1 scripts/install-deps.sh
+
+box: vm-deps
 	vagrant/box/build.sh $(BOX_CACHE)
 
 ## make vagrant-lab: libvirtd started if needed, KVM if it runs guests else TCG, both VMs up,
 ## provisioning ends with c2 on node2 pinging c1 on node1 over VXLAN VNI 42.
-vagrant-lab:
+vagrant-lab: vm-deps
 	@if [ "$(OVERLAY_BOX)" = overlay/bookworm ]; then vagrant/box/build.sh $(BOX_CACHE) >/dev/null; fi
 	driver=$$(vagrant/libvirt-up.sh) && echo "libvirt domain type: $$driver" && \
 	  cd vagrant && OVERLAY_LIBVIRT_DRIVER=$$driver vagrant up --provider=libvirt
@@ -55,7 +58,7 @@ vagrant-lab-down:
 	vagrant/vagrant-lab-down.sh
 
 ## make test-vm: the VM tier (tests/vm): vagrant up once, kernel-datapath checks, destroy.
-test-vm: deps
+test-vm: vm-deps
 	OVERLAY_VM_TESTS=1 $(PY) -m pytest tests/vm
 
 ## make bench: CNI ADD/DEL latency, ours vs bridge+host-local through libcni (root; < 3 min),

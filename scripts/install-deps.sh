@@ -5,6 +5,8 @@
 #
 #   VENV=/path/to/venv  (default: .venv in the source tree)
 #   SRC=/path/to/source (default: this script's repository)
+#   WITH_VM_DEPS=1      also libvirt, qemu, vagrant-libvirt and debootstrap (make box, make
+#                       vagrant-lab, make test-vm)
 #   WITH_TEST_DEPS=1    also what the test suite needs (Go and Debian's libcni for the libcni
 #                       driver, the reference CNI plugins and iptables for chaining, vagrant for
 #                       `vagrant validate`, containerd/runc/busybox-static for the containerd e2e
@@ -18,6 +20,11 @@ PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2
 if [ "${WITH_TEST_DEPS:-0}" = 1 ]; then
   PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant
             containerd runc busybox-static)
+fi
+if [ "${WITH_VM_DEPS:-0}" = 1 ]; then  # the Vagrant lab and the VM tier (make test-vm)
+  PACKAGES+=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients
+            libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils dnsmasq-base debootstrap
+            e2fsprogs openssh-client)
 fi
 
 missing=()
