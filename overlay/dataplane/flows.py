@@ -48,7 +48,11 @@ def cookie(generation: int) -> str:
 
 COOKIE = cookie(0)
 CLASSIFY, ARP, FORWARD, DELIVER = 0, 10, 20, 30
+FLOOD = 40  # 40, 41, ...: the rest of a long broadcast replication list (see network_flows)
 TABLE_NAMES = {CLASSIFY: "classify", ARP: "arp", FORWARD: "forward", DELIVER: "deliver"}
+# VTEPs per broadcast rule. An OpenFlow message holds at most 64 KiB, and each VTEP costs 48
+# bytes of actions (tun_dst, tun_id, output): 1,000 hosts in one network do not fit in one rule.
+FLOOD_CHUNK = 500
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 
 
@@ -180,8 +184,17 @@ def network_flows(vni: int, ofports: Iterable[int], vteps: Iterable[str],
                    f"load:{vni}->NXM_NX_REG0[],goto_table:{DELIVER}") for vtep in hosts]
     outputs = [f"output:{p}" for p in ports]
     floods = [_to_vtep(v, vni, tunnel_ofport) for v in hosts]
-    flows.append(_flow(FORWARD, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs + floods)))
-    flows.append(_flow(DELIVER, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs)))
+    # Long lists go on in tables 40, 41, ...: each rule replicates to FLOOD_CHUNK VTEPs and
+    # resubmits to the next table, which comes back and carries on (resubmit is a call).
+    chunks = [floods[i:i + FLOOD_CHUNK] for i in range(0, len(floods), FLOOD_CHUNK)] or [[]]
+    for index, chunk in enumerate(chunks):
+        actions = (outputs if index == 0 else []) + chunk
+        if index + 1 < len(chunks):
+            actions.append(f"resubmit(,{FLOOD + index})")
+        table, match = (FORWARD, f"reg0={vni},dl_dst={MULTICAST}") if index == 0 else \
+            (FLOOD + index - 1, f"reg0={vni}")
+        flows.append(_flow(table, 50, match, ",".join(actions) or "drop"))
+    flows.append(_flow(DELIVER, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs) or "drop"))
     return flows
 
 

@@ -99,3 +99,22 @@ def test_tunnel_traffic_only_from_vteps_of_the_network() -> None:
                           RemoteEndpoint(42, "02:00:00:00:00:03", ("10.0.0.3",), "172.31.0.3")))
     tunnel_in = [f for f in compute_flows(state) if "in_port=1," in f]
     assert [f.split(",")[4] for f in tunnel_in] == ["tun_src=172.31.0.2", "tun_src=172.31.0.3"]
+
+
+def test_broadcast_to_a_thousand_hosts_is_split_into_chained_rules() -> None:
+    # One rule cannot hold 1,000 VTEPs (OpenFlow messages stop at 64 KiB): 500 per rule, each
+    # resubmitting to the next flood table, the last one without.
+    from overlay.dataplane.flows import FLOOD, FLOOD_CHUNK, network_flows
+
+    vteps = [f"172.31.{i // 250}.{i % 250 + 1}" for i in range(1100)]
+    rules = {f.identity.split(",")[0]: f.actions for f in network_flows(42, [2], vteps, 1)
+             if "priority=50" in f.identity and not f.identity.startswith("table=30")}
+    assert list(rules) == ["table=20", f"table={FLOOD}", f"table={FLOOD + 1}"]
+    assert rules["table=20"].startswith("output:2,")
+    assert rules["table=20"].endswith(f"resubmit(,{FLOOD})")
+    assert rules[f"table={FLOOD}"].endswith(f"resubmit(,{FLOOD + 1})")
+    assert "resubmit" not in rules[f"table={FLOOD + 1}"]
+    listed = [v for actions in rules.values() for v in vteps if f"set_field:{v}->tun_dst" in actions]
+    assert sorted(listed) == sorted(vteps)  # every host exactly once
+    assert all(actions.count("->tun_dst") <= FLOOD_CHUNK for actions in rules.values())
+    assert all(len(actions) < 40_000 for actions in rules.values())
