@@ -16,7 +16,7 @@ set -euo pipefail
 SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 VENV=${VENV:-$SRC/.venv}
 PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2 iputils-ping
-          tcpdump ethtool iperf3 python3-venv python3-pip)
+          tcpdump ethtool iperf3 python3-venv python3-pip iptables)  # iptables: the gateway's NAT
 if [ "${WITH_TEST_DEPS:-0}" = 1 ]; then
   PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant
             containerd runc busybox-static)
