@@ -318,10 +318,19 @@ def resolve(target: str, etcd: str, timeout: float) -> tuple[str, str]:
     return address, f"{target} {address} ({rec['host']})"
 
 
+CONVERGE_WITHIN = 30.0  # seconds
+
+
 def cmd_ping(args: argparse.Namespace) -> int:
     etcd = args.etcd or ",".join(agent_config.load(["--config", AGENT_CONFIG]).etcd_endpoints)
     address, shown = resolve(args.target, etcd, args.timeout)
-    outcome = ctr.ping(args.name, address, args.count)
+    # The record is in etcd; the local agent learns it through its watch a moment later (under
+    # TCG, seconds). Like the netns lab's wait for convergence: ping again until that moment
+    # has surely passed, then report the last outcome.
+    deadline = time.monotonic() + CONVERGE_WITHIN
+    while not (outcome := ctr.ping(args.name, address, args.count)).ok and \
+            time.monotonic() < deadline:
+        time.sleep(1)
     print(f"  {args.name} ({socket.gethostname()}) -> {shown}: "
           f"{'OK' if outcome.ok else 'FAILED'}  {outcome.summary}")
     return 0 if outcome.ok else 1
