@@ -24,30 +24,19 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.errors import CniError, Code
 from overlay.gateway.spec import MARK_MASK, PORT_PREFIX, TABLE_BASE, GatewaySpec
 from overlay.netlink.offload import disable_tx_checksum
+from overlay.netlink.veth import netlink_session
 
 IFA_F_NOPREFIXROUTE = 0x200
 RULE_PRIORITY = 100
 MAIN = 254
 EEXIST, ENOENT, ESRCH = 17, 2, 3
-
-
-@contextmanager
-def _ipr() -> Iterator[Any]:
-    ipr = IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
 
 
 def _write(path: str, value: str) -> None:
@@ -83,7 +72,7 @@ def _subnet_routes(ipr: Any, table: int) -> dict[ipaddress.IPv4Network, int]:
 
 def main_route_conflict(spec: GatewaySpec) -> str | None:
     """The gateway port that holds an overlapping subnet in the main table, if not ours."""
-    with _ipr() as ipr:
+    with netlink_session() as ipr:
         mine = _index(ipr, spec.port)
         for dst, oif in _subnet_routes(ipr, MAIN).items():
             if oif != mine and dst.overlaps(spec.subnet):
@@ -99,7 +88,7 @@ def ensure(spec: GatewaySpec) -> None:
     _write(f"/proc/sys/net/ipv6/conf/{spec.port}/disable_ipv6", "1")
     try:
         disable_tx_checksum(spec.port)
-        with _ipr() as ipr:
+        with netlink_session() as ipr:
             idx = _index(ipr, spec.port)
             if idx is None:
                 raise CniError(Code.NETLINK_FAILURE, f"gateway port {spec.port} is missing")
@@ -130,7 +119,7 @@ def _has_rule(ipr: Any, spec: GatewaySpec) -> bool:
 
 def remove(spec: GatewaySpec) -> None:
     """Remove the rule and the routes (the port itself goes with its OVS port). Idempotent."""
-    with _ipr() as ipr:
+    with netlink_session() as ipr:
         while _has_rule(ipr, spec):
             try:
                 ipr.rule("del", fwmark=spec.mark, fwmask=MARK_MASK, table=spec.table,
@@ -155,7 +144,7 @@ def remove(spec: GatewaySpec) -> None:
 def problems(spec: GatewaySpec) -> list[str]:
     """What CHECK and doctor report about the kernel side of this gateway."""
     out = []
-    with _ipr() as ipr:
+    with netlink_session() as ipr:
         idx = _index(ipr, spec.port)
         if idx is None:
             return [f"gateway port {spec.port} is missing"]
@@ -178,7 +167,7 @@ def leftovers(active: list[GatewaySpec]) -> list[str]:
     """Gateway interfaces and rules with no gateway behind them (doctor, and the DEL test)."""
     ports, tables = {g.port for g in active}, {g.table for g in active}
     out = []
-    with _ipr() as ipr:
+    with netlink_session() as ipr:
         for link in ipr.get_links():
             name = str(link.get_attr("IFLA_IFNAME") or "")
             if name.startswith(PORT_PREFIX) and name not in ports:

@@ -44,7 +44,8 @@ class ContainerLink:
 
 
 @contextmanager
-def _ipr() -> Iterator[Any]:
+def netlink_session() -> Iterator[Any]:
+    """A pyroute2 IPRoute socket in the calling thread's namespace, closed on exit."""
     ipr = IPRoute()
     try:
         yield ipr
@@ -58,7 +59,7 @@ def _index(ipr: Any, name: str) -> int | None:
 
 
 def link_exists(name: str) -> bool:
-    with _ipr() as ipr:
+    with netlink_session() as ipr:
         return _index(ipr, name) is not None
 
 
@@ -76,7 +77,7 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
     """
     host = hostside_name(container_id, ifname)
     peer = _peer_name(host)
-    with _ipr() as ipr:
+    with netlink_session() as ipr:
         if _index(ipr, host) is not None:
             raise CniError(Code.NETLINK_FAILURE, f"host interface {host} already exists",
                            "a previous ADD for this container and interface was not deleted")
@@ -133,7 +134,7 @@ def _quiet_host_side(host: str) -> None:
 
 def _configure(peer: str, ifname: str, addresses: Sequence[Interface], routes: Sequence[Route],
                netns: str) -> tuple[str, int]:
-    with _ipr() as ns:
+    with netlink_session() as ns:
         if _index(ns, ifname) is not None:
             raise CniError(Code.NETLINK_FAILURE, f"interface {ifname} already exists in {netns}",
                            "pick another CNI_IFNAME or delete the existing interface")
@@ -155,7 +156,7 @@ def _configure(peer: str, ifname: str, addresses: Sequence[Interface], routes: S
 
 def delete_host_link(host_ifname: str) -> bool:
     """Delete the pair by its host end. Returns False if it was already gone."""
-    with _ipr() as ipr:
+    with netlink_session() as ipr:
         idx = _index(ipr, host_ifname)
         if idx is None:
             return False
@@ -187,7 +188,7 @@ def inspect_container_link(netns: str, ifname: str) -> LinkView | None:
 
 
 def _inspect(ifname: str) -> LinkView | None:
-    with _ipr() as ns:
+    with netlink_session() as ns:
         idx = _index(ns, ifname)
         if idx is None:
             return None
