@@ -44,9 +44,13 @@ def cni(vm: Vm, command: str, name: str, network: str = "my-net") -> tuple[int, 
     return int(code), rest
 
 
-def wait_for_flows(vm: Vm, mac: str, *, present: bool, timeout: float = 60) -> None:
+def wait_for_flows(vm: Vm, mac: str, *, present: bool, vni: int = 42,
+                   timeout: float = 60) -> None:
+    """Wait for the rule that tunnels `mac` of network `vni` to a remote VTEP. Matched by VNI
+    (reg0) too: a container of an overlapping network may have the same MAC on this host."""
+    rule = re.compile(rf"reg0=0x{vni:x},dl_dst={mac} actions=set_field:[0-9.]+->tun_dst")
     deadline = time.monotonic() + timeout
-    while (mac in vm.sh("ovs-ofctl -O OpenFlow14 dump-flows br-int").stdout) != present:
+    while bool(rule.search(vm.sh("ovs-ofctl -O OpenFlow14 dump-flows br-int").stdout)) != present:
         if time.monotonic() > deadline:
             pytest.fail(f"{vm.name}: flows for {mac} still {'absent' if present else 'present'} "
                         f"after {timeout:.0f} s")
@@ -209,6 +213,10 @@ def test_check_and_del(lab: VagrantLab) -> None:
     lab.node2.sh("ip netns exec k1 ip link set eth0 down")
     assert cni(lab.node2, "CHECK", "k1")[0] != 0
     lab.node2.sh("ip netns exec k1 ip link set eth0 up")
+    # The kernel dropped the default route with the link; CHECK says so until it is back.
+    code, out = cni(lab.node2, "CHECK", "k1")
+    assert code != 0 and "route to 0.0.0.0/0 via 10.0.0.1 is missing" in out, out
+    lab.node2.sh("ip netns exec k1 ip route add default via 10.0.0.1")
     assert cni(lab.node2, "CHECK", "k1")[0] == 0
 
     code, out = cni(lab.node2, "DEL", "k1")
@@ -222,3 +230,25 @@ def test_check_and_del(lab: VagrantLab) -> None:
     # The remote host drops the flows for the MAC once the endpoint leaves etcd.
     wait_for_flows(lab.node1, mac, present=False)
     assert cni(lab.node2, "DEL", "k1")[0] == 0, "DEL twice succeeds"
+
+
+def test_gateway_egress_is_masqueraded_on_the_kernel_datapath(lab: VagrantLab) -> None:
+    # The distributed gateway (overlay/gateway/) on openvswitch.ko: c1 on node1 reaches its
+    # gateway, its own host reaches c1, and c1 reaches node2's *host* address, which is off the
+    # overlay, so the packet leaves node1 through its routing with node1's address as source.
+    assert ping(lab.node1, "c1", "10.0.0.1") == (3, 3), "the anycast gateway answers"
+    c1 = address_of(lab.node1, "c1")
+    host_ping = lab.node1.sh(f"ping -c 3 -i 0.2 -W 2 {c1}", check=False).stdout
+    assert " 0% packet loss" in host_ping, host_ping
+    capture = lab.node2.popen("timeout 20 tcpdump -l -n -c 1 -i eth1 "
+                              f"'icmp[icmptype] = icmp-echo and dst host {UNDERLAY['node2']}' 2>&1")
+    time.sleep(3)  # tcpdump attaches
+    assert ping(lab.node1, "c1", UNDERLAY["node2"]) == (3, 3)
+    out, _ = capture.communicate(timeout=60)
+    assert f"{UNDERLAY['node1']} > {UNDERLAY['node2']}: ICMP echo request" in out, out
+    # east-west is never NATed: c1 sees c2's own overlay address as the source
+    capture = lab.node1.popen("timeout 20 ip netns exec c1 tcpdump -l -n -c 1 icmp 2>&1")
+    time.sleep(3)
+    assert ping(lab.node2, "c2", c1) == (3, 3)
+    out, _ = capture.communicate(timeout=60)
+    assert f"{address_of(lab.node2, 'c2')} > {c1}: ICMP echo request" in out, out
