@@ -27,7 +27,13 @@ from overlay.lab import dhcp
 from overlay.lab.hostmounts import in_host_mounts
 from overlay.lab.shell import add_netns, del_netns, in_netns, run
 from overlay.lab.topology import Lab, LabHost
-from overlay_fixtures import capture, container_addresses, container_link, host_snapshot
+from overlay_fixtures import (
+    capture,
+    container_addresses,
+    container_link,
+    host_snapshot,
+    pcap_frames,
+)
 
 EXAMPLE = """{
   "cniVersion": "0.1.0",
@@ -130,7 +136,12 @@ def test_the_spec_example_through_libcni(lab: Lab, server: dhcp.DhcpServer,
     cid, netns_path = f"{lab.prefix}-c0", f"/var/run/netns/{client_netns}"
     before = host_snapshot(lab, h0)
 
+    srv = lab.containers["srv"]
+    offers = os.path.join(lab.workdir, "offers.pcap")
+    tcpdump = capture(srv["netns"], "eth0", "udp port 68", 30, offers, direction="out")
     out = libcni(str(conf), "add", netns=netns_path, container_id=cid)
+    tcpdump.terminate()
+    tcpdump.wait()
     assert out.returncode == 0, str(out)
     result = out.json()
 
@@ -143,6 +154,10 @@ def test_the_spec_example_through_libcni(lab: Lab, server: dhcp.DhcpServer,
 
     # The lease is the server's (host1), for this container's MAC, and it is on eth0.
     mac = container_link(netns_path)["address"]
+    # The server answered unicast to that MAC (dnsmasq does when the client does not ask for
+    # broadcast): only the MAC's rule, from the record published before the lease, delivers it.
+    answers = [f[:6] for f in pcap_frames(offers)]
+    assert bytes.fromhex(mac.replace(":", "")) in answers, answers
     assert server.leases().get(mac) == str(leased.ip), server.leases()
     assert container_addresses(netns_path) == [str(leased)]
     routes = json.loads(run(["ip", "-j", "route", "show", "dev", "eth0"],
@@ -160,8 +175,20 @@ def test_the_spec_example_through_libcni(lab: Lab, server: dhcp.DhcpServer,
     assert eventually(lambda: ctr.ping(client_netns, SERVER_IP).ok)
     assert eventually(lambda: ctr.ping(client_netns, second_client["ip"]).ok)
 
+    # CHECK (0.4.0: the first version with CHECK) knows the leased address.
+    check_conf = json.loads(EXAMPLE) | {"cniVersion": "0.4.0"}
+    checked = ctr.cni_exec(lab.cni_path, "CHECK", container_id=cid, netns=netns_path,
+                           ifname="eth0", netconf=check_conf, host_dir=h0.dir)
+    assert checked.returncode == 0, checked
+    run(["ip", "addr", "del", str(leased), "dev", "eth0"], netns=client_netns)
+    checked = ctr.cni_exec(lab.cni_path, "CHECK", container_id=cid, netns=netns_path,
+                           ifname="eth0", netconf=check_conf, host_dir=h0.dir)
+    assert checked.returncode != 0 and f"address {leased} is missing" in checked.json()["msg"]
+    run(["ip", "addr", "add", str(leased), "dev", "eth0"], netns=client_netns)
+    for dst in ("10.3.0.0/16", "10.4.0.0/16"):
+        run(["ip", "route", "replace", dst, "via", SERVER_IP, "dev", "eth0"], netns=client_netns)
+
     # A DHCP client may not claim another container's address (c2's), by IP or by ARP.
-    srv = lab.containers["srv"]
     own_mac = mac
     srv_mac = container_link(f"/var/run/netns/{srv['netns']}")["address"]
     send = functools.partial(forge, client_netns)
@@ -183,3 +210,40 @@ def test_the_spec_example_through_libcni(lab: Lab, server: dhcp.DhcpServer,
     assert "DHCPRELEASE" in server.log_text()
     assert etcd_record(lab, cid) is None
     assert host_snapshot(lab, h0) == before
+
+
+def test_bad_bridge_and_failed_lease_leave_nothing_behind(lab: Lab, server: dhcp.DhcpServer,
+                                                           netns: str) -> None:
+    h0 = lab.hosts[0]
+    before = host_snapshot(lab, h0, netns)
+    wrong = json.loads(EXAMPLE) | {"bridge": "br-int"}
+    out = ctr.cni_exec(lab.cni_path, "ADD", container_id="bad-bridge", netns=netns,
+                       ifname="eth0", netconf=wrong, host_dir=h0.dir)
+    assert out.returncode != 0 and out.json()["code"] == 7, out
+    assert "bridge 'br-int' is not managed" in out.json()["msg"] and "'ovs0'" in out.json()["msg"]
+    # The dhcp daemon of host0 is down: the lease fails after link, port, record and flows
+    # exist, and every one of them is undone.
+    dhcp.stop_daemon(h0)
+    try:
+        out = ctr.cni_exec(lab.cni_path, "ADD", container_id="no-daemon", netns=netns,
+                           ifname="eth0", netconf=json.loads(EXAMPLE), host_dir=h0.dir)
+        assert out.returncode != 0 and "IPAM plugin dhcp" in out.json()["msg"], out
+    finally:
+        dhcp.start_daemon(h0)
+    assert host_snapshot(lab, h0, netns) == before
+    assert etcd_record(lab, "no-daemon") is None
+
+
+def test_renewal_crosses_hosts(lab: Lab, server: dhcp.DhcpServer,
+                               second_client: dict[str, str]) -> None:
+    """The daemon renews at half the lease (1 of dnsmasq's minimum 2 minutes), from the leased
+    address, to the server on another host; the server's ACK comes back and the address stays."""
+    mac = container_link(f"/var/run/netns/{second_client['netns']}")["address"]
+
+    def acks() -> int:
+        return sum(1 for line in server.log_text().splitlines()
+                   if "DHCPACK" in line and mac in line)
+    assert acks() >= 1
+    assert eventually(lambda: acks() >= 2, timeout=100), server.log_text()[-2000:]
+    assert server.leases().get(mac) == second_client["ip"]
+    assert eventually(lambda: ctr.ping(second_client["netns"], SERVER_IP).ok)
