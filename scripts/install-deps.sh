@@ -10,7 +10,8 @@
 #   WITH_TEST_DEPS=1    also what the test suite needs (Go and Debian's libcni for the libcni
 #                       driver, the reference CNI plugins and iptables for chaining, vagrant for
 #                       `vagrant validate`, containerd/runc/busybox-static for the containerd e2e
-#                       test); `make deps` sets it, the Vagrant VMs do not
+#                       test, dnsmasq-base for the DHCP e2e test); `make deps` sets it, the
+#                       Vagrant VMs do not
 set -euo pipefail
 
 SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -19,7 +20,8 @@ PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2
           tcpdump ethtool iperf3 python3-venv python3-pip iptables)  # iptables: the gateway's NAT
 if [ "${WITH_TEST_DEPS:-0}" = 1 ]; then
   PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant
-            containerd runc busybox-static)
+            containerd runc busybox-static
+            dnsmasq-base)  # the DHCP server of tests/e2e/test_dhcp.py (and of the lab's README)
 fi
 if [ "${WITH_VM_DEPS:-0}" = 1 ]; then  # the Vagrant lab and the VM tier (make test-vm)
   PACKAGES+=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients

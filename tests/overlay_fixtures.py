@@ -60,9 +60,9 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
 
     def make(hosts: int = 2, network: tuple[str, int, str] | None = ("my-net", 42,
                                                                     "10.0.0.0/24"),
-             tls: bool = False, etcd_members: int = 1) -> Lab:
+             tls: bool = False, etcd_members: int = 1, bridge: str = "br-int") -> Lab:
         lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-lab-"), prefix=new_prefix(), tls=tls,
-                  etcd_members=etcd_members)
+                  etcd_members=etcd_members, bridge=bridge)
         labs.append(lab)
         lab.up(hosts)
         if network:

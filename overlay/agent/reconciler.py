@@ -57,7 +57,9 @@ def parse_endpoint(value: bytes) -> tuple[_Endpoint, r.EndpointRecord]:
         raise ValueError(f"bad vni {rec.vni!r}")
     if not isinstance(rec.mac, str) or not _MAC_RE.fullmatch(rec.mac):
         raise ValueError(f"bad mac {rec.mac!r}")
-    if not isinstance(rec.ips, list) or not rec.ips:
+    # No address yet is valid: a DHCP client's record is published before its lease, so that
+    # the server's unicast answers to its MAC find this host (overlay/cni/leases.py).
+    if not isinstance(rec.ips, list):
         raise ValueError(f"bad ips {rec.ips!r}")
     if not isinstance(rec.host, str) or not isinstance(rec.network, str):
         raise ValueError("bad host or network")

@@ -236,6 +236,10 @@ def _parse_ipam(obj: Any) -> IpamConfig:
     if ipam_type == PLUGIN_TYPE:
         raise _invalid(f"ipam.type {ipam_type!r} names this plugin itself, not an IPAM plugin; "
                        f"use \"{BUILTIN_IPAM}\" for the built-in allocator")
+    if ipam_type == "dhcp":
+        # dhcp ignores `routes`; we install them (overlay/cni/leases.py), so we read them.
+        return IpamConfig(ipam_type, routes=_parse_routes(obj.get("routes")),
+                          routes_given="routes" in obj)
     if ipam_type != BUILTIN_IPAM:
         # Delegated: the plugin named by ipam.type validates its own section.
         return IpamConfig(ipam_type)

@@ -1,11 +1,15 @@
 """ADD, DEL and CHECK: the steps of attaching a container, in order, each undone on failure.
 
-ADD: validate -> record the network (etcd) -> addresses (etcd transactions, or the delegated
-IPAM plugin) -> veth into the netns -> port on br-int (waits for its ofport) -> endpoint record
-(etcd) -> the network's gateway on this host (overlay/gateway/, the first container of a
-network creates it) -> local flows. Each step's undo is registered *before* the step runs (every undo is
-idempotent), so a step that fails half-way is undone too: a failed ADD leaves no veth, no OVS
-port, no IP allocation and no endpoint record behind.
+ADD: validate -> record the network (etcd) -> addresses (etcd transactions) -> veth into the
+netns -> port on br-int (waits for its ofport) -> endpoint record (etcd) -> the network's
+gateway on this host (overlay/gateway/, the first container of a network creates it) -> local
+flows. With a delegated IPAM plugin the link comes first, as in the reference `bridge` plugin:
+veth (up, no address) -> [dhcp: port, record without address, DHCP-only flows] -> the plugin
+-> addresses and routes on the link -> port, record, flows (see _add_link_first, leases.py).
+
+Each step's undo is registered *before* the step runs (every undo is idempotent), so a step
+that fails half-way is undone too: a failed ADD leaves no veth, no OVS port, no IP allocation
+(or lease) and no endpoint record behind.
 
 DEL undoes every step whether or not the others are still there, and succeeds when there is
 nothing left to undo. Calls for the same container interface are serialised by a striped lock;
@@ -19,11 +23,11 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from overlay.cni import requests
+from overlay.cni import leases, requests
 from overlay.cni.netconf import CniEnv, NetConf, Route
 from overlay.cni.result import Attachment, build_result, encode
 from overlay.dataplane.dataplane import Dataplane
@@ -32,7 +36,7 @@ from overlay.errors import CniError, Code
 from overlay.gateway.manager import GatewayManager, spec_for
 from overlay.gateway.spec import GatewaySpec
 from overlay.ipam import delegate
-from overlay.ipam.allocator import EtcdIpam
+from overlay.ipam.allocator import Assigned, EtcdIpam
 from overlay.netlink import veth
 from overlay.ovs.ovsdb import Ovsdb
 from overlay.store.etcd import Store
@@ -47,6 +51,7 @@ VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 EXT_CONTAINER, EXT_IFNAME, EXT_NETNS, EXT_NETWORK = (
     "overlay-container-id", "overlay-ifname", "overlay-netns", "overlay-network")
 EXT_VNI, EXT_IP, EXT_MAC = "overlay-vni", "overlay-ip", "overlay-mac"
+EXT_IPAM = "overlay-ipam"  # "dhcp": the port's flows also admit DHCP from 0.0.0.0
 
 
 @dataclass(frozen=True)
@@ -161,68 +166,132 @@ class CniService:
         if self.store.ensure_network(network):
             undo.append(lambda: self.store.drop_network_if_unused(network))
         t.lap("network")
-
         if conf.ipam.delegated:
-            delegate.find_plugin(conf.ipam.type, env.path)  # not there: nothing to undo yet
-            undo.append(lambda: delegate.run("DEL", conf, env))
-            lease = delegate.parse_result(delegate.run("ADD", conf, env) or {})
-            assigned, routes = lease.assigned, lease.routes
-        else:
-            undo.append(lambda: self.ipam.release(conf.name, owner))
-            assigned = self.ipam.allocate(conf.name, owner, conf.ipam, wanted_ips)
-            routes = conf.ipam.routes
+            return self._add_link_first(env, conf, owner, undo, t, mac)
+
+        undo.append(lambda: self.ipam.release(conf.name, owner))
+        assigned = self.ipam.allocate(conf.name, owner, conf.ipam, wanted_ips)
+        routes = conf.ipam.routes
         t.lap("ipam")
-        mtu = conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
         gateway = self.gateway_spec(conf)
         if gateway is not None and not conf.ipam.routes_given:
             # README: a default route via the gateway unless the netconf lists its own routes.
             routes = (Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway.address.ip), *routes)
         host_if = veth.hostside_name(env.container_id, env.ifname)
-
-        if mac is None:
-            mac = mac_for(assigned[0].address.ip)
         undo.append(lambda: veth.delete_host_link(host_if))
         link = veth.create_container_link(container_id=env.container_id, netns=env.netns,
-                                          ifname=env.ifname, mtu=mtu,
+                                          ifname=env.ifname, mtu=self.mtu(conf),
                                           addresses=[a.address for a in assigned],
-                                          routes=routes, mac=mac)
+                                          routes=routes, mac=mac or mac_for(assigned[0].address.ip))
         t.lap("veth")
-
-        ips = tuple(str(a.address.ip) for a in assigned)
-        undo.append(lambda: self.ovs.delete_port(host_if))
-        ofport = self.ovs.ensure_port(self.host.bridge, host_if, external_ids={
-            EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
-            EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni), EXT_IP: ",".join(ips),
-            EXT_MAC: link.mac})
+        ofport = self._port(env, conf, link, assigned, undo)
         t.lap("ovs-port")
+        self._publish(env, conf, link, assigned, routes, undo)
+        t.lap("endpoint")
+        return self._finish(env, conf, owner, link, ofport, assigned, routes, routes, undo, t)
 
+    def _add_link_first(self, env: CniEnv, conf: NetConf, owner: str,
+                        undo: list[Callable[[], object]], t: _Stopwatch, mac: str | None) -> bytes:
+        """Delegated IPAM, in the order of the reference `bridge` plugin: the link exists, up
+        and without an address, before the plugin runs (dhcp sends its DISCOVER from it).
+
+        For dhcp the attachment is also published before the lease: the endpoint record with
+        MAC and host but no address (so other hosts send unicast OFFER/ACK for that MAC to this
+        host's VTEP) and local flows that admit only the client's DHCP broadcasts from
+        0.0.0.0. The lease then updates both, as any ADD would write them.
+        """
+        delegate.find_plugin(conf.ipam.type, env.path)  # not there: nothing to undo yet
+        host_if = veth.hostside_name(env.container_id, env.ifname)
+        undo.append(lambda: veth.delete_host_link(host_if))
+        link = veth.create_container_link(container_id=env.container_id, netns=env.netns,
+                                          ifname=env.ifname, mtu=self.mtu(conf), addresses=[],
+                                          routes=[], mac=mac or leases.lease_mac(
+                                              env.container_id, env.ifname))
+        t.lap("veth")
+        dhcp = leases.is_dhcp(conf)
+        if dhcp:
+            ofport = self._port(env, conf, link, [], undo)
+            self._publish(env, conf, link, [], [], undo)
+            key = endpoint_key(conf.name, env.container_id, env.ifname)
+            self.networks.join(conf.name)
+            undo.append(lambda: self.dataplane.remove_endpoint(key))
+            self.dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, (), ofport, True))
+            t.lap("pre-lease")
+        # Registered after the link's undo, so a rollback releases the lease (dhcp: a DHCPRELEASE
+        # sent from the link, through the flows) before the link and flows go.
+        undo.append(lambda: delegate.run("DEL", conf, env))
+        lease = delegate.parse_result(delegate.run("ADD", conf, env) or {})
+        t.lap("ipam")
+        routes = leases.chosen_routes(conf, lease.routes)
+        installed = leases.installed_routes(routes, lease.assigned)
+        veth.add_container_addresses(netns=env.netns, ifname=env.ifname,
+                                     addresses=[a.address for a in lease.assigned],
+                                     routes=installed)
+        t.lap("addresses")
+        # dhcp: the port is there already; this updates its external_ids to the leased address.
+        ofport = self._port(env, conf, link, lease.assigned, None if dhcp else undo)
+        t.lap("ovs-port")
+        # dhcp: the record and flows of before the lease are replaced (their undo is registered)
+        self._publish(env, conf, link, lease.assigned, installed, undo, registered=dhcp)
+        t.lap("endpoint")
+        return self._finish(env, conf, owner, link, ofport, lease.assigned, routes, installed,
+                            undo, t)
+
+    def mtu(self, conf: NetConf) -> int:
+        return conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
+
+    def _port(self, env: CniEnv, conf: NetConf, link: veth.ContainerLink,
+              assigned: Sequence[Assigned], undo: list[Callable[[], object]] | None) -> int:
+        """The host end on the bridge (or its external_ids updated), with what names it.
+        `undo` None: the port's removal is registered already."""
+        if undo is not None:
+            undo.append(lambda: self.ovs.delete_port(link.host_ifname))
+        return self.ovs.ensure_port(self.host.bridge, link.host_ifname, external_ids={
+            EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
+            EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni),
+            EXT_IP: ",".join(str(a.address.ip) for a in assigned), EXT_MAC: link.mac,
+            EXT_IPAM: conf.ipam.type})
+
+    def _publish(self, env: CniEnv, conf: NetConf, link: veth.ContainerLink,
+                 assigned: Sequence[Assigned], routes: Sequence[Route],
+                 undo: list[Callable[[], object]], *, registered: bool = False) -> None:
         rec = EndpointRecord(network=conf.name, container_id=env.container_id, ifname=env.ifname,
                              host=self.host.name, vni=conf.vni,
                              ips=[str(a.address) for a in assigned], mac=link.mac,
-                             port=host_if, netns=env.netns, mtu=mtu,
+                             port=link.host_ifname, netns=env.netns, mtu=self.mtu(conf),
                              routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes],
                              ipam=conf.ipam.type)
-        undo.append(lambda: self.store.delete_endpoint(conf.name, env.container_id, env.ifname))
+        if not registered:
+            undo.append(lambda: self.store.delete_endpoint(conf.name, env.container_id,
+                                                           env.ifname))
         self.store.put_endpoint(rec)
-        t.lap("endpoint")
 
+    def _finish(self, env: CniEnv, conf: NetConf, owner: str, link: veth.ContainerLink,
+                ofport: int, assigned: Sequence[Assigned], routes: Sequence[Route],
+                installed: Sequence[Route], undo: list[Callable[[], object]],
+                t: _Stopwatch) -> bytes:
+        """Gateway and local flows, then the result. `routes` as the result shows them,
+        `installed` as they are in the container."""
         # The network's remote endpoints are read before the local flows go in, so that the
         # container's rules and the rules to reach the rest of its network land in one bundle.
         self.networks.join(conf.name)
         t.lap("join")
         key = endpoint_key(conf.name, env.container_id, env.ifname)
+        gateway = self.gateway_spec(conf)
         if gateway is not None:
             undo.append(lambda: self.gateways.release(key))
             self.gateways.acquire(key, gateway)
             t.lap("gateway")
-        undo.append(lambda: self.dataplane.remove_endpoint(key))
-        self.dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport))
+        ips = tuple(str(a.address.ip) for a in assigned)
+        if not leases.is_dhcp(conf):  # dhcp: registered before the lease, to run after its DEL
+            undo.append(lambda: self.dataplane.remove_endpoint(key))
+        self.dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport,
+                                                       leases.is_dhcp(conf)))
         t.lap("flows")
-
         result = build_result(conf.cni_version, Attachment(
-            host_ifname=host_if, host_mac=link.host_mac, ifname=env.ifname, mac=link.mac,
-            netns=env.netns, addresses=assigned, routes=routes, mtu=mtu), conf.prev_result,
-            conf.dns)
+            host_ifname=link.host_ifname, host_mac=link.host_mac, ifname=env.ifname,
+            mac=link.mac, netns=env.netns, addresses=assigned, routes=routes,
+            mtu=self.mtu(conf)), conf.prev_result, conf.dns)
         log.info("ADD %s %s -> %s %s port %s (%s)", conf.name, owner, ",".join(ips), link.mac,
                  ofport, t)
         return encode(result)
@@ -242,11 +311,16 @@ class CniService:
         removed only if the port says it belongs to this network (or no port is left): a DEL
         for another network, sent after its ADD was refused, must not cut this one.
         """
-        self._detach(conf.name, container_id, ifname)
-        if conf.ipam.delegated:
-            delegate.run("DEL", conf, env, container_id=container_id, ifname=ifname)
-        else:
+        if not conf.ipam.delegated:
+            self._detach(conf.name, container_id, ifname)
             self.ipam.release(conf.name, owner_of(container_id, ifname))
+            return
+        # The delegate first, as `bridge` does: dhcp's daemon releases the lease with a
+        # DHCPRELEASE sent from the container's link, which must still be there, flows included.
+        try:
+            delegate.run("DEL", conf, env, container_id=container_id, ifname=ifname)
+        finally:  # a delegate that fails does not keep the rest attached; DEL can be retried
+            self._detach(conf.name, container_id, ifname)
 
     def teardown_orphan(self, network: str, container_id: str, ifname: str) -> None:
         """Like teardown, for an attachment whose netconf we do not have (the janitor's case):
@@ -314,7 +388,8 @@ class CniService:
         if ofport is None:
             problems.append(f"OVS port {rec.port} is missing from {self.host.bridge}")
         else:
-            port = LocalPort(rec.vni, rec.mac, tuple(rec.addresses), ofport)
+            port = LocalPort(rec.vni, rec.mac, tuple(rec.addresses), ofport,
+                             rec.ipam == leases.DHCP)
             key = endpoint_key(conf.name, env.container_id, env.ifname)
             if key not in self.dataplane.local_keys() or not self.dataplane.switch_has(port):
                 problems.append(f"the flows of port {rec.port} are not in the switch")

@@ -4,7 +4,8 @@ Pipeline (one integration bridge, one flow-based VXLAN port):
 
   table 0  CLASSIFY   A container port is admitted only with its own MAC and its own IPv4/IPv6
                       addresses (anti-spoofing; IPv6 also link-local and DAD, which neighbour
-                      discovery needs); its VNI goes to reg0. Tunnel traffic is admitted per
+                      discovery needs; a DHCP client also its DISCOVER/REQUEST from 0.0.0.0,
+                      before it has an address); its VNI goes to reg0. Tunnel traffic is admitted per
                       VNI from the VTEPs of hosts that have that network. The rest is dropped.
   table 10 ARP        ARP requests for any endpoint of the same network are answered right here
                       from control-plane data; nothing is flooded, across tunnels or locally.
@@ -70,6 +71,7 @@ class LocalPort:
     mac: str
     ips: tuple[str, ...]
     ofport: int
+    dhcp: bool = False  # its address comes from a DHCP server: admit the client's DISCOVER
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -151,6 +153,12 @@ def local_port_flows(p: LocalPort) -> list[Flow]:
                            f"{load},goto_table:{ARP}"))
         # Its own address is never answered for it: duplicate-address probes must stay unanswered.
         flows.append(_flow(ARP, 110, f"in_port={p.ofport},arp,arp_tpa={ip}", "drop"))
+    if p.dhcp:
+        # A DHCP client has no address until its lease, and falls back to none when a lease
+        # cannot be renewed: it may broadcast client -> server UDP from 0.0.0.0, nothing else.
+        # With an address, its renewals come from that address and pass the rule above.
+        flows.append(_flow(CLASSIFY, 100, f"{base},udp,nw_src=0.0.0.0,nw_dst=255.255.255.255,"
+                                          f"tp_src=68,tp_dst=67", f"{load},goto_table:{FORWARD}"))
     v6 = _v6(p.ips)
     for ip in v6:
         flows.append(_flow(CLASSIFY, 100, f"{base},ipv6,ipv6_src={ip}",

@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
 
 from overlay.lab import containers as ctr
+from overlay.lab import dhcp
 from overlay.lab.topology import Lab
 
 WORKDIR = os.environ.get("OVERLAY_LAB_DIR", "/run/overlay-lab")
@@ -39,6 +41,23 @@ def _add(lab: Lab, name: str, host: str, network: str) -> None:
     print(f"  {name} on {host}: {lab.containers[name]['ip']} (netns {lab.containers[name]['netns']})")
 
 
+def _dhcp_server(lab: Lab, args: argparse.Namespace) -> int:
+    server_ip = ipaddress.ip_interface(args.address)
+    first, last = args.range.split(",")
+    conf = {"cniVersion": "0.3.1", "name": args.network, "type": "ovs", "bridge": lab.bridge,
+            "vxlanID": args.vni, "ipam": {"type": "static", "addresses": [{"address": args.address}]}}
+    out = ctr.add_container(lab, args.name, args.host, netconf=conf)
+    if out.returncode != 0:
+        print(out.stdout.strip() or out.stderr.strip())
+        return out.returncode
+    server = dhcp.start_server(lab.workdir, args.name, lab.containers[args.name]["netns"],
+                               first=first, last=last, netmask=str(server_ip.netmask),
+                               router=str(server_ip.ip))
+    print(f"{args.name} on {args.host}: dnsmasq on {server_ip}, leases {first}-{last} "
+          f"(router {server_ip.ip}); lease file {server.leasefile}, log {server.log}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m overlay.lab")
     parser.add_argument("--workdir", default=WORKDIR)
@@ -47,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--hosts", type=int, default=int(os.environ.get("HOSTS", "2")))
     up.add_argument("--tls", action="store_true", default=os.environ.get("TLS") == "1",
                     help="etcd serves https and requires client certificates (made with openssl)")
+    up.add_argument("--bridge", default="br-int", help="the bridge every host's agent manages")
+    up.add_argument("--no-network", action="store_true",
+                    help="do not define my-net (VNI 42, 10.0.0.0/24), e.g. to give VNI 42 to pci")
     sub.add_parser("demo")
     sub.add_parser("down")
     sub.add_parser("status")
@@ -55,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("name")
     c.add_argument("--host", default="host0")
     c.add_argument("--network", default=ctr.DEFAULT_NETWORK)
+    c.add_argument("--netconf", help="a netconf file to use as it is (e.g. without agentSocket: "
+                                     "the plugin runs with the host's /run/overlay)")
+    d = sub.add_parser("dhcp-server", help="a container running dnsmasq, attached with static IPAM")
+    d.add_argument("name")
+    d.add_argument("--host", default="host0")
+    d.add_argument("--network", required=True)
+    d.add_argument("--vni", type=int, required=True)
+    d.add_argument("--address", required=True, help="the server's own address, e.g. 10.9.0.2/24")
+    d.add_argument("--range", required=True, help="FIRST,LAST addresses to lease")
     n = sub.add_parser("network")
     n.add_argument("action", choices=["add"])
     n.add_argument("name")
@@ -77,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "up":
         lab = Lab.load(args.workdir) if os.path.exists(f"{args.workdir}/lab.json") else Lab(
-            workdir=args.workdir, tls=args.tls)
+            workdir=args.workdir, tls=args.tls, bridge=args.bridge)
         if args.tls and not lab.tls:  # (a TLS lab stays one without --tls)
             raise SystemExit(f"the lab in {args.workdir} runs etcd without TLS; remove it first "
                              "(make lab-down) to bring it up with TLS")
         print(f"bringing up {args.hosts} hosts in {args.workdir} ...")
         lab.up(args.hosts, progress=lambda line: print(line, flush=True))
-        ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
+        if not args.no_network:
+            ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
         if lab.tls:
             print(f"  etcd: {lab.etcd_url}, client certificates required; CA, etcd's and the "
                   f"agents' certificates in {lab.pki_dir}")
@@ -108,12 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         ok = _ping(lab, "c0", "c1") & _ping(lab, "c1", "c0")
         return 0 if ok else 1
     elif args.cmd == "container":
+        if args.action == "add" and args.netconf:
+            with open(args.netconf) as fh:
+                out = ctr.add_container(lab, args.name, args.host, netconf=json.load(fh))
+            print(out.stdout.strip() or out.stderr.strip())
+            return out.returncode
         if args.action == "add":
             _add(lab, args.name, args.host, args.network)
         else:
             out = ctr.del_container(lab, args.name)
             print(out.stdout or "deleted")
             return out.returncode
+    elif args.cmd == "dhcp-server":
+        return _dhcp_server(lab, args)
     elif args.cmd == "network":
         ctr.define_network(lab, args.name, args.vni, args.subnet)
     elif args.cmd == "ping":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay.lab import host as steps
+from overlay.lab.hostmounts import in_host_mounts
 from overlay.lab.shell import add_netns, del_netns, run
 from overlay.lab.topology import Lab, LabHost
 
@@ -39,7 +40,9 @@ def plugin_netconf(conflist: dict[str, Any]) -> dict[str, Any]:
 
 def cni_exec(cni_path: str, command: str, *, container_id: str, netns: str, ifname: str,
              netconf: dict[str, Any] | bytes, cni_args: str = "",
-             timeout: float = 150) -> CniOutcome:
+             timeout: float = 150, host_dir: str | None = None) -> CniOutcome:
+    """With `host_dir`, the plugin runs in that lab host's mount namespace, where the default
+    agentSocket (/run/overlay/agent.sock) is that host's agent (overlay.lab.hostmounts)."""
     stdin = netconf if isinstance(netconf, bytes) else json.dumps(netconf).encode()
     plugin_type = "ovs"
     if isinstance(netconf, dict):
@@ -50,8 +53,8 @@ def cni_exec(cni_path: str, command: str, *, container_id: str, netns: str, ifna
     plugin = next((os.path.join(d, plugin_type) for d in cni_path.split(":")
                    if os.path.exists(os.path.join(d, plugin_type))),
                   os.path.join(cni_path.split(":")[0], plugin_type))
-    proc = subprocess.run([plugin], input=stdin, env=env,
-                          capture_output=True, timeout=timeout)
+    argv = in_host_mounts(host_dir, [plugin]) if host_dir else [plugin]
+    proc = subprocess.run(argv, input=stdin, env=env, capture_output=True, timeout=timeout)
     return CniOutcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
@@ -70,7 +73,7 @@ def define_network(lab: Lab, network: str, vni: int, subnet: str) -> None:
         netns=lab.underlay_ns)
     for h in lab.hosts:
         steps.write_cni_config(conflist_path(h, network), network=network, vni=vni,
-                               subnet=subnet, bridge="br-int", agent_socket=h.socket)
+                               subnet=subnet, bridge=lab.bridge, agent_socket=h.socket)
 
 
 def read_conflist(h: LabHost, network: str) -> dict[str, Any]:
@@ -90,19 +93,32 @@ def ping(netns: str, address: str, count: int = 3) -> PingOutcome:
     return PingOutcome(proc.returncode == 0, summary[0] if summary else proc.stderr.strip())
 
 
+def result_address(result: dict[str, Any]) -> str:
+    """The first address of a result, in any version's shape (0.1.0/0.2.0: ip4, ip6)."""
+    first = result["ips"][0]["address"] if "ips" in result else \
+        (result.get("ip4") or result["ip6"])["ip"]
+    return str(first).split("/")[0]
+
+
 def add_container(lab: Lab, name: str, host: str, network: str = DEFAULT_NETWORK,
-                  ifname: str = "eth0") -> CniOutcome:
+                  ifname: str = "eth0", netconf: dict[str, Any] | None = None) -> CniOutcome:
+    """Attach a new container `name` on `host`: with the host's conflist for `network`, or
+    with `netconf` as given (then it is recorded for DEL). CNI_PATH also holds the standard
+    plugins, for delegated IPAM (static, dhcp, host-local)."""
     h = lab.host(host)
     netns = f"{lab.prefix}-{name}"
     add_netns(netns)
     container_id = f"{lab.prefix}-{name}"
-    outcome = cni_exec(lab.cni_bin, "ADD", container_id=container_id,
-                       netns=f"/var/run/netns/{netns}", ifname=ifname,
-                       netconf=plugin_netconf(read_conflist(h, network)))
+    conf = netconf or plugin_netconf(read_conflist(h, network))
+    outcome = cni_exec(lab.cni_path, "ADD", container_id=container_id,
+                       netns=f"/var/run/netns/{netns}", ifname=ifname, netconf=conf,
+                       host_dir=h.dir)
     if outcome.returncode == 0:
-        lab.containers[name] = {"host": host, "netns": netns, "network": network,
+        lab.containers[name] = {"host": host, "netns": netns, "network": str(conf["name"]),
                                 "container_id": container_id, "ifname": ifname,
-                                "ip": outcome.json()["ips"][0]["address"].split("/")[0]}
+                                "ip": result_address(outcome.json())}
+        if netconf is not None:
+            lab.containers[name]["netconf"] = json.dumps(netconf)
         lab.save()
     else:
         del_netns(netns)
@@ -112,9 +128,11 @@ def add_container(lab: Lab, name: str, host: str, network: str = DEFAULT_NETWORK
 def del_container(lab: Lab, name: str) -> CniOutcome:
     c = lab.containers[name]
     h = lab.host(c["host"])
-    outcome = cni_exec(lab.cni_bin, "DEL", container_id=c["container_id"],
+    conf = json.loads(c["netconf"]) if "netconf" in c else \
+        plugin_netconf(read_conflist(h, c["network"]))
+    outcome = cni_exec(lab.cni_path, "DEL", container_id=c["container_id"],
                        netns=f"/var/run/netns/{c['netns']}", ifname=c["ifname"],
-                       netconf=plugin_netconf(read_conflist(h, c["network"])))
+                       netconf=conf, host_dir=h.dir)
     if outcome.returncode == 0:
         del_netns(c["netns"])
         del lab.containers[name]

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from overlay.lab.hostmounts import in_host_mounts
 from overlay.lab.shell import in_netns, run
 
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -55,10 +56,14 @@ class OvsPaths:
 
 
 def spawn(cmd: list[str], *, netns: str | None, log: str, pidfile: str,
-          env: dict[str, str] | None = None) -> int:
-    """Start a long-running process in its own session (it outlives the lab command)."""
+          env: dict[str, str] | None = None, host_dir: str | None = None) -> int:
+    """Start a long-running process in its own session (it outlives the lab command); with
+    `host_dir`, in that lab host's mount namespace (overlay.lab.hostmounts)."""
+    argv = in_netns(netns, cmd)
+    if host_dir is not None:
+        argv = in_host_mounts(host_dir, argv)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(in_netns(netns, cmd), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 env={**os.environ, **(env or {})})
     with open(pidfile, "w") as fh:
@@ -209,12 +214,13 @@ def _wait_previous_agent(pidfile: str, timeout: float) -> None:
 
 
 def start_agent(config: str, *, netns: str | None, log: str, pidfile: str, socket: str,
-                timeout: float = 30.0) -> int:
+                timeout: float = 30.0, host_dir: str | None = None) -> int:
     agent = os.path.join(scripts_dir(), "overlay-agent")
     _wait_previous_agent(pidfile, timeout)
     if os.path.exists(socket):
         os.unlink(socket)  # left by an agent that was killed: its presence must mean "ready"
-    pid = spawn([agent, "--config", config], netns=netns, log=log, pidfile=pidfile)
+    pid = spawn([agent, "--config", config], netns=netns, log=log, pidfile=pidfile,
+                host_dir=host_dir)
 
     def ready() -> bool:
         try:

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from overlay.lab import dhcp, pki
 from overlay.lab import host as steps
-from overlay.lab import pki
 from overlay.lab.shell import add_netns, del_netns, netns_exists, run
 from overlay.store.tls import TlsFiles
 
@@ -33,6 +33,7 @@ Progress = Callable[[str], None]
 
 def _quiet(message: str) -> None:
     pass
+STANDARD_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins
 METRICS_PORT = 10390  # overlay.agent.metrics_server.DEFAULT_PORT (not imported: no prometheus here)
 
 
@@ -106,6 +107,7 @@ class Lab:
     containers: dict[str, dict[str, str]] = field(default_factory=dict)
     tls: bool = False  # etcd over https with client-certificate authentication
     etcd_members: int = 1  # 3: a cluster of three members on .254, .253, .252
+    bridge: str = "br-int"  # the integration bridge every host's agent manages
 
     # --- naming -----------------------------------------------------------------------------
 
@@ -184,6 +186,11 @@ class Lab:
     @property
     def cni_bin(self) -> str:
         return os.path.join(self.workdir, "cni-bin")
+
+    @property
+    def cni_path(self) -> str:
+        """CNI_PATH for the lab's runtime calls: our plugin, then the standard plugins."""
+        return f"{self.cni_bin}:{STANDARD_PLUGINS}"
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
@@ -312,17 +319,19 @@ class Lab:
         self.save()
         paths = steps.start_ovs(h.ovs_dir, h.netns)
         steps.write_agent_config(
-            h.agent_config, host=name, underlay_interface="eth0", underlay_ip=h.vtep,
+            h.agent_config, host=name, bridge=self.bridge, underlay_interface="eth0",
+            underlay_ip=h.vtep,
             etcd_endpoints=self.etcd_urls, ovsdb=paths.endpoint, ovs_rundir=h.ovs_dir,
             socket=h.socket, datapath="netdev",  # the same on every machine, module or not
             metrics_address=f"0.0.0.0:{METRICS_PORT}",  # each host netns has its own port space
             **self.agent_etcd_settings())
         self.start_agent(h)
+        dhcp.start_daemon(h)
         return h
 
     def start_agent(self, h: LabHost) -> None:
         steps.start_agent(h.agent_config, netns=h.netns, log=h.agent_log,
-                          pidfile=h.agent_pidfile, socket=h.socket)
+                          pidfile=h.agent_pidfile, socket=h.socket, host_dir=h.dir)
 
     def agent_http(self, h: LabHost, path: str = "/metrics") -> tuple[int, str]:
         """GET `path` from the agent's metrics listener, from inside its host's namespace
@@ -340,7 +349,9 @@ class Lab:
     # --- tear-down --------------------------------------------------------------------------
 
     def down(self) -> None:
+        dhcp.stop_servers(self.workdir)
         for h in self.hosts:
+            dhcp.stop_daemon(h)
             steps.stop_pidfile(h.agent_pidfile)
             steps.stop_ovs(h.ovs_dir)
         self.stop_etcd()

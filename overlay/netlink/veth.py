@@ -143,15 +143,38 @@ def _configure(peer: str, ifname: str, addresses: Sequence[Interface], routes: S
             raise CniError(Code.NETLINK_FAILURE, f"{peer} did not arrive in {netns}")
         ns.link("set", index=idx, ifname=ifname)
         ns.link("set", index=idx, state="up")
-        for address in addresses:
-            ns.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
-                    **({"flags": IFA_F_NODAD} if address.version == 6 else {}))
-        for route in routes:
-            kwargs: dict[str, Any] = {"dst": str(route.dst), "oif": idx}
-            if route.gw is not None:
-                kwargs["gateway"] = str(route.gw)
-            ns.route("add", **kwargs)
+        _add_addresses(ns, idx, addresses, routes)
         return ns.get_links(idx)[0].get_attr("IFLA_ADDRESS"), idx
+
+
+def _add_addresses(ns: Any, idx: int, addresses: Sequence[Interface],
+                   routes: Sequence[Route]) -> None:
+    for address in addresses:
+        ns.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
+                **({"flags": IFA_F_NODAD} if address.version == 6 else {}))
+    for route in routes:
+        kwargs: dict[str, Any] = {"dst": str(route.dst), "oif": idx}
+        if route.gw is not None:
+            kwargs["gateway"] = str(route.gw)
+        ns.route("add", **kwargs)
+
+
+def add_container_addresses(*, netns: str, ifname: str, addresses: Sequence[Interface],
+                            routes: Sequence[Route]) -> None:
+    """Put addresses and routes on a container link made without them (create_container_link
+    with none): a delegated IPAM plugin chooses them once the link exists. The link itself is
+    removed by the caller's undo (delete_host_link) if this fails."""
+    def configure() -> None:
+        with netlink_session() as ns:
+            idx = _index(ns, ifname)
+            if idx is None:
+                raise CniError(Code.NETLINK_FAILURE, f"interface {ifname} vanished from {netns}")
+            _add_addresses(ns, idx, addresses, routes)
+    try:
+        run_in_netns(netns, configure)
+    except (NetlinkError, OSError) as exc:
+        raise CniError(Code.NETLINK_FAILURE, f"cannot put the lease on {ifname} in {netns}",
+                       str(exc)) from None
 
 
 def delete_host_link(host_ifname: str) -> bool:

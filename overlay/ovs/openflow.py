@@ -46,7 +46,8 @@ class Unsupported(Exception):
 BASIC, NXM0, NXM1 = 0x8000, 0x0000, 0x0001
 IN_PORT_F = (BASIC, 0, 4)
 ETH_DST, ETH_SRC, ETH_TYPE = (BASIC, 3, 6), (BASIC, 4, 6), (BASIC, 5, 2)
-IP_PROTO, IPV4_SRC = (BASIC, 10, 1), (BASIC, 11, 4)
+IP_PROTO, IPV4_SRC, IPV4_DST = (BASIC, 10, 1), (BASIC, 11, 4), (BASIC, 12, 4)
+UDP_SRC, UDP_DST = (BASIC, 15, 2), (BASIC, 16, 2)
 ARP_OP, ARP_SPA, ARP_TPA, ARP_SHA = (BASIC, 21, 2), (BASIC, 22, 4), (BASIC, 23, 4), (BASIC, 24, 6)
 IPV6_SRC, ICMPV6_TYPE, TUNNEL_ID = (BASIC, 26, 16), (BASIC, 29, 1), (BASIC, 38, 8)
 REG0, TUN_SRC, TUN_DST = (NXM1, 0, 4), (NXM1, 31, 4), (NXM1, 32, 4)
@@ -57,9 +58,10 @@ Field = tuple[int, int, int]
 
 # Protocol keywords: what they put into the match (eth_type, ip_proto).
 _KEYWORDS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
-             "icmp6": (0x86DD, 58)}
+             "icmp6": (0x86DD, 58), "udp": (0x0800, 17)}
 _MATCH: dict[str, Field] = {
     "in_port": IN_PORT_F, "dl_src": ETH_SRC, "dl_dst": ETH_DST, "nw_src": IPV4_SRC,
+    "nw_dst": IPV4_DST, "tp_src": UDP_SRC, "tp_dst": UDP_DST,  # tp_*: flows.py uses them with udp only
     "arp_op": ARP_OP, "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "arp_sha": ARP_SHA,
     "ipv6_src": IPV6_SRC, "icmp_type": ICMPV6_TYPE, "tun_src": TUN_SRC, "tun_id": TUNNEL_ID,
     "reg0": REG0,
@@ -85,7 +87,7 @@ def _value(field: Field, text: str) -> tuple[bytes, bytes | None]:
         net = ipaddress.IPv6Network(text, strict=False)
         full = net.prefixlen == 128 and not mask
         return net.network_address.packed, (None if full else net.netmask.packed)
-    if field in (IPV4_SRC, ARP_SPA, ARP_TPA, TUN_SRC, TUN_DST) and "." in value:
+    if field in (IPV4_SRC, IPV4_DST, ARP_SPA, ARP_TPA, TUN_SRC, TUN_DST) and "." in value:
         if mask:
             raise Unsupported(f"masked {text}")
         return ipaddress.IPv4Address(value).packed, None
@@ -116,6 +118,8 @@ def encode_match(tokens: list[str]) -> bytes:
         if not sep or key not in _MATCH:
             raise Unsupported(f"match {token!r}")
         fields.append((_MATCH[key], *_value(_MATCH[key], text)))
+    if ip_proto != 17 and any(f in (UDP_SRC, UDP_DST) for f, _, _ in fields):
+        raise Unsupported("tp_src/tp_dst other than UDP")
     # Prerequisites first, as OXM wants them: Ethernet type, then IP protocol.
     ordered = []
     if eth_type is not None:

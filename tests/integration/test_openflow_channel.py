@@ -22,7 +22,9 @@ STATE = DesiredState(
     tunnel_ofport=1, generation=7,
     local={"a": LocalPort(42, "0a:58:0a:00:00:01", ("10.0.0.1", "fd00::1"), 5),
            "b": LocalPort(43, "0a:58:0a:00:00:03", ("10.0.0.1",), 6),
-           "c": LocalPort(42, "0a:58:0a:00:00:04", ("10.0.0.4",), 7)},
+           "c": LocalPort(42, "0a:58:0a:00:00:04", ("10.0.0.4",), 7),
+           "d": LocalPort(42, "0a:d4:00:00:00:05", ("10.0.0.5",), 8, True),  # dhcp, leased
+           "e": LocalPort(42, "0a:d4:00:00:00:06", (), 9, True)},  # dhcp, before its lease
     remote={"r1": RemoteEndpoint(42, "0a:58:0a:00:00:02", ("10.0.0.2",), "172.31.0.2"),
             "r2": RemoteEndpoint(43, "0a:58:0a:00:00:09", ("10.0.0.9", "fd00::9"), "172.31.0.3")})
 

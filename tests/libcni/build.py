@@ -87,9 +87,10 @@ def run_driver(binary: str, conflist: str, op: str, *, cni_path: Sequence[str], 
                cap_args: dict[str, Any] | None = None, cni_args: str = "",
                valid_attachments: list[dict[str, str]] | None = None,
                in_netns: str | None = None, path_env: str = DEFAULT_PATH, timing: bool = False,
-               timeout: float = 150) -> DriverOutcome:
+               timeout: float = 150, prefix: Sequence[str] = ()) -> DriverOutcome:
     """Run `driver <conflist> <op>` (optionally inside the named netns, as a runtime would run
-    in a host's namespace) with a clean environment: plugins inherit it through libcni."""
+    in a host's namespace) with a clean environment: plugins inherit it through libcni.
+    `prefix` goes before all of it (overlay.lab.hostmounts: a lab host's mount namespace)."""
     env = {"PATH": path_env, "CNI_PATH_DIRS": ":".join(cni_path), "CACHE": cache,
            "NETNS": netns, "CID": container_id, "IFN": ifname}
     if cap_args is not None:
@@ -103,7 +104,8 @@ def run_driver(binary: str, conflist: str, op: str, *, cni_path: Sequence[str], 
     cmd = [binary, conflist, op]
     if in_netns:
         cmd = [shutil.which("ip") or "/usr/sbin/ip", "netns", "exec", in_netns, *cmd]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([*prefix, *cmd], env=env, capture_output=True, text=True,
+                          timeout=timeout)
     ms = None
     stderr_lines = []
     for line in proc.stderr.splitlines():
@@ -123,9 +125,11 @@ class Libcni:
     cache: str
     in_netns: str | None = None
     path_env: str = DEFAULT_PATH
+    prefix: Sequence[str] = ()
 
     def __call__(self, conflist: str, op: str, **kwargs: Any) -> DriverOutcome:
         kwargs.setdefault("in_netns", self.in_netns)
+        kwargs.setdefault("prefix", self.prefix)
         kwargs.setdefault("path_env", self.path_env)
         return run_driver(self.binary, conflist, op, cni_path=self.cni_path, cache=self.cache,
                           **kwargs)

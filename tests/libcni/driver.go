@@ -1,7 +1,7 @@
 // A libcni test driver: runs a CNI configuration list the way a container runtime does, through
 // the libcni library a runtime links (Debian's golang-github-appc-cni-dev, libcni 1.1.2).
 //
-//	driver <conflist.json> add|check|del|version|status|gc
+//	driver <conflist.json | net.conf> add|check|del|version|status|gc
 //
 // Environment (read once, then removed, so plugins see only what a runtime would give them):
 //
@@ -264,6 +264,19 @@ func gc(ctx context.Context, s *settings, cni *libcni.CNIConfig, list *libcni.Ne
 	return errs
 }
 
+// loadList reads a conflist, or a single network configuration (*.conf) turned into a list of
+// one the way runtimes load /etc/cni/net.d/*.conf (ConfFromFile, then ConfListFromConf).
+func loadList(path string) (*libcni.NetworkConfigList, error) {
+	if strings.HasSuffix(path, ".conf") {
+		conf, err := libcni.ConfFromFile(path)
+		if err != nil {
+			return nil, err
+		}
+		return libcni.ConfListFromConf(conf)
+	}
+	return libcni.ConfListFromFile(path)
+}
+
 func main() {
 	if len(os.Args) != 3 {
 		usage("expected 2 arguments, got %d", len(os.Args)-1)
@@ -272,7 +285,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	list, err := libcni.ConfListFromFile(os.Args[1])
+	list, err := loadList(os.Args[1])
 	if err != nil {
 		fail(err)
 	}

@@ -118,3 +118,24 @@ def test_broadcast_to_a_thousand_hosts_is_split_into_chained_rules() -> None:
     assert sorted(listed) == sorted(vteps)  # every host exactly once
     assert all(actions.count("->tun_dst") <= FLOOD_CHUNK for actions in rules.values())
     assert all(len(actions) < 40_000 for actions in rules.values())
+
+
+def test_dhcp_client_before_its_lease_may_send_dhcp_from_nothing_and_nothing_else() -> None:
+    mac = "0a:d4:00:00:00:01"
+    flows = [f for f in compute_flows(DesiredState(
+        tunnel_ofport=1, local=keyed(LocalPort(42, mac, (), 5, dhcp=True),)))
+        if "table=0," in f and "in_port=5" in f]
+    assert flows == [
+        f"{C},table=0,priority=100,in_port=5,dl_src={mac},udp,nw_src=0.0.0.0,"
+        "nw_dst=255.255.255.255,tp_src=68,tp_dst=67,actions=load:42->NXM_NX_REG0[],goto_table:20"]
+
+
+def test_dhcp_client_with_its_lease_adds_its_address_and_keeps_dhcp_from_nothing() -> None:
+    mac = "0a:d4:00:00:00:01"
+    leased = LocalPort(42, mac, ("10.9.0.100",), 5, dhcp=True)
+    plain = LocalPort(42, mac, ("10.9.0.100",), 5)
+    extra = set(compute_flows(DesiredState(tunnel_ofport=1, local=keyed(leased)))) - \
+        set(compute_flows(DesiredState(tunnel_ofport=1, local=keyed(plain))))
+    assert extra == {f"{C},table=0,priority=100,in_port=5,dl_src={mac},udp,nw_src=0.0.0.0,"
+                     "nw_dst=255.255.255.255,tp_src=68,tp_dst=67,"
+                     "actions=load:42->NXM_NX_REG0[],goto_table:20"}
