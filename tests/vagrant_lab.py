@@ -54,3 +54,4 @@ class VagrantLab:
     up_output: str
     driver: str
     timings: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, str] = field(default_factory=dict)

@@ -61,6 +61,9 @@ class AgentConfig:
     underlay_bridge: str = "br-phy"     # netdev only
     tunnel_port: str = "vxlan0"
     lease_ttl: int = 10
+    # Seconds a peer keeps forwarding to a host whose lease lapsed (overlay/agent/reconciler.py):
+    # an agent restart slower than lease_ttl must not cut its containers off. 0: drop at once.
+    host_grace: float = 45.0
     etcd_timeout: float = 3.0
     log_level: str = "INFO"
     etcd_ca: str = ""                   # TLS to etcd: CA file, then our client cert and key
@@ -155,6 +158,8 @@ def problems_of(cfg: AgentConfig) -> list[str]:
         out.append("etcd_endpoints is empty")
     if cfg.lease_ttl < 2:
         out.append(f"lease_ttl must be at least 2 seconds, not {cfg.lease_ttl}")
+    if cfg.host_grace < 0:
+        out.append(f"host_grace must be 0 or more seconds, not {cfg.host_grace}")
     if cfg.etcd_timeout <= 0:
         out.append(f"etcd_timeout must be positive, not {cfg.etcd_timeout}")
     if not cfg.ovsdb.startswith(("unix:", "tcp:", "ssl:")):

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     prime = underlay.prime_neighbors if node.datapath == "netdev" else (lambda vteps: None)
     prime_new = (underlay.prime_neighbors_soon if node.datapath == "netdev"
                  else (lambda vteps: None))
-    reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime_new)
+    reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime_new,
+                            host_grace=cfg.host_grace)
     watch_metrics = observe.WatchMetrics(metrics)
     hosts = PrefixWatch(store=store, prefix=records.HOSTS, on_changes=reconciler.on_hosts,
                         observer=watch_metrics)

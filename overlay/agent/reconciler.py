@@ -8,7 +8,12 @@ endpoints only, found through an index. The dataplane turns them into one flow b
 batch. Nothing here walks the whole cluster.
 
 An endpoint counts only while its host is alive (its leased host key exists), so traffic to a
-lost host stops when the lease expires, and resumes by itself when the host registers again.
+lost host stops once the lease has expired, and resumes by itself when the host registers again.
+"Once" is `host_grace` seconds after the key went: an agent that restarts more slowly than its
+lease TTL (a big table to read, a slow VM) lets its key lapse although its switch never stopped
+forwarding, and dropping the flows towards it at once would cut every peer off from its
+containers for the rest of the restart. If the host registers again within the grace with the
+same VTEP, no flow changes at all.
 
 Records are validated before they reach the flow table: whatever is in etcd is written into
 OpenFlow text, so a malformed or hostile record (a VNI as a string, a MAC with a comma in it)
@@ -24,7 +29,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from overlay.cni.netconf import VNI_MAX, VNI_MIN
 from overlay.dataplane.dataplane import Dataplane
@@ -70,14 +75,30 @@ def parse_endpoint(value: bytes) -> tuple[_Endpoint, r.EndpointRecord]:
 _BAD = (ValueError, TypeError, KeyError, AttributeError)
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+def _timer(delay: float, call: Callable[[], None]) -> Cancellable:
+    timer = threading.Timer(delay, call)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class Reconciler:
     def __init__(self, *, host: str, dataplane: Dataplane,
-                 on_new_vteps: Callable[[set[str]], None] = lambda vteps: None) -> None:
+                 on_new_vteps: Callable[[set[str]], None] = lambda vteps: None,
+                 host_grace: float = 0.0,
+                 schedule: Callable[[float, Callable[[], None]], Cancellable] = _timer) -> None:
         self._host = host
         self._dataplane = dataplane
         self._on_new_vteps = on_new_vteps
+        self._grace = host_grace
+        self._schedule = schedule
         self._lock = threading.Lock()  # watches of several prefixes call in on their threads
-        self._vteps: dict[str, str] = {}                  # live host -> VTEP
+        self._vteps: dict[str, str] = {}                  # live host -> VTEP (departing ones too)
+        self._departing: dict[str, Cancellable] = {}      # host whose key went -> its expiry
         self._endpoints: dict[str, _Endpoint] = {}        # etcd key -> endpoint, any host
         self._by_host: dict[str, set[str]] = {}           # host -> its endpoint keys
         self._by_network: dict[str, set[str]] = {}        # network -> its endpoint keys
@@ -112,6 +133,11 @@ class Reconciler:
                         vtep = parse_vtep(change.value)
                     except _BAD:
                         log.warning("ignoring malformed host record %s", change.key)
+                if vtep is not None:
+                    self._cancel_departure(host)
+                elif host != self._host and host in self._vteps and self._grace > 0:
+                    self._depart(host)
+                    continue
                 if self._vteps.get(host) == vtep:
                     continue
                 if vtep is None:
@@ -124,6 +150,32 @@ class Reconciler:
                     for key in self._by_host.get(host, ()):
                         updates[key] = self._remote(key)
             self._apply(updates, new_vteps)
+
+    def _depart(self, host: str) -> None:
+        """(Under the lock.) The host's key went: its flows stay for the grace period."""
+        if host in self._departing:
+            return
+        expiry: list[Cancellable] = []
+        expiry.append(self._schedule(self._grace, lambda: self._expire(host, expiry[0])))
+        self._departing[host] = expiry[0]
+        log.info("host %s left etcd; keeping the flows to its VTEP %s for %.0f s in case it "
+                 "comes back", host, self._vteps[host], self._grace)
+
+    def _cancel_departure(self, host: str) -> None:
+        expiry = self._departing.pop(host, None)
+        if expiry is not None:
+            expiry.cancel()
+            log.info("host %s is back in etcd within its grace period", host)
+
+    def _expire(self, host: str, expiry: Cancellable) -> None:
+        with self._lock:
+            if self._departing.get(host) is not expiry:  # it came back (and maybe left again)
+                return
+            del self._departing[host]
+            self._vteps.pop(host, None)
+            log.info("host %s did not come back within %.0f s; dropping the flows to it",
+                     host, self._grace)
+            self._apply({key: self._remote(key) for key in self._by_host.get(host, ())}, set())
 
     def on_endpoints(self, changes: list[Change]) -> None:
         updates: dict[str, RemoteEndpoint | None] = {}

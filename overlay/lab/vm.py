@@ -88,9 +88,10 @@ def agent_settings(name: str, etcd: str, underlay_interface: str,
         "etcd_endpoints": [e.strip() for e in etcd.split(",") if e.strip()],
         "ovsdb": f"unix:{OVS_RUNDIR}/db.sock", "ovs_rundir": OVS_RUNDIR,
         "socket": AGENT_SOCKET, "datapath": "system",
-        # The host record's lease outlives an agent restart: while a host's record is gone, the
-        # other agents drop their flows towards its VTEP, and a restart under qemu TCG (Python
-        # start-up alone) took 15-18 s, longer than the default 10 s (see docs/vagrant-lab.md).
+        # The host record's lease outlives an agent restart under qemu TCG (15-18 s, Python
+        # start-up alone): running peers keep their flows for host_grace anyway, but a peer
+        # agent that itself restarts while this record is gone cannot learn its VTEP until it
+        # is back (see docs/vagrant-lab.md).
         "lease_ttl": 30}
     if underlay_ip:
         values["underlay_ip"] = underlay_ip

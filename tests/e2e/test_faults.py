@@ -231,12 +231,12 @@ def test_host_loss_stops_tunnels_to_it_and_recovery_needs_no_help(lab: Lab) -> N
     h1 = lab.hosts[1]
     kill_agent(lab, 1, signal.SIGKILL)
     lost_at = time.monotonic()
-    deadline = lost_at + 30
+    deadline = lost_at + 45  # lease TTL 10 s, then the lab's host_grace of 5 s
     while any(f"set_field:{h1.vtep}->tun_dst" in f for f in flows_without_stats(lab, 0)):
         assert time.monotonic() < deadline, "host0 still sends to the lost host"
         time.sleep(0.1)
     print(f"\n  host0 stopped sending to host1 {time.monotonic() - lost_at:.1f} s after its agent "
-          "died (lease TTL 10 s)")
+          "died (lease TTL 10 s + host_grace 5 s)")
     held = run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "get", "--prefix",
                 "/overlay/v1/ipam/my-net/", "--keys-only"], netns=lab.underlay_ns).stdout.split()
     assert f"/overlay/v1/ipam/my-net/{lab.containers['c1']['ip']}" in held  # still reserved

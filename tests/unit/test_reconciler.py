@@ -109,3 +109,78 @@ def test_a_malformed_update_removes_the_previous_good_record() -> None:
     rec.on_endpoints([good])
     rec.on_endpoints([Change(good.key, b"garbage", 2)])
     assert remote(dp) == set()
+
+
+class Clock:
+    """Stands in for threading.Timer: the test decides when the grace period ends."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Any, list[bool]]] = []
+
+    def schedule(self, delay: float, call: Any) -> Any:
+        cancelled = [False]
+        self.pending.append((delay, call, cancelled))
+
+        class Handle:
+            def cancel(self) -> None:
+                cancelled[0] = True
+        return Handle()
+
+    def expire_all(self) -> None:
+        due, self.pending = self.pending, []
+        for _, call, cancelled in due:
+            if not cancelled[0]:
+                call()
+
+
+def with_grace(clock: Clock, switch: FakeOfctl | None = None) -> tuple[Reconciler, Dataplane]:
+    dp = Dataplane(ofctl=cast(Any, switch or FakeOfctl()), bridge="br-int", tunnel_ofport=1)
+    dp.install_endpoint("n/mine/eth0", LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5))
+    rec = Reconciler(host="h0", dataplane=dp, host_grace=45, schedule=clock.schedule)
+    rec.on_hosts([host("h1", "172.31.0.2")])
+    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02")])
+    return rec, dp
+
+
+def test_a_lapsed_host_keeps_its_flows_for_the_grace_period_then_loses_them() -> None:
+    clock = Clock()
+    rec, dp = with_grace(clock)
+    before = remote(dp)
+    rec.on_hosts([host("h1", None)])  # its agent restarts more slowly than its lease TTL
+    assert remote(dp) == before and [d for d, _, _ in clock.pending] == [45]
+    assert rec.vteps == {"172.31.0.2"}  # still flooded to
+    rec.on_hosts([host("h1", None)])  # a resync reporting the same absence: one expiry only
+    assert len(clock.pending) == 1
+    clock.expire_all()
+    assert remote(dp) == set() and rec.vteps == set()
+
+
+def test_a_host_back_within_the_grace_period_changes_nothing() -> None:
+    clock, switch = Clock(), FakeOfctl()
+    rec, dp = with_grace(clock, switch)
+    before, table, bundles = dict(dp.state().remote), dict(switch.table), len(switch.bundles)
+    assert any("172.31.0.2" in actions for actions in table.values()), table
+    rec.on_hosts([host("h1", None)])
+    rec.on_hosts([host("h1", "172.31.0.2")])  # registered again, same VTEP
+    clock.expire_all()  # the cancelled expiry must not fire
+    assert dp.state().remote == before
+    assert switch.table == table and len(switch.bundles) == bundles, "no flow was touched"
+    # back with another VTEP: its endpoints follow at once
+    rec.on_hosts([host("h1", None)])
+    rec.on_hosts([host("h1", "172.31.0.7")])
+    assert {e.vtep for e in remote(dp)} == {"172.31.0.7"}
+    clock.expire_all()
+    assert {e.vtep for e in remote(dp)} == {"172.31.0.7"}
+
+
+def test_a_host_that_leaves_again_after_coming_back_gets_a_fresh_grace_period() -> None:
+    clock = Clock()
+    rec, dp = with_grace(clock)
+    rec.on_hosts([host("h1", None)])
+    first = clock.pending[0][1]
+    rec.on_hosts([host("h1", "172.31.0.2")])
+    rec.on_hosts([host("h1", None)])
+    first()  # the first, cancelled expiry firing late must not cut the second grace short
+    assert {e.vtep for e in remote(dp)} == {"172.31.0.2"}
+    clock.expire_all()
+    assert remote(dp) == set()

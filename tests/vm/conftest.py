@@ -30,6 +30,7 @@ DEFAULT_BOX = "overlay/bookworm"
 ENV = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1",
        "VAGRANT_NO_COLOR": "1"}
 TIMINGS: dict[str, float] = {}
+FIGURES: dict[str, str] = {}  # measured by tests, printed, never asserted (see bench/ for targets)
 
 
 def tail(text: str, lines: int = 40) -> str:
@@ -90,7 +91,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
         for vm in vms:
             vm.open()
         try:
-            yield VagrantLab(vms[0], vms[1], up.stdout, driver, TIMINGS)
+            yield VagrantLab(vms[0], vms[1], up.stdout, driver, TIMINGS, FIGURES)
         finally:
             for vm in vms:
                 vm.close()
@@ -106,3 +107,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("VM tier wall times")
         for name, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
+    if FIGURES:
+        terminalreporter.section("VM tier figures (kernel datapath under TCG; printed, not asserted)")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")

@@ -252,3 +252,21 @@ def test_gateway_egress_is_masqueraded_on_the_kernel_datapath(lab: VagrantLab) -
     assert ping(lab.node2, "c2", c1) == (3, 3)
     out, _ = capture.communicate(timeout=60)
     assert f"{address_of(lab.node2, 'c2')} > {c1}: ICMP echo request" in out, out
+    # Issue 9's comparison on the datapath real hosts run: TCP from c1 out through the gateway
+    # (to node2's host address) against c1 to c2 over VXLAN, same run, same receiving VM.
+    egress = iperf_gbits(lab.node1, "c1", lab.node2, "", UNDERLAY["node2"])
+    east_west = iperf_gbits(lab.node1, "c1", lab.node2, "c2", address_of(lab.node2, "c2"))
+    assert egress > 0 and east_west > 0
+    lab.figures["egress c1 -> node2's host, through the gateway (NAT)"] = f"{egress:.3f} Gbit/s"
+    lab.figures["east-west c1 -> c2 over VXLAN"] = f"{east_west:.3f} Gbit/s"
+    lab.figures["egress / east-west"] = f"{egress / east_west:.0%}"
+
+
+def iperf_gbits(client: Vm, client_ns: str, server: Vm, server_ns: str, address: str) -> float:
+    """TCP Gbit/s (received) from client_ns to an iperf3 server in server_ns ("" = the host)."""
+    prefix = f"ip netns exec {server_ns} " if server_ns else ""
+    server.sh(f"{prefix}iperf3 -s -1 -D -p 5202")
+    time.sleep(1)
+    out = client.sh(f"ip netns exec {client_ns} iperf3 -c {address} -p 5202 -t 3 -J",
+                    timeout=120).stdout
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
