@@ -59,7 +59,7 @@ vagrant-lab-down:
 
 ## make test-vm: the VM tier (tests/vm): vagrant up once, kernel-datapath checks, destroy.
 test-vm: vm-deps
-	OVERLAY_VM_TESTS=1 $(PY) -m pytest tests/vm
+	OVERLAY_VM_TESTS=1 $(PY) -m pytest tests/vm --durations=0
 
 ## make bench: CNI ADD/DEL latency, ours vs bridge+host-local through libcni (root; < 3 min),
 ## then egress through the gateway vs the host and east-west (bench/egress.py),
