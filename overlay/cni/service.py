@@ -2,8 +2,9 @@
 
 ADD: validate -> record the network (etcd) -> addresses (etcd transactions, or the delegated
 IPAM plugin) -> veth into the netns -> port on br-int (waits for its ofport) -> endpoint record
-(etcd) -> the network's gateway on this host (overlay/gateway/, the first container of a
-network creates it) -> local flows. Each step's undo is registered *before* the step runs (every undo is
+(etcd) -> local flows; the network's gateway on this host (overlay/gateway/, the first
+container of a network creates it) is made on another thread beside these steps, and the
+flows wait for it. Each step's undo is registered *before* the step runs (every undo is
 idempotent), so a step that fails half-way is undone too: a failed ADD leaves no veth, no OVS
 port, no IP allocation and no endpoint record behind.
 
@@ -20,6 +21,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -114,6 +117,10 @@ class CniService:
         self.ipam = ipam
         self.networks = networks
         self.lock = StripedLock()
+        # Steps of one ADD that can run beside its others (the gateway). Small: each ADD
+        # submits at most one, and a burst of first ADDs queues on the gateway lock anyway.
+        self._background = futures.ThreadPoolExecutor(max_workers=4,
+                                                      thread_name_prefix="add-bg")
 
     def gateway_spec(self, conf: NetConf) -> GatewaySpec | None:
         """The network's gateway on this host, if it has one (an IPv4 range, built-in IPAM)."""
@@ -134,14 +141,16 @@ class CniService:
         self.check_bridge(conf)
         owner = owner_of(env.container_id, env.ifname)
         with self.lock(owner):
+            t = _Stopwatch()
             if veth.link_exists(veth.hostside_name(env.container_id, env.ifname)) or \
                     self.store.get_endpoint(conf.name, env.container_id, env.ifname):
                 raise CniError(Code.ALREADY_ATTACHED,
                                f"container {env.container_id} interface {env.ifname} is already "
                                f"attached", "run DEL for it before ADD again")
+            t.lap("precheck")
             undo: list[Callable[[], object]] = []
             try:
-                return self._add_steps(env, conf, owner, undo)
+                return self._add_steps(env, conf, owner, undo, t)
             except BaseException:
                 for step in reversed(undo):
                     try:
@@ -153,10 +162,22 @@ class CniService:
                 raise
 
     def _add_steps(self, env: CniEnv, conf: NetConf, owner: str,
-                   undo: list[Callable[[], object]]) -> bytes:
-        t = _Stopwatch()
+                   undo: list[Callable[[], object]], t: _Stopwatch) -> bytes:
         mac = requests.requested_mac(conf, env)
         wanted_ips = requests.requested_ips(conf, env)
+        key = endpoint_key(conf.name, env.container_id, env.ifname)
+        gateway = self.gateway_spec(conf)
+        pending_gateway: Future[None] | None = None
+        if gateway is not None:
+            # The network's first container here creates the gateway (an OVS port, addresses,
+            # routes, iptables rules: tens of ms). Nothing before the flows depends on it, so
+            # it runs beside the next steps; its undo waits for it before releasing.
+            def undo_gateway() -> None:
+                if pending_gateway is not None:
+                    futures.wait([pending_gateway])
+                self.gateways.release(key)
+            undo.append(undo_gateway)
+            pending_gateway = self._background.submit(self.gateways.acquire, key, gateway)
         network = NetworkRecord(conf.name, conf.vni, str(conf.subnet or ""))
         if self.store.ensure_network(network):
             undo.append(lambda: self.store.drop_network_if_unused(network))
@@ -173,7 +194,6 @@ class CniService:
             routes = conf.ipam.routes
         t.lap("ipam")
         mtu = conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
-        gateway = self.gateway_spec(conf)
         if gateway is not None and not conf.ipam.routes_given:
             # README: a default route via the gateway unless the netconf lists its own routes.
             routes = (Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway.address.ip), *routes)
@@ -210,11 +230,9 @@ class CniService:
         # container's rules and the rules to reach the rest of its network land in one bundle.
         self.networks.join(conf.name)
         t.lap("join")
-        key = endpoint_key(conf.name, env.container_id, env.ifname)
-        if gateway is not None:
-            undo.append(lambda: self.gateways.release(key))
-            self.gateways.acquire(key, gateway)
-            t.lap("gateway")
+        if pending_gateway is not None:
+            pending_gateway.result()  # its failure is this ADD's failure
+            t.lap("gateway (rest)")
         undo.append(lambda: self.dataplane.remove_endpoint(key))
         self.dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport))
         t.lap("flows")

@@ -72,7 +72,7 @@ class GatewayManager:
             if current is not None and current != spec:  # no one else uses the old one
                 self._uninstall(current)
             try:
-                self._install(spec)
+                holder = self._install(spec)
             except BaseException:
                 if not others:
                     self._uninstall(spec)
@@ -81,7 +81,6 @@ class GatewayManager:
             self._specs[spec.vni] = spec
             self._users.setdefault(spec.vni, set()).add(key)
             self._vni_of[key] = spec.vni
-        holder = kernel.main_route_conflict(spec)
         if holder is not None:
             log.warning("network %s: subnet %s overlaps the subnet of %s on this host; its "
                         "containers have egress, but the host and published ports reach "
@@ -189,15 +188,17 @@ class GatewayManager:
 
     # --- mechanics (callers hold the lock) ---------------------------------------------------
 
-    def _install(self, spec: GatewaySpec) -> None:
+    def _install(self, spec: GatewaySpec) -> str | None:
+        """Returns the gateway port that keeps the main-table route of an overlapping subnet."""
         ofport = self._ovs.ensure_port(
             self._bridge, spec.port,
             iface={"type": "internal", "mac": spec.mac, "mtu_request": spec.mtu},
             external_ids=spec.external_ids())
-        kernel.ensure(spec)
+        holder = kernel.ensure(spec)
         nat.ensure(spec)
         self._dataplane.set_gateway(spec.vni, Gateway(spec.vni, spec.mac, str(spec.address.ip),
                                                       ofport))
+        return holder
 
     def _uninstall(self, spec: GatewaySpec) -> None:
         steps: list[Callable[[], object]] = [
