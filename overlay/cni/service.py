@@ -161,27 +161,41 @@ class CniService:
                         log.exception("rollback step failed for %s", owner)
                 raise
 
+    def _beside(self, undo: list[Callable[[], object]], step: Callable[[], object],
+                undo_step: Callable[[object], object]) -> Future[object]:
+        """Run `step` on another thread; its undo (registered now, as for every step) waits for
+        it to end and then runs `undo_step(its result)`, with None if it failed (a step may
+        fail half-way, so its undo still runs). The caller joins it with .result(), whose
+        exception is then the ADD's failure."""
+        pending = self._background.submit(step)
+
+        def undo_it() -> None:
+            futures.wait([pending])
+            undo_step(pending.result() if pending.exception() is None else None)
+        undo.append(undo_it)
+        return pending
+
     def _add_steps(self, env: CniEnv, conf: NetConf, owner: str,
                    undo: list[Callable[[], object]], t: _Stopwatch) -> bytes:
         mac = requests.requested_mac(conf, env)
         wanted_ips = requests.requested_ips(conf, env)
         key = endpoint_key(conf.name, env.container_id, env.ifname)
         gateway = self.gateway_spec(conf)
-        pending_gateway: Future[None] | None = None
+        # Steps that wait on another process (etcd, ovsdb-server, the kernel) and that no
+        # step before their join depends on run beside the others (see _beside): on a loaded
+        # 2-core host the serial sum was most of an ADD.
+        pending_gateway: Future[object] | None = None
         if gateway is not None:
             # The network's first container here creates the gateway (an OVS port, addresses,
-            # routes, iptables rules: tens of ms). Nothing before the flows depends on it, so
-            # it runs beside the next steps; its undo waits for it before releasing.
-            def undo_gateway() -> None:
-                if pending_gateway is not None:
-                    futures.wait([pending_gateway])
-                self.gateways.release(key)
-            undo.append(undo_gateway)
-            pending_gateway = self._background.submit(self.gateways.acquire, key, gateway)
+            # routes, iptables rules: tens of ms); only the flows need it.
+            pending_gateway = self._beside(undo, lambda: self.gateways.acquire(key, gateway),
+                                           lambda _: self.gateways.release(key))
         network = NetworkRecord(conf.name, conf.vni, str(conf.subnet or ""))
-        if self.store.ensure_network(network):
-            undo.append(lambda: self.store.drop_network_if_unused(network))
-        t.lap("network")
+        # Recording the network (one etcd transaction) goes beside the allocation; it must
+        # have succeeded before anything is created on the host.
+        pending_network = self._beside(
+            undo, lambda: self.store.ensure_network(network),
+            lambda created: created and self.store.drop_network_if_unused(network))
 
         if conf.ipam.delegated:
             delegate.find_plugin(conf.ipam.type, env.path)  # not there: nothing to undo yet
@@ -193,6 +207,8 @@ class CniService:
             assigned = self.ipam.allocate(conf.name, owner, conf.ipam, wanted_ips)
             routes = conf.ipam.routes
         t.lap("ipam")
+        pending_network.result()
+        t.lap("network (rest)")
         mtu = conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
         if gateway is not None and not conf.ipam.routes_given:
             # README: a default route via the gateway unless the netconf lists its own routes.
@@ -201,20 +217,29 @@ class CniService:
 
         if mac is None:
             mac = mac_for(assigned[0].address.ip)
-        undo.append(lambda: veth.delete_host_link(host_if))
-        link = veth.create_container_link(container_id=env.container_id, netns=env.netns,
-                                          ifname=env.ifname, mtu=mtu,
-                                          addresses=[a.address for a in assigned],
-                                          routes=routes, mac=mac)
-        t.lap("veth")
-
         ips = tuple(str(a.address.ip) for a in assigned)
-        undo.append(lambda: self.ovs.delete_port(host_if))
-        ofport = self.ovs.ensure_port(self.host.bridge, host_if, external_ids={
-            EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
-            EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni), EXT_IP: ",".join(ips),
-            EXT_MAC: link.mac})
-        t.lap("ovs-port")
+
+        def add_port(port_mac: str) -> int:
+            return self.ovs.ensure_port(self.host.bridge, host_if, external_ids={
+                EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
+                EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni), EXT_IP: ",".join(ips),
+                EXT_MAC: port_mac})
+
+        # The OVS port is added (and its ofport awaited) as soon as the host end exists,
+        # while the container end is configured inside the netns.
+        pending_port: list[Future[object]] = []
+        undo.append(lambda: veth.delete_host_link(host_if))
+        link = veth.create_container_link(
+            container_id=env.container_id, netns=env.netns, ifname=env.ifname, mtu=mtu,
+            addresses=[a.address for a in assigned], routes=routes, mac=mac,
+            host_end_ready=lambda: pending_port.append(self._beside(
+                undo, lambda: add_port(mac), lambda _: self.ovs.delete_port(host_if))))
+        t.lap("veth")
+        ofport = pending_port[0].result() if pending_port else None
+        if not isinstance(ofport, int) or link.mac != mac:  # the kernel kept another MAC
+            undo.append(lambda: self.ovs.delete_port(host_if))
+            ofport = add_port(link.mac)
+        t.lap("ovs-port (rest)")
 
         rec = EndpointRecord(network=conf.name, container_id=env.container_id, ifname=env.ifname,
                              host=self.host.name, vni=conf.vni,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -190,14 +191,23 @@ class GatewayManager:
 
     def _install(self, spec: GatewaySpec) -> str | None:
         """Returns the gateway port that keeps the main-table route of an overlapping subnet."""
+        laps = [time.perf_counter()]
         ofport = self._ovs.ensure_port(
             self._bridge, spec.port,
             iface={"type": "internal", "mac": spec.mac, "mtu_request": spec.mtu},
             external_ids=spec.external_ids())
+        laps.append(time.perf_counter())
         holder = kernel.ensure(spec)
+        laps.append(time.perf_counter())
         nat.ensure(spec)
+        laps.append(time.perf_counter())
         self._dataplane.set_gateway(spec.vni, Gateway(spec.vni, spec.mac, str(spec.address.ip),
                                                       ofport))
+        laps.append(time.perf_counter())
+        log.info("gateway %s installed (%.0f ms: %s)", spec.port, (laps[-1] - laps[0]) * 1000,
+                 " ".join(f"{step} {(b - a) * 1000:.0f}" for step, a, b in
+                          zip(("port", "kernel", "iptables", "flows"), laps, laps[1:],
+                              strict=False)))
         return holder
 
     def _uninstall(self, spec: GatewaySpec) -> None:

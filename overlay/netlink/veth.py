@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -81,11 +81,14 @@ IFA_F_NODAD = 0x02  # an address the control plane made unique needs no duplicat
 
 def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: int,
                           addresses: Sequence[Interface], routes: Sequence[Route],
-                          mac: str | None = None) -> ContainerLink:
+                          mac: str | None = None,
+                          host_end_ready: Callable[[], None] | None = None) -> ContainerLink:
     """Create the pair, configure the container end inside `netns`, bring both ends up.
 
     All-or-nothing: on any failure the pair is deleted (which removes both ends) and a
-    CniError says which step failed.
+    CniError says which step failed. `host_end_ready` is called once the host end exists
+    under its final name (and the container end has left for the netns), so the caller can
+    start attaching it to OVS while the container end is configured.
     """
     host = hostside_name(container_id, ifname)
     peer = _peer_name(host)
@@ -112,6 +115,8 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
                 ipr.link("set", index=_index(ipr, peer), net_ns_fd=nsfd)
             finally:
                 os.close(nsfd)
+            if host_end_ready is not None:
+                host_end_ready()
             peer_mac, index = run_in_netns(
                 netns, lambda: _configure(peer, ifname, addresses, routes, netns))
             host_idx = _index(ipr, host)

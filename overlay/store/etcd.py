@@ -194,13 +194,16 @@ class Store:
         """
         nkey, vkey = r.network_key(rec.name), r.vni_key(rec.vni)
         tx = self._tx
-        ok, _ = self._client.transaction(
+        # One round trip for every ADD: when the records exist (all but a network's first
+        # ADD), the failure branch reads them for the comparison below.
+        ok, found = self._client.transaction(
             compare=[tx.version(nkey) == 0, tx.version(vkey) == 0],
-            success=[tx.put(nkey, rec.to_json()), tx.put(vkey, rec.name)], failure=[])
+            success=[tx.put(nkey, rec.to_json()), tx.put(vkey, rec.name)],
+            failure=[tx.get(nkey), tx.get(vkey)])
         if ok:
             return True
-        existing, _ = self._client.get(nkey)
-        owner, _ = self._client.get(vkey)
+        existing = found[0][0][0] if found and found[0] else None
+        owner = found[1][0][0] if len(found) > 1 and found[1] else None
         if existing is not None:
             have = r.NetworkRecord.from_json(existing)
             # A delegated IPAM may not say its subnet (""): then only the VNI must agree.
