@@ -143,3 +143,22 @@ def test_the_plugin_starts_without_heavy_modules() -> None:
     heavy = {"json", "re", "enum", "typing", "socket", "dataclasses", "hpack", "logging",
              "site", "pathlib", "inspect", "selectors"}
     assert not heavy & loaded, heavy & loaded
+
+
+def test_the_started_plugin_reports_bad_json_as_code_6(tmp_path: Any) -> None:
+    """In a fresh interpreter json is not imported: a syntax error must still be code 6."""
+    import json
+    import subprocess
+    import sys
+
+    from overlay_plugin_ovs import launcher
+
+    plugin = tmp_path / "ovs"
+    plugin.write_text(launcher.script(sys.executable))
+    plugin.chmod(0o755)
+    for stdin, code in ((b'{"cniVersion": "1.0.0", "type": "ovs", ', 6), (b"[1, 2", 6),
+                        (b'{"cniVersion": "9.9.9"}', 1)):
+        out = subprocess.run([str(plugin)], input=stdin, capture_output=True,
+                             env={"CNI_COMMAND": "ADD"})
+        assert out.returncode == 1 and not out.stderr, out
+        assert json.loads(out.stdout)["code"] == code, out.stdout

@@ -43,8 +43,11 @@ def loads(data: bytes) -> Any:
         if text[end:].strip(_SPACE) or text.startswith("\ufeff"):
             raise ValueError("not plain JSON")
         return value
-    except (ValueError, StopIteration):
-        import json  # the error path: let json say what is wrong, in its words
+    except (ValueError, StopIteration, SystemError):
+        # The error path: let json say what is wrong, in its words. (SystemError: on a syntax
+        # error the C scanner looks for json.decoder.JSONDecodeError in sys.modules only, and
+        # fails that way when json was never imported.)
+        import json
 
         return json.loads(data)
 
