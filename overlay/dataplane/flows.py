@@ -34,6 +34,7 @@ functions for the recovery path and as the oracle the tests compare the incremen
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -118,7 +119,9 @@ def _arp_reply(mac: str, ip: str) -> str:
 
 
 def _to_vtep(vtep: str, vni: int, tunnel_ofport: int) -> str:
-    return f"set_field:{vtep}->tun_dst,set_field:{vni}->tun_id,output:{tunnel_ofport}"
+    # Interned: every endpoint of a host has these actions, and the flow table holds the
+    # rules of every remote endpoint (50 per host in the benchmark), so they share one copy.
+    return sys.intern(f"set_field:{vtep}->tun_dst,set_field:{vni}->tun_id,output:{tunnel_ofport}")
 
 
 def _v4(ips: tuple[str, ...]) -> list[str]:

@@ -5,16 +5,18 @@ leave the host (default route, source address, neighbours), and the kernel's for
 is much faster than the userspace datapath on this kind of machine (docs/architecture.md,
 "Gateway", has the figures). OVS only has to hand the frames to the gateway port.
 
-Every rule carries the comment `overlay-gw:<vni>`: `ensure` writes the gateway's rules,
-replacing whatever rules carry its comment (so it is idempotent, and rules from an older
-netconf go), `remove` deletes exactly the rules with that comment, whatever their arguments
-were when they were written, and `missing` is what CHECK and doctor report.
+Every rule carries the comment `overlay-gw:<vni>`: `ensure` leaves a complete set alone and
+otherwise replaces whatever rules carry the comment by the gateway's rules (so it is
+idempotent, and rules from an older netconf go), `remove` deletes exactly the rules with that
+comment, whatever their arguments were when they were written, and `missing` is what CHECK
+and doctor report.
 
-Why iptables-save + one `iptables-restore --noflush`: the first container of a network on a
-host creates its gateway on the ADD path, and one iptables process per rule (a check and an
-insert each, 16 for a new gateway; 12 to remove one) cost 100-150 ms of ADD and DEL on a
-loaded 2-core machine. One save (to find the tagged rules) and one restore (deletes and
-inserts, committed atomically per table, so no packet sees half a gateway) cost two processes.
+Why iptables-save + `iptables-restore --noflush`: the first container of a network on a host
+creates its gateway on the ADD path, and one iptables process per rule (a check and an insert
+each, 16 for a new gateway; 12 to remove one) cost 100-150 ms of ADD and DEL on a loaded
+2-core machine. Now a new gateway costs one save (to find tagged rules: none) and one restore
+(the inserts, committed atomically per table, so no packet sees half a gateway); a complete
+one (agent restart) a save and one restore of -C checks; removal a save and one restore.
 
 Per network (zone Z, mark M = Z << 16, port ovg<vni>, subnet S):
   raw     PREROUTING  -i port -j CT --zone-orig Z        egress tracked per network
@@ -123,9 +125,21 @@ def _save() -> str:
 
 
 def ensure(spec: GatewaySpec) -> None:
-    """Make the rules tagged `spec.comment` exactly `rules(spec)`, atomically per table."""
-    _restore(_script(_tagged(_save(), spec.comment), rules(spec)),
-             f"write the rules of {spec.comment}")
+    """Make the rules of `spec` present. Rules already in place are left where they are
+    (a restarted agent must not reorder or rewrite a working gateway); if any is missing,
+    every rule tagged `spec.comment` is replaced by `rules(spec)`, atomically per table."""
+    tagged = _tagged(_save(), spec.comment)
+    if tagged and _all_present(spec):
+        return
+    _restore(_script(tagged, rules(spec)), f"write the rules of {spec.comment}")
+
+
+def _all_present(spec: GatewaySpec) -> bool:
+    """Are all of `spec`'s rules there (-C, which compares what the kernel holds, whatever
+    order or spelling iptables-save would print)? One process: restore stops at the first
+    rule that is missing."""
+    checks = "".join(f"*{t}\n{_line('-C', c, a)}\nCOMMIT\n" for t, c, a in rules(spec))
+    return _restore(checks, "check the rules", check=False)
 
 
 def _present(rule: Rule) -> bool:
@@ -134,15 +148,11 @@ def _present(rule: Rule) -> bool:
 
 
 def missing(spec: GatewaySpec) -> list[str]:
-    """The rules of `spec` that iptables does not have (-C, which compares what the kernel
-    holds, whatever order or spelling iptables-save would print)."""
-    wanted = rules(spec)
-    # Usually every rule is there: one restore of -C lines says so in one process (it stops
-    # at the first missing rule, so only then is each rule checked on its own).
-    checks = "".join(f"*{t}\n{_line('-C', c, a)}\nCOMMIT\n" for t, c, a in wanted)
-    if _restore(checks, "check the rules", check=False):
+    """The rules of `spec` that iptables does not have. Usually none: one process says so;
+    only then is each rule checked on its own."""
+    if _all_present(spec):
         return []
-    return [f"iptables -t {t} {c} {' '.join(a)}" for t, c, a in wanted
+    return [f"iptables -t {t} {c} {' '.join(a)}" for t, c, a in rules(spec)
             if not _present((t, c, a))]
 
 
