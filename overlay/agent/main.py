@@ -171,7 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     observe.watch_agent(metrics, readiness, dataplane=dataplane, ofctl=Ofctl(rundir=cfg.rundir),
                         ovs=ovs, store=store, bridge=cfg.bridge, generation=generation,
                         etcd_synced=lambda: hosts.wait_synced(0) and networks.wait_synced(0))
-    run_janitor(service, metrics)  # containers that vanished while no agent was watching
+    # Containers that vanished while no agent was watching, before serving (a runtime's first
+    # calls must not meet their leftovers). This host's records in the networks it follows
+    # came with their watches' snapshots; only the other networks' records are read here.
+    followed = set(networks.watches())
+    try:
+        own = reconciler.own_records() + [rec for rec in store.endpoints_outside(followed)
+                                          if rec.host == cfg.host]
+    except CniError as err:
+        log.warning("janitor could not read etcd: %s", err)
+    else:
+        run_janitor(service, metrics, own)
 
     def info() -> cni_pb2.AgentInfoReply:
         local, remote, flows = dataplane.counts()

@@ -22,6 +22,7 @@ from typing import NamedTuple
 from overlay.dataplane.flows import (
     DesiredState,
     Flow,
+    actions_text,
     base_flows,
     cookie,
     gateway_flows,
@@ -65,9 +66,9 @@ class Op(NamedTuple):
 
     def text(self, cookie_value: str) -> str:
         if self.kind == ADD:
-            return f"add cookie={cookie_value},{self.identity},actions={self.actions}"
+            return f"add cookie={cookie_value},{self.identity},actions={actions_text(self.actions)}"
         if self.kind == MODIFY:
-            return f"modify_strict {self.identity},actions={self.actions}"
+            return f"modify_strict {self.identity},actions={actions_text(self.actions)}"
         return f"delete_strict {self.identity}"
 
 
@@ -104,7 +105,7 @@ class FlowTable:
         return self.set(owner, [])
 
     def flows(self) -> dict[str, str]:
-        """identity -> actions of every installed rule."""
+        """identity -> actions of every installed rule (as held: see flows.actions_text)."""
         return {identity: claim[1] for identity, claim in self._winner.items()}
 
     def render(self, cookie_value: str) -> list[str]:
