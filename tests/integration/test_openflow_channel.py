@@ -75,6 +75,7 @@ def test_same_table_with_chained_flood_rules(host: LabHost) -> None:
     assert any("resubmit(,41)" in line for line in lines)
     ofctl(host, "--bundle", "replace-flows", f"unix:{host.ovs_dir}/bra.mgmt", "-",
           stdin="\n".join(lines) + "\n")
+    ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
     Channel(rundir=host.ovs_dir, bridge="brb").apply(as_ops(lines), COOKIE)
     assert table(host, "bra") == table(host, "brb")
 
@@ -89,15 +90,15 @@ def test_reinstall_under_a_new_cookie_keeps_counters_and_drops_the_rest(host: La
     # One ARP request from port 5 (container "a", 10.0.0.1) through table 0: a counter moves.
     arp = ("ffffffffffff" "0a580a000001" "0806" "0001080006040001" "0a580a000001" "0a000001"
            "000000000000" "0a000002")
-    ofctl(host, "packet-out", f"unix:{host.ovs_dir}/brb.mgmt", "in_port=5",
-          "actions=resubmit(,0)", arp)
+    ofctl(host, "packet-out", f"unix:{host.ovs_dir}/brb.mgmt",
+          f"in_port=5 packet={arp} actions=resubmit(,0)")
 
     def counted() -> list[str]:
         return [line for line in ofctl(host, "dump-flows", f"unix:{host.ovs_dir}/brb.mgmt",
                                        "table=0,arp,in_port=5").splitlines() if "n_packets=1" in line]
     assert len(counted()) == 1
     newer = COOKIE + 1
-    kept = [op for op in as_ops(lines) if "tun_dst=" not in op[2]]  # r1 and r2 went away
+    kept = [op for op in as_ops(lines) if "->tun_dst" not in op[2]]  # no more tunnels
     channel.apply(kept, newer, delete_cookies=(COOKIE,))
     after = table(host, "brb")
     assert len(after) == len(kept) < len(lines)
