@@ -53,7 +53,11 @@ CHANNEL_OPTIONS = [
     # (1.5 MiB by default): leave room for a page of large ones rather than fail the read.
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
-PAGE = 500  # keys per range response: ~150 KB of endpoint records, far below any limit
+# Keys per range response: ~1.6 MB of endpoint records, far below the receive limit above.
+# Not smaller: etcd 3.4 collects every revision of the whole range for each page and only
+# then cuts it to the limit, so reading N keys in pages of P costs it N * N / P. Measured with
+# 50,000 endpoint records: 500 per page 1.7-3.8 s, 2,000 1.1 s, 5,000 0.7 s.
+PAGE = 5000
 
 
 def _translate(fn: Callable[P, T]) -> Callable[P, T]:
@@ -260,7 +264,8 @@ class Store:
         prefix = f"{r.ENDPOINTS}{network}/" if network else r.ENDPOINTS
         return _endpoint_records(self.read_prefix(prefix)[1])
 
-    def endpoints_outside(self, networks: set[str]) -> list[r.EndpointRecord]:
+    def endpoints_outside(self, networks: set[str], *, page: int = PAGE
+                          ) -> list[r.EndpointRecord]:
         """Endpoint records of every network except `networks`, without reading theirs.
 
         The agent's start-up janitor needs this host's records in every network; those of the
@@ -272,9 +277,10 @@ class Store:
         start, items = r.ENDPOINTS.encode(), []
         for prefix in bounds:
             if start < prefix:
-                items += self._read_range(start, prefix)
+                items += self._read_range(start, prefix, page)
             start = pyetcd.utils.prefix_range_end(prefix)
-        items += self._read_range(start, pyetcd.utils.prefix_range_end(r.ENDPOINTS.encode()))
+        items += self._read_range(start, pyetcd.utils.prefix_range_end(r.ENDPOINTS.encode()),
+                                  page)
         return _endpoint_records(items)
 
     # --- IP allocations ----------------------------------------------------------------------
@@ -327,12 +333,12 @@ class Store:
                 log.info("paged read of %s restarted (%s)", prefix, err)
         raise AssertionError("unreachable")
 
-    def _read_range(self, start: bytes, end: bytes) -> list[Item]:
+    def _read_range(self, start: bytes, end: bytes, page: int) -> list[Item]:
         """Keys in [start, end), paged as read_prefix pages (each page at its own revision:
         for the janitor, which checks every record against the host anyway)."""
         items: list[Item] = []
         while True:
-            resp = self._range(start, end, PAGE)
+            resp = self._range(start, end, page)
             items += [Item(kv.key.decode(errors="replace"), kv.value, kv.mod_revision)
                       for kv in resp.kvs]
             if not resp.more or not resp.kvs:

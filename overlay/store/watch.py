@@ -163,7 +163,9 @@ class PrefixWatch:
         self._observer.applied(self._revision)
 
     def _resync(self) -> None:
+        started = time.monotonic()
         revision, items = self._store.read_prefix(self._prefix)
+        read = time.monotonic()
         fresh = {item.key: _seen(item.mod_revision, item.value) for item in items}
         with self._lock:
             changes = [Change(item.key, item.value, item.mod_revision) for item in items
@@ -175,10 +177,13 @@ class PrefixWatch:
             self.resyncs += 1
             log.warning("resynced %s at revision %d: %d keys differed from etcd",
                         self._prefix, revision, len(changes))
-        else:
-            log.info("read %s: %d keys at revision %d", self._prefix, len(items), revision)
-        if changes or not self._synced.is_set():
+        first = not self._synced.is_set()
+        if changes or first:
             self._on_changes(changes)
+        if first:  # what a restart at scale spends its time on
+            log.info("read %s: %d keys at revision %d in %.2f s, handed over in %.2f s",
+                     self._prefix, len(items), revision, read - started,
+                     time.monotonic() - read)
         self._observer.resynced(self._resync_reason)
         self._observer.applied(revision)
         self._synced.set()
