@@ -75,7 +75,19 @@ _NXM = {"NXM_NX_REG0[]": REG0, "NXM_OF_ETH_SRC[]": NXM_ETH_SRC, "NXM_OF_ETH_DST[
 
 
 def _mac(text: str) -> bytes:
-    return bytes(int(b, 16) for b in text.split(":"))
+    value = bytes.fromhex(text.replace(":", ""))
+    if len(value) != 6:
+        raise ValueError(f"bad MAC {text!r}")
+    return value
+
+
+def _ipv4(text: str) -> bytes:
+    # inet_pton, not ipaddress: a restart encodes 100,000 rules, and ipaddress's parsing was a
+    # third of that. Both refuse the same malformed addresses.
+    try:
+        return socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        raise ValueError(f"bad IPv4 address {text!r}") from None
 
 
 def _value(field: Field, text: str) -> tuple[bytes, bytes | None]:
@@ -91,7 +103,7 @@ def _value(field: Field, text: str) -> tuple[bytes, bytes | None]:
     if field in (IPV4_SRC, ARP_SPA, ARP_TPA, TUN_SRC, TUN_DST) and "." in value:
         if mask:
             raise Unsupported(f"masked {text}")
-        return ipaddress.IPv4Address(value).packed, None
+        return _ipv4(value), None
     if mask:
         raise Unsupported(f"masked {text}")
     return int(value, 0).to_bytes(length, "big"), None
@@ -214,13 +226,24 @@ def encode_instructions(actions: str) -> bytes:
     return out
 
 
-def encode_flow_mod(kind: str, identity: str, actions: str, cookie: int, xid: int) -> bytes:
+def encode_flow_mod(kind: str, identity: str, actions: str, cookie: int, xid: int,
+                    instructions_of: dict[str, bytes] | None = None) -> bytes:
+    """One flow mod. `instructions_of` caches encoded actions across the calls of one bundle
+    (every endpoint of a host has the same forwarding actions)."""
     tokens = identity.split(",")
     if not (tokens[0].startswith("table=") and tokens[1].startswith("priority=")):
         raise Unsupported(f"identity {identity!r}")
     table, priority = int(tokens[0][6:]), int(tokens[1][9:])
     match = encode_match(tokens[2:])
-    instructions = encode_instructions(actions) if kind != "delete_strict" else b""
+    if kind == "delete_strict":
+        instructions = b""
+    elif instructions_of is None:
+        instructions = encode_instructions(actions)
+    else:
+        cached = instructions_of.get(actions)
+        if cached is None:
+            cached = instructions_of[actions] = encode_instructions(actions)
+        instructions = cached
     body = struct.pack("!QQBBHHHIIIHH", cookie if kind == "add" else 0, 0, table,
                        COMMANDS[kind], 0, 0, priority, NO_BUFFER, ANY, ANY, 0, 0)
     length = 8 + len(body) + len(match) + len(instructions)
@@ -254,7 +277,8 @@ class Channel:
         anything is sent, and CniError if the switch refuses the bundle or cannot be reached
         (after one reconnect)."""
         with self._lock:
-            messages = [encode_flow_mod(kind, identity, actions, cookie, self._next_xid())
+            cache: dict[str, bytes] = {}
+            messages = [encode_flow_mod(kind, identity, actions, cookie, self._next_xid(), cache)
                         for kind, identity, actions in ops]
             messages += [encode_delete_cookie(c, self._next_xid()) for c in delete_cookies]
             for attempt in (1, 2):
