@@ -1,6 +1,11 @@
 """CNI ADD and DEL latency: our `ovs` plugin against the reference `bridge` + `host-local`.
 
-Both go through the same libcni driver (tests/libcni/driver.go), run inside a 1-host netns
+Two references: the plain bridge (L2 only), and the bridge with `isGateway` and `ipMasq`,
+which gives a container what our default netconf gives it (a gateway address and a default
+route to it, masquerade to the outside); our ADD pays for those too (docs/architecture.md,
+"Gateway"). Both ratios are printed.
+
+All go through the same libcni driver (tests/libcni/driver.go), run inside a 1-host netns
 lab's host namespace, as a runtime on that host would: the agent serves `ovs`, and `bridge`
 creates its bridge there rather than in the root namespace. A sample is the libcni call alone
 (exec of the plugin included), measured by the driver; starting the driver and `ip netns exec`
@@ -50,7 +55,7 @@ from overlay.lab.topology import Lab  # noqa: E402
 
 TARGET_P50_MS, TARGET_P99_MS = 120.0, 300.0
 CALL_TIMEOUT = 30.0
-OURS, REFERENCE = "ovs", "bridge+host-local"
+OURS, REFERENCE, REFERENCE_GW = "ovs", "bridge+host-local", "bridge-gw+masq"
 
 
 @dataclass
@@ -155,12 +160,15 @@ def report(subjects: list[Subject], args: argparse.Namespace, complete: bool) ->
                 print(f"{s.name:<18} {label:<22} {op.upper():<4} {len(series.ms):>3} {p50:>8.1f} "
                       f"{p95:>8.1f} {p99:>8.1f} {max(series.ms):>8.1f} {wall:>9.1f}")
     print("(ms: the libcni call, plugin exec included; wall: plus driver start and `ip netns exec`)")
-    print("\nratio ours/reference (p50):")
-    for mode, label in modes:
-        for op in ("add", "del"):
-            ours, ref = p50s.get((OURS, mode, op)), p50s.get((REFERENCE, mode, op))
-            if ours and ref:
-                print(f"  {label:<22} {op.upper():<4} {ours / ref:5.2f}x  ({ours:.1f} / {ref:.1f} ms)")
+    for reference, what in ((REFERENCE, "plain bridge, no gateway"),
+                            (REFERENCE_GW, "isGateway + ipMasq, what our default netconf gives")):
+        print(f"\nratio ours/{reference} (p50; {what}):")
+        for mode, label in modes:
+            for op in ("add", "del"):
+                ours, ref = p50s.get((OURS, mode, op)), p50s.get((reference, mode, op))
+                if ours and ref:
+                    print(f"  {label:<22} {op.upper():<4} {ours / ref:5.2f}x  "
+                          f"({ours:.1f} / {ref:.1f} ms)")
     failures = [f for s in subjects for series in s.series.values() for f in series.failures]
     if failures:
         print(f"\n{len(failures)} failed call(s), not in the figures; first: {failures[0]}")
@@ -223,10 +231,19 @@ def main(argv: list[str] | None = None) -> int:
             {"type": "bridge", "bridge": "cnibench0",
              "ipam": {"type": "host-local", "subnet": "10.41.0.0/16",
                       "dataDir": os.path.join(tmp, "host-local")}}]}
+        # What our default netconf gives a container, from the reference plugins: a gateway
+        # address on the bridge and a default route to it (isGateway), masquerade to the
+        # outside (ipMasq). Our ADD pays for both (the network's gateway and its NAT rules).
+        reference_gw: dict[str, Any] = {"cniVersion": "1.0.0", "name": "bench-refgw", "plugins": [
+            {"type": "bridge", "bridge": "cnibench1", "isGateway": True, "ipMasq": True,
+             "ipam": {"type": "host-local", "subnet": "10.42.0.0/16",
+                      "dataDir": os.path.join(tmp, "host-local")}}]}
         driver = Libcni(binary, [lab.cni_bin, REFERENCE_PLUGINS], os.path.join(tmp, "cache"),
                         in_netns=h.netns)
         subjects = [Subject(OURS, write_conflist(tmp, ours, "ours.conflist"), driver),
-                    Subject(REFERENCE, write_conflist(tmp, reference, "ref.conflist"), driver)]
+                    Subject(REFERENCE, write_conflist(tmp, reference, "ref.conflist"), driver),
+                    Subject(REFERENCE_GW, write_conflist(tmp, reference_gw, "refgw.conflist"),
+                            driver)]
         print(f"lab up in {time.monotonic() - started:.1f} s; measuring ...", flush=True)
         deadline = time.monotonic() + args.budget
         complete = all([measure(s, [f"/var/run/netns/{n}" for n in pool], args, deadline)

@@ -4,13 +4,19 @@
 
 What it installs (every path below under --root, default /):
 
-    /opt/cni/bin/ovs                         -> VENV/bin/ovs, the CNI plugin a runtime execs
+    /opt/cni/bin/ovs                         the CNI plugin a runtime execs: a launcher that
+                                             starts VENV/bin/python3 without site (fast
+                                             start-up; overlay_plugin_ovs/launcher.py)
     /usr/local/bin/overlay-agent, overlayctl -> VENV/bin/..., so operators find them on PATH
     /etc/systemd/system/overlay-agent.service  packaging/overlay-agent.service, ExecStart filled in
     /etc/overlay/agent.toml                  packaging/agent.toml, only if no file is there
 
 Why symlinks into the virtualenv rather than copies: the console scripts' shebangs name the
 venv's Python, so a copy would still depend on the venv and merely go stale after an upgrade.
+The plugin is the exception: pip's console script starts Python with `site`, which costs a
+process that lives for one CNI call more than the rest of its start-up, so its launcher names
+the venv's Python and the directory of the installed plugin package instead (the package of
+the environment this module runs from).
 
 Idempotent: a file whose content is already right is left alone, a wrong symlink is replaced,
 an existing agent.toml is never touched (it is the operator's). `systemctl daemon-reload` runs
@@ -26,6 +32,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from overlay_plugin_ovs import launcher
 
 PACKAGING = Path(__file__).resolve().parents[1] / "packaging"
 UNIT_NAME = "overlay-agent.service"
@@ -86,7 +94,11 @@ def install(root: str = "/", prefix: str | None = None, *, reload: bool = True) 
     base = Path(root)
     report = Report()
     plugin = base / PLUGIN_PATH
-    report.note(plugin, link(plugin, str(scripts / "ovs")))
+    was_link = plugin.is_symlink()  # what earlier versions installed
+    if was_link:
+        plugin.unlink()
+    changed = write_if_different(plugin, launcher.script(str(scripts / "python3")), mode=0o755)
+    report.note(plugin, changed or was_link)
     for name in COMMANDS:
         report.note(base / BIN_DIR / name, link(base / BIN_DIR / name, str(scripts / name)))
     unit = base / UNIT_PATH

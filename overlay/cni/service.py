@@ -1,11 +1,12 @@
 """ADD, DEL and CHECK: the steps of attaching a container, in order, each undone on failure.
 
 ADD: validate -> record the network (etcd) -> addresses (etcd transactions) -> veth into the
-netns -> port on br-int (waits for its ofport) -> endpoint record (etcd) -> the network's
-gateway on this host (overlay/gateway/, the first container of a network creates it) -> local
-flows. With a delegated IPAM plugin the link comes first, as in the reference `bridge` plugin:
-veth (up, no address) -> [dhcp: port, record without address, DHCP-only flows] -> the plugin
--> addresses and routes on the link -> port, record, flows (see _add_link_first, leases.py).
+netns -> port on br-int (waits for its ofport) -> endpoint record (etcd) -> local flows; the
+network's gateway on this host (overlay/gateway/, the first container of a network creates it)
+is made on another thread beside these steps, and the flows wait for it. With a delegated IPAM
+plugin the link comes first, as in the reference `bridge` plugin: veth (up, no address) ->
+[dhcp: port, record without address, DHCP-only flows] -> the plugin -> addresses and routes on
+the link -> port, record, flows (see _add_link_first, leases.py).
 
 Each step's undo is registered *before* the step runs (every undo is idempotent), so a step
 that fails half-way is undone too: a failed ADD leaves no veth, no OVS port, no IP allocation
@@ -24,6 +25,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -119,6 +122,10 @@ class CniService:
         self.ipam = ipam
         self.networks = networks
         self.lock = StripedLock()
+        # Steps of one ADD that can run beside its others (the gateway). Small: each ADD
+        # submits at most one, and a burst of first ADDs queues on the gateway lock anyway.
+        self._background = futures.ThreadPoolExecutor(max_workers=4,
+                                                      thread_name_prefix="add-bg")
 
     def gateway_spec(self, conf: NetConf) -> GatewaySpec | None:
         """The network's gateway on this host, if it has one (an IPv4 range, built-in IPAM)."""
@@ -139,14 +146,16 @@ class CniService:
         self.check_bridge(conf)
         owner = owner_of(env.container_id, env.ifname)
         with self.lock(owner):
+            t = _Stopwatch()
             if veth.link_exists(veth.hostside_name(env.container_id, env.ifname)) or \
                     self.store.get_endpoint(conf.name, env.container_id, env.ifname):
                 raise CniError(Code.ALREADY_ATTACHED,
                                f"container {env.container_id} interface {env.ifname} is already "
                                f"attached", "run DEL for it before ADD again")
+            t.lap("precheck")
             undo: list[Callable[[], object]] = []
             try:
-                return self._add_steps(env, conf, owner, undo)
+                return self._add_steps(env, conf, owner, undo, t)
             except BaseException:
                 for step in reversed(undo):
                     try:
@@ -157,41 +166,83 @@ class CniService:
                         log.exception("rollback step failed for %s", owner)
                 raise
 
+    def _beside(self, undo: list[Callable[[], object]], step: Callable[[], object],
+                undo_step: Callable[[object], object]) -> Future[object]:
+        """Run `step` on another thread; its undo (registered now, as for every step) waits for
+        it to end and then runs `undo_step(its result)`, with None if it failed (a step may
+        fail half-way, so its undo still runs). The caller joins it with .result(), whose
+        exception is then the ADD's failure."""
+        pending = self._background.submit(step)
+
+        def undo_it() -> None:
+            futures.wait([pending])
+            undo_step(pending.result() if pending.exception() is None else None)
+        undo.append(undo_it)
+        return pending
+
     def _add_steps(self, env: CniEnv, conf: NetConf, owner: str,
-                   undo: list[Callable[[], object]]) -> bytes:
-        t = _Stopwatch()
+                   undo: list[Callable[[], object]], t: _Stopwatch) -> bytes:
         mac = requests.requested_mac(conf, env)
         wanted_ips = requests.requested_ips(conf, env)
+        key = endpoint_key(conf.name, env.container_id, env.ifname)
+        gateway = self.gateway_spec(conf)
+        # Steps that wait on another process (etcd, ovsdb-server, the kernel) and that no
+        # step before their join depends on run beside the others (see _beside): on a loaded
+        # 2-core host the serial sum was most of an ADD.
+        pending_gateway: Future[object] | None = None
+        if gateway is not None:
+            # The network's first container here creates the gateway (an OVS port, addresses,
+            # routes, iptables rules: tens of ms); only the flows need it.
+            pending_gateway = self._beside(undo, lambda: self.gateways.acquire(key, gateway),
+                                           lambda _: self.gateways.release(key))
         network = NetworkRecord(conf.name, conf.vni, str(conf.subnet or ""))
-        if self.store.ensure_network(network):
-            undo.append(lambda: self.store.drop_network_if_unused(network))
-        t.lap("network")
+        # Recording the network (one etcd transaction) goes beside the allocation; it must
+        # have succeeded before anything is created on the host.
+        pending_network = self._beside(
+            undo, lambda: self.store.ensure_network(network),
+            lambda created: created and self.store.drop_network_if_unused(network))
         if conf.ipam.delegated:
-            return self._add_link_first(env, conf, owner, undo, t, mac)
+            pending_network.result()
+            t.lap("network")
+            return self._add_link_first(env, conf, owner, undo, t, mac, pending_gateway)
 
         undo.append(lambda: self.ipam.release(conf.name, owner))
         assigned = self.ipam.allocate(conf.name, owner, conf.ipam, wanted_ips)
         routes = conf.ipam.routes
         t.lap("ipam")
-        gateway = self.gateway_spec(conf)
+        pending_network.result()
+        t.lap("network (rest)")
         if gateway is not None and not conf.ipam.routes_given:
             # README: a default route via the gateway unless the netconf lists its own routes.
             routes = (Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway.address.ip), *routes)
         host_if = veth.hostside_name(env.container_id, env.ifname)
+        if mac is None:
+            mac = mac_for(assigned[0].address.ip)
+        port_mac = mac
+
+        # The OVS port is added (and its ofport awaited) as soon as the host end exists,
+        # while the container end is configured inside the netns.
+        pending_port: list[Future[object]] = []
         undo.append(lambda: veth.delete_host_link(host_if))
-        link = veth.create_container_link(container_id=env.container_id, netns=env.netns,
-                                          ifname=env.ifname, mtu=self.mtu(conf),
-                                          addresses=[a.address for a in assigned],
-                                          routes=routes, mac=mac or mac_for(assigned[0].address.ip))
+        link = veth.create_container_link(
+            container_id=env.container_id, netns=env.netns, ifname=env.ifname,
+            mtu=self.mtu(conf), addresses=[a.address for a in assigned], routes=routes, mac=mac,
+            host_end_ready=lambda: pending_port.append(self._beside(
+                undo, lambda: self._ensure_port(env, conf, host_if, port_mac, assigned),
+                lambda _: self.ovs.delete_port(host_if))))
         t.lap("veth")
-        ofport = self._port(env, conf, link, assigned, undo)
-        t.lap("ovs-port")
+        ofport = pending_port[0].result() if pending_port else None
+        if not isinstance(ofport, int) or link.mac != mac:  # the kernel kept another MAC
+            ofport = self._port(env, conf, link, assigned, undo)
+        t.lap("ovs-port (rest)")
         self._publish(env, conf, link, assigned, routes, undo)
         t.lap("endpoint")
-        return self._finish(env, conf, owner, link, ofport, assigned, routes, routes, undo, t)
+        return self._finish(env, conf, owner, link, ofport, assigned, routes, routes, undo, t,
+                            pending_gateway)
 
     def _add_link_first(self, env: CniEnv, conf: NetConf, owner: str,
-                        undo: list[Callable[[], object]], t: _Stopwatch, mac: str | None) -> bytes:
+                        undo: list[Callable[[], object]], t: _Stopwatch, mac: str | None,
+                        pending_gateway: Future[object] | None) -> bytes:
         """Delegated IPAM, in the order of the reference `bridge` plugin: the link exists, up
         and without an address, before the plugin runs (dhcp sends its DISCOVER from it).
 
@@ -235,7 +286,7 @@ class CniService:
         self._publish(env, conf, link, lease.assigned, installed, undo, registered=dhcp)
         t.lap("endpoint")
         return self._finish(env, conf, owner, link, ofport, lease.assigned, routes, installed,
-                            undo, t)
+                            undo, t, pending_gateway)
 
     def mtu(self, conf: NetConf) -> int:
         return conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
@@ -246,10 +297,14 @@ class CniService:
         `undo` None: the port's removal is registered already."""
         if undo is not None:
             undo.append(lambda: self.ovs.delete_port(link.host_ifname))
-        return self.ovs.ensure_port(self.host.bridge, link.host_ifname, external_ids={
+        return self._ensure_port(env, conf, link.host_ifname, link.mac, assigned)
+
+    def _ensure_port(self, env: CniEnv, conf: NetConf, host_if: str, mac: str,
+                     assigned: Sequence[Assigned]) -> int:
+        return self.ovs.ensure_port(self.host.bridge, host_if, external_ids={
             EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
             EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni),
-            EXT_IP: ",".join(str(a.address.ip) for a in assigned), EXT_MAC: link.mac,
+            EXT_IP: ",".join(str(a.address.ip) for a in assigned), EXT_MAC: mac,
             EXT_IPAM: conf.ipam.type})
 
     def _publish(self, env: CniEnv, conf: NetConf, link: veth.ContainerLink,
@@ -269,7 +324,7 @@ class CniService:
     def _finish(self, env: CniEnv, conf: NetConf, owner: str, link: veth.ContainerLink,
                 ofport: int, assigned: Sequence[Assigned], routes: Sequence[Route],
                 installed: Sequence[Route], undo: list[Callable[[], object]],
-                t: _Stopwatch) -> bytes:
+                t: _Stopwatch, pending_gateway: Future[object] | None) -> bytes:
         """Gateway and local flows, then the result. `routes` as the result shows them,
         `installed` as they are in the container."""
         # The network's remote endpoints are read before the local flows go in, so that the
@@ -277,11 +332,9 @@ class CniService:
         self.networks.join(conf.name)
         t.lap("join")
         key = endpoint_key(conf.name, env.container_id, env.ifname)
-        gateway = self.gateway_spec(conf)
-        if gateway is not None:
-            undo.append(lambda: self.gateways.release(key))
-            self.gateways.acquire(key, gateway)
-            t.lap("gateway")
+        if pending_gateway is not None:
+            pending_gateway.result()  # its failure is this ADD's failure
+            t.lap("gateway (rest)")
         ips = tuple(str(a.address.ip) for a in assigned)
         if not leases.is_dhcp(conf):  # dhcp: registered before the lease, to run after its DEL
             undo.append(lambda: self.dataplane.remove_endpoint(key))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -31,7 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from overlay.errors import CniError, Code
 from overlay.gateway.spec import MARK_MASK, PORT_PREFIX, TABLE_BASE, GatewaySpec
 from overlay.netlink.offload import disable_tx_checksum
-from overlay.netlink.veth import netlink_session
+from overlay.netlink.veth import if_index, netlink_session
 
 IFA_F_NOPREFIXROUTE = 0x200
 RULE_PRIORITY = 100
@@ -54,14 +55,19 @@ def _read(path: str) -> str:
 
 
 def _index(ipr: Any, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    return if_index(name)
+
+
+def _gateway_ports() -> dict[int, str]:
+    """index -> name of the gateway ports (if_nameindex(3): no netlink dump decoded in Python,
+    which cost a first ADD several ms per call under load)."""
+    return {index: name for index, name in socket.if_nameindex()
+            if name.startswith(PORT_PREFIX)}
 
 
 def _subnet_routes(ipr: Any, table: int) -> dict[ipaddress.IPv4Network, int]:
     """dst -> oif of the routes of `table` that go out of a gateway port."""
-    ports = {link["index"] for link in ipr.get_links()
-             if str(link.get_attr("IFLA_IFNAME") or "").startswith(PORT_PREFIX)}
+    ports = _gateway_ports()
     out = {}
     for r in ipr.get_routes(family=2, table=table):
         oif, dst = r.get_attr("RTA_OIF"), r.get_attr("RTA_DST")
@@ -73,16 +79,21 @@ def _subnet_routes(ipr: Any, table: int) -> dict[ipaddress.IPv4Network, int]:
 def main_route_conflict(spec: GatewaySpec) -> str | None:
     """The gateway port that holds an overlapping subnet in the main table, if not ours."""
     with netlink_session() as ipr:
-        mine = _index(ipr, spec.port)
-        for dst, oif in _subnet_routes(ipr, MAIN).items():
-            if oif != mine and dst.overlaps(spec.subnet):
-                links = ipr.get_links(oif)
-                return str(links[0].get_attr("IFLA_IFNAME")) if links else str(oif)
+        return _main_route_holder(ipr, spec)
+
+
+def _main_route_holder(ipr: Any, spec: GatewaySpec) -> str | None:
+    mine = _index(ipr, spec.port)
+    for dst, oif in _subnet_routes(ipr, MAIN).items():
+        if oif != mine and dst.overlaps(spec.subnet):
+            return _gateway_ports().get(oif, str(oif))
     return None
 
 
-def ensure(spec: GatewaySpec) -> None:
-    """Configure the port (which OVS has created) and its routes. Idempotent."""
+def ensure(spec: GatewaySpec) -> str | None:
+    """Configure the port (which OVS has created) and its routes. Idempotent. Returns the
+    gateway port holding an overlapping subnet in the main table (see main_route_conflict),
+    if another does."""
     _write("/proc/sys/net/ipv4/ip_forward", "1")
     _write(f"/proc/sys/net/ipv4/conf/{spec.port}/rp_filter", "2")
     _write(f"/proc/sys/net/ipv6/conf/{spec.port}/disable_ipv6", "1")
@@ -102,11 +113,13 @@ def ensure(spec: GatewaySpec) -> None:
                 ipr.addr("add", index=idx, address=want[0], prefixlen=want[1],
                          flags=IFA_F_NOPREFIXROUTE)
             ipr.route("replace", dst=str(spec.subnet), oif=idx, table=spec.table, scope=253)
-            if main_route_conflict(spec) is None:
+            holder = _main_route_holder(ipr, spec)
+            if holder is None:
                 ipr.route("replace", dst=str(spec.subnet), oif=idx, table=MAIN, scope=253)
             if not _has_rule(ipr, spec):
                 ipr.rule("add", fwmark=spec.mark, fwmask=MARK_MASK, table=spec.table,
                          priority=RULE_PRIORITY, family=2)
+            return holder
     except (NetlinkError, OSError) as exc:
         raise CniError(Code.NETLINK_FAILURE, f"cannot configure gateway port {spec.port}",
                        str(exc)) from None

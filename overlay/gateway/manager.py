@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -72,7 +73,7 @@ class GatewayManager:
             if current is not None and current != spec:  # no one else uses the old one
                 self._uninstall(current)
             try:
-                self._install(spec)
+                holder = self._install(spec)
             except BaseException:
                 if not others:
                     self._uninstall(spec)
@@ -81,7 +82,6 @@ class GatewayManager:
             self._specs[spec.vni] = spec
             self._users.setdefault(spec.vni, set()).add(key)
             self._vni_of[key] = spec.vni
-        holder = kernel.main_route_conflict(spec)
         if holder is not None:
             log.warning("network %s: subnet %s overlaps the subnet of %s on this host; its "
                         "containers have egress, but the host and published ports reach "
@@ -189,15 +189,26 @@ class GatewayManager:
 
     # --- mechanics (callers hold the lock) ---------------------------------------------------
 
-    def _install(self, spec: GatewaySpec) -> None:
+    def _install(self, spec: GatewaySpec) -> str | None:
+        """Returns the gateway port that keeps the main-table route of an overlapping subnet."""
+        laps = [time.perf_counter()]
         ofport = self._ovs.ensure_port(
             self._bridge, spec.port,
             iface={"type": "internal", "mac": spec.mac, "mtu_request": spec.mtu},
             external_ids=spec.external_ids())
-        kernel.ensure(spec)
+        laps.append(time.perf_counter())
+        holder = kernel.ensure(spec)
+        laps.append(time.perf_counter())
         nat.ensure(spec)
+        laps.append(time.perf_counter())
         self._dataplane.set_gateway(spec.vni, Gateway(spec.vni, spec.mac, str(spec.address.ip),
                                                       ofport))
+        laps.append(time.perf_counter())
+        log.info("gateway %s installed (%.0f ms: %s)", spec.port, (laps[-1] - laps[0]) * 1000,
+                 " ".join(f"{step} {(b - a) * 1000:.0f}" for step, a, b in
+                          zip(("port", "kernel", "iptables", "flows"), laps, laps[1:],
+                              strict=False)))
+        return holder
 
     def _uninstall(self, spec: GatewaySpec) -> None:
         steps: list[Callable[[], object]] = [

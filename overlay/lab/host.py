@@ -27,6 +27,7 @@ from typing import Any
 
 from overlay.lab.hostmounts import in_host_mounts
 from overlay.lab.shell import in_netns, run
+from overlay_plugin_ovs import launcher
 
 VSWITCH_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 ETCD_PORT = 2379
@@ -246,9 +247,15 @@ def write_cni_config(path: str, *, network: str, vni: int, subnet: str, bridge: 
 
 
 def install_plugin(cni_bin: str) -> str:
-    """What a runtime's CNI_PATH holds: an executable named after the netconf's "type"."""
+    """What a runtime's CNI_PATH holds: an executable named after the netconf's "type" (the
+    plugin's launcher for this environment's Python, as overlay.install writes it)."""
     os.makedirs(cni_bin, exist_ok=True)
-    link = os.path.join(cni_bin, "ovs")
-    if not os.path.lexists(link):
-        os.symlink(os.path.join(scripts_dir(), "ovs"), link)
-    return link
+    path = os.path.join(cni_bin, "ovs")
+    text = launcher.script(os.path.join(scripts_dir(), "python3"))
+    if os.path.islink(path) or not os.path.exists(path) or open(path).read() != text:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    return path

@@ -67,6 +67,47 @@ def test_same_table_as_ovs_ofctl(host: LabHost) -> None:
     assert len(table(host, "brb")) == len(lines) > 30
 
 
+def test_same_table_with_chained_flood_rules(host: LabHost) -> None:
+    """1,200 hosts in a network: its broadcast list goes on in tables 40 and 41 (resubmit)."""
+    remote = {f"r{i}": RemoteEndpoint(42, f"0a:58:0a:01:{i >> 8:02x}:{i & 0xFF:02x}",
+                                      (f"10.1.{i >> 8}.{i & 0xFF}",),
+                                      f"172.30.{i >> 8}.{i & 0xFF}") for i in range(1, 1201)}
+    lines = compute_flows(DesiredState(tunnel_ofport=1, generation=7, local=STATE.local,
+                                       remote=remote))
+    assert any("resubmit(,41)" in line for line in lines)
+    ofctl(host, "--bundle", "replace-flows", f"unix:{host.ovs_dir}/bra.mgmt", "-",
+          stdin="\n".join(lines) + "\n")
+    ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
+    Channel(rundir=host.ovs_dir, bridge="brb").apply(as_ops(lines), COOKIE)
+    assert table(host, "bra") == table(host, "brb")
+
+
+def test_reinstall_under_a_new_cookie_keeps_counters_and_drops_the_rest(host: LabHost) -> None:
+    """What a restarted agent sends: every wanted rule again under its own cookie, then a
+    delete of what still carries the previous run's cookie. Counters survive the re-add."""
+    channel = Channel(rundir=host.ovs_dir, bridge="brb")
+    lines = compute_flows(STATE)
+    ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
+    channel.apply(as_ops(lines), COOKIE)
+    # One ARP request from port 5 (container "a", 10.0.0.1) through table 0: a counter moves.
+    arp = ("ffffffffffff" "0a580a000001" "0806" "0001080006040001" "0a580a000001" "0a000001"
+           "000000000000" "0a000002")
+    ofctl(host, "packet-out", f"unix:{host.ovs_dir}/brb.mgmt",
+          f"in_port=5 packet={arp} actions=resubmit(,0)")
+
+    def counted() -> list[str]:
+        return [line for line in ofctl(host, "dump-flows", f"unix:{host.ovs_dir}/brb.mgmt",
+                                       "table=0,arp,in_port=5").splitlines() if "n_packets=1" in line]
+    assert len(counted()) == 1
+    newer = COOKIE + 1
+    kept = [op for op in as_ops(lines) if "->tun_dst" not in op[2]]  # no more tunnels
+    channel.apply(kept, newer, delete_cookies=(COOKIE,))
+    after = table(host, "brb")
+    assert len(after) == len(kept) < len(lines)
+    assert all(f"cookie={newer:#x}," in line for line in after)
+    assert len(counted()) == 1 and f"cookie={newer:#x}," in counted()[0]
+
+
 def test_modify_and_delete_touch_only_their_rule(host: LabHost) -> None:
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
     ops = as_ops(compute_flows(STATE))

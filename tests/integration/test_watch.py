@@ -236,3 +236,27 @@ def test_a_lost_event_is_found_by_the_count_probe_and_repaired_by_content(
         assert watch.resyncs == 1 and "3 keys differed from etcd" in caplog.text
     finally:
         watch.stop()
+
+
+def test_endpoints_outside_reads_every_other_network_and_none_of_the_followed(
+        store: Store) -> None:
+    """The start-up janitor's read: the gaps between followed networks' prefixes, paged."""
+    from overlay.store import records as r
+
+    def record(network: str, i: int) -> r.EndpointRecord:
+        return r.EndpointRecord(network=network, container_id=f"c{i}", ifname="eth0",
+                                host="h", vni=7, ips=["10.0.0.2/24"], mac="0a:58:0a:00:00:02",
+                                port="p", netns="/n")
+
+    networks = ["a", "a-b", "b", "bb", "c", "z"]  # "a-b" and "bb" sort around the followed
+    for network in networks:
+        count = 1100 if network == "c" else 3  # more than two pages of 500
+        for i in range(count):
+            rec = record(network, i)
+            store.client.put(rec.key, rec.to_json())
+    for followed in [set(), {"a"}, {"b", "z"}, {"a", "a-b", "b", "bb", "c", "z"}, {"nosuch"}]:
+        got = sorted((rec.network, rec.container_id)
+                     for rec in store.endpoints_outside(followed, page=500))
+        want = sorted((rec.network, rec.container_id) for rec in store.all_endpoints()
+                      if rec.network not in followed)
+        assert got == want, followed

@@ -14,6 +14,7 @@ import pytest
 
 from overlay import install
 from overlay.agent.config import load
+from overlay_plugin_ovs import launcher
 
 
 @pytest.fixture
@@ -27,6 +28,13 @@ def prefix(tmp_path: Path) -> Path:
     return tmp_path / "venv"
 
 
+def assert_plugin_launcher(path: Path, prefix: Path) -> None:
+    """The plugin is a launcher (not a link): the venv's Python without site, this package."""
+    assert not path.is_symlink() and os.access(path, os.X_OK)
+    assert path.read_text() == launcher.script(str(prefix / "bin/python3"))
+    assert path.read_text().startswith(f"#!{prefix}/bin/python3 -IS\n")
+
+
 def unit(path: Path) -> configparser.ConfigParser:
     parsed = configparser.ConfigParser(interpolation=None, strict=True)
     parsed.read_string(path.read_text())
@@ -36,7 +44,7 @@ def unit(path: Path) -> configparser.ConfigParser:
 def test_installs_plugin_commands_unit_and_example_config(tmp_path: Path, prefix: Path) -> None:
     root = tmp_path / "root"
     report = install.install(str(root), str(prefix))
-    assert os.readlink(root / "opt/cni/bin/ovs") == str(prefix / "bin/ovs")
+    assert_plugin_launcher(root / "opt/cni/bin/ovs", prefix)
     for name in ("overlay-agent", "overlayctl"):
         assert os.readlink(root / "usr/local/bin" / name) == str(prefix / "bin" / name)
     service = unit(root / "etc/systemd/system/overlay-agent.service")
@@ -75,7 +83,7 @@ def test_a_wrong_link_and_a_stale_unit_are_replaced(tmp_path: Path, prefix: Path
     (root / "etc/systemd/system/overlay-agent.service").write_text("[Unit]\n")
     report = install.install(str(root), str(prefix))
     assert str(root / "opt/cni/bin/ovs") in report.changed
-    assert os.readlink(root / "opt/cni/bin/ovs") == str(prefix / "bin/ovs")
+    assert_plugin_launcher(root / "opt/cni/bin/ovs", prefix)
     assert "ExecStart" in (root / "etc/systemd/system/overlay-agent.service").read_text()
 
 

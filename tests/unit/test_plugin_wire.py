@@ -70,3 +70,95 @@ def test_non_ok_status_and_missing_socket_are_failures(server: str, tmp_path: An
     with pytest.raises(RpcFailure) as info:
         unary_call(os.path.join(tmp_path, "none.sock"), "/overlay.cni.v1.Cni/Add", b"", 5)
     assert info.value.status == "UNAVAILABLE"
+
+
+# --- headers.py: HPACK against the hpack package's encoder -----------------------------------
+
+def test_hpack_decoder_reads_huffman_indexed_and_evicted_headers() -> None:
+    import hpack
+
+    from overlay_plugin_ovs.headers import Decoder, encode, huffman_decode
+
+    blocks = [
+        [(":status", "200"), ("content-type", "application/grpc"),
+         ("grpc-accept-encoding", "identity,deflate,gzip")],
+        [("grpc-status", "0"), ("grpc-message", "all is well: ünïcode, %20 and \x7f")],
+        [(":status", "200"), ("content-type", "application/grpc"), ("x-long", "v" * 300)],
+        [("grpc-status", "13"), ("grpc-message", "".join(chr(c) for c in range(32, 127)))],
+    ]
+    for huffman in (True, False):
+        encoder, decoder = hpack.Encoder(), Decoder()
+        encoder.header_table_size = 256  # small: entries are evicted along the way
+        for headers in blocks * 3:
+            assert decoder.decode(encoder.encode(headers, huffman=huffman)) == headers
+    for text in ("", "a", "grpc-status", "\x00\xff" * 5):
+        assert huffman_decode(hpack.huffman.HuffmanEncoder(
+            hpack.huffman_constants.REQUEST_CODES,
+            hpack.huffman_constants.REQUEST_CODES_LENGTH).encode(text.encode("latin-1"))) == \
+            text.encode("latin-1")
+    # what we send, hpack reads
+    request = [(":method", "POST"), (":path", "/overlay.cni.v1.Cni/Add"), ("x", "y" * 200)]
+    assert hpack.Decoder().decode(encode(request)) == request
+
+
+# --- jsontext.py: json's answers without json ------------------------------------------------
+
+def test_jsontext_parses_and_fails_as_json_does() -> None:
+    import json
+
+    from overlay_plugin_ovs import jsontext
+
+    for text in [b'{"cniVersion": "1.0.0", "name": "n", "x": [1, 2.5, -3e2, true, null]}',
+                 b' \n{"a": "\\u00e9\\ud83d\\ude00"} \t', '{"é": "ü"}'.encode(),
+                 b"[]", b'"s"', b"NaN", b'\xef\xbb\xbf{"bom": 1}', '{"u16": 1}'.encode("utf-16")]:
+        assert repr(jsontext.loads(text)) == repr(json.loads(text))
+    for bad in [b"{", b'{"a": 1} x', b"{'a': 1}", b"\xff\xfe\x00", b"[" * 100_000]:
+        try:
+            json.loads(bad)
+        except (ValueError, RecursionError) as exc:
+            expected = f"{type(exc).__name__}: {exc}"
+        try:
+            jsontext.loads(bad)
+        except (ValueError, RecursionError) as exc:
+            assert f"{type(exc).__name__}: {exc}" == expected
+        else:
+            raise AssertionError(f"{bad!r} parsed")
+    for value in [{"cniVersion": "1.0.0", "code": 7, "msg": "naïve \"quote\"\n", "d": None},
+                  {"supportedVersions": ["0.1.0", "1.1.0"], "ok": True, "no": False}]:
+        assert jsontext.dumps(value) == json.dumps(value)
+
+
+def test_the_plugin_starts_without_heavy_modules() -> None:
+    """Start-up is most of the plugin's cost: it must not import what it does without."""
+    import subprocess
+    import sys
+
+    from overlay_plugin_ovs import launcher
+
+    code = ("import sys\n" + launcher.script(sys.executable).split("\n", 3)[3]
+            .replace("sys.exit(main())", "print(' '.join(sorted(sys.modules)))"))
+    loaded = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True,
+                                text=True, check=True).stdout.split())
+    assert "overlay_plugin_ovs.wire" in loaded
+    heavy = {"json", "re", "enum", "typing", "socket", "dataclasses", "hpack", "logging",
+             "site", "pathlib", "inspect", "selectors"}
+    assert not heavy & loaded, heavy & loaded
+
+
+def test_the_started_plugin_reports_bad_json_as_code_6(tmp_path: Any) -> None:
+    """In a fresh interpreter json is not imported: a syntax error must still be code 6."""
+    import json
+    import subprocess
+    import sys
+
+    from overlay_plugin_ovs import launcher
+
+    plugin = tmp_path / "ovs"
+    plugin.write_text(launcher.script(sys.executable))
+    plugin.chmod(0o755)
+    for stdin, code in ((b'{"cniVersion": "1.0.0", "type": "ovs", ', 6), (b"[1, 2", 6),
+                        (b'{"cniVersion": "9.9.9"}', 1)):
+        out = subprocess.run([str(plugin)], input=stdin, capture_output=True,
+                             env={"CNI_COMMAND": "ADD"})
+        assert out.returncode == 1 and not out.stderr, out
+        assert json.loads(out.stdout)["code"] == code, out.stdout

@@ -96,12 +96,15 @@ def test_the_vm_conflist_is_what_the_plugin_gets(tmp_path: Path) -> None:
     assert conf["agentSocket"] == vm.AGENT_SOCKET
 
 
-def test_install_plugin_links_the_venvs_ovs_script_once(tmp_path: Path) -> None:
+def test_install_plugin_writes_the_launcher_once(tmp_path: Path) -> None:
     cni_bin = str(tmp_path / "opt" / "cni" / "bin")
-    link = steps.install_plugin(cni_bin)
-    assert link == os.path.join(cni_bin, "ovs")
-    assert os.readlink(link) == os.path.join(steps.scripts_dir(), "ovs")
-    assert steps.install_plugin(cni_bin) == link  # a second run keeps it
+    path = steps.install_plugin(cni_bin)
+    assert path == os.path.join(cni_bin, "ovs") and os.access(path, os.X_OK)
+    with open(path) as fh:
+        assert fh.read().startswith(f"#!{os.path.join(steps.scripts_dir(), 'python3')} -IS\n")
+    mtime = os.stat(path).st_mtime_ns
+    assert steps.install_plugin(cni_bin) == path  # a second run keeps it
+    assert os.stat(path).st_mtime_ns == mtime
 
 
 def test_host_needs_the_underlay_by_address_or_by_name() -> None:

@@ -7,18 +7,23 @@ touches OVS, netlink or etcd. What it can decide alone it answers alone, agent o
 VERSION, an unknown CNI_COMMAND, a netconf that is not JSON, and a cniVersion we do not speak
 (code 1, as the spec says, rather than 11 from a failed attempt to reach the agent).
 Transport failures map to CNI code 11 ("try again later"): the agent may just be restarting.
-The gRPC call itself goes through a small client of our own (wire.py): start-up time matters.
+The gRPC call itself goes through a small client of our own (wire.py): start-up time matters,
+so the plugin imports nothing beyond the interpreter's C modules and `os`/`struct` (launcher.py
+starts it without `site`; see docs/architecture.md, "The plugin's gRPC client").
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Any
 
+from overlay_plugin_ovs import jsontext
 from overlay_plugin_ovs.messages import decode_reply, encode_request
 from overlay_plugin_ovs.wire import RpcFailure, unary_call
+
+TYPE_CHECKING = False  # typing costs start-up; mypy treats this name as True
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SOCKET = "/run/overlay/agent.sock"
 # Mirrors overlay.cni.netconf.SUPPORTED_VERSIONS; a unit test keeps the two equal.
@@ -30,7 +35,7 @@ METHODS = {"ADD": "Add", "DEL": "Del", "CHECK": "Check", "STATUS": "Status", "GC
 
 
 def _emit(body: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(body) + "\n")
+    sys.stdout.write(jsontext.dumps(body) + "\n")
     sys.stdout.flush()
 
 
@@ -58,7 +63,7 @@ def _usable_path(value: object) -> bool:
 def run(environ: dict[str, str], stdin: bytes) -> int:
     command = environ.get("CNI_COMMAND", "")
     try:
-        conf = json.loads(stdin) if stdin.strip() else {}
+        conf = jsontext.loads(stdin) if stdin.strip() else {}
     except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
         conf, bad_json = {}, str(exc) or type(exc).__name__
     else:

@@ -6,17 +6,19 @@ a small, fixed exchange: the HTTP/2 preface and SETTINGS, one HEADERS + DATA req
 HEADERS, DATA and trailers back. That is all this module speaks; the agent's side is the real
 grpcio server, and tests/unit/test_plugin_wire.py checks this client against it.
 
-HPACK (header compression) comes from the `hpack` package, which grpcio's server requires us
-to decode (it Huffman-codes and indexes its headers).
+HPACK (header compression) is headers.py: grpcio's server Huffman-codes and indexes its
+headers, so they must be decoded, and the `hpack` package cost more start-up than the rest of
+the plugin. The socket is `_socket`, the C module under `socket`: `import socket` brings in
+`enum` and `selectors`, about 20 ms of start-up on a loaded machine, for nothing this needs.
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 import struct
 import time
 
-from hpack import Decoder, Encoder
+from overlay_plugin_ovs.headers import Decoder, HpackError, encode
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
@@ -41,7 +43,7 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
 
 
 class _Reader:
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: _socket.socket, deadline: float) -> None:
         self._sock = sock
         self._deadline = deadline
         self._buf = b""
@@ -81,7 +83,7 @@ def _strip_padding(flags: int, payload: bytes, headers: bool) -> bytes:
 class _Call:
     """One connection, one stream, with just enough HTTP/2 to honour flow control."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: _socket.socket, deadline: float) -> None:
         self._sock = sock
         self._reader = _Reader(sock, deadline)
         self._decoder = Decoder()
@@ -93,7 +95,7 @@ class _Call:
         self._ending = False
 
     def send_request(self, method: str, message: bytes, timeout: float) -> None:
-        headers = Encoder().encode([
+        headers = encode([
             (":method", "POST"), (":scheme", "http"), (":path", method),
             (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers"),
             ("grpc-timeout", f"{max(1, int(timeout * 1000))}m"),
@@ -154,9 +156,10 @@ class _Call:
         elif kind in (HEADERS, CONTINUATION):
             self._block += _strip_padding(flags, payload, headers=kind == HEADERS)
             if flags & END_HEADERS:
-                for k, v in self._decoder.decode(self._block):
-                    self.fields[k if isinstance(k, str) else k.decode()] = (
-                        v if isinstance(v, str) else v.decode())
+                try:
+                    self.fields.update(self._decoder.decode(self._block))
+                except HpackError as exc:
+                    raise RpcFailure("INTERNAL", f"bad headers from the agent: {exc}") from None
                 self._block = b""
         if stream == STREAM and flags & END_STREAM and kind in (DATA, HEADERS):
             self._ending = True
@@ -167,7 +170,7 @@ class _Call:
 def unary_call(socket_path: str, method: str, request: bytes, timeout: float) -> bytes:
     """Send one protobuf-encoded request to `method` (e.g. /overlay.cni.v1.Cni/Add)."""
     deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         try:
