@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     prime_new(reconciler.vteps)
 
     service = svc.CniService(
-        host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu), ovs=ovs,
+        host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
         networks=networks, gateways=gateways)
     observe.watch_agent(metrics, readiness, dataplane=dataplane, ofctl=Ofctl(rundir=cfg.rundir),

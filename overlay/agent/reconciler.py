@@ -82,9 +82,10 @@ _decode = json.JSONDecoder().decode
 
 def parse_endpoint(value: bytes, own_host: str | None = None,
                    vnis: dict[int, int] | None = None
-                   ) -> tuple[_Endpoint, r.EndpointRecord | None]:
+                   ) -> tuple[_Endpoint, r.EndpointRecord | None, str | None]:
     """The endpoint's routing facts, validated; the whole record only if it names `own_host`
-    (the janitor's view), since a remote endpoint's other fields are never read.
+    (the janitor's view), since a remote endpoint's other fields are never read; and the VTEP
+    its host had when it wrote the record (None if the record has none, or a bad one).
 
     Memory at scale: an agent holds every remote endpoint of its networks (50,000 in the
     benchmark), so what repeats across records is shared rather than held once per record:
@@ -106,9 +107,15 @@ def parse_endpoint(value: bytes, own_host: str | None = None,
         vni = vnis.setdefault(vni, vni)
     endpoint = _Endpoint(sys.intern(host), sys.intern(network), vni,
                          mac, tuple(_address(ip) for ip in ips))
+    vtep = obj.get("vtep")
+    try:
+        socket.inet_pton(socket.AF_INET, vtep)
+        vtep = sys.intern(vtep)
+    except (OSError, TypeError):
+        vtep = None
     if host != own_host:
-        return endpoint, None
-    return endpoint, r.EndpointRecord.from_json(value)
+        return endpoint, None, vtep
+    return endpoint, r.EndpointRecord.from_json(value), vtep
 
 
 _BAD = (ValueError, TypeError, KeyError, AttributeError)
@@ -138,6 +145,7 @@ class Reconciler:
         self._lock = threading.Lock()  # watches of several prefixes call in on their threads
         self._vteps: dict[str, str] = {}                  # live host -> VTEP (departing ones too)
         self._departing: dict[str, Cancellable] = {}      # host whose key went -> its expiry
+        self._seen: set[str] = set()                      # hosts whose key or VTEP we learnt
         self._endpoints: dict[str, _Endpoint] = {}        # etcd key -> endpoint, any host
         self._by_host: dict[str, set[str]] = {}           # host -> its endpoint keys
         self._own: dict[str, r.EndpointRecord] = {}       # records naming this host
@@ -172,6 +180,7 @@ class Reconciler:
                         vtep = parse_vtep(change.value)
                     except _BAD:
                         log.warning("ignoring malformed host record %s", change.key)
+                self._seen.add(host)
                 if vtep is not None:
                     self._cancel_departure(host)
                 elif host != self._host and host in self._vteps and self._grace > 0:
@@ -190,15 +199,15 @@ class Reconciler:
                         updates[key] = self._remote(key)
             self._apply(updates, new_vteps)
 
-    def _depart(self, host: str) -> None:
+    def _depart(self, host: str, why: str = "left etcd") -> None:
         """(Under the lock.) The host's key went: its flows stay for the grace period."""
         if host in self._departing:
             return
         expiry: list[Cancellable] = []
         expiry.append(self._schedule(self._grace, lambda: self._expire(host, expiry[0])))
         self._departing[host] = expiry[0]
-        log.info("host %s left etcd; keeping the flows to its VTEP %s for %.0f s in case it "
-                 "comes back", host, self._vteps[host], self._grace)
+        log.info("host %s %s; keeping the flows to its VTEP %s for %.0f s in case it "
+                 "comes back", host, why, self._vteps[host], self._grace)
 
     def _cancel_departure(self, host: str) -> None:
         expiry = self._departing.pop(host, None)
@@ -216,20 +225,40 @@ class Reconciler:
                      host, self._grace)
             self._apply({key: self._remote(key) for key in self._by_host.get(host, ())}, set())
 
+    def _adopt(self, host: str, vtep: str) -> bool:
+        """(Under the lock.) An endpoint record names `host`, whose key this agent has never
+        seen: most likely this agent started while that host's agent was restarting and its
+        key had lapsed (the peers that were running keep forwarding through host_grace; this
+        one never knew the VTEP). Forward to the VTEP the record names, for the grace period
+        only, as if the key had just gone. True if adopted."""
+        if self._grace <= 0 or host == self._host or host in self._seen:
+            return False
+        self._seen.add(host)
+        self._vteps[host] = vtep
+        self._depart(host, why="is not in etcd; forwarding to the VTEP its endpoints name")
+        return True
+
     def on_endpoints(self, changes: list[Change]) -> None:
         updates: dict[str, RemoteEndpoint | None] = {}
+        adopted: set[str] = set()
         with self._lock:
             for change in changes:
                 self._forget(change.key)
                 if change.value is not None:
                     try:
-                        endpoint, rec = parse_endpoint(change.value, self._host, self._vnis)
+                        endpoint, rec, vtep = parse_endpoint(change.value, self._host,
+                                                             self._vnis)
                     except _BAD as exc:
                         log.warning("ignoring malformed endpoint record %s: %s", change.key, exc)
                     else:
                         self._remember(change.key, endpoint, rec)
+                        if vtep is not None and self._adopt(endpoint.host, vtep):
+                            adopted.add(endpoint.host)
                 updates[change.key] = self._remote(change.key)
-            self._apply(updates, set())
+            for host in adopted:  # endpoints of this host seen earlier in the batch
+                for key in self._by_host.get(host, ()):
+                    updates[key] = self._remote(key)
+            self._apply(updates, {self._vteps[h] for h in adopted})
 
     def forget_network(self, network: str) -> None:
         """This host left the network: drop everything learnt about it."""

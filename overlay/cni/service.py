@@ -62,6 +62,7 @@ class HostInfo:
     name: str
     bridge: str
     underlay_mtu: int
+    vtep: str = ""  # written into endpoint records (see EndpointRecord.vtep)
 
 
 def mac_for(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -315,7 +316,7 @@ class CniService:
                              ips=[str(a.address) for a in assigned], mac=link.mac,
                              port=link.host_ifname, netns=env.netns, mtu=self.mtu(conf),
                              routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes],
-                             ipam=conf.ipam.type)
+                             ipam=conf.ipam.type, vtep=self.host.vtep)
         if not registered:
             undo.append(lambda: self.store.delete_endpoint(conf.name, env.container_id,
                                                            env.ifname))

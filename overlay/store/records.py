@@ -103,6 +103,9 @@ class EndpointRecord(Record):
     mtu: int = 0
     routes: list[dict[str, str]] = field(default_factory=list)
     ipam: str = "overlay"  # or the delegated plugin's name
+    # The host's VTEP when the record was written: lets an agent that starts while that host's
+    # leased key has lapsed still reach it for a while (overlay/agent/reconciler.py, _adopt).
+    vtep: str = ""
 
     @property
     def key(self) -> str:

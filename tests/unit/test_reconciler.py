@@ -13,9 +13,10 @@ from overlay.store import records as r
 from overlay.store.stream import Change
 
 
-def ep(host: str, ip: str, mac: str, vni: int = 42) -> Change:
+def ep(host: str, ip: str, mac: str, vni: int = 42, vtep: str = "") -> Change:
     rec = r.EndpointRecord(network="n", container_id=f"c-{ip}", ifname="eth0", host=host,
-                           vni=vni, ips=[f"{ip}/24"], mac=mac, port="ovlx", netns="/x")
+                           vni=vni, ips=[f"{ip}/24"], mac=mac, port="ovlx", netns="/x",
+                           vtep=vtep)
     return Change(rec.key, rec.to_json().encode(), 1)
 
 
@@ -184,3 +185,45 @@ def test_a_host_that_leaves_again_after_coming_back_gets_a_fresh_grace_period() 
     assert {e.vtep for e in remote(dp)} == {"172.31.0.2"}
     clock.expire_all()
     assert remote(dp) == set()
+
+
+def starting_agent(clock: Clock) -> tuple[Reconciler, Dataplane]:
+    dp = Dataplane(ofctl=cast(Any, FakeOfctl()), bridge="br-int", tunnel_ofport=1)
+    dp.install_endpoint("n/mine/eth0", LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5))
+    return Reconciler(host="h0", dataplane=dp, host_grace=45, schedule=clock.schedule), dp
+
+
+def test_an_agent_starting_while_a_peer_is_away_uses_the_vtep_its_records_name() -> None:
+    # This agent's first snapshot has h1's endpoints but not h1's key: h1's agent is
+    # restarting and its lease lapsed. Forward to the VTEP the records name, for the grace.
+    clock = Clock()
+    rec, dp = starting_agent(clock)
+    rec.on_hosts([])
+    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02", vtep="172.31.0.2"),
+                      ep("h1", "10.0.0.3", "02:00:00:00:00:03", vtep="172.31.0.2")])
+    assert {(e.mac, e.vtep) for e in remote(dp)} == {("02:00:00:00:00:02", "172.31.0.2"),
+                                                     ("02:00:00:00:00:03", "172.31.0.2")}
+    assert len(clock.pending) == 1
+    rec.on_hosts([host("h1", "172.31.0.2")])  # its agent is back
+    clock.expire_all()
+    assert len(remote(dp)) == 2
+
+
+def test_a_vtep_named_by_records_only_lasts_the_grace_period() -> None:
+    clock = Clock()
+    rec, dp = starting_agent(clock)
+    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02", vtep="172.31.0.2"),
+                      ep("h2", "10.0.0.4", "02:00:00:00:00:04")])  # an older record: no vtep
+    assert {e.vtep for e in remote(dp)} == {"172.31.0.2"}
+    clock.expire_all()  # h1 never came back: a dead host's leftover records
+    assert remote(dp) == set()
+    rec.on_endpoints([ep("h1", "10.0.0.5", "02:00:00:00:00:05", vtep="172.31.0.2")])
+    assert remote(dp) == set() and clock.pending == [], "adopted once, not again and again"
+
+
+def test_records_never_override_a_host_key_this_agent_has_seen() -> None:
+    clock = Clock()
+    rec, dp = starting_agent(clock)
+    rec.on_hosts([host("h1", "172.31.0.9")])
+    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02", vtep="172.31.0.2")])
+    assert {e.vtep for e in remote(dp)} == {"172.31.0.9"} and clock.pending == []
