@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from overlay.cni import leases, requests
+from overlay.cni import checks, leases, requests
 from overlay.cni.netconf import CniEnv, NetConf, Route
 from overlay.cni.result import Attachment, build_result, encode
 from overlay.dataplane.dataplane import Dataplane
@@ -407,7 +407,8 @@ class CniService:
                 raise CniError(Code.UNKNOWN_CONTAINER,
                                f"container {env.container_id} interface {env.ifname} is not "
                                f"attached to {conf.name}")
-            problems = self._differences(env, conf, rec)
+            problems = checks.differences(self, env, conf, rec, endpoint_key(
+                conf.name, env.container_id, env.ifname))
             if conf.ipam.delegated:
                 delegate.run("CHECK", conf, env)
         if problems:
@@ -415,61 +416,3 @@ class CniService:
                            f"container {env.container_id} interface {env.ifname} on "
                            f"{conf.name}: " + "; ".join(problems))
         return b""
-
-    def _differences(self, env: CniEnv, conf: NetConf, rec: EndpointRecord) -> list[str]:
-        problems = []
-        if rec.vni != conf.vni:
-            problems.append(f"recorded vxlanID {rec.vni} differs from netconf {conf.vni}")
-        problems += _prev_result_differences(conf, env, rec)
-        link = veth.inspect_container_link(env.netns, env.ifname)
-        if link is None:
-            problems.append(f"interface {env.ifname} is missing from {env.netns}")
-        else:
-            if link.mac != rec.mac:
-                problems.append(f"MAC is {link.mac}, expected {rec.mac}")
-            for ip in rec.ips:
-                if str(ipaddress.ip_interface(ip)) not in link.addresses:
-                    problems.append(f"address {ip} is missing (has {', '.join(link.addresses)})")
-            if rec.mtu and link.mtu != rec.mtu:
-                problems.append(f"MTU is {link.mtu}, expected {rec.mtu}")
-            for route in rec.routes:
-                if (route["dst"], route["gw"]) not in link.routes:
-                    problems.append(f"route to {route['dst']} via {route['gw'] or 'link'} "
-                                    "is missing")
-            if not link.up:
-                problems.append("interface is down")
-        ofport = self.ovs.ofport(rec.port)
-        if ofport is None:
-            problems.append(f"OVS port {rec.port} is missing from {self.host.bridge}")
-        else:
-            port = LocalPort(rec.vni, rec.mac, tuple(rec.addresses), ofport,
-                             rec.ipam == leases.DHCP)
-            key = endpoint_key(conf.name, env.container_id, env.ifname)
-            if key not in self.dataplane.local_keys() or not self.dataplane.switch_has(port):
-                problems.append(f"the flows of port {rec.port} are not in the switch")
-        gateway = self.gateway_spec(conf)
-        if gateway is not None:
-            problems += self.gateways.problems(gateway)
-        if not conf.ipam.delegated:
-            held = self.ipam.held_by(conf.name, owner_of(env.container_id, env.ifname))
-            for ip in rec.addresses:
-                if ipaddress.ip_address(ip) not in held:
-                    problems.append(f"the IP allocation of {ip} is not held by this container")
-        return problems
-
-
-def _prev_result_differences(conf: NetConf, env: CniEnv, rec: EndpointRecord) -> list[str]:
-    """Addresses the runtime's prevResult gives our interface must be the ones we recorded."""
-    prev = conf.prev_result
-    if not prev:
-        return []
-    interfaces = prev.get("interfaces") or []
-    ours = {i for i, itf in enumerate(interfaces)
-            if isinstance(itf, dict) and itf.get("name") == env.ifname
-            and itf.get("sandbox") == env.netns}
-    problems = []
-    for ip in prev.get("ips") or []:
-        if isinstance(ip, dict) and ip.get("interface") in ours and ip.get("address") not in rec.ips:
-            problems.append(f"prevResult lists {ip.get('address')} on {env.ifname}, which ADD "
-                            "did not assign")
-    return problems
