@@ -197,6 +197,15 @@ def etcd_stopped(lab: Lab) -> Iterator[None]:
     lab._up_underlay()
 
 
+def agent_log_tails(lab: Lab, lines: int = 40) -> str:
+    """The last lines of every agent's log, for a failure message."""
+    tails = []
+    for h in lab.hosts:
+        with open(h.agent_log, errors="replace") as fh:
+            tails.append(f"--- {h.name}\n" + "".join(fh.readlines()[-lines:]))
+    return "\n".join(tails)
+
+
 def test_etcd_outage_keeps_traffic_and_add_says_try_again(lab: Lab) -> None:
     seconds = int(os.environ.get("OVERLAY_ETCD_OUTAGE", "30"))
     traffic = Traffic(lab, seconds + 4)
@@ -215,7 +224,8 @@ def test_etcd_outage_keeps_traffic_and_add_says_try_again(lab: Lab) -> None:
     outcome = traffic.finish()
     # The dataplane does not depend on etcd: no window without replies. (Restarting etcd is a
     # burst of CPU on this 2-core machine, which has cost an odd single ping, never a gap.)
-    assert outcome.longest_gap_ms < 250 and outcome.lost <= outcome.sent // 100 and outcome.tcp_ok
+    assert outcome.longest_gap_ms < 250 and outcome.lost <= outcome.sent // 100 and outcome.tcp_ok, \
+        (outcome, agent_log_tails(lab))  # a gap here was seen once and not explained yet
     # Back: ADD works, and host0's watch (resumed from its last revision) learns the newcomer.
     deadline = time.monotonic() + 30
     while (added := ctr.add_container(lab, "late", "host1")).returncode != 0:
