@@ -20,6 +20,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -133,6 +134,18 @@ def capture(netns: str, iface: str, expr: str, seconds: float, out: str,
     line = proc.stderr.readline().decode()
     assert "listening on" in line, f"tcpdump did not start: {line}"
     return proc
+
+
+def received(workdir: str, netns: str, marker: str, send: Callable[[], None]) -> bool:
+    """Whether a frame carrying `marker` reached eth0 in `netns` while `send()` ran."""
+    pcap = os.path.join(workdir, f"{marker}.pcap")
+    proc = capture(netns, "eth0", "", 10, pcap, direction="in")
+    send()
+    time.sleep(0.5)
+    proc.terminate()
+    proc.wait()
+    with open(pcap, "rb") as fh:
+        return marker.encode() in fh.read()
 
 
 def pcap_frames(path: str) -> list[bytes]:

@@ -8,15 +8,14 @@ import functools
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import pytest
 
+import overlay_fixtures as fixtures
 from overlay.lab import containers as ctr
 from overlay.lab.shell import in_netns, run
 from overlay.lab.topology import Lab
-from overlay_fixtures import capture
 
 FORGE = os.path.join(os.path.dirname(__file__), "forge.py")
 
@@ -36,14 +35,7 @@ def mac_of(lab: Lab, name: str) -> str:
 
 
 def received(lab: Lab, receiver: str, marker: str, send: Callable[[], None]) -> bool:
-    pcap = os.path.join(lab.workdir, f"{marker}.pcap")
-    proc = capture(lab.containers[receiver]["netns"], "eth0", "", 10, pcap, direction="in")
-    send()
-    time.sleep(0.5)
-    proc.terminate()
-    proc.wait()
-    with open(pcap, "rb") as fh:
-        return marker.encode() in fh.read()
+    return fixtures.received(lab.workdir, lab.containers[receiver]["netns"], marker, send)
 
 
 def forge(lab: Lab, sender: str, *args: str) -> None:

@@ -33,6 +33,7 @@ from overlay_fixtures import (
     container_link,
     host_snapshot,
     pcap_frames,
+    received,
 )
 
 EXAMPLE = """{
@@ -109,17 +110,6 @@ def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
     return predicate()
 
 
-def received(lab: Lab, receiver_netns: str, marker: str, send: Callable[[], None]) -> bool:
-    pcap = os.path.join(lab.workdir, f"{marker}.pcap")
-    proc = capture(receiver_netns, "eth0", "", 10, pcap, direction="in")
-    send()
-    time.sleep(0.5)
-    proc.terminate()
-    proc.wait()
-    with open(pcap, "rb") as fh:
-        return marker.encode() in fh.read()
-
-
 def forge(netns: str, *args: str) -> None:
     subprocess.run(in_netns(netns, [sys.executable, FORGE, *args]), check=True, timeout=20)
 
@@ -192,15 +182,15 @@ def test_the_spec_example_through_libcni(lab: Lab, server: dhcp.DhcpServer,
     own_mac = mac
     srv_mac = container_link(f"/var/run/netns/{srv['netns']}")["address"]
     send = functools.partial(forge, client_netns)
-    assert received(lab, srv["netns"], "dhcp-true", lambda: send(
+    assert received(lab.workdir, srv["netns"], "dhcp-true", lambda: send(
         "icmp", own_mac, srv_mac, str(leased.ip), SERVER_IP, "dhcp-true"))
-    assert not received(lab, srv["netns"], "dhcp-claims-c2", lambda: send(
+    assert not received(lab.workdir, srv["netns"], "dhcp-claims-c2", lambda: send(
         "icmp", own_mac, srv_mac, second_client["ip"], SERVER_IP, "dhcp-claims-c2"))
-    assert not received(lab, srv["netns"], "dhcp-arp-c2", lambda: send(
+    assert not received(lab.workdir, srv["netns"], "dhcp-arp-c2", lambda: send(
         "arp-reply", own_mac, srv_mac, second_client["ip"], SERVER_IP, "dhcp-arp-c2"))
     # ... nor another unleased address in the pool.
     other = str(POOL[1]) if str(leased.ip) != str(POOL[1]) else str(POOL[0])
-    assert not received(lab, srv["netns"], "dhcp-claims-pool", lambda: send(
+    assert not received(lab.workdir, srv["netns"], "dhcp-claims-pool", lambda: send(
         "icmp", own_mac, srv_mac, other, SERVER_IP, "dhcp-claims-pool"))
 
     # DEL releases the lease at the server and leaves nothing behind on host0.
