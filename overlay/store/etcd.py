@@ -16,6 +16,7 @@ import functools
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 from urllib.parse import urlparse
@@ -60,28 +61,42 @@ CHANNEL_OPTIONS = [
 PAGE = 5000
 
 
+def _attempts(members: int) -> int:
+    """How many times one call is tried before etcd counts as unreachable.
+
+    pyetcd benches the endpoint *in use* when a call fails, and that is shared by every thread
+    of the agent: a call that was sent to the member that just died, and fails after another
+    thread has already moved on to a healthy member, benches the healthy one. With one member
+    down, all of them can be benched for RETRY_AFTER at once and pyetcd then refuses every call
+    (NoServerAvailableError) though two members are serving. So with several members each one
+    gets two chances, and a call that finds all of them benched waits out the bench (see
+    _translate). A single member gets one: nothing to fail over to, and "try again later"
+    should come at once."""
+    return 1 if members <= 1 else 2 * members
+
+
 def _translate(fn: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        # With several members, the call that finds one dead is the one that makes pyetcd fail
-        # over: try each endpoint once before telling the caller that etcd is unreachable.
         store = args[0] if args and isinstance(args[0], Store) else None
-        for _ in range(len(store._addresses) - 1 if store is not None else 0):
+        attempts = _attempts(len(store._addresses) if store is not None else 1)
+        for attempt in range(attempts):
             try:
                 return fn(*args, **kwargs)
-            except _UNAVAILABLE:
-                continue
-        try:
-            return fn(*args, **kwargs)
-        except _UNAVAILABLE as exc:
-            if store is not None:
-                store.on_error(fn.__name__.lstrip("_"))
-            raise CniError(Code.TRY_AGAIN_LATER, "etcd is not reachable; try again later",
-                           f"{type(exc).__name__}: {exc}") from None
-        except (pyetcd.exceptions.Etcd3Exception, grpc.RpcError) as exc:
-            if store is not None:
-                store.on_error(fn.__name__.lstrip("_"))
-            raise CniError(Code.STORE_FAILURE, "etcd refused the request", str(exc)) from None
+            except _UNAVAILABLE as exc:
+                if attempt + 1 < attempts:
+                    if isinstance(exc, pyetcd.exceptions.NoServerAvailableError):
+                        time.sleep(RETRY_AFTER)  # every member benched: wait the bench out
+                    continue
+                if store is not None:
+                    store.on_error(fn.__name__.lstrip("_"))
+                raise CniError(Code.TRY_AGAIN_LATER, "etcd is not reachable; try again later",
+                               f"{type(exc).__name__}: {exc}") from None
+            except (pyetcd.exceptions.Etcd3Exception, grpc.RpcError) as exc:
+                if store is not None:
+                    store.on_error(fn.__name__.lstrip("_"))
+                raise CniError(Code.STORE_FAILURE, "etcd refused the request", str(exc)) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
     return wrapper
 
 
