@@ -4,8 +4,9 @@ Why: OVS's userspace (netdev) datapath reads container frames through AF_PACKET 
 encapsulates them without finishing checksums the kernel left for "hardware" to fill in. TCP
 across a netdev VXLAN tunnel then carries bad checksums and stalls after the handshake; ICMP and
 UDP do not show it. With TX checksum offload off, the container's kernel computes checksums in
-software and every datapath is happy. The setting travels with the interface when it is moved
-into another namespace, so we set it before the move, from the agent's own namespace.
+software and every datapath is happy. The ioctl acts on the interface of that name in the
+namespace its socket was opened in, so for a container's link it is called from a thread inside
+the container's netns (overlay.netlink.netns).
 
 A raw SIOCETHTOOL ioctl (ETHTOOL_STXCSUM) keeps this free of subprocesses and of pyroute2's
 untyped ethtool wrapper.
