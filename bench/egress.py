@@ -4,7 +4,9 @@ A two-host netns lab; c0 on host0 and c1 on host1 in my-net, attached by the rea
 server in the underlay namespace (172.31.0.254) stands for the outside world.
 
 - TCP throughput (iperf3, 5 s): c0 -> underlay (through the gateway, masqueraded), host0 ->
-  underlay (the host's own stack, no overlay), c0 -> c1 (east-west over VXLAN);
+  underlay (the host's own stack, no overlay), c0 -> c1 (east-west over VXLAN), in `--rounds`
+  rounds (3), each in a rotated order, so that a burst of load elsewhere on the machine lands on
+  all three paths alike; the medians and their ratios are the result, each round is shown;
 - TCP connect latency (median of N connects, each a fresh connection and a one-byte answer):
   c0 -> underlay and host0 -> underlay.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +79,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connects", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-bench-egress-"),
               prefix="b" + uuid.uuid4().hex[:5])
@@ -95,12 +99,24 @@ def main() -> int:
                                                              SERVER, "7070"]))
         time.sleep(0.5)
         s = args.seconds
-        egress = iperf(c0["netns"], lab.underlay_ns, SERVER, s, 5301)
-        from_host = iperf(h0.netns, lab.underlay_ns, SERVER, s, 5302)
-        east_west = iperf(c0["netns"], c1["netns"], c1["ip"], s, 5303)
+        paths = {"egress": lambda port: iperf(c0["netns"], lab.underlay_ns, SERVER, s, port),
+                 "host": lambda port: iperf(h0.netns, lab.underlay_ns, SERVER, s, port),
+                 "east-west": lambda port: iperf(c0["netns"], c1["netns"], c1["ip"], s, port)}
+        figures: dict[str, list[float]] = {name: [] for name in paths}
+        print(f"load average before measuring: {os.getloadavg()[0]:.2f} "
+              f"({os.cpu_count()} cores)", flush=True)
+        names = list(paths)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for i, name in enumerate(order):
+                figures[name].append(paths[name](5301 + i))
+            print(f"  round {r + 1}: " + ", ".join(f"{n} {figures[n][-1]:.2f}" for n in names)
+                  + f" Gbit/s; egress / east-west {figures['egress'][-1] / figures['east-west'][-1]:.0%}",
+                  flush=True)
+        egress, from_host, east_west = (statistics.median(figures[n]) for n in names)
         gw_p50, gw_p95 = connect_ms(c0["netns"], args.connects)
         host_p50, host_p95 = connect_ms(h0.netns, args.connects)
-        print(f"\nTCP throughput, iperf3 {s} s, one stream:")
+        print(f"\nTCP throughput, iperf3 {s} s, one stream, median of {args.rounds} rounds:")
         print(f"  container -> underlay via gateway (SNAT): {egress:6.2f} Gbit/s")
         print(f"  host -> underlay (the host's own stack):  {from_host:6.2f} Gbit/s")
         print(f"  container -> container, east-west VXLAN:  {east_west:6.2f} Gbit/s")

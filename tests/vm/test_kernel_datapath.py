@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import time
 
 import pytest
@@ -254,12 +255,25 @@ def test_gateway_egress_is_masqueraded_on_the_kernel_datapath(lab: VagrantLab) -
     assert f"{address_of(lab.node2, 'c2')} > {c1}: ICMP echo request" in out, out
     # Issue 9's comparison on the datapath real hosts run: TCP from c1 out through the gateway
     # (to node2's host address) against c1 to c2 over VXLAN, same run, same receiving VM.
-    egress = iperf_gbits(lab.node1, "c1", lab.node2, "", UNDERLAY["node2"])
-    east_west = iperf_gbits(lab.node1, "c1", lab.node2, "c2", address_of(lab.node2, "c2"))
-    assert egress > 0 and east_west > 0
-    lab.figures["egress c1 -> node2's host, through the gateway (NAT)"] = f"{egress:.3f} Gbit/s"
-    lab.figures["east-west c1 -> c2 over VXLAN"] = f"{east_west:.3f} Gbit/s"
-    lab.figures["egress / east-west"] = f"{egress / east_west:.0%}"
+    # Under TCG a single 3 s sample swung from 57 % to 252 %: three rounds, alternating which
+    # path goes first, and the medians.
+    def measure(path: str) -> float:
+        if path == "egress":
+            return iperf_gbits(lab.node1, "c1", lab.node2, "", UNDERLAY["node2"])
+        return iperf_gbits(lab.node1, "c1", lab.node2, "c2", address_of(lab.node2, "c2"))
+    rounds: list[tuple[float, float]] = []
+    for r in range(3):
+        order = ("egress", "east-west") if r % 2 == 0 else ("east-west", "egress")
+        got = {path: measure(path) for path in order}
+        rounds.append((got["egress"], got["east-west"]))
+    assert all(egress > 0 and east_west > 0 for egress, east_west in rounds)
+    egress = statistics.median(e for e, _ in rounds)
+    east_west = statistics.median(w for _, w in rounds)
+    lab.figures["egress c1 -> node2's host, through the gateway (NAT), median of 3"] = \
+        f"{egress:.3f} Gbit/s"
+    lab.figures["east-west c1 -> c2 over VXLAN, median of 3"] = f"{east_west:.3f} Gbit/s"
+    lab.figures["egress / east-west (medians)"] = f"{egress / east_west:.0%}"
+    lab.figures["rounds (egress, east-west)"] = ", ".join(f"({e:.3f}, {w:.3f})" for e, w in rounds)
 
 
 def iperf_gbits(client: Vm, client_ns: str, server: Vm, server_ns: str, address: str) -> float:
