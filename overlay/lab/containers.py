@@ -83,8 +83,13 @@ def read_conflist(h: LabHost, network: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PingOutcome:
-    ok: bool
+    ok: bool      # at least one reply
     summary: str  # ping's "packet loss" line, else its error
+
+    @property
+    def complete(self) -> bool:
+        """Every request answered."""
+        return self.ok and " 0% packet loss" in self.summary
 
 
 def ping(netns: str, address: str, count: int = 3) -> PingOutcome:
