@@ -77,7 +77,7 @@ bench-scale: deps
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/egress.py bench/scale.py tests/libcni/build.py
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py tests/libcni/build.py
 
 proto: deps
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \
