@@ -123,10 +123,11 @@ class CniService:
         self.ipam = ipam
         self.networks = networks
         self.lock = StripedLock()
-        # Steps of one ADD that can run beside its others (the gateway). Small: each ADD
-        # submits at most one, and a burst of first ADDs queues on the gateway lock anyway.
-        self._background = futures.ThreadPoolExecutor(max_workers=4,
-                                                      thread_name_prefix="add-bg")
+        # Steps of an ADD or DEL that run beside its others (_beside; the gateway in _detach).
+        # None waits for another task of this pool, so a full pool only queues: an ADD submits
+        # up to three, a DEL one, and the gRPC pool serves 16 calls at once.
+        self._background = futures.ThreadPoolExecutor(max_workers=8,
+                                                      thread_name_prefix="cni-bg")
 
     def gateway_spec(self, conf: NetConf) -> GatewaySpec | None:
         """The network's gateway on this host, if it has one (an IPv4 range, built-in IPAM)."""
@@ -353,28 +354,33 @@ class CniService:
     # --- DEL ----------------------------------------------------------------------------------
 
     def delete(self, env: CniEnv, conf: NetConf) -> bytes:
+        t = _Stopwatch()
         with self.lock(owner_of(env.container_id, env.ifname)):
-            self.teardown(env, conf, env.container_id, env.ifname)
-        log.info("DEL %s %s/%s", conf.name, env.container_id, env.ifname)
+            self.teardown(env, conf, env.container_id, env.ifname, t)
+        log.info("DEL %s %s/%s (%s)", conf.name, env.container_id, env.ifname, t)
         return b""
 
-    def teardown(self, env: CniEnv, conf: NetConf, container_id: str, ifname: str) -> None:
+    def teardown(self, env: CniEnv, conf: NetConf, container_id: str, ifname: str,
+                 t: _Stopwatch | None = None) -> None:
         """Remove one attachment of `conf`'s network, whatever of it is left. Idempotent.
 
         The host-side veth and port are named after container and interface only, so they are
         removed only if the port says it belongs to this network (or no port is left): a DEL
         for another network, sent after its ADD was refused, must not cut this one.
         """
+        t = t or _Stopwatch()
         if not conf.ipam.delegated:
-            self._detach(conf.name, container_id, ifname)
+            self._detach(conf.name, container_id, ifname, t)
             self.ipam.release(conf.name, owner_of(container_id, ifname))
+            t.lap("ipam")
             return
         # The delegate first, as `bridge` does: dhcp's daemon releases the lease with a
         # DHCPRELEASE sent from the container's link, which must still be there, flows included.
         try:
             delegate.run("DEL", conf, env, container_id=container_id, ifname=ifname)
+            t.lap("ipam")
         finally:  # a delegate that fails does not keep the rest attached; DEL can be retried
-            self._detach(conf.name, container_id, ifname)
+            self._detach(conf.name, container_id, ifname, t)
 
     def teardown_orphan(self, network: str, container_id: str, ifname: str) -> None:
         """Like teardown, for an attachment whose netconf we do not have (the janitor's case):
@@ -382,16 +388,31 @@ class CniService:
         self._detach(network, container_id, ifname)
         self.ipam.release(network, owner_of(container_id, ifname))
 
-    def _detach(self, network: str, container_id: str, ifname: str) -> None:
-        """Flows, port and veth (if the port is this network's, or gone), endpoint record."""
+    def _detach(self, network: str, container_id: str, ifname: str,
+                t: _Stopwatch | None = None) -> None:
+        """Flows, port and veth (if the port is this network's, or gone), endpoint record.
+
+        The network's last container here takes the gateway along (an OVS port, routes, a rule,
+        iptables rules: tens of ms), on another thread beside the rest, which does not depend
+        on it. Every part is tried even if another fails; the first failure is DEL's."""
+        t = t or _Stopwatch()
         host_if = veth.hostside_name(container_id, ifname)
         key = endpoint_key(network, container_id, ifname)
         self.dataplane.remove_endpoint(key)
-        self.gateways.release(key)  # the network's last container here takes the gateway along
-        if self.ovs.port_external_ids(host_if).get(EXT_NETWORK) in (None, network):
-            self.ovs.delete_port(host_if)
-            veth.delete_host_link(host_if)
-        self.store.delete_endpoint(network, container_id, ifname)
+        t.lap("flows")
+        gateway = self._background.submit(self.gateways.release, key)
+        try:
+            if self.ovs.port_external_ids(host_if).get(EXT_NETWORK) in (None, network):
+                self.ovs.delete_port(host_if)
+                t.lap("ovs-port")
+                veth.delete_host_link(host_if)
+                t.lap("veth")
+            self.store.delete_endpoint(network, container_id, ifname)
+            t.lap("endpoint")
+        finally:
+            futures.wait([gateway])
+            t.lap("gateway (rest)")
+        gateway.result()
 
     # --- CHECK --------------------------------------------------------------------------------
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.cni.netconf import Route
 from overlay.errors import CniError, Code
 from overlay.netlink.netns import run_in_netns
 from overlay.netlink.offload import disable_tx_checksum
+from overlay.netlink.rtnl import Rtnl, RtnlError
 
 
 def hostside_name(container_id: str, ifname: str) -> str:
@@ -88,8 +88,8 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
     start attaching it to OVS while the container end is configured.
     """
     host = hostside_name(container_id, ifname)
-    with netlink_session() as ipr:
-        if _index(ipr, host) is not None:
+    with Rtnl() as rtnl:
+        if if_index(host) is not None:
             raise CniError(Code.NETLINK_FAILURE, f"host interface {host} already exists",
                            "a previous ADD for this container and interface was not deleted")
         try:
@@ -105,13 +105,10 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
         # (MACAddressPolicy=persistent), which on a real host (seen in the Vagrant VMs)
         # replaced our MAC while we were still configuring the link; one created with
         # IFLA_ADDRESS counts as set and udev leaves it alone.
-        peer_spec: dict[str, object] = {"ifname": ifname, "mtu": mtu, "net_ns_fd": nsfd}
-        if mac is not None:
-            peer_spec["address"] = mac
         try:
-            ipr.link("add", ifname=host, kind="veth", peer=peer_spec, mtu=mtu, state="up")
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:  # not the host end (checked above): the container's
+            rtnl.add_veth(host, mtu=mtu, peer=ifname, peer_netns_fd=nsfd, peer_mac=mac)
+        except RtnlError as exc:
+            if exc.errno == errno.EEXIST:  # not the host end (checked above): the container's
                 raise CniError(Code.NETLINK_FAILURE,
                                f"interface {ifname} already exists in {netns}",
                                "pick another CNI_IFNAME or delete the existing interface") from None
@@ -125,13 +122,16 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
                 host_end_ready()
             peer_mac, index = run_in_netns(
                 netns, lambda: _configure(ifname, addresses, routes, netns))
-            host_mac = ipr.get_links(_index(ipr, host))[0].get_attr("IFLA_ADDRESS")
+            host_index = if_index(host)
+            if host_index is None:
+                raise CniError(Code.NETLINK_FAILURE, f"host interface {host} vanished")
+            host_mac = rtnl.mac(host_index)
             return ContainerLink(host, host_mac, ifname, peer_mac, index)
         except BaseException as exc:
             delete_host_link(host)
             if isinstance(exc, CniError):
                 raise
-            if isinstance(exc, (NetlinkError, OSError)):
+            if isinstance(exc, OSError):  # RtnlError included
                 raise CniError(Code.NETLINK_FAILURE,
                                f"cannot set up {ifname} in {netns}", str(exc)) from None
             raise
@@ -156,28 +156,24 @@ def _quiet_host_side(host: str) -> None:
 def _configure(ifname: str, addresses: Sequence[Interface], routes: Sequence[Route],
                netns: str) -> tuple[str, int]:
     """Inside the container's netns: checksums, up, addresses and routes."""
-    with netlink_session() as ns:
-        idx = _index(ns, ifname)
+    with Rtnl() as rtnl:
+        idx = if_index(ifname)
         if idx is None:
             raise CniError(Code.NETLINK_FAILURE, f"{ifname} did not arrive in {netns}")
         # From this thread, in the netns: the ioctl's socket belongs to the namespace it is
         # opened in (see offload.py for why).
         disable_tx_checksum(ifname)
-        ns.link("set", index=idx, state="up")
-        _add_addresses(ns, idx, addresses, routes)
-        return ns.get_links(idx)[0].get_attr("IFLA_ADDRESS"), idx
+        rtnl.set_up(idx)
+        _add_addresses(rtnl, idx, addresses, routes)
+        return rtnl.mac(idx), idx
 
 
-def _add_addresses(ns: Any, idx: int, addresses: Sequence[Interface],
+def _add_addresses(rtnl: Rtnl, idx: int, addresses: Sequence[Interface],
                    routes: Sequence[Route]) -> None:
     for address in addresses:
-        ns.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
-                **({"flags": IFA_F_NODAD} if address.version == 6 else {}))
+        rtnl.add_address(idx, address, IFA_F_NODAD if address.version == 6 else 0)
     for route in routes:
-        kwargs: dict[str, Any] = {"dst": str(route.dst), "oif": idx}
-        if route.gw is not None:
-            kwargs["gateway"] = str(route.gw)
-        ns.route("add", **kwargs)
+        rtnl.add_route(route.dst, idx, route.gw)
 
 
 def add_container_addresses(*, netns: str, ifname: str, addresses: Sequence[Interface],
@@ -186,28 +182,28 @@ def add_container_addresses(*, netns: str, ifname: str, addresses: Sequence[Inte
     with none): a delegated IPAM plugin chooses them once the link exists. The link itself is
     removed by the caller's undo (delete_host_link) if this fails."""
     def configure() -> None:
-        with netlink_session() as ns:
-            idx = _index(ns, ifname)
+        with Rtnl() as rtnl:
+            idx = if_index(ifname)
             if idx is None:
                 raise CniError(Code.NETLINK_FAILURE, f"interface {ifname} vanished from {netns}")
-            _add_addresses(ns, idx, addresses, routes)
+            _add_addresses(rtnl, idx, addresses, routes)
     try:
         run_in_netns(netns, configure)
-    except (NetlinkError, OSError) as exc:
+    except OSError as exc:  # RtnlError included
         raise CniError(Code.NETLINK_FAILURE, f"cannot put the lease on {ifname} in {netns}",
                        str(exc)) from None
 
 
 def delete_host_link(host_ifname: str) -> bool:
     """Delete the pair by its host end. Returns False if it was already gone."""
-    with netlink_session() as ipr:
-        idx = _index(ipr, host_ifname)
-        if idx is None:
-            return False
+    idx = if_index(host_ifname)
+    if idx is None:
+        return False
+    with Rtnl() as rtnl:
         try:
-            ipr.link("del", index=idx)
-        except NetlinkError as exc:
-            if exc.code != 19:  # ENODEV: deleted under us, which is what we wanted
+            rtnl.delete_link(idx)
+        except RtnlError as exc:
+            if exc.errno != errno.ENODEV:  # deleted under us, which is what we wanted
                 raise CniError(Code.NETLINK_FAILURE, f"cannot delete {host_ifname}",
                                str(exc)) from None
         return True
