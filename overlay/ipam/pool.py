@@ -33,7 +33,7 @@ def candidates(rng: AddressRange, used: Set[Address],
 
     Excluded networks are jumped over, not walked: an IPv6 range may exclude a /64.
     """
-    skip = reserved(rng) | set(used)
+    skip = reserved(rng)  # `used` is looked into, not copied: it may hold 50,000 addresses
     make = type(rng.start)  # ip_address(int) would make an IPv4 address of a small IPv6 one
     blocks = sorted((int(n.network_address), int(n.broadcast_address))
                     for n in exclude if n.version == rng.start.version)
@@ -44,6 +44,6 @@ def candidates(rng: AddressRange, used: Set[Address],
             value = jump + 1
             continue
         addr = make(value)
-        if addr not in skip:
+        if addr not in skip and addr not in used:
             yield addr
         value += 1

@@ -312,6 +312,11 @@ class Store:
         return out
 
     @_translate
+    def allocation(self, network: str, ip: Address) -> r.Holder | None:
+        value, _ = self._client.get(r.ipam_prefix(network) + str(ip))
+        return None if value is None else r.Holder.parse(value)
+
+    @_translate
     def claim_ip(self, network: str, ip: Address, holder: r.Holder) -> bool:
         key = r.ipam_prefix(network) + str(ip)
         ok, _ = self._client.transaction(compare=[self._tx.version(key) == 0],

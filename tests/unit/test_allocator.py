@@ -6,7 +6,10 @@ from __future__ import annotations
 import ipaddress
 import json
 
+import pytest
+
 from overlay.cni.netconf import Address, parse_netconf
+from overlay.errors import CniError, Code
 from overlay.ipam.allocator import EtcdIpam
 from overlay.store.records import Holder
 
@@ -16,16 +19,21 @@ CONF = parse_netconf(json.dumps({
 
 
 class Allocations:
-    """allocations/claim_ip/release_ip over a dict; `stale` freezes what allocations() returns,
+    """allocations/allocation/claim_ip/release_ip over a dict; `stale` freezes what allocations() returns,
     as a read that happened before another allocation's claim would."""
 
     def __init__(self) -> None:
         self.held: dict[Address, Holder] = {}
         self.claims: list[Address] = []
         self.stale: dict[Address, Holder] | None = None
+        self.reads = 0
 
     def allocations(self, network: str) -> dict[Address, Holder]:
+        self.reads += 1
         return dict(self.stale if self.stale is not None else self.held)
+
+    def allocation(self, network: str, ip: Address) -> Holder | None:
+        return self.held.get(ip)
 
     def claim_ip(self, network: str, ip: Address, holder: Holder) -> bool:
         self.claims.append(ip)
@@ -68,3 +76,53 @@ def test_a_released_address_is_handed_out_again_at_once() -> None:
     assert ipam.allocate("net", "a/eth0", CONF.ipam)[0].address.ip == ip("10.7.0.2")
     ipam.release("net", "a/eth0")
     assert ipam.allocate("net", "b/eth0", CONF.ipam)[0].address.ip == ip("10.7.0.2")
+
+
+def test_the_network_is_read_once_not_per_add_or_del() -> None:
+    store = Allocations()
+    ipam = EtcdIpam(store=store, host="h")  # type: ignore[arg-type]
+    for i in range(20):
+        ipam.allocate("net", f"c{i}/eth0", CONF.ipam)
+    for i in range(0, 20, 2):
+        ipam.release("net", f"c{i}/eth0")
+    got = ipam.allocate("net", "late/eth0", CONF.ipam)[0].address.ip
+    assert store.reads == 1
+    assert got == ip("10.7.0.2")  # the lowest free again, after the releases
+    assert len(store.claims) == 21  # not one transaction lost
+
+
+def test_addresses_another_host_freed_are_found_before_giving_up() -> None:
+    small = parse_netconf(json.dumps({
+        "cniVersion": "1.0.0", "name": "net", "type": "ovs", "bridge": "br-int", "vxlanID": 7,
+        "ipam": {"type": "overlay", "subnet": "10.8.0.0/30"}}).encode())  # one address: .2
+    store = Allocations()
+    store.held[ip("10.8.0.2")] = Holder("x/eth0", "other-host")
+    ipam = EtcdIpam(store=store, host="h")  # type: ignore[arg-type]
+    with pytest.raises(CniError) as err:
+        ipam.allocate("net", "a/eth0", small.ipam)
+    assert err.value.code == Code.IPAM_EXHAUSTED
+    del store.held[ip("10.8.0.2")]  # the other host's container went
+    assert ipam.allocate("net", "a/eth0", small.ipam)[0].address.ip == ip("10.8.0.2")
+
+
+def test_a_restarted_agent_finds_its_own_allocations() -> None:
+    store = Allocations()
+    EtcdIpam(store=store, host="h").allocate("net", "a/eth0", CONF.ipam)  # type: ignore[arg-type]
+    again = EtcdIpam(store=store, host="h")  # type: ignore[arg-type]
+    assert again.held_by("net", "a/eth0") == [ip("10.7.0.2")]
+    assert again.allocate("net", "a/eth0", CONF.ipam)[0].address.ip == ip("10.7.0.2")  # a retry
+    again.release("net", "a/eth0")
+    assert store.held == {}
+
+
+def test_dual_stack_release_moves_only_its_own_familys_search() -> None:
+    dual = parse_netconf(json.dumps({
+        "cniVersion": "1.0.0", "name": "net", "type": "ovs", "bridge": "br-int", "vxlanID": 7,
+        "ipam": {"type": "overlay", "ranges": [[{"subnet": "10.7.0.0/24"}],
+                                               [{"subnet": "fd00::/120"}]]}}).encode())
+    store = Allocations()
+    ipam = EtcdIpam(store=store, host="h")  # type: ignore[arg-type]
+    first = [a.address.ip for a in ipam.allocate("net", "a/eth0", dual.ipam)]
+    ipam.allocate("net", "b/eth0", dual.ipam)
+    ipam.release("net", "a/eth0")
+    assert [a.address.ip for a in ipam.allocate("net", "c/eth0", dual.ipam)] == first
