@@ -38,7 +38,6 @@ from overlay.dataplane.flows import (
     Gateway,
     LocalPort,
     RemoteEndpoint,
-    actions_text,
     base_flows,
     cookie,
     gateway_flows,
@@ -334,9 +333,8 @@ class Dataplane:
         when there is none or it cannot encode one of the rules (tens of ms, but complete)."""
         if self._channel is not None:
             try:
-                self._channel.apply([(op.kind, op.identity, actions_text(op.actions))
-                                     for op in ops],
-                                    self._cookie_value)
+                # Actions as the table holds them: the channel reads the short forms itself.
+                self._channel.apply(ops, self._cookie_value)
                 return
             except Unsupported as exc:
                 log.debug("bundle through ovs-ofctl: %s", exc)
@@ -357,7 +355,7 @@ class Dataplane:
         if self._channel is not None:
             previous = cookie(self._generation - 1) if self._generation > 0 else None
             try:
-                self._channel.apply([(ADD, identity, actions_text(actions)) for identity, actions
+                self._channel.apply([(ADD, identity, actions) for identity, actions
                                      in flows.items()], self._cookie_value,
                                     delete_cookies=(int(previous, 16),) if previous else ())
             except (Unsupported, CniError) as exc:

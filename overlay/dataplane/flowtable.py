@@ -116,8 +116,15 @@ class FlowTable:
 
     def flows(self) -> dict[str, str]:
         """identity -> actions of every installed rule (as held: see flows.actions_text)."""
-        return {identity: self._actions(owner, identity)
-                for identity, owner in self._winner.items()}
+        # Owner by owner, keeping the rules each one wins: no search of an owner's tuple per
+        # rule, which made this a quarter of a second at 100,000 rules.
+        winner = self._winner
+        out = {}
+        for owner, flat in self._owned.items():
+            for i in range(0, len(flat), 2):
+                if winner[flat[i]] == owner:
+                    out[flat[i]] = flat[i + 1]
+        return out
 
     def render(self, cookie_value: str) -> list[str]:
         return [Flow(identity, actions).text(cookie_value)
