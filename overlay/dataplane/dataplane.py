@@ -288,8 +288,9 @@ class Dataplane:
         # Remote rules exist only for networks with local ports: a host has no use for them
         # otherwise (see _refresh_network for when a network appears or goes).
         if endpoint is not None and endpoint.vni in self._ports_by_vni:
-            return self._table.set(Owner.remote(key), remote_endpoint_flows(endpoint,
-                                                                            self._tunnel_ofport))
+            return self._table.set(Owner.remote(key),
+                                   remote_endpoint_flows(endpoint, self._tunnel_ofport),
+                                   want_ops=self._ops_wanted())
         return self._table.drop(Owner.remote(key))
 
     def _refresh_network(self, vni: int) -> list[Op]:
@@ -305,10 +306,11 @@ class Dataplane:
 
     def _install_network(self, vni: int) -> list[Op]:
         """A network's first local port: its remote endpoints become rules too."""
-        ops = []
+        ops, wanted = [], self._ops_wanted()
         for key in self._remote_keys(vni):
             ops += self._table.set(Owner.remote(key),
-                                   remote_endpoint_flows(self._remote[key], self._tunnel_ofport))
+                                   remote_endpoint_flows(self._remote[key], self._tunnel_ofport),
+                                   want_ops=wanted)
         return ops + self._table.set(Owner.network(vni), self._network_flows(vni))
 
     def _remote_keys(self, vni: int) -> list[str]:
@@ -320,8 +322,13 @@ class Dataplane:
         return network_flows(vni, self._ports_by_vni[vni].values(),
                              self._vteps_by_vni.get(vni, Counter()).keys(), self._tunnel_ofport)
 
+    def _ops_wanted(self) -> bool:
+        """Are operations of the model's changes of any use? Not while held or dirty: the
+        next push replaces the whole table (a restarted agent's first snapshot)."""
+        return not (self._held or self._dirty)
+
     def _queue(self, ops: list[Op]) -> int:
-        if not (self._held or self._dirty):  # a whole-table push will carry these anyway
+        if self._ops_wanted():  # otherwise a whole-table push will carry these anyway
             self._pending += ops
         self._queued += 1
         return self._queued
