@@ -22,6 +22,7 @@ import ipaddress
 import re
 import socket
 import struct
+from collections.abc import Callable
 
 VERSION = 0x05  # OpenFlow 1.4
 FLOW_MOD = 14
@@ -132,6 +133,24 @@ def _token(token: str) -> Token:
         raise Unsupported(f"match {token!r}")
     field = _MATCH[key]
     return field, _oxm(field, *_value(field, text)), None, None
+
+
+def _fast_mac(field: Field) -> Callable[[str], bytes]:
+    header = struct.pack("!HBB", field[0], field[1] << 1, 6)
+    return lambda text: header + _mac(text)
+
+
+def _fast_ipv4(field: Field) -> Callable[[str], bytes]:
+    header = struct.pack("!HBB", field[0], field[1] << 1, 4)
+    return lambda text: header + _ipv4(text)
+
+
+# The per-endpoint match fields without a mask, straight to their OXM: what most rules of a
+# big table end with (dl_dst=<mac> of a forwarding rule, arp_tpa=<ip> of an ARP answer).
+_FAST: dict[str, Callable[[str], bytes]] = {
+    "dl_dst": _fast_mac(ETH_DST), "dl_src": _fast_mac(ETH_SRC), "arp_sha": _fast_mac(ARP_SHA),
+    "arp_tpa": _fast_ipv4(ARP_TPA), "arp_spa": _fast_ipv4(ARP_SPA), "nw_src": _fast_ipv4(IPV4_SRC),
+}
 
 
 def _sized(action_type: int, payload: bytes) -> bytes:
@@ -299,6 +318,11 @@ def encode_match(tokens: list[str]) -> bytes:
     return _match(*_match_parts(tokens))
 
 
+# What an Encoder keeps of a stem: the flow mod's body, the stem's match fields, its eth_type
+# and ip_proto, whether it matches UDP ports, and its whole match so far (prerequisites first).
+Stem = tuple[bytes, bytes, int | None, int | None, bool, bytes]
+
+
 class Encoder:
     """Flow mods for one bundle, remembering what repeats across its rules (see the top).
 
@@ -311,8 +335,7 @@ class Encoder:
         self._cookie = cookie
         self._tokens: dict[str, Token] = {}
         self._instructions: dict[str, bytes] = {}  # actions -> instructions, except ARP replies
-        # (kind, stem) -> flow mod body, the stem's match fields, eth_type, ip_proto, UDP ports
-        self._stems: dict[tuple[str, str], tuple[bytes, bytes, int | None, int | None, bool]] = {}
+        self._stems: dict[tuple[str, str], Stem] = {}
 
     def flow_mod(self, kind: str, identity: str, actions: str, xid: int) -> bytes:
         stem, _, last = identity.rpartition(",")
@@ -321,8 +344,17 @@ class Encoder:
         shared = self._stems.get((kind, stem))
         if shared is None:
             shared = self._stems[(kind, stem)] = self._stem(kind, stem, identity)
-        body, fields, eth_type, ip_proto, udp_ports = shared
-        if not last:
+        body, fields, eth_type, ip_proto, udp_ports, before = shared
+        key, _, text = last.partition("=")
+        fast = _FAST.get(key)
+        if fast is not None and "/" not in text and not udp_ports:
+            try:  # the common case: the stem's match and one per-endpoint field after it
+                oxm = before + fast(text)
+            except ValueError as exc:
+                raise Unsupported(f"match {last!r}: {exc}") from None
+            length = 4 + len(oxm)
+            match = struct.pack("!HH", 1, length) + oxm + b"\0" * (-length % 8)
+        elif not last:
             match = _match(fields, eth_type, ip_proto, udp_ports)
         else:
             field, oxm, eth, proto = self._tokens.get(last) or self._token(last)
@@ -348,8 +380,7 @@ class Encoder:
             self._tokens[token] = encoded
         return encoded
 
-    def _stem(self, kind: str, stem: str, identity: str
-              ) -> tuple[bytes, bytes, int | None, int | None, bool]:
+    def _stem(self, kind: str, stem: str, identity: str) -> Stem:
         tokens = identity.split(",")
         if len(tokens) < 2 or not (tokens[0].startswith("table=")
                                    and tokens[1].startswith("priority=")):
@@ -357,7 +388,14 @@ class Encoder:
         table, priority = int(tokens[0][6:]), int(tokens[1][9:])
         body = struct.pack("!QQBBHHHIIIHH", self._cookie if kind == "add" else 0, 0, table,
                            COMMANDS[kind], 0, 0, priority, NO_BUFFER, ANY, ANY, 0, 0)
-        return (body, *_match_parts(tokens[2:len(stem.split(","))], self._tokens))
+        fields, eth_type, ip_proto, udp_ports = _match_parts(tokens[2:len(stem.split(","))],
+                                                             self._tokens)
+        before = fields  # the match's fields before a last field that is not a keyword
+        if ip_proto is not None:
+            before = _oxm(IP_PROTO, bytes([ip_proto])) + before
+        if eth_type is not None:
+            before = _oxm(ETH_TYPE, eth_type.to_bytes(2, "big")) + before
+        return body, fields, eth_type, ip_proto, udp_ports, before
 
 
 def encode_flow_mod(kind: str, identity: str, actions: str, cookie: int, xid: int) -> bytes:

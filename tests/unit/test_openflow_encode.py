@@ -95,3 +95,5 @@ def test_what_the_encoder_cannot_say_is_unsupported() -> None:
         encoder.flow_mod("add", "table=20,priority=90,ct_state=+trk", "drop", 2)
     with pytest.raises(Unsupported):
         encoder.flow_mod("add", "table=10,priority=100,arp", "@arp_reply:0a:58,10.0.0.1", 3)
+    with pytest.raises(Unsupported):
+        encoder.flow_mod("add", "table=20,priority=100,reg0=1,dl_dst=0a:58:zz", "drop", 4)
