@@ -362,9 +362,8 @@ class Dataplane:
         if self._channel is not None:
             previous = cookie(self._generation - 1) if self._generation > 0 else None
             try:
-                self._channel.apply([(ADD, identity, actions) for identity, actions
-                                     in flows.items()], self._cookie_value,
-                                    delete_cookies=(int(previous, 16),) if previous else ())
+                self._channel.add_all(flows, self._cookie_value,
+                                      delete_cookies=(int(previous, 16),) if previous else ())
             except (Unsupported, CniError) as exc:
                 log.info("whole table through ovs-ofctl: %s", exc)
             else:

@@ -28,7 +28,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from overlay.errors import CniError, Code
 from overlay.ovs.ofencode import Encoder, Unsupported, encode_delete_cookie
@@ -44,6 +44,7 @@ ATOMIC_ORDERED = 0x3
 # enough that a write is not mostly system-call overhead (~200 KB).
 CHUNK = 2000
 Op = tuple[str, str, str]  # (kind, identity, actions)
+ADD = "add"
 
 
 class Channel:
@@ -63,10 +64,21 @@ class Channel:
         one of `delete_cookies` (after the ops, in the same bundle). Raises Unsupported with
         the switch's table unchanged, and CniError if the switch refuses the bundle or cannot
         be reached (after one reconnect: `ops` is then encoded again, hence a sequence)."""
+        self._bundle_of(lambda: ops, cookie, delete_cookies)
+
+    def add_all(self, rules: Mapping[str, str], cookie: int,
+                delete_cookies: tuple[int, ...] = ()) -> None:
+        """apply() of an add for every identity -> actions of `rules` (a whole table: the
+        operations are made as they are encoded, not listed first)."""
+        self._bundle_of(lambda: ((ADD, identity, actions) for identity, actions in rules.items()),
+                        cookie, delete_cookies)
+
+    def _bundle_of(self, ops: Callable[[], Iterable[Op]], cookie: int,
+                   delete_cookies: tuple[int, ...]) -> None:
         with self._lock:
             for attempt in (1, 2):
                 try:
-                    return self._send_bundle(ops, cookie, delete_cookies)
+                    return self._send_bundle(ops(), cookie, delete_cookies)
                 except OSError as exc:  # connection gone (vswitchd restarted): once more
                     self.close()
                     if attempt == 2:
@@ -95,7 +107,7 @@ class Channel:
             self._sock = sock
         return self._sock
 
-    def _chunks(self, ops: Sequence[Op], cookie: int,
+    def _chunks(self, ops: Iterable[Op], cookie: int,
                 delete_cookies: tuple[int, ...]) -> Iterator[bytes]:
         """The bundle's ADD_MESSAGEs, CHUNK flow mods at a time, encoded as they are asked for."""
         encoder, out = Encoder(cookie), []
@@ -112,7 +124,7 @@ class Channel:
         return (struct.pack("!BBH", VERSION, BUNDLE_ADD, 16 + len(inner)) + inner[4:8]
                 + struct.pack("!IHH", self._bundle, 0, ATOMIC_ORDERED) + inner)
 
-    def _send_bundle(self, ops: Sequence[Op], cookie: int,
+    def _send_bundle(self, ops: Iterable[Op], cookie: int,
                      delete_cookies: tuple[int, ...]) -> None:
         sock = self._connect()
         self._bundle = (self._bundle + 1) & 0xFFFFFFFF
