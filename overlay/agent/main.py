@@ -185,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     networks.sweep()  # one watch per network with a local endpoint recovered from OVSDB
     while not stop.is_set() and not (hosts.wait_synced(1.0) and networks.wait_synced(1.0)):
         log.info("waiting for the first snapshot of etcd")
-    dataplane.release()  # one atomic replacement: local and remote endpoints together
+    dataplane.release()  # one atomic replacement (or the table found in place), all together
+    try:
+        ovs.record_verified(cfg.bridge, generation)
+    except CniError as err:
+        log.warning("could not record the verified flow generation: %s", err)
     log.info("flows installed: %d local and %d remote endpoints, %d rules",
              *dataplane.counts())
     table_in.set()
@@ -195,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
         networks=networks, gateways=gateways)
-    observe.watch_agent(metrics, readiness, dataplane=dataplane, ofctl=Ofctl(rundir=cfg.rundir),
-                        ovs=ovs, store=store, bridge=cfg.bridge, generation=generation,
+    observe.watch_agent(metrics, readiness, dataplane=dataplane, ovs=ovs, store=store,
+                        bridge=cfg.bridge,
                         etcd_synced=lambda: hosts.wait_synced(0) and networks.wait_synced(0))
     # Containers that vanished while no agent was watching, before serving (a runtime's first
     # calls must not meet their leftovers). This host's records in the networks it follows

@@ -7,16 +7,16 @@ OpenFlow bundle, over a persistent OpenFlow connection (ovs/openflow.py) when it
 call reads the switch's table back, so an event costs the same with 10 remote endpoints as
 with 50,000.
 
-A whole-table replacement (`replace-flows --bundle`, which dumps and diffs the switch) is the
-recovery path only: at start-up, after ovs-vswitchd restarted, after a bundle failed (the
-switch's table is then unknown), and when `verify` finds that the switch holds a different
-number of rules than we want.
+A whole-table push is the recovery path only (wholetable.py): at start-up, after ovs-vswitchd
+restarted, after a bundle failed (the switch's table is then unknown), and when `verify` finds
+that the switch holds a different number of rules than we want.
 
-Flow cookies carry the generation of the agent run (a counter kept in br-int's external_ids,
-bumped at every start). A restarted agent's first replacement therefore rewrites every flow's
-cookie in the same atomic bundle, without deleting and re-adding anything: packets never meet
-a half-built table, and `ovs-ofctl dump-flows br-int cookie=0x0fe1a7...N/-1` shows which run
-wrote what.
+Flow cookies carry the generation of the agent run that wrote the rule (a counter kept in
+br-int's external_ids, bumped at every start). A restarted agent's first whole table is either
+found in the switch already (one dump, compared rule for rule: the rules stay as they are, with
+the cookie of the run that wrote them) or rewritten under the new cookie in one atomic bundle,
+without deleting and re-adding anything: packets never meet a half-built table, and
+`ovs-ofctl dump-flows br-int cookie=0x0fe1a7...N/-1` shows which run wrote what.
 
 Every method is idempotent and safe to call from any thread. A call returns once the switch
 holds its change. Operations queue in the order the model changed; whoever holds the apply
@@ -46,6 +46,7 @@ from overlay.dataplane.flows import (
     remote_endpoint_flows,
 )
 from overlay.dataplane.flowtable import ADD, DELETE, MODIFY, FlowTable, Op, Owner
+from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
@@ -70,6 +71,10 @@ class Dataplane:
         self._cookie = cookie(generation)
         self._cookie_value = int(self._cookie, 16)
         self._generation = generation
+        self._whole = WholeTable(ofctl=ofctl, channel=channel, bridge=bridge,
+                                 generation=generation)
+        # The whole table has been installed (or found in place) at least once by this run.
+        self.verified = False
         self._local: dict[str, LocalPort] = {}
         self._remote: dict[str, RemoteEndpoint] = {}
         self._gateways: dict[int, Gateway] = {}  # vni -> this host's gateway port for it
@@ -348,34 +353,9 @@ class Dataplane:
         self._ofctl.apply_bundle(self._bridge, [op.text(self._cookie) for op in ops])
 
     def _replace(self, flows: dict[str, str]) -> None:
-        """Make the switch hold exactly `flows` (identity -> actions), atomically.
-
-        Over the channel first: one bundle that adds every rule with this run's cookie (an
-        add over an existing rule of the same match and priority replaces it in place and, in
-        OpenFlow 1.3+, keeps its counters) and then deletes the rules still carrying the
-        previous run's cookie. Neither the switch's table nor ovs-ofctl is involved, which is
-        what made a restart at 50,000 remote endpoints slow (replace-flows dumps, parses and
-        diffs the 100,000 rules the switch holds). If the switch then holds more rules than
-        we want (leftovers of an older run, or rules not ours), `replace-flows`, which
-        removes everything else, finishes the job; all our rules are in place meanwhile."""
-        started = time.monotonic()
-        if self._channel is not None:
-            previous = cookie(self._generation - 1) if self._generation > 0 else None
-            try:
-                self._channel.add_all(flows, self._cookie_value,
-                                      delete_cookies=(int(previous, 16),) if previous else ())
-            except (Unsupported, CniError) as exc:
-                log.info("whole table through ovs-ofctl: %s", exc)
-            else:
-                found = self._ofctl.flow_count(self._bridge)
-                if found == len(flows):
-                    log.info("whole table of %d rules in one bundle over the channel, in %.2f s",
-                             found, time.monotonic() - started)
-                    return
-                log.info("the switch holds %d rules after our %d: replacing the rest",
-                         found, len(flows))
-        self._ofctl.replace_flows(self._bridge, [Flow(identity, actions).text(self._cookie)
-                                                 for identity, actions in flows.items()])
+        """Make the switch hold exactly `flows`, atomically (see wholetable.py)."""
+        log.info("%s", self._whole.install(flows))
+        self.verified = True
 
     def _push(self, mine: int) -> None:
         if self._held:

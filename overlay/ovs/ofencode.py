@@ -14,6 +14,9 @@ is cheap to encode directly. The ARP responder's actions, 240 characters that di
 MAC and an address, are accepted in the short form the flow table holds them in
 (`@arp_reply:<mac>,<ip>`, see flows.actions_text) and built from a template, without being
 expanded to text and parsed back.
+
+Match fields are written in the order ovs-vswitchd reports them, so that a rule's bytes here
+and in a dump of the switch are the same (`Encoder.key`, `Channel.holds_exactly`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ REG0, TUN_SRC, TUN_DST = (NXM1, 0, 4), (NXM1, 31, 4), (NXM1, 32, 4)
 NXM_ETH_DST, NXM_ETH_SRC = (NXM0, 1, 6), (NXM0, 2, 6)
 NXM_ARP_SPA, NXM_ARP_TPA = (NXM0, 16, 4), (NXM0, 17, 4)
 NXM_ARP_SHA, NXM_ARP_THA = (NXM1, 17, 6), (NXM1, 18, 6)
+NXM_ARP_OP = (NXM0, 15, 2)  # what ovs-ofctl writes for NXM_OF_ARP_OP[], and the switch shows back
 Field = tuple[int, int, int]
 
 # Protocol keywords: what they put into the match (eth_type, ip_proto).
@@ -71,7 +75,7 @@ _SET_FIELD = {"tun_dst": TUN_DST, "tun_id": TUNNEL_ID, "arp_sha": ARP_SHA, "arp_
 _NXM = {"NXM_NX_REG0[]": REG0, "NXM_OF_ETH_SRC[]": NXM_ETH_SRC, "NXM_OF_ETH_DST[]": NXM_ETH_DST,
         "NXM_NX_ARP_SHA[]": NXM_ARP_SHA, "NXM_NX_ARP_THA[]": NXM_ARP_THA,
         "NXM_OF_ARP_SPA[]": NXM_ARP_SPA, "NXM_OF_ARP_TPA[]": NXM_ARP_TPA,
-        "NXM_OF_ARP_OP[]": ARP_OP}
+        "NXM_OF_ARP_OP[]": NXM_ARP_OP}
 
 
 def _mac(text: str) -> bytes:
@@ -120,19 +124,33 @@ def _pad8(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 8)
 
 
-# A match token encoded: (field, its OXM) for a field, (None, b"", eth_type, ip_proto) for a
-# protocol keyword.
-Token = tuple[Field | None, bytes, int | None, int | None]
+# The order in which ovs-vswitchd writes a rule's match fields when it reports the rule
+# (nx_put_raw): prerequisites first, registers last. Matches are encoded in this order, so a
+# rule we send and the same rule dumped from the switch are the same bytes (Channel.digests:
+# a restarted agent compares its table with the switch's without decoding either).
+_RANK: dict[Field, int] = {
+    IN_PORT_F: 0, ETH_SRC: 1, ETH_DST: 2, ETH_TYPE: 3, IPV4_SRC: 4, IPV4_DST: 5, IPV6_SRC: 6,
+    IP_PROTO: 7, UDP_SRC: 8, UDP_DST: 9, ICMPV6_TYPE: 10, ARP_OP: 11, ARP_SPA: 12, ARP_TPA: 13,
+    ARP_SHA: 14, TUNNEL_ID: 15, TUN_SRC: 16, TUN_DST: 17, REG0: 18}
+_UDP_PORTS = (_RANK[UDP_SRC], _RANK[UDP_DST])
+_UDP_PROTO = _oxm(IP_PROTO, bytes([17]))
+
+# A match token encoded: its fields as (rank, OXM) and, for a protocol keyword, its ip_proto.
+Token = tuple[tuple[tuple[int, bytes], ...], int | None]
 
 
 def _token(token: str) -> Token:
     if token in _KEYWORDS:
-        return (None, b"", *_KEYWORDS[token])
+        eth_type, ip_proto = _KEYWORDS[token]
+        fields = [(_RANK[ETH_TYPE], _oxm(ETH_TYPE, eth_type.to_bytes(2, "big")))]
+        if ip_proto is not None:
+            fields.append((_RANK[IP_PROTO], _oxm(IP_PROTO, bytes([ip_proto]))))
+        return tuple(fields), ip_proto
     key, sep, text = token.partition("=")
     if not sep or key not in _MATCH:
         raise Unsupported(f"match {token!r}")
     field = _MATCH[key]
-    return field, _oxm(field, *_value(field, text)), None, None
+    return ((_RANK[field], _oxm(field, *_value(field, text))),), None
 
 
 def _fast_mac(field: Field) -> Callable[[str], bytes]:
@@ -249,11 +267,11 @@ _ARP_TEXT = re.compile(
 _ARP_SET_ETH_SRC = struct.pack("!HHHBB", 25, 16, BASIC, ETH_SRC[1] << 1, 6)   # + MAC, 2 pad
 _ARP_SET_SHA = struct.pack("!HHHBB", 25, 16, BASIC, ARP_SHA[1] << 1, 6)       # + MAC, 2 pad
 _ARP_SET_SPA = struct.pack("!HHHBB", 25, 16, BASIC, ARP_SPA[1] << 1, 4)       # + IP, 4 pad
-_ARP_APPLIED = (len(_move(NXM_ETH_SRC, NXM_ETH_DST)) + 16 + len(_load(ARP_OP, 2))
+_ARP_APPLIED = (len(_move(NXM_ETH_SRC, NXM_ETH_DST)) + 16 + len(_load(NXM_ARP_OP, 2))
                 + 2 * len(_move(NXM_ARP_SHA, NXM_ARP_THA)) + 16 + 16 + len(_output(IN_PORT)))
 _ARP_HEAD = struct.pack("!HH4x", 4, 8 + _ARP_APPLIED) + _move(NXM_ETH_SRC, NXM_ETH_DST) \
     + _ARP_SET_ETH_SRC
-_ARP_MIDDLE = (b"\0\0" + _load(ARP_OP, 2) + _move(NXM_ARP_SHA, NXM_ARP_THA)
+_ARP_MIDDLE = (b"\0\0" + _load(NXM_ARP_OP, 2) + _move(NXM_ARP_SHA, NXM_ARP_THA)
                + _move(NXM_ARP_SPA, NXM_ARP_TPA) + _ARP_SET_SHA)
 _ARP_TAIL = b"\0\0" + _ARP_SET_SPA
 _ARP_END = b"\0" * 4 + _output(IN_PORT)
@@ -282,45 +300,42 @@ def encode_instructions(actions: str) -> bytes:
     return encode_actions_generic(actions)
 
 
-def _match_parts(tokens: list[str], memo: dict[str, Token] | None = None
-                 ) -> tuple[bytes, int | None, int | None, bool]:
-    """(the fields' OXMs in order, eth_type, ip_proto, whether UDP ports are matched)."""
-    fields: list[bytes] = []
-    udp_ports = False
-    eth_type = ip_proto = None
+def _fields(tokens: list[str], memo: dict[str, Token] | None = None
+            ) -> list[tuple[int, bytes]]:
+    """The (rank, OXM) of every field the tokens match, in the switch's order."""
+    fields: list[tuple[int, bytes]] = []
     for token in tokens:
         encoded = memo.get(token) if memo is not None else None
         if encoded is None:
             encoded = _token(token)
             if memo is not None and token.partition("=")[0] not in _UNIQUE:
                 memo[token] = encoded
-        field, oxm, eth, proto = encoded
-        if field is None:  # a protocol keyword
-            eth_type, ip_proto = eth, proto
-        else:
-            fields.append(oxm)
-            udp_ports = udp_ports or field in (UDP_SRC, UDP_DST)
-    return b"".join(fields), eth_type, ip_proto, udp_ports
+        fields += encoded[0]
+    fields.sort()
+    return fields
 
 
-def _match(fields: bytes, eth_type: int | None, ip_proto: int | None, udp_ports: bool) -> bytes:
-    if udp_ports and ip_proto != 17:
+def _udp_checked(fields: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """flows.py matches tp_src/tp_dst with udp only, and so does this encoder."""
+    if any(rank in _UDP_PORTS for rank, _ in fields) and \
+            not any(oxm == _UDP_PROTO for _, oxm in fields):
         raise Unsupported("tp_src/tp_dst other than UDP")
-    # Prerequisites first, as OXM wants them: Ethernet type, then IP protocol.
-    if ip_proto is not None:
-        fields = _oxm(IP_PROTO, bytes([ip_proto])) + fields
-    if eth_type is not None:
-        fields = _oxm(ETH_TYPE, eth_type.to_bytes(2, "big")) + fields
-    return _pad8(struct.pack("!HH", 1, 4 + len(fields)) + fields)
+    return fields
+
+
+def _match(oxms: bytes) -> bytes:
+    length = 4 + len(oxms)
+    return struct.pack("!HH", 1, length) + oxms + b"\0" * (-length % 8)
 
 
 def encode_match(tokens: list[str]) -> bytes:
-    return _match(*_match_parts(tokens))
+    return _match(b"".join(oxm for _, oxm in _udp_checked(_fields(tokens))))
 
 
-# What an Encoder keeps of a stem: the flow mod's body, the stem's match fields, its eth_type
-# and ip_proto, whether it matches UDP ports, and its whole match so far (prerequisites first).
-Stem = tuple[bytes, bytes, int | None, int | None, bool, bytes]
+# What an Encoder keeps of a stem: the flow mod's body (table, priority, cookie), the table and
+# priority, and the stem's match fields as (rank, OXM) in the switch's order.
+Stem = tuple[bytes, int, int, list[tuple[int, bytes]]]
+RuleKey = tuple[int, int, bytes]  # (table, priority, match + instructions): a rule's content
 
 
 class Encoder:
@@ -328,7 +343,8 @@ class Encoder:
 
     A rule's identity but its last token (`table=20,priority=100,reg0=42` of
     `...,dl_dst=<mac>`) is its stem: the rules of one kind in one network share it, so its
-    flow mod body and match fields are encoded once; only the last token is encoded per rule.
+    flow mod body and match fields are encoded once; only the last token is encoded per rule,
+    and slotted in among the stem's fields where the switch's order puts it.
     """
 
     def __init__(self, cookie: int) -> None:
@@ -336,32 +352,45 @@ class Encoder:
         self._tokens: dict[str, Token] = {}
         self._instructions: dict[str, bytes] = {}  # actions -> instructions, except ARP replies
         self._stems: dict[tuple[str, str], Stem] = {}
+        self._around: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}  # fields before, after
 
     def flow_mod(self, kind: str, identity: str, actions: str, xid: int) -> bytes:
+        body, _, _, match, instructions = self._encode(kind, identity, actions)
+        length = 8 + len(body) + len(match) + len(instructions)
+        return struct.pack("!BBHI", VERSION, FLOW_MOD, length, xid) + body + match + instructions
+
+    def key(self, identity: str, actions: str) -> RuleKey:
+        """What the switch reports of this rule once added (Channel.table_keys), cookie aside."""
+        _, table, priority, match, instructions = self._encode("add", identity, actions)
+        return table, priority, match + instructions
+
+    def _encode(self, kind: str, identity: str, actions: str
+                ) -> tuple[bytes, int, int, bytes, bytes]:
         stem, _, last = identity.rpartition(",")
         if last.startswith("priority="):  # no match at all: the stem is the whole identity
             stem, last = identity, ""
         shared = self._stems.get((kind, stem))
         if shared is None:
             shared = self._stems[(kind, stem)] = self._stem(kind, stem, identity)
-        body, fields, eth_type, ip_proto, udp_ports, before = shared
+        body, table, priority, fields = shared
         key, _, text = last.partition("=")
         fast = _FAST.get(key)
-        if fast is not None and "/" not in text and not udp_ports:
-            try:  # the common case: the stem's match and one per-endpoint field after it
-                oxm = before + fast(text)
+        if fast is not None and "/" not in text:
+            # The common case: the stem's match and one per-endpoint field among its fields.
+            around = self._around.get((kind, stem, key))
+            if around is None:
+                _udp_checked(fields)
+                rank = _RANK[_MATCH[key]]
+                around = self._around[(kind, stem, key)] = (
+                    b"".join(oxm for r, oxm in fields if r < rank),
+                    b"".join(oxm for r, oxm in fields if r > rank))
+            try:
+                match = _match(around[0] + fast(text) + around[1])
             except ValueError as exc:
                 raise Unsupported(f"match {last!r}: {exc}") from None
-            length = 4 + len(oxm)
-            match = struct.pack("!HH", 1, length) + oxm + b"\0" * (-length % 8)
-        elif not last:
-            match = _match(fields, eth_type, ip_proto, udp_ports)
         else:
-            field, oxm, eth, proto = self._tokens.get(last) or self._token(last)
-            if field is None:
-                eth_type, ip_proto = eth, proto
-            match = _match(fields + oxm, eth_type, ip_proto,
-                           udp_ports or field in (UDP_SRC, UDP_DST))
+            extra = _fields([last], self._tokens) if last else []
+            match = _match(b"".join(oxm for _, oxm in _udp_checked(sorted(fields + extra))))
         if kind == "delete_strict":
             instructions = b""
         elif actions.startswith(ARP_REPLY_SHORT):  # unique per endpoint: not remembered
@@ -371,14 +400,7 @@ class Encoder:
             if known is None:
                 known = self._instructions[actions] = encode_instructions(actions)
             instructions = known
-        length = 8 + len(body) + len(match) + len(instructions)
-        return struct.pack("!BBHI", VERSION, FLOW_MOD, length, xid) + body + match + instructions
-
-    def _token(self, token: str) -> Token:
-        encoded = _token(token)
-        if token.partition("=")[0] not in _UNIQUE:
-            self._tokens[token] = encoded
-        return encoded
+        return body, table, priority, match, instructions
 
     def _stem(self, kind: str, stem: str, identity: str) -> Stem:
         tokens = identity.split(",")
@@ -388,19 +410,8 @@ class Encoder:
         table, priority = int(tokens[0][6:]), int(tokens[1][9:])
         body = struct.pack("!QQBBHHHIIIHH", self._cookie if kind == "add" else 0, 0, table,
                            COMMANDS[kind], 0, 0, priority, NO_BUFFER, ANY, ANY, 0, 0)
-        fields, eth_type, ip_proto, udp_ports = _match_parts(tokens[2:len(stem.split(","))],
-                                                             self._tokens)
-        before = fields  # the match's fields before a last field that is not a keyword
-        if ip_proto is not None:
-            before = _oxm(IP_PROTO, bytes([ip_proto])) + before
-        if eth_type is not None:
-            before = _oxm(ETH_TYPE, eth_type.to_bytes(2, "big")) + before
-        return body, fields, eth_type, ip_proto, udp_ports, before
-
-
-def encode_flow_mod(kind: str, identity: str, actions: str, cookie: int, xid: int) -> bytes:
-    """One flow mod on its own (tests; bundles use an Encoder)."""
-    return Encoder(cookie).flow_mod(kind, identity, actions, xid)
+        # The stem alone is not checked for UDP ports (its last token may be "udp").
+        return body, table, priority, _fields(tokens[2:len(stem.split(","))], self._tokens)
 
 
 def encode_delete_cookie(cookie: int, xid: int) -> bytes:

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from overlay.errors import CniError, Code
-from overlay.ovs.ofencode import Encoder, Unsupported, encode_delete_cookie
+from overlay.ovs.ofencode import Encoder, Unsupported, encode_delete_cookie, encode_match
 
 __all__ = ["Channel", "Unsupported"]
 
@@ -39,6 +39,8 @@ VERSION = 0x05  # OpenFlow 1.4
 HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY = 0, 1, 2, 3
 BARRIER_REQUEST, BARRIER_REPLY, BUNDLE_CONTROL, BUNDLE_ADD = 20, 21, 33, 34
 OPEN_REQUEST, COMMIT_REQUEST, COMMIT_REPLY, DISCARD_REQUEST = 0, 4, 5, 6
+MULTIPART_REQUEST, MULTIPART_REPLY, FLOW_STATS, REPLY_MORE = 18, 19, 1, 1
+ALL_TABLES, ANY = 0xFF, 0xFFFFFFFF
 ATOMIC_ORDERED = 0x3
 # Flow mods per write. Small enough that the switch starts on the first ones at once, large
 # enough that a write is not mostly system-call overhead (~200 KB).
@@ -84,6 +86,61 @@ class Channel:
                     if attempt == 2:
                         raise CniError(Code.OVS_FAILURE, f"cannot reach {self._path}",
                                        str(exc)) from None
+
+    def holds_exactly(self, rules: Mapping[str, str]) -> tuple[bool, set[int]]:
+        """Does the switch hold exactly `rules` (identity -> actions), cookies aside? And the
+        cookies its rules carry. One dump of the table, compared without decoding: every rule
+        reported is digested as Encoder.key digests ours (table, priority, match and
+        instructions as bytes; we encode in the order the switch reports), and the two sets
+        of digests and the counts must be equal. Our rules are digested while the switch
+        writes its answer. Raises Unsupported if one of `rules` cannot be encoded."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    return self._holds_exactly(rules)
+                except OSError as exc:
+                    self.close()
+                    if attempt == 2:
+                        raise CniError(Code.OVS_FAILURE, f"cannot reach {self._path}",
+                                       str(exc)) from None
+        raise AssertionError("unreachable")
+
+    def _holds_exactly(self, rules: Mapping[str, str]) -> tuple[bool, set[int]]:
+        sock = self._connect()
+        xid = self._next_xid()
+        request = (struct.pack("!HH4xB3xII4xQQ", FLOW_STATS, 0, ALL_TABLES, ANY, ANY, 0, 0)
+                   + encode_match([]))
+        sock.sendall(struct.pack("!BBHI", VERSION, MULTIPART_REQUEST, 8 + len(request), xid)
+                     + request)
+        encoder = Encoder(0)
+        try:
+            wanted = {hash(encoder.key(identity, actions)) for identity, actions in rules.items()}
+        except Unsupported:
+            self.close()  # the switch's answer is on its way: leave no part of it unread
+            raise
+        found: set[int] = set()
+        cookies: set[int] = set()
+        count = 0
+
+        def take(kind: int, reply_xid: int, body: bytes) -> bool:
+            nonlocal count
+            if kind != MULTIPART_REPLY or reply_xid != xid:
+                return False
+            flags, offset = struct.unpack_from("!H", body, 2)[0], 8
+            while offset < len(body):  # ofp_flow_stats entries; the match starts at 48
+                length, table = struct.unpack_from("!HB", body, offset)
+                priority, cookie = (struct.unpack_from("!H", body, offset + 12)[0],
+                                    struct.unpack_from("!Q", body, offset + 24)[0])
+                found.add(hash((table, priority, body[offset + 48:offset + length])))
+                cookies.add(cookie)
+                count += 1
+                offset += length
+            return not flags & REPLY_MORE
+        errors = self._until(sock, take, stop_on_error_xid=xid)
+        if errors:
+            raise CniError(Code.OVS_FAILURE, "the switch refused to list its rules",
+                           "; ".join(errors))
+        return count == len(rules) and found == wanted, cookies
 
     def close(self) -> None:
         if self._sock is not None:
