@@ -164,4 +164,4 @@ def watch_agent(metrics: Metrics, readiness: Readiness, *, dataplane: Dataplane,
     readiness.add("vswitchd-answers", dataplane.switch_answers)
     # This run has put its whole table in the switch, or found it there (a restarted agent
     # adopts an identical table: its rules keep the cookies of the runs that wrote them).
-    readiness.add("flows-installed", lambda: dataplane.verified)
+    readiness.add("flows-installed", dataplane.table_in_switch)

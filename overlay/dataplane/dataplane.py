@@ -222,6 +222,11 @@ class Dataplane:
         counts: Counter[int] = Counter(int(i[6:i.index(",")]) for i in identities)
         return dict(counts)
 
+    def table_in_switch(self) -> bool:
+        """Has this run put its whole table in the switch (or found it there), with nothing
+        known to be missing since (a failed bundle, or ovs-vswitchd restarted)?"""
+        return self.verified and not self._dirty
+
     def local_keys(self) -> set[str]:
         with self._state_lock:
             return set(self._local)

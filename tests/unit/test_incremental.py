@@ -137,6 +137,6 @@ def test_rules_wait_while_held_and_land_in_one_replacement() -> None:
     dp = Dataplane(ofctl=cast(Any, fake), bridge="br-int", tunnel_ofport=1, held=True)
     dp.load_local({"a": LocalPort(42, "0a:58:0a:00:00:01", ("10.0.0.1",), 2)})
     dp.update_remote({"r": RemoteEndpoint(42, "0a:58:0a:00:00:02", ("10.0.0.2",), "172.31.0.2")})
-    assert fake.table == {} and fake.bundles == []
+    assert fake.table == {} and fake.bundles == [] and not dp.table_in_switch()
     dp.release()
-    assert fake.table == oracle(dp) and fake.replacements == 1
+    assert fake.table == oracle(dp) and fake.replacements == 1 and dp.table_in_switch()
