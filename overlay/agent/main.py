@@ -10,6 +10,7 @@ hosts drop their tunnels to it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -79,6 +80,18 @@ def local_networks(dataplane: Dataplane) -> set[str]:
     return {key.split("/", 1)[0] for key in dataplane.local_keys()}
 
 
+def since_process_start() -> float:
+    """Seconds since this process started (its interpreter and imports included), for the
+    start-up log lines: a restart is judged from the process's start, not from main()."""
+    try:
+        with open("/proc/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as fh:
+            return float(fh.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def register_until_done(store: Store, rec: records.HostRecord, ttl: int,
                         stop: threading.Event) -> None:
     delay = 0.5
@@ -97,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if check_only:
         return check_config(cfg)
     logs.configure(cfg.log_level, cfg.log_format)
+    log.info("overlay-agent %s starting (%.2f s after the process started: interpreter and "
+             "imports)", __version__, since_process_start())
     try:  # before OVS is touched: certificate files, then a handshake if etcd answers already
         etcd_tls.check_before_start(cfg.etcd_tls, cfg.etcd_endpoints, cfg.etcd_timeout)
     except etcd_tls.TlsError as err:
@@ -170,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     networks.sweep()  # one watch per network with a local endpoint recovered from OVSDB
     while not stop.is_set() and not (hosts.wait_synced(1.0) and networks.wait_synced(1.0)):
         log.info("waiting for the first snapshot of etcd")
-    dataplane.release()  # one atomic replacement: local and remote endpoints together
+    dataplane.release()  # one atomic replacement (or the table found in place), all together
+    try:
+        ovs.record_verified(cfg.bridge, generation)
+    except CniError as err:
+        log.warning("could not record the verified flow generation: %s", err)
     log.info("flows installed: %d local and %d remote endpoints, %d rules",
              *dataplane.counts())
     table_in.set()
@@ -180,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
         networks=networks, gateways=gateways)
-    observe.watch_agent(metrics, readiness, dataplane=dataplane, ofctl=Ofctl(rundir=cfg.rundir),
-                        ovs=ovs, store=store, bridge=cfg.bridge, generation=generation,
+    observe.watch_agent(metrics, readiness, dataplane=dataplane, ovs=ovs, store=store,
+                        bridge=cfg.bridge,
                         etcd_synced=lambda: hosts.wait_synced(0) and networks.wait_synced(0))
     # Containers that vanished while no agent was watching, before serving (a runtime's first
     # calls must not meet their leftovers). This host's records in the networks it follows
@@ -220,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     switch_watch = SwitchRestartWatcher(rundir=cfg.rundir, bridge=cfg.bridge,
                                         on_restart=after_switch_restart)
     switch_watch.start()
-    log.info("serving CNI on %s (host %s, vtep %s, datapath %s)",
-             cfg.socket, cfg.host, node.vtep, node.datapath)
+    log.info("serving CNI on %s (host %s, vtep %s, datapath %s), %.2f s after the process "
+             "started", cfg.socket, cfg.host, node.vtep, node.datapath, since_process_start())
 
     rounds = 0
     while not stop.wait(RESYNC_INTERVAL):

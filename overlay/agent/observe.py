@@ -23,7 +23,6 @@ from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import MetricsServer, Readiness
 from overlay.cni import service as svc
 from overlay.dataplane.dataplane import Dataplane
-from overlay.dataplane.flows import cookie
 from overlay.errors import CniError
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.ovsdb import Ovsdb
@@ -150,8 +149,8 @@ class WatchMetrics(WatchObserver):
         self._metrics.watch_resync(reason)
 
 
-def watch_agent(metrics: Metrics, readiness: Readiness, *, dataplane: Dataplane, ofctl: Ofctl,
-                ovs: Ovsdb, store: Store, bridge: str, generation: int,
+def watch_agent(metrics: Metrics, readiness: Readiness, *, dataplane: Dataplane,
+                ovs: Ovsdb, store: Store, bridge: str,
                 etcd_synced: Callable[[], bool]) -> None:
     """Register the state gauges and the readiness checks of a running agent."""
     metrics.set_endpoint_source(lambda: dataplane.counts()[:2])
@@ -160,9 +159,9 @@ def watch_agent(metrics: Metrics, readiness: Readiness, *, dataplane: Dataplane,
     metrics.set_flow_table_source(dataplane.flows_per_table)
     metrics.set_ip_usage_source(IpUsage(ovs=ovs, store=store, bridge=bridge,
                                         on_etcd_error=metrics.etcd_request_error))
-    ours = f"table=0,cookie={cookie(generation)}/-1"
     readiness.add("etcd-synced", etcd_synced)
     readiness.add("ovsdb-connected", ovs.connected)
     readiness.add("vswitchd-answers", dataplane.switch_answers)
-    # This run's generation in table 0: the table this agent computed is in the switch.
-    readiness.add("flows-installed", lambda: bool(ofctl.dump_flows(bridge, ours)))
+    # This run has put its whole table in the switch, or found it there (a restarted agent
+    # adopts an identical table: its rules keep the cookies of the runs that wrote them).
+    readiness.add("flows-installed", dataplane.table_in_switch)

@@ -106,12 +106,15 @@ def parse_endpoint(value: bytes, own_host: str | None = None,
     if vnis is not None:
         vni = vnis.setdefault(vni, vni)
     endpoint = _Endpoint(sys.intern(host), sys.intern(network), vni,
-                         mac, tuple(_address(ip) for ip in ips))
+                         mac, tuple(map(_address, ips)))
     vtep = obj.get("vtep")
-    try:
-        socket.inet_pton(socket.AF_INET, vtep)
-        vtep = sys.intern(vtep)
-    except (OSError, TypeError):
+    if vtep:  # records of older agents have none, or "": no exception to pay for it then
+        try:
+            socket.inet_pton(socket.AF_INET, vtep)
+            vtep = sys.intern(vtep)
+        except (OSError, TypeError):
+            vtep = None
+    else:
         vtep = None
     if host != own_host:
         return endpoint, None, vtep

@@ -7,16 +7,16 @@ OpenFlow bundle, over a persistent OpenFlow connection (ovs/openflow.py) when it
 call reads the switch's table back, so an event costs the same with 10 remote endpoints as
 with 50,000.
 
-A whole-table replacement (`replace-flows --bundle`, which dumps and diffs the switch) is the
-recovery path only: at start-up, after ovs-vswitchd restarted, after a bundle failed (the
-switch's table is then unknown), and when `verify` finds that the switch holds a different
-number of rules than we want.
+A whole-table push is the recovery path only (wholetable.py): at start-up, after ovs-vswitchd
+restarted, after a bundle failed (the switch's table is then unknown), and when `verify` finds
+that the switch holds a different number of rules than we want.
 
-Flow cookies carry the generation of the agent run (a counter kept in br-int's external_ids,
-bumped at every start). A restarted agent's first replacement therefore rewrites every flow's
-cookie in the same atomic bundle, without deleting and re-adding anything: packets never meet
-a half-built table, and `ovs-ofctl dump-flows br-int cookie=0x0fe1a7...N/-1` shows which run
-wrote what.
+Flow cookies carry the generation of the agent run that wrote the rule (a counter kept in
+br-int's external_ids, bumped at every start). A restarted agent's first whole table is either
+found in the switch already (one dump, compared rule for rule: the rules stay as they are, with
+the cookie of the run that wrote them) or rewritten under the new cookie in one atomic bundle,
+without deleting and re-adding anything: packets never meet a half-built table, and
+`ovs-ofctl dump-flows br-int cookie=0x0fe1a7...N/-1` shows which run wrote what.
 
 Every method is idempotent and safe to call from any thread. A call returns once the switch
 holds its change. Operations queue in the order the model changed; whoever holds the apply
@@ -38,7 +38,6 @@ from overlay.dataplane.flows import (
     Gateway,
     LocalPort,
     RemoteEndpoint,
-    actions_text,
     base_flows,
     cookie,
     gateway_flows,
@@ -47,6 +46,7 @@ from overlay.dataplane.flows import (
     remote_endpoint_flows,
 )
 from overlay.dataplane.flowtable import ADD, DELETE, MODIFY, FlowTable, Op, Owner
+from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
@@ -71,6 +71,10 @@ class Dataplane:
         self._cookie = cookie(generation)
         self._cookie_value = int(self._cookie, 16)
         self._generation = generation
+        self._whole = WholeTable(ofctl=ofctl, channel=channel, bridge=bridge,
+                                 generation=generation)
+        # The whole table has been installed (or found in place) at least once by this run.
+        self.verified = False
         self._local: dict[str, LocalPort] = {}
         self._remote: dict[str, RemoteEndpoint] = {}
         self._gateways: dict[int, Gateway] = {}  # vni -> this host's gateway port for it
@@ -218,6 +222,11 @@ class Dataplane:
         counts: Counter[int] = Counter(int(i[6:i.index(",")]) for i in identities)
         return dict(counts)
 
+    def table_in_switch(self) -> bool:
+        """Has this run put its whole table in the switch (or found it there), with nothing
+        known to be missing since (a failed bundle, or ovs-vswitchd restarted)?"""
+        return self.verified and not self._dirty
+
     def local_keys(self) -> set[str]:
         with self._state_lock:
             return set(self._local)
@@ -289,8 +298,9 @@ class Dataplane:
         # Remote rules exist only for networks with local ports: a host has no use for them
         # otherwise (see _refresh_network for when a network appears or goes).
         if endpoint is not None and endpoint.vni in self._ports_by_vni:
-            return self._table.set(Owner.remote(key), remote_endpoint_flows(endpoint,
-                                                                            self._tunnel_ofport))
+            return self._table.set(Owner.remote(key),
+                                   remote_endpoint_flows(endpoint, self._tunnel_ofport),
+                                   want_ops=self._ops_wanted())
         return self._table.drop(Owner.remote(key))
 
     def _refresh_network(self, vni: int) -> list[Op]:
@@ -306,10 +316,11 @@ class Dataplane:
 
     def _install_network(self, vni: int) -> list[Op]:
         """A network's first local port: its remote endpoints become rules too."""
-        ops = []
+        ops, wanted = [], self._ops_wanted()
         for key in self._remote_keys(vni):
             ops += self._table.set(Owner.remote(key),
-                                   remote_endpoint_flows(self._remote[key], self._tunnel_ofport))
+                                   remote_endpoint_flows(self._remote[key], self._tunnel_ofport),
+                                   want_ops=wanted)
         return ops + self._table.set(Owner.network(vni), self._network_flows(vni))
 
     def _remote_keys(self, vni: int) -> list[str]:
@@ -321,8 +332,13 @@ class Dataplane:
         return network_flows(vni, self._ports_by_vni[vni].values(),
                              self._vteps_by_vni.get(vni, Counter()).keys(), self._tunnel_ofport)
 
+    def _ops_wanted(self) -> bool:
+        """Are operations of the model's changes of any use? Not while held or dirty: the
+        next push replaces the whole table (a restarted agent's first snapshot)."""
+        return not (self._held or self._dirty)
+
     def _queue(self, ops: list[Op]) -> int:
-        if not (self._held or self._dirty):  # a whole-table push will carry these anyway
+        if self._ops_wanted():  # otherwise a whole-table push will carry these anyway
             self._pending += ops
         self._queued += 1
         return self._queued
@@ -334,44 +350,17 @@ class Dataplane:
         when there is none or it cannot encode one of the rules (tens of ms, but complete)."""
         if self._channel is not None:
             try:
-                self._channel.apply([(op.kind, op.identity, actions_text(op.actions))
-                                     for op in ops],
-                                    self._cookie_value)
+                # Actions as the table holds them: the channel reads the short forms itself.
+                self._channel.apply(ops, self._cookie_value)
                 return
             except Unsupported as exc:
                 log.debug("bundle through ovs-ofctl: %s", exc)
         self._ofctl.apply_bundle(self._bridge, [op.text(self._cookie) for op in ops])
 
     def _replace(self, flows: dict[str, str]) -> None:
-        """Make the switch hold exactly `flows` (identity -> actions), atomically.
-
-        Over the channel first: one bundle that adds every rule with this run's cookie (an
-        add over an existing rule of the same match and priority replaces it in place and, in
-        OpenFlow 1.3+, keeps its counters) and then deletes the rules still carrying the
-        previous run's cookie. Neither the switch's table nor ovs-ofctl is involved, which is
-        what made a restart at 50,000 remote endpoints slow (replace-flows dumps, parses and
-        diffs the 100,000 rules the switch holds). If the switch then holds more rules than
-        we want (leftovers of an older run, or rules not ours), `replace-flows`, which
-        removes everything else, finishes the job; all our rules are in place meanwhile."""
-        started = time.monotonic()
-        if self._channel is not None:
-            previous = cookie(self._generation - 1) if self._generation > 0 else None
-            try:
-                self._channel.apply([(ADD, identity, actions_text(actions)) for identity, actions
-                                     in flows.items()], self._cookie_value,
-                                    delete_cookies=(int(previous, 16),) if previous else ())
-            except (Unsupported, CniError) as exc:
-                log.info("whole table through ovs-ofctl: %s", exc)
-            else:
-                found = self._ofctl.flow_count(self._bridge)
-                if found == len(flows):
-                    log.info("whole table of %d rules in one bundle over the channel, in %.2f s",
-                             found, time.monotonic() - started)
-                    return
-                log.info("the switch holds %d rules after our %d: replacing the rest",
-                         found, len(flows))
-        self._ofctl.replace_flows(self._bridge, [Flow(identity, actions).text(self._cookie)
-                                                 for identity, actions in flows.items()])
+        """Make the switch hold exactly `flows`, atomically (see wholetable.py)."""
+        log.info("%s", self._whole.install(flows))
+        self.verified = True
 
     def _push(self, mine: int) -> None:
         if self._held:

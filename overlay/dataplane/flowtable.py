@@ -17,6 +17,7 @@ the winner withdraws, the next claimant's rule replaces it in the same operation
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import NamedTuple
 
 from overlay.dataplane.flows import (
@@ -92,15 +93,18 @@ class FlowTable:
     def owns(self, owner: OwnerId) -> bool:
         return owner in self._owned
 
-    def set(self, owner: OwnerId, flows: list[Flow]) -> list[Op]:
-        """Make `flows` the rules of `owner`; returns the operations for the switch."""
-        new = {f.identity: f.actions for f in flows}
+    def set(self, owner: OwnerId, flows: list[Flow], *, want_ops: bool = True) -> list[Op]:
+        """Make `flows` the rules of `owner`; returns the operations for the switch, unless
+        told that nobody wants them (`want_ops=False`: the table will be pushed whole)."""
+        new = dict(flows)  # identity -> actions; a Flow is that pair
+        if not want_ops and owner not in self._owned:
+            return self._add_quietly(owner, new)
         flat = self._owned.get(owner, ())
         old = dict(zip(flat[::2], flat[1::2], strict=True))
         # The owner's new rules are what _actions finds for it from here on; its old ones
         # are in `old` for the comparisons below.
         if new:
-            self._owned[owner] = tuple(x for pair in new.items() for x in pair)
+            self._owned[owner] = tuple(chain.from_iterable(new.items()))
         else:
             self._owned.pop(owner, None)
         ops: list[Op] = []
@@ -111,13 +115,33 @@ class FlowTable:
             ops += self._claim(identity, owner, actions, old.get(identity))
         return ops
 
+    def _add_quietly(self, owner: OwnerId, new: dict[str, str]) -> list[Op]:
+        """set() of an owner that had no rules, without operations: what a restarted agent's
+        first snapshot does 50,000 times, while nothing is pushed until the whole table is."""
+        if new:
+            self._owned[owner] = tuple(chain.from_iterable(new.items()))
+        winner = self._winner
+        for identity, actions in new.items():
+            if identity in winner:
+                self._claim(identity, owner, actions, None)  # a contest, decided as ever
+            else:
+                winner[identity] = owner
+        return []
+
     def drop(self, owner: OwnerId) -> list[Op]:
         return self.set(owner, [])
 
     def flows(self) -> dict[str, str]:
         """identity -> actions of every installed rule (as held: see flows.actions_text)."""
-        return {identity: self._actions(owner, identity)
-                for identity, owner in self._winner.items()}
+        # Owner by owner, keeping the rules each one wins: no search of an owner's tuple per
+        # rule, which made this a quarter of a second at 100,000 rules.
+        winner = self._winner
+        out = {}
+        for owner, flat in self._owned.items():
+            for i in range(0, len(flat), 2):
+                if winner[flat[i]] == owner:
+                    out[flat[i]] = flat[i + 1]
+        return out
 
     def render(self, cookie_value: str) -> list[str]:
         return [Flow(identity, actions).text(cookie_value)

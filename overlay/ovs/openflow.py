@@ -1,298 +1,52 @@
-"""A persistent OpenFlow 1.4 channel to one bridge, for the event path's flow bundles.
+"""A persistent OpenFlow 1.4 channel to one bridge, for flow bundles.
 
 `ovs-ofctl --bundle add-flows` costs 30-50 ms here per call: a process start, a new connection,
 and a table-features request that makes ovs-vswitchd describe all 255 tables before every
 flow mod. An event that changes two rules should not pay that. This channel keeps one
 connection to the bridge's management socket and sends a bundle as OPEN, ADD_MESSAGE per flow
-mod and a barrier in one write. ovs-vswitchd checks each flow mod as it is added and commits
-whatever was added without error, so the commit (or, if any add was refused, a discard) is
-sent only after the barrier's reply: all or nothing, for one more round trip of a millisecond.
+mod and a barrier. ovs-vswitchd checks each flow mod as it is added and commits whatever was
+added without error, so the commit (or, if any add was refused, a discard) is sent only after
+the barrier's reply: all or nothing, for one more round trip of a millisecond.
 
-It encodes only the vocabulary flows.py writes (the matches and actions listed in _MATCH and
-_action below). Anything else raises Unsupported, and the caller falls back to ovs-ofctl, which
-understands everything: so a new kind of rule works at once, only slower until it is taught
-here. tests/integration/test_openflow_channel.py installs the whole table both ways on two
-bridges and compares what OVS reports.
+A big bundle (the whole table, 100,000 rules at 50,000 remote endpoints) is encoded and sent
+in chunks: ovs-vswitchd checks the flow mods of one chunk on the other core while we encode
+the next, where encoding everything first made the two take turns (and held every encoded
+message in memory at once). Between chunks, whatever the switch said so far is read: a refused
+flow mod stops the sending early, and the switch never waits on a full socket for us.
+
+The flow mods come from ofencode.py, which speaks only the vocabulary flows.py writes; anything
+else raises Unsupported and the caller falls back to ovs-ofctl, which understands everything.
+A rule that cannot be encoded is found before anything is sent when the bundle fits in one
+chunk (every event's bundle), and otherwise before the commit: the open bundle is discarded
+and the switch's table is unchanged either way.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
+import select
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from overlay.errors import CniError, Code
+from overlay.ovs.ofencode import Encoder, Unsupported, encode_delete_cookie, encode_match
+
+__all__ = ["Channel", "Unsupported"]
 
 VERSION = 0x05  # OpenFlow 1.4
-HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, FLOW_MOD = 0, 1, 2, 3, 14
+HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY = 0, 1, 2, 3
 BARRIER_REQUEST, BARRIER_REPLY, BUNDLE_CONTROL, BUNDLE_ADD = 20, 21, 33, 34
 OPEN_REQUEST, COMMIT_REQUEST, COMMIT_REPLY, DISCARD_REQUEST = 0, 4, 5, 6
+MULTIPART_REQUEST, MULTIPART_REPLY, FLOW_STATS, REPLY_MORE = 18, 19, 1, 1
+ALL_TABLES, ANY = 0xFF, 0xFFFFFFFF
 ATOMIC_ORDERED = 0x3
-COMMANDS = {"add": 0, "modify_strict": 2, "delete_strict": 4}
-NO_BUFFER = ANY = 0xFFFFFFFF
-IN_PORT = 0xFFFFFFF8
-NX_VENDOR, NXAST_REG_MOVE, NXAST_REG_LOAD, NXAST_RESUBMIT_TABLE = 0x00002320, 6, 7, 14
-OFPP_IN_PORT_16 = 0xFFF8  # resubmit's in_port is 16 bits wide: "keep the packet's in_port"
-DELETE, ALL_TABLES = 3, 0xFF
-
-
-class Unsupported(Exception):
-    """A rule this encoder does not know how to say: send it with ovs-ofctl instead."""
-
-
-# --- fields: (class, field, length) --------------------------------------------------------
-
-BASIC, NXM0, NXM1 = 0x8000, 0x0000, 0x0001
-IN_PORT_F = (BASIC, 0, 4)
-ETH_DST, ETH_SRC, ETH_TYPE = (BASIC, 3, 6), (BASIC, 4, 6), (BASIC, 5, 2)
-IP_PROTO, IPV4_SRC, IPV4_DST = (BASIC, 10, 1), (BASIC, 11, 4), (BASIC, 12, 4)
-UDP_SRC, UDP_DST = (BASIC, 15, 2), (BASIC, 16, 2)
-ARP_OP, ARP_SPA, ARP_TPA, ARP_SHA = (BASIC, 21, 2), (BASIC, 22, 4), (BASIC, 23, 4), (BASIC, 24, 6)
-IPV6_SRC, ICMPV6_TYPE, TUNNEL_ID = (BASIC, 26, 16), (BASIC, 29, 1), (BASIC, 38, 8)
-REG0, TUN_SRC, TUN_DST = (NXM1, 0, 4), (NXM1, 31, 4), (NXM1, 32, 4)
-NXM_ETH_DST, NXM_ETH_SRC = (NXM0, 1, 6), (NXM0, 2, 6)
-NXM_ARP_SPA, NXM_ARP_TPA = (NXM0, 16, 4), (NXM0, 17, 4)
-NXM_ARP_SHA, NXM_ARP_THA = (NXM1, 17, 6), (NXM1, 18, 6)
-Field = tuple[int, int, int]
-
-# Protocol keywords: what they put into the match (eth_type, ip_proto).
-_KEYWORDS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
-             "icmp6": (0x86DD, 58), "udp": (0x0800, 17)}
-_MATCH: dict[str, Field] = {
-    "in_port": IN_PORT_F, "dl_src": ETH_SRC, "dl_dst": ETH_DST, "nw_src": IPV4_SRC,
-    "nw_dst": IPV4_DST, "tp_src": UDP_SRC, "tp_dst": UDP_DST,  # tp_*: flows.py uses them with udp only
-    "arp_op": ARP_OP, "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "arp_sha": ARP_SHA,
-    "ipv6_src": IPV6_SRC, "icmp_type": ICMPV6_TYPE, "tun_src": TUN_SRC, "tun_id": TUNNEL_ID,
-    "reg0": REG0,
-}
-_SET_FIELD = {"tun_dst": TUN_DST, "tun_id": TUNNEL_ID, "arp_sha": ARP_SHA, "arp_spa": ARP_SPA}
-_NXM = {"NXM_NX_REG0[]": REG0, "NXM_OF_ETH_SRC[]": NXM_ETH_SRC, "NXM_OF_ETH_DST[]": NXM_ETH_DST,
-        "NXM_NX_ARP_SHA[]": NXM_ARP_SHA, "NXM_NX_ARP_THA[]": NXM_ARP_THA,
-        "NXM_OF_ARP_SPA[]": NXM_ARP_SPA, "NXM_OF_ARP_TPA[]": NXM_ARP_TPA,
-        "NXM_OF_ARP_OP[]": ARP_OP}
-
-
-def _mac(text: str) -> bytes:
-    value = bytes.fromhex(text.replace(":", ""))
-    if len(value) != 6:
-        raise ValueError(f"bad MAC {text!r}")
-    return value
-
-
-def _ipv4(text: str) -> bytes:
-    # inet_pton, not ipaddress: a restart encodes 100,000 rules, and ipaddress's parsing was a
-    # third of that. Both refuse the same malformed addresses.
-    try:
-        return socket.inet_pton(socket.AF_INET, text)
-    except OSError:
-        raise ValueError(f"bad IPv4 address {text!r}") from None
-
-
-def _value(field: Field, text: str) -> tuple[bytes, bytes | None]:
-    """Encode a field's value (and mask, for prefixes and masked MACs)."""
-    length = field[2]
-    value, _, mask = text.partition("/")
-    if length == 6:
-        return _mac(value), (_mac(mask) if mask else None)
-    if length == 16:
-        net = ipaddress.IPv6Network(text, strict=False)
-        full = net.prefixlen == 128 and not mask
-        return net.network_address.packed, (None if full else net.netmask.packed)
-    if field in (IPV4_SRC, IPV4_DST, ARP_SPA, ARP_TPA, TUN_SRC, TUN_DST) and "." in value:
-        if mask:
-            raise Unsupported(f"masked {text}")
-        return _ipv4(value), None
-    if mask:
-        raise Unsupported(f"masked {text}")
-    return int(value, 0).to_bytes(length, "big"), None
-
-
-def _oxm(field: Field, value: bytes, mask: bytes | None = None) -> bytes:
-    cls, num, length = field
-    if mask is None:
-        return struct.pack("!HBB", cls, num << 1, length) + value
-    return struct.pack("!HBB", cls, (num << 1) | 1, 2 * length) + value + mask
-
-
-def _pad8(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % 8)
-
-
-def encode_match(tokens: list[str]) -> bytes:
-    fields: list[tuple[Field, bytes, bytes | None]] = []
-    eth_type = ip_proto = None
-    for token in tokens:
-        if token in _KEYWORDS:
-            eth_type, ip_proto = _KEYWORDS[token]
-            continue
-        key, sep, text = token.partition("=")
-        if not sep or key not in _MATCH:
-            raise Unsupported(f"match {token!r}")
-        fields.append((_MATCH[key], *_value(_MATCH[key], text)))
-    if ip_proto != 17 and any(f in (UDP_SRC, UDP_DST) for f, _, _ in fields):
-        raise Unsupported("tp_src/tp_dst other than UDP")
-    # Prerequisites first, as OXM wants them: Ethernet type, then IP protocol.
-    ordered = []
-    if eth_type is not None:
-        ordered.append(_oxm(ETH_TYPE, eth_type.to_bytes(2, "big")))
-    if ip_proto is not None:
-        ordered.append(_oxm(IP_PROTO, bytes([ip_proto])))
-    body = b"".join(ordered) + b"".join(_oxm(f, v, m) for f, v, m in fields)
-    return _pad8(struct.pack("!HH", 1, 4 + len(body)) + body)
-
-
-def _sized(action_type: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    length += -length % 8
-    return struct.pack("!HH", action_type, length) + payload + b"\0" * (length - 4 - len(payload))
-
-
-def _output(port: int) -> bytes:
-    return struct.pack("!HHIH6x", 0, 16, port, 0xFFFF)
-
-
-def _nxm_header(field: Field) -> int:
-    return (field[0] << 16) | (field[1] << 9) | field[2]
-
-
-def _move(src: Field, dst: Field) -> bytes:
-    return struct.pack("!HHIHHHHII", 0xFFFF, 24, NX_VENDOR, NXAST_REG_MOVE, src[2] * 8, 0, 0,
-                       _nxm_header(src), _nxm_header(dst))
-
-
-def _load(field: Field, value: int) -> bytes:
-    # ovs-ofctl sends "load:" as Nicira reg_load (and the switch shows it back as "load:"), so
-    # do the same: a rule sent either way is then the same rule in the switch.
-    ofs_nbits = field[2] * 8 - 1  # offset 0, all bits
-    return struct.pack("!HHIHHIQ", 0xFFFF, 24, NX_VENDOR, NXAST_REG_LOAD, ofs_nbits,
-                       _nxm_header(field), value)
-
-
-def _action(token: str) -> tuple[bytes, int | None]:
-    """One action: (bytes for apply_actions, or goto_table's table)."""
-    if token.startswith("goto_table:"):
-        return b"", int(token[11:])
-    if token == "IN_PORT":
-        return _output(IN_PORT), None
-    if token.startswith("output:"):
-        return _output(int(token[7:])), None
-    if token.startswith("mod_dl_src:"):
-        return _set_field_action(ETH_SRC, _value(ETH_SRC, token[11:])[0]), None
-    if token.startswith("set_field:"):
-        value, _, name = token[10:].partition("->")
-        if name not in _SET_FIELD:
-            raise Unsupported(f"action {token!r}")
-        return _set_field_action(_SET_FIELD[name], _value(_SET_FIELD[name], value)[0]), None
-    if token.startswith("load:"):
-        value, _, target = token[5:].partition("->")
-        if target not in ("NXM_NX_REG0[]", "NXM_OF_ARP_OP[]"):
-            raise Unsupported(f"action {token!r}")
-        return _load(_NXM[target], int(value, 0)), None
-    if token.startswith("resubmit(,") and token.endswith(")"):
-        # ovs-ofctl sends resubmit(,T) as Nicira resubmit_table with in_port IN_PORT.
-        return struct.pack("!HHIHHB3x", 0xFFFF, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE,
-                           OFPP_IN_PORT_16, int(token[10:-1])), None
-    if token.startswith("move:"):
-        src, _, dst = token[5:].partition("->")
-        if src not in _NXM or dst not in _NXM or _NXM[src][2] != _NXM[dst][2]:
-            raise Unsupported(f"action {token!r}")
-        return _move(_NXM[src], _NXM[dst]), None
-    raise Unsupported(f"action {token!r}")
-
-
-def _set_field_action(field: Field, value: bytes) -> bytes:
-    return _sized(25, _oxm(field, value))
-
-
-_ACTION_SPLIT = re.compile(r",(?![^(]*\))")
-
-
-# The ARP responder's actions (flows.py), one list per endpoint: the most common rule at scale
-# (50,000 at 50,000 remote endpoints). Encoded from a template, not token by token: a restart
-# encodes them all at once. tests/unit/test_openflow_encode.py holds it to the general path.
-_ARP_REPLY = re.compile(
-    r"move:NXM_OF_ETH_SRC\[\]->NXM_OF_ETH_DST\[\],mod_dl_src:([0-9a-f:]{17}),"
-    r"load:0x2->NXM_OF_ARP_OP\[\],move:NXM_NX_ARP_SHA\[\]->NXM_NX_ARP_THA\[\],"
-    r"move:NXM_OF_ARP_SPA\[\]->NXM_OF_ARP_TPA\[\],set_field:([0-9a-f:]{17})->arp_sha,"
-    r"set_field:([0-9.]+)->arp_spa,IN_PORT")
-
-
-def _arp_reply(mac: bytes, ip: bytes) -> bytes:
-    swap, make_reply, tail = _ARP_PARTS
-    applied = (swap + _set_field_action(ETH_SRC, mac) + make_reply
-               + _set_field_action(ARP_SHA, mac) + _set_field_action(ARP_SPA, ip) + tail)
-    return struct.pack("!HH4x", 4, 8 + len(applied)) + applied
-
-
-_ARP_PARTS = (_move(NXM_ETH_SRC, NXM_ETH_DST),
-              _load(ARP_OP, 2) + _move(NXM_ARP_SHA, NXM_ARP_THA) + _move(NXM_ARP_SPA, NXM_ARP_TPA),
-              _output(IN_PORT))
-
-
-def encode_instructions(actions: str) -> bytes:
-    if actions.startswith("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],mod_dl_src:"):
-        found = _ARP_REPLY.fullmatch(actions)
-        if found and found[1] == found[2]:
-            try:
-                return _arp_reply(_mac(found[1]), _ipv4(found[3]))
-            except ValueError:
-                pass  # the general path says what is wrong with it
-    return encode_actions_generic(actions)
-
-
-def encode_actions_generic(actions: str) -> bytes:
-    if actions == "drop":
-        return b""
-    applied, goto = b"", None
-    # Commas inside parentheses belong to the action: resubmit(,41).
-    tokens = actions.split(",") if "(" not in actions else _ACTION_SPLIT.split(actions)
-    for token in tokens:
-        data, table = _action(token)
-        applied += data
-        if table is not None:
-            goto = table
-    out = b""
-    if applied:
-        out += struct.pack("!HH4x", 4, 8 + len(applied)) + applied
-    if goto is not None:
-        out += struct.pack("!HHB3x", 1, 8, goto)
-    return out
-
-
-def encode_flow_mod(kind: str, identity: str, actions: str, cookie: int, xid: int,
-                    instructions_of: dict[str, bytes] | None = None) -> bytes:
-    """One flow mod. `instructions_of` caches encoded actions across the calls of one bundle
-    (every endpoint of a host has the same forwarding actions)."""
-    tokens = identity.split(",")
-    if not (tokens[0].startswith("table=") and tokens[1].startswith("priority=")):
-        raise Unsupported(f"identity {identity!r}")
-    table, priority = int(tokens[0][6:]), int(tokens[1][9:])
-    match = encode_match(tokens[2:])
-    if kind == "delete_strict":
-        instructions = b""
-    elif instructions_of is None:
-        instructions = encode_instructions(actions)
-    else:
-        cached = instructions_of.get(actions)
-        if cached is None:
-            cached = instructions_of[actions] = encode_instructions(actions)
-        instructions = cached
-    body = struct.pack("!QQBBHHHIIIHH", cookie if kind == "add" else 0, 0, table,
-                       COMMANDS[kind], 0, 0, priority, NO_BUFFER, ANY, ANY, 0, 0)
-    length = 8 + len(body) + len(match) + len(instructions)
-    return struct.pack("!BBHI", VERSION, FLOW_MOD, length, xid) + body + match + instructions
-
-
-def encode_delete_cookie(cookie: int, xid: int) -> bytes:
-    """Delete, in every table, the rules whose cookie is exactly `cookie`."""
-    match = _pad8(struct.pack("!HH", 1, 4))
-    body = struct.pack("!QQBBHHHIIIHH", cookie, 0xFFFFFFFFFFFFFFFF, ALL_TABLES, DELETE, 0, 0,
-                       0, NO_BUFFER, ANY, ANY, 0, 0)
-    return struct.pack("!BBHI", VERSION, FLOW_MOD, 8 + len(body) + len(match), xid) + body + match
+# Flow mods per write. Small enough that the switch starts on the first ones at once, large
+# enough that a write is not mostly system-call overhead (~200 KB).
+CHUNK = 2000
+Op = tuple[str, str, str]  # (kind, identity, actions)
+ADD = "add"
 
 
 class Channel:
@@ -307,25 +61,86 @@ class Channel:
         self._bundle = 0
         self._lock = threading.Lock()
 
-    def apply(self, ops: list[tuple[str, str, str]], cookie: int,
-              delete_cookies: tuple[int, ...] = ()) -> None:
+    def apply(self, ops: Sequence[Op], cookie: int, delete_cookies: tuple[int, ...] = ()) -> None:
         """ops: (kind, identity, actions); then, if given, delete every rule whose cookie is
-        one of `delete_cookies` (after the ops, in the same bundle). Raises Unsupported before
-        anything is sent, and CniError if the switch refuses the bundle or cannot be reached
-        (after one reconnect)."""
+        one of `delete_cookies` (after the ops, in the same bundle). Raises Unsupported with
+        the switch's table unchanged, and CniError if the switch refuses the bundle or cannot
+        be reached (after one reconnect: `ops` is then encoded again, hence a sequence)."""
+        self._bundle_of(lambda: ops, cookie, delete_cookies)
+
+    def add_all(self, rules: Mapping[str, str], cookie: int,
+                delete_cookies: tuple[int, ...] = ()) -> None:
+        """apply() of an add for every identity -> actions of `rules` (a whole table: the
+        operations are made as they are encoded, not listed first)."""
+        self._bundle_of(lambda: ((ADD, identity, actions) for identity, actions in rules.items()),
+                        cookie, delete_cookies)
+
+    def _bundle_of(self, ops: Callable[[], Iterable[Op]], cookie: int,
+                   delete_cookies: tuple[int, ...]) -> None:
         with self._lock:
-            cache: dict[str, bytes] = {}
-            messages = [encode_flow_mod(kind, identity, actions, cookie, self._next_xid(), cache)
-                        for kind, identity, actions in ops]
-            messages += [encode_delete_cookie(c, self._next_xid()) for c in delete_cookies]
             for attempt in (1, 2):
                 try:
-                    return self._send_bundle(messages)
+                    return self._send_bundle(ops(), cookie, delete_cookies)
                 except OSError as exc:  # connection gone (vswitchd restarted): once more
                     self.close()
                     if attempt == 2:
                         raise CniError(Code.OVS_FAILURE, f"cannot reach {self._path}",
                                        str(exc)) from None
+
+    def holds_exactly(self, rules: Mapping[str, str]) -> tuple[bool, set[int]]:
+        """Does the switch hold exactly `rules` (identity -> actions), cookies aside? And the
+        cookies its rules carry. One dump of the table, compared without decoding: every rule
+        reported is digested as Encoder.key digests ours (table, priority, match and
+        instructions as bytes; we encode in the order the switch reports), and the two sets
+        of digests and the counts must be equal. Our rules are digested while the switch
+        writes its answer. Raises Unsupported if one of `rules` cannot be encoded."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    return self._holds_exactly(rules)
+                except OSError as exc:
+                    self.close()
+                    if attempt == 2:
+                        raise CniError(Code.OVS_FAILURE, f"cannot reach {self._path}",
+                                       str(exc)) from None
+        raise AssertionError("unreachable")
+
+    def _holds_exactly(self, rules: Mapping[str, str]) -> tuple[bool, set[int]]:
+        sock = self._connect()
+        xid = self._next_xid()
+        request = (struct.pack("!HH4xB3xII4xQQ", FLOW_STATS, 0, ALL_TABLES, ANY, ANY, 0, 0)
+                   + encode_match([]))
+        sock.sendall(struct.pack("!BBHI", VERSION, MULTIPART_REQUEST, 8 + len(request), xid)
+                     + request)
+        encoder = Encoder(0)
+        try:
+            wanted = {hash(encoder.key(identity, actions)) for identity, actions in rules.items()}
+        except Unsupported:
+            self.close()  # the switch's answer is on its way: leave no part of it unread
+            raise
+        found: set[int] = set()
+        cookies: set[int] = set()
+        count = 0
+
+        def take(kind: int, reply_xid: int, body: bytes) -> bool:
+            nonlocal count
+            if kind != MULTIPART_REPLY or reply_xid != xid:
+                return False
+            flags, offset = struct.unpack_from("!H", body, 2)[0], 8
+            while offset < len(body):  # ofp_flow_stats entries; the match starts at 48
+                length, table = struct.unpack_from("!HB", body, offset)
+                priority, cookie = (struct.unpack_from("!H", body, offset + 12)[0],
+                                    struct.unpack_from("!Q", body, offset + 24)[0])
+                found.add(hash((table, priority, body[offset + 48:offset + length])))
+                cookies.add(cookie)
+                count += 1
+                offset += length
+            return not flags & REPLY_MORE
+        errors = self._until(sock, take, stop_on_error_xid=xid)
+        if errors:
+            raise CniError(Code.OVS_FAILURE, "the switch refused to list its rules",
+                           "; ".join(errors))
+        return count == len(rules) and found == wanted, cookies
 
     def close(self) -> None:
         if self._sock is not None:
@@ -349,26 +164,49 @@ class Channel:
             self._sock = sock
         return self._sock
 
-    def _send_bundle(self, messages: list[bytes]) -> None:
+    def _chunks(self, ops: Iterable[Op], cookie: int,
+                delete_cookies: tuple[int, ...]) -> Iterator[bytes]:
+        """The bundle's ADD_MESSAGEs, CHUNK flow mods at a time, encoded as they are asked for."""
+        encoder, out = Encoder(cookie), []
+        for kind, identity, actions in ops:
+            out.append(self._wrap(encoder.flow_mod(kind, identity, actions, self._next_xid())))
+            if len(out) == CHUNK:
+                yield b"".join(out)
+                out = []
+        out += [self._wrap(encode_delete_cookie(c, self._next_xid())) for c in delete_cookies]
+        yield b"".join(out)
+
+    def _wrap(self, inner: bytes) -> bytes:
+        # The ADD_MESSAGE carries the xid of the message inside it.
+        return (struct.pack("!BBH", VERSION, BUNDLE_ADD, 16 + len(inner)) + inner[4:8]
+                + struct.pack("!IHH", self._bundle, 0, ATOMIC_ORDERED) + inner)
+
+    def _send_bundle(self, ops: Iterable[Op], cookie: int,
+                     delete_cookies: tuple[int, ...]) -> None:
         sock = self._connect()
-        # A whole table (100,000 rules at 50,000 remote endpoints) takes the switch seconds
-        # to check and commit: allow for 5,000 flow mods a second on a loaded machine.
-        sock.settimeout(max(self._timeout, len(messages) / 5000))
         self._bundle = (self._bundle + 1) & 0xFFFFFFFF
-        out = [self._control(OPEN_REQUEST)]
-        for inner in messages:  # the ADD_MESSAGE carries the xid of the message inside it
-            xid = struct.unpack_from("!I", inner, 4)[0]
-            out.append(struct.pack("!BBHIIHH", VERSION, BUNDLE_ADD, 16 + len(inner), xid,
-                                   self._bundle, 0, ATOMIC_ORDERED) + inner)
+        chunks = self._chunks(ops, cookie, delete_cookies)
+        first = next(chunks)  # an Unsupported rule in it: nothing has been sent
+        # A whole table takes the switch seconds to check and commit: the timeout applies to
+        # each read and write, and a chunk's worth of flow mods is checked well within it.
+        sock.settimeout(max(self._timeout, 2 * CHUNK / 5000))
+        sock.sendall(self._control(OPEN_REQUEST) + first)
+        errors: list[str] = []
+        try:
+            for chunk in chunks:
+                errors += self._drain(sock)
+                if errors:
+                    break
+                sock.sendall(chunk)
+        except Unsupported:
+            self._discard(sock)
+            raise
         barrier_xid = self._next_xid()
-        out.append(struct.pack("!BBHI", VERSION, BARRIER_REQUEST, 8, barrier_xid))
-        sock.sendall(b"".join(out))
-        errors = self._until(sock, lambda kind, xid, body: kind == BARRIER_REPLY
-                             and xid == barrier_xid)
+        sock.sendall(struct.pack("!BBHI", VERSION, BARRIER_REQUEST, 8, barrier_xid))
+        errors += self._until(sock, lambda kind, xid, body: kind == BARRIER_REPLY
+                              and xid == barrier_xid)
         if errors:
-            discard = self._control(DISCARD_REQUEST)
-            sock.sendall(discard)
-            self._until(sock, lambda kind, xid, body: xid == struct.unpack_from("!I", discard, 4)[0])
+            self._discard(sock)
             raise CniError(Code.OVS_FAILURE, "the switch refused a flow; nothing was changed",
                            "; ".join(errors))
         commit = self._control(COMMIT_REQUEST)
@@ -386,10 +224,24 @@ class Channel:
             raise CniError(Code.OVS_FAILURE, "the switch refused a flow bundle",
                            "; ".join(errors) or repr(replies))
 
+    def _discard(self, sock: socket.socket) -> None:
+        discard = self._control(DISCARD_REQUEST)
+        xid = struct.unpack_from("!I", discard, 4)[0]
+        sock.sendall(discard)
+        self._until(sock, lambda kind, reply_xid, body: reply_xid == xid)
+
+    def _drain(self, sock: socket.socket) -> list[str]:
+        """Read what the switch has said so far without waiting (errors, echo requests)."""
+        errors: list[str] = []
+        while select.select([sock], [], [], 0)[0]:
+            self._until(sock, lambda kind, xid, body: True, errors=errors)
+        return errors
+
     def _until(self, sock: socket.socket, done: Callable[[int, int, bytes], bool],
-               stop_on_error_xid: int | None = None) -> list[str]:
+               stop_on_error_xid: int | None = None, errors: list[str] | None = None
+               ) -> list[str]:
         """Read messages until `done` says so; answer echoes; collect errors."""
-        errors = []
+        errors = [] if errors is None else errors
         while True:
             (version, kind, _, xid), body = self._read_message(sock)
             if kind == ECHO_REQUEST:

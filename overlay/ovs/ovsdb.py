@@ -23,6 +23,9 @@ from overlay.errors import CniError, Code
 OWNER_KEY = "overlay-owner"  # marks rows this project created
 OWNER = "overlay"
 GENERATION_KEY = "overlay-flow-generation"
+# The generation of the run that last made sure the switch holds its whole table (installed it,
+# or found it there: dataplane/wholetable.py). Rules keep the cookie of the run that wrote them.
+VERIFIED_KEY = "overlay-flow-verified"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,11 @@ class Ovsdb:
         self._execute(f"record the flow generation on {bridge}",
                       self.api.br_set_external_id(bridge, GENERATION_KEY, str(generation)))
         return generation
+
+    def record_verified(self, bridge: str, generation: int) -> None:
+        """This run's whole table is in the switch (VERIFIED_KEY)."""
+        self._execute(f"record the verified flow generation on {bridge}",
+                      self.api.br_set_external_id(bridge, VERIFIED_KEY, str(generation)))
 
     def bridge_exists(self, name: str) -> bool:
         return bool(self._read(f"look up bridge {name}", self.api.br_exists(name)))

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 import grpc
@@ -30,6 +30,7 @@ from overlay.cni.netconf import Address
 from overlay.errors import CniError, Code
 from overlay.store import records as r
 from overlay.store import tls
+from overlay.store.paging import Item, OnPage, read_range
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,6 @@ def _translate(fn: Callable[P, T]) -> Callable[P, T]:
 def parse_endpoint(url: str) -> tuple[str, int]:
     parsed = urlparse(url if "://" in url else "http://" + url)
     return parsed.hostname or "127.0.0.1", parsed.port or 2379
-
-
-class Item(NamedTuple):
-    key: str
-    value: bytes
-    mod_revision: int
 
 
 class Store:
@@ -337,51 +332,37 @@ class Store:
         revision, items = self.read_prefix(prefix)
         return revision, {item.key: item.value for item in items}
 
-    def read_prefix(self, prefix: str, *, page: int = PAGE) -> tuple[int, list[Item]]:
-        """Every key under `prefix`, as of one revision, read `page` keys per request.
+    def read_prefix(self, prefix: str, *, page: int = PAGE,
+                    on_page: OnPage | None = None) -> tuple[int, list[Item]]:
+        """Every key under `prefix`, as of one revision, read `page` keys per request
+        (store/paging.py; `on_page` is handed each page as it arrives).
 
         No single response holds the whole prefix: a cluster's endpoints can be tens of MB. The
         first page fixes the revision and every later page is read at it, so the result is one
-        consistent snapshot; if etcd compacts that revision away mid-read, start over.
+        consistent snapshot; if etcd compacts that revision away mid-read, start over (pages
+        already handed to `on_page` are handed again: a consumer must take repeats).
         """
         for attempt in range(3):
             try:
-                return self._read_pages(prefix, page)
+                return self._read_pages(prefix, page, on_page)
             except CniError as err:
                 if attempt == 2 or err.code is Code.TRY_AGAIN_LATER:
                     raise
                 log.info("paged read of %s restarted (%s)", prefix, err)
         raise AssertionError("unreachable")
 
+    @_translate
     def _read_range(self, start: bytes, end: bytes, page: int) -> list[Item]:
         """Keys in [start, end), paged as read_prefix pages (each page at its own revision:
         for the janitor, which checks every record against the host anyway)."""
-        items: list[Item] = []
-        while True:
-            resp = self._range(start, end, page)
-            items += [Item(kv.key.decode(errors="replace"), kv.value, kv.mod_revision)
-                      for kv in resp.kvs]
-            if not resp.more or not resp.kvs:
-                return items
-            start = resp.kvs[-1].key + b"\0"
+        return read_range(self._client, start, end, page, one_revision=False)[1]
 
     @_translate
-    def _range(self, start: bytes, end: bytes, page: int) -> Any:
-        return self._client.get_range_response(start, end, limit=page)
-
-    @_translate
-    def _read_pages(self, prefix: str, page: int) -> tuple[int, list[Item]]:
-        end = pyetcd.utils.prefix_range_end(prefix.encode())
-        start, revision, items = prefix.encode(), 0, []
-        while True:
-            resp = self._client.get_range_response(start, end, limit=page,
-                                                   **({"revision": revision} if revision else {}))
-            revision = revision or resp.header.revision
-            items += [Item(kv.key.decode(errors="replace"), kv.value, kv.mod_revision)
-                      for kv in resp.kvs]
-            if not resp.more or not resp.kvs:
-                return revision, items
-            start = resp.kvs[-1].key + b"\0"
+    def _read_pages(self, prefix: str, page: int,
+                    on_page: OnPage | None) -> tuple[int, list[Item]]:
+        return read_range(self._client, prefix.encode(),
+                          pyetcd.utils.prefix_range_end(prefix.encode()), page,
+                          one_revision=True, on_page=on_page)
 
     @_translate
     def count(self, prefix: str) -> tuple[int, int]:

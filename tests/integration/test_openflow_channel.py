@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from overlay.dataplane.flows import DesiredState, LocalPort, RemoteEndpoint
+from overlay.dataplane.flows import DesiredState, Gateway, LocalPort, RemoteEndpoint
 from overlay.dataplane.flowtable import compute_flows
+from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
 from overlay.lab import host as steps
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab, LabHost
+from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
 
 COOKIE = (0x0FE1A7 << 40) | 7
@@ -152,3 +154,59 @@ def test_reconnects_after_vswitchd_restart(host: LabHost) -> None:
                    .returncode == 0, "brb's management socket")
     channel.apply([("add", "table=30,priority=10,reg0=42", "drop")], 1)
     assert any("priority=10,reg0=0x2a" in line for line in table(host, "brb"))
+
+
+def rules_of(lines: list[str]) -> dict[str, str]:
+    return {identity: actions for _, identity, actions in as_ops(lines)}
+
+
+def test_holds_exactly_tells_the_same_table_from_any_other(host: LabHost) -> None:
+    """The dump the switch gives back is byte for byte what we encode, for every kind of rule
+    flows.py writes (chained flood rules, DHCP, IPv6 and gateway rules included)."""
+    remote = {f"r{i}": RemoteEndpoint(42, f"0a:58:0a:01:{i >> 8:02x}:{i & 0xFF:02x}",
+                                      (f"10.1.{i >> 8}.{i & 0xFF}",),
+                                      f"172.30.{i >> 8}.{i & 0xFF}") for i in range(1, 1201)}
+    state = DesiredState(tunnel_ofport=1, generation=7, local=STATE.local,
+                         remote={**STATE.remote, **remote},
+                         gateways={42: Gateway(42, "0e:6f:76:00:00:2a", "10.0.0.254", 9)})
+    lines = compute_flows(state)
+    rules = rules_of(lines)
+    channel = Channel(rundir=host.ovs_dir, bridge="brb")
+    ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
+    channel.apply(as_ops(lines), COOKIE)
+    assert channel.holds_exactly(rules) == (True, {COOKIE})
+    # One rule's actions changed behind our back, one rule missing, one rule too many: no.
+    forward = next(i for i, a in rules.items() if "->tun_dst" in a and i.startswith("table=20"))
+    channel.apply([("modify_strict", forward, "drop")], COOKIE)
+    assert channel.holds_exactly(rules)[0] is False
+    channel.apply([("modify_strict", forward, rules[forward])], COOKIE)
+    assert channel.holds_exactly(rules)[0] is True
+    assert channel.holds_exactly({i: a for i, a in rules.items() if i != forward})[0] is False
+    channel.apply([("add", "table=20,priority=7,reg0=42,dl_dst=0a:58:0a:00:00:65", "drop")],
+                  COOKIE + 1)
+    same, cookies = channel.holds_exactly(rules)
+    assert same is False and cookies == {COOKIE, COOKIE + 1}
+
+
+def test_a_restarted_run_adopts_an_identical_table_and_replaces_a_different_one(
+        host: LabHost) -> None:
+    """WholeTable at a restart: the same table is left as it is (its rules keep the previous
+    run's cookie, and their counters); a different one is replaced in one bundle, and the
+    rules of both earlier runs' cookies go."""
+    channel = Channel(rundir=host.ovs_dir, bridge="brb")
+    lines = compute_flows(STATE)
+    rules = rules_of(lines)
+    ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
+    channel.apply(as_ops(lines), COOKIE)
+    ofctl_ = Ofctl(rundir=host.ovs_dir)
+    whole = WholeTable(ofctl=ofctl_, channel=channel, bridge="brb", generation=8)
+    assert whole.install(rules).startswith("adopted")
+    assert all(f"cookie={COOKIE:#x}," in line for line in table(host, "brb"))
+    # The next run (9) finds a table that differs in one rule: it replaces the whole table
+    # under its own cookie, and nothing of runs 7 and 8 is left.
+    channel.apply([("add", "table=20,priority=7,reg0=42,dl_dst=0a:58:0a:00:00:66", "drop")],
+                  COOKIE + 1)
+    whole = WholeTable(ofctl=ofctl_, channel=channel, bridge="brb", generation=9)
+    assert whole.install(rules).startswith("whole table of")
+    after = table(host, "brb")
+    assert len(after) == len(rules) and all(f"cookie={COOKIE + 2:#x}," in line for line in after)

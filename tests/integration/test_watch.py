@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -260,3 +261,41 @@ def test_endpoints_outside_reads_every_other_network_and_none_of_the_followed(
         want = sorted((rec.network, rec.container_id) for rec in store.all_endpoints()
                       if rec.network not in followed)
         assert got == want, followed
+
+
+def test_a_paged_read_hands_over_pages_of_one_revision(etcd: Etcd, store: Store) -> None:
+    """Pages reach the consumer as they are read, while the next one is in flight; a key
+    written meanwhile is in none of them (every page is read at the first page's revision)."""
+    for i in range(10):
+        store.client.put(f"/p/{i:02d}", "v")
+    pages: list[list[str]] = []
+
+    def on_page(items: list[Any]) -> None:
+        pages.append([item.key for item in items])
+        store.client.put(f"/p/{len(pages):02d}x", "written while reading")
+
+    revision, items = store.read_prefix("/p/", page=3, on_page=on_page)
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
+    assert [k for p in pages for k in p] == [item.key for item in items] == \
+        [f"/p/{i:02d}" for i in range(10)]
+    assert all(item.mod_revision <= revision for item in items)
+
+
+def test_the_first_snapshot_reaches_the_consumer_page_by_page(etcd: Etcd, store: Store,
+                                                              monkeypatch: Any) -> None:
+    real = Store.read_prefix
+    monkeypatch.setattr(Store, "read_prefix",
+                        lambda self, prefix, **kw: real(self, prefix, **{**kw, "page": 4}))
+    for i in range(10):
+        store.client.put(f"/t/{i:02d}", str(i))
+    consumer = Consumer()
+    watch = PrefixWatch(store=store, prefix="/t/", on_changes=consumer)
+    watch.start()
+    try:
+        assert watch.wait_synced(20)
+        assert consumer.batches[:3] == [4, 4, 2]  # then the (empty) end of the snapshot
+        assert consumer.state == {f"/t/{i:02d}": str(i).encode() for i in range(10)}
+        store.client.put("/t/new", "n")
+        assert wait_until(lambda: consumer.state.get("/t/new") == b"n")
+    finally:
+        watch.stop()

@@ -1,4 +1,13 @@
-from overlay.dataplane.flows import COOKIE, DesiredState, LocalPort, RemoteEndpoint
+from overlay.dataplane.flows import (
+    COOKIE,
+    FORWARD,
+    DesiredState,
+    LocalPort,
+    RemoteEndpoint,
+    _arp_answers,
+    _flow,
+    remote_endpoint_flows,
+)
 from overlay.dataplane.flowtable import compute_flows
 
 
@@ -139,3 +148,16 @@ def test_dhcp_client_with_its_lease_adds_its_address_and_keeps_dhcp_from_nothing
     assert extra == {f"{C},table=0,priority=100,in_port=5,dl_src={mac},udp,nw_src=0.0.0.0,"
                      "nw_dst=255.255.255.255,tp_src=68,tp_dst=67,"
                      "actions=load:42->NXM_NX_REG0[],goto_table:20"}
+
+
+def test_remote_endpoint_rules_spelt_out_are_the_general_spelling() -> None:
+    """remote_endpoint_flows writes its rules directly (it runs 50,000 times at a restart);
+    they must be what _flow and _arp_answers write."""
+    for e in (RemoteEndpoint(42, "0a:58:0a:00:00:02", ("10.0.0.2",), "172.31.0.2"),
+              RemoteEndpoint(7, "0a:58:0a:00:00:03", ("10.0.0.3", "fd00::3", "10.0.1.3"),
+                             "172.31.0.3"),
+              RemoteEndpoint(8, "0a:d4:00:00:00:04", (), "172.31.0.4")):
+        general = [_flow(FORWARD, 100, f"reg0={e.vni},dl_dst={e.mac}",
+                         f"set_field:{e.vtep}->tun_dst,set_field:{e.vni}->tun_id,output:5"),
+                   *_arp_answers(e.vni, e.mac, e.ips)]
+        assert remote_endpoint_flows(e, 5) == general
