@@ -9,7 +9,7 @@ At each size (default 1,000, 10,000 and 50,000 remote endpoints) it prints:
 - burst: time from the last put of the step until the switch holds every flow;
 - one event -> flow in the switch, p50/p99, for a put and for a delete (seen through an
   OpenFlow flow monitor on br-int, so the switch itself is the witness);
-- the agent's RSS and CPU seconds;
+- the agent's RSS and CPU seconds, and its RSS again after the restart below;
 - bytes the agent's host received from etcd per minute while idle (an iptables counter on the
   host's namespace, so TCP/IP headers included);
 - agent restart: from starting the new agent process (the old one stopped) until it serves,
@@ -342,6 +342,9 @@ def inside(plan: dict[str, Any]) -> int:
             log(f"[{size}] restarting the agent ...")
             restart = restart_agent(plan, switch, size)
             row["restart_s"] = float("nan") if restart is None else restart
+            time.sleep(3)  # the restarted agent's janitor and first rounds
+            row["rss_restart_mb"] = rss_mb(agent_pid(plan))
+            log(f"[{size}] restarted agent RSS {row['rss_restart_mb']:.0f} MB")
             rows.append(row)
             report(rows)
         log("[del --prefix] one DeleteRange of every simulated endpoint ...")
@@ -365,7 +368,8 @@ COLUMNS = [("burst_s", "burst absorbed (s)", "{:.2f}"), ("put_p50", "put->switch
            ("del_p99", "del->switch p99 (ms)", "{:.1f}"), ("rss_mb", "agent RSS (MB)", "{:.0f}"),
            ("cpu_s", "agent CPU total (s)", "{:.1f}"),
            ("idle_bytes_min", "idle etcd bytes/min", "{:.0f}"),
-           ("restart_s", "restart->verified (s)", "{:.2f}")]
+           ("restart_s", "restart->verified (s)", "{:.2f}"),
+           ("rss_restart_mb", "RSS after restart (MB)", "{:.0f}")]
 
 
 def report(rows: list[dict[str, float]]) -> None:

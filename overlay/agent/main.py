@@ -18,7 +18,7 @@ import time
 
 from overlay import __version__
 from overlay.agent import config as agent_config
-from overlay.agent import logs, observe
+from overlay.agent import logs, memory, observe
 from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import Readiness
 from overlay.agent.networks import NetworkWatches
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("janitor could not read etcd: %s", err)
     else:
         run_janitor(service, metrics, own)
+    memory.release_free_memory()  # what building the first table allocated (agent/memory.py)
 
     def info() -> cni_pb2.AgentInfoReply:
         local, remote, flows = dataplane.counts()
