@@ -128,26 +128,27 @@ def measure(subject: Subject, pool: list[str], args: argparse.Namespace, deadlin
     for i in range(2):  # the first ADD of a network creates it (etcd record, bridge): not measured
         subject.call("warmup", "add", f"bench-{tag}-w{i}", pool[0])
         subject.call("warmup", "del", f"bench-{tag}-w{i}", pool[0])
+    def serial(mode: str, what: str) -> bool:
+        """args.serial ADD/DEL pairs one after the other; False when the budget ran out."""
+        for i in range(args.serial):
+            if time.monotonic() > deadline:
+                return False
+            if i % 10 == 0:
+                say(f"{what} {i}/{args.serial}")
+            subject.call(mode, "add", f"bench-{tag}-{mode[0]}{i}", pool[0])
+            subject.call(mode, "del", f"bench-{tag}-{mode[0]}{i}", pool[0])
+        return True
+
     # The network's first container on the host: each ADD creates what the network needs there
     # (our gateway port, addresses, NAT rules; the reference's gateway address and masquerade
     # rule), each DEL of it removes ours again.
-    for i in range(args.serial):
-        if time.monotonic() > deadline:
-            return False
-        if i % 10 == 0:
-            say(f"first on the host, serial ADD/DEL {i}/{args.serial}")
-        subject.call("first", "add", f"bench-{tag}-f{i}", pool[0])
-        subject.call("first", "del", f"bench-{tag}-f{i}", pool[0])
+    if not serial("first", "first on the host, serial ADD/DEL"):
+        return False
     # The common case: the host already has a container in the network (kept in its own netns
     # until the end), so an ADD only attaches.
     subject.call("warmup", "add", f"bench-{tag}-resident", pool[-1])
-    for i in range(args.serial):
-        if time.monotonic() > deadline:
-            return False
-        if i % 10 == 0:
-            say(f"serial ADD/DEL {i}/{args.serial}")
-        subject.call("serial", "add", f"bench-{tag}-s{i}", pool[0])
-        subject.call("serial", "del", f"bench-{tag}-s{i}", pool[0])
+    if not serial("serial", "serial ADD/DEL"):
+        return False
     for r in range(args.rounds):
         if time.monotonic() > deadline:
             return False

@@ -69,6 +69,21 @@ def iperf(netns: str, server_ns: str, ip: str, seconds: int, port: int) -> float
         srv.wait(timeout=30)
 
 
+def up_with_two_containers(lab: Lab) -> bool:
+    """The 2-host lab with c0 on host0 and c1 on host1 in my-net, converged. False (and why, on
+    stderr) if an ADD failed."""
+    print("bringing up a 2-host lab ...", flush=True)
+    lab.up(2)
+    ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
+    for name, host in (("c0", "host0"), ("c1", "host1")):
+        out = ctr.add_container(lab, name, host)
+        if out.returncode != 0:
+            print(f"ADD {name} failed: {out.stdout}", file=sys.stderr)
+            return False
+    ctr.wait_converged(lab)
+    return True
+
+
 def connect_ms(netns: str, count: int, port: int = 7070) -> tuple[float, float]:
     out = run([sys.executable, "-c", CONNECT, str(count), SERVER, str(port)], netns=netns,
               timeout=300).stdout.split()
@@ -85,15 +100,8 @@ def main() -> int:
               prefix="b" + uuid.uuid4().hex[:5])
     answer = None
     try:
-        print("bringing up a 2-host lab ...", flush=True)
-        lab.up(2)
-        ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
-        for name, host in (("c0", "host0"), ("c1", "host1")):
-            out = ctr.add_container(lab, name, host)
-            if out.returncode != 0:
-                print(f"ADD {name} failed: {out.stdout}", file=sys.stderr)
-                return 1
-        ctr.wait_converged(lab)
+        if not up_with_two_containers(lab):
+            return 1
         c0, c1, h0 = lab.containers["c0"], lab.containers["c1"], lab.host("host0")
         answer = subprocess.Popen(in_netns(lab.underlay_ns, [sys.executable, "-c", ANSWER,
                                                              SERVER, "7070"]))

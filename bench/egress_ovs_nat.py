@@ -30,7 +30,8 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from overlay.lab import containers as ctr  # noqa: E402
+from egress import up_with_two_containers  # noqa: E402  (bench/, this script's directory)
+
 from overlay.lab.shell import in_netns, run  # noqa: E402
 from overlay.lab.topology import Lab  # noqa: E402
 from overlay.netlink.veth import hostside_name  # noqa: E402
@@ -111,15 +112,8 @@ def main() -> int:
     lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-bench-ovsnat-"),
               prefix="n" + uuid.uuid4().hex[:5])
     try:
-        print("bringing up a 2-host lab ...", flush=True)
-        lab.up(2)
-        ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
-        for name, host in (("c0", "host0"), ("c1", "host1")):
-            out = ctr.add_container(lab, name, host)
-            if out.returncode != 0:
-                print(f"ADD {name} failed: {out.stdout}", file=sys.stderr)
-                return 1
-        ctr.wait_converged(lab)
+        if not up_with_two_containers(lab):
+            return 1
         build_ovs_nat_path(lab)
         c0, c1 = lab.containers["c0"], lab.containers["c1"]
         print(f"load average before measuring: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")

@@ -56,7 +56,6 @@ def _assigned(ip: Address, rng: AddressRange) -> Assigned:
 
 
 REFRESH_SECONDS = 30.0
-OTHER = Holder("", "")  # held by another host (who, we do not keep: memory at 50,000)
 
 
 @dataclass
