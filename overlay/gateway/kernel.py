@@ -213,8 +213,10 @@ def remove(spec: GatewaySpec) -> None:
         if idx is not None:
             for table in (spec.table, MAIN):
                 try:
-                    # The mark makes the kernel delete only a route of ours.
-                    ipr.route("del", dst=str(spec.subnet), oif=idx, table=table,
+                    # The mark makes the kernel delete only a route of ours. The scope must
+                    # be the route's: without it the kernel found none (ESRCH, taken for
+                    # "gone"), and the routes went only with the port.
+                    ipr.route("del", dst=str(spec.subnet), oif=idx, table=table, scope=253,
                               proto=RTPROT_OVERLAY)
                 except NetlinkError as exc:
                     if exc.code not in (ENOENT, ESRCH):
