@@ -135,7 +135,8 @@ def _ensure_address(ipr: Any, spec: GatewaySpec, idx: int) -> None:
         found = (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
         if a["index"] == idx:
             have.add(found)
-        elif found[0] == want[0]:
+        elif found[0] == want[0] and not _name(a["index"]).startswith(PORT_PREFIX):
+            # (Another gateway port may hold it: networks can share a subnet and gateway.)
             raise CniError(Code.INVALID_NETCONF,
                            f"gateway address {want[0]} of network {spec.network} is an address "
                            f"of interface {_name(a['index'])} on this host; the agent leaves it "

@@ -86,3 +86,12 @@ def test_the_hosts_own_address_is_never_made_a_gateway_address(host: str) -> Non
     assert "192.0.2.10" not in addrs
     run_in_netns(host, lambda: kernel.remove(own))
     assert "192.0.2.0/24 dev uplink0 proto kernel scope link src 192.0.2.10" in routes(host)
+
+
+def test_another_gateway_port_may_hold_the_same_address(host: str) -> None:
+    # Two networks with one subnet (apart by VNI) have one gateway address on two ports.
+    ip(host, "link", "add", "ovg4343", "type", "veth", "peer", "name", "p4343")
+    ip(host, "addr", "add", "10.42.0.1/24", "dev", "ovg4343", "noprefixroute")
+    assert run_in_netns(host, lambda: kernel.ensure(SPEC)) is None
+    addrs = run(["ip", "-o", "addr", "show", "dev", SPEC.port], netns=os.path.basename(host))
+    assert "10.42.0.1/24" in addrs.stdout
