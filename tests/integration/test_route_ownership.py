@@ -15,6 +15,7 @@ from overlay.errors import CniError, Code
 from overlay.gateway import kernel
 from overlay.gateway.spec import GatewaySpec
 from overlay.lab.shell import run
+from overlay.netlink import underlay
 from overlay.netlink.netns import run_in_netns
 
 VNI = 4242
@@ -95,3 +96,26 @@ def test_another_gateway_port_may_hold_the_same_address(host: str) -> None:
     assert run_in_netns(host, lambda: kernel.ensure(SPEC)) is None
     addrs = run(["ip", "-o", "addr", "show", "dev", SPEC.port], netns=os.path.basename(host))
     assert "10.42.0.1/24" in addrs.stdout
+
+
+def test_moving_the_underlay_address_carries_the_hosts_routes_as_they_were(netns: str) -> None:
+    """netdev mode: the underlay address moves from the NIC to br-phy (overlay/netlink/
+    underlay.py), and the host's routes via the NIC come along with their own protocol and
+    metric: they stay the operator's, never marked as ours."""
+    name = os.path.basename(netns)
+    for link, peer in (("nic9", "wire9"), ("brphy9", "tap9")):
+        ip(netns, "link", "add", link, "type", "veth", "peer", "name", peer)
+        ip(netns, "link", "set", peer, "up")
+    ip(netns, "addr", "add", "192.0.2.10/24", "dev", "nic9")
+    ip(netns, "link", "set", "nic9", "up")
+    ip(netns, "route", "add", "default", "via", "192.0.2.1", "dev", "nic9", "proto", "static",
+       "metric", "50")
+    ip(netns, "route", "add", "198.51.100.0/24", "via", "192.0.2.1", "dev", "nic9")
+    address = ipaddress.IPv4Interface("192.0.2.10/24")
+    run_in_netns(netns, lambda: underlay.move_address(address, "nic9", "brphy9"))
+    assert routes(netns) == [
+        "default via 192.0.2.1 dev brphy9 proto static metric 50",
+        "192.0.2.0/24 dev brphy9 proto kernel scope link src 192.0.2.10",
+        "198.51.100.0/24 via 192.0.2.1 dev brphy9"]
+    run_in_netns(netns, lambda: underlay.move_address(address, "nic9", "brphy9"))  # idempotent
+    assert len(routes(netns)) == 3, run(["ip", "route"], netns=name).stdout
