@@ -32,6 +32,7 @@ route from us: nothing to check.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -61,6 +62,19 @@ def _meet(a: Network, b: Network) -> bool:
     return a.version == b.version and a.overlaps(b)
 
 
+def _membership(subnet: Network) -> Callable[[str], bool]:
+    """A test of whether an address (text) lies in `subnet`; False for anything else."""
+    family = socket.AF_INET if subnet.version == 4 else socket.AF_INET6
+    low, high = int(subnet.network_address), int(subnet.broadcast_address)
+
+    def inside(text: str) -> bool:
+        try:
+            return low <= int.from_bytes(socket.inet_pton(family, text), "big") <= high
+        except (OSError, TypeError, ValueError):
+            return False
+    return inside
+
+
 def overlaps(subnet: Network, host: HostNetworks, vteps: Mapping[str, str],
              etcd: Sequence[str] = ()) -> list[str]:
     """What `subnet` would overlap on this host, one phrase each ("the underlay network
@@ -70,10 +84,9 @@ def overlaps(subnet: Network, host: HostNetworks, vteps: Mapping[str, str],
         if not ours_interface(a.ifname) and _meet(a.address.network, subnet):
             found.append(f"the underlay network {a.address.network} of interface {a.ifname} "
                          f"(address {a.address.ip})")
-    for name, vtep in sorted(vteps.items()):
-        net = single(vtep)
-        if net is not None and _meet(net, subnet):
-            found.append(f"the VTEP {vtep} of host {name}")
+    inside = _membership(subnet)  # a cluster has thousands of VTEPs: no ipaddress objects
+    found += [f"the VTEP {vtep} of host {name}"
+              for name, vtep in sorted(vteps.items()) if inside(vtep)]
     for endpoint in etcd:
         net = single(urlsplit(endpoint).hostname or "")
         if net is not None and _meet(net, subnet):

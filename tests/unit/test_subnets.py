@@ -134,3 +134,9 @@ def test_guard_leaves_delegated_ipam_alone() -> None:
         raise AssertionError("a delegated IPAM names no subnet: nothing to read")
     SubnetGuard(read_host=unreadable, vteps=dict, etcd_endpoints=()).check(parse_netconf(
         netconf({"type": "host-local", "subnet": "172.31.0.0/24"})))
+
+
+def test_vteps_that_are_not_addresses_are_ignored() -> None:
+    vteps = {"odd": "not-an-address", "empty": "", "v6": "fd00::1", "ok": "10.3.0.9"}
+    assert found("10.3.0.0/24", HostNetworks(), vteps, ()) == ["the VTEP 10.3.0.9 of host ok"]
+    assert found("fd00::/64", HostNetworks(), vteps, ()) == ["the VTEP fd00::1 of host v6"]
