@@ -27,6 +27,7 @@ from overlay.agent.reconciler import Reconciler
 from overlay.cni import housekeeping
 from overlay.cni import service as svc
 from overlay.cni.server import CniServicer, serve
+from overlay.cni.subnets import SubnetGuard
 from overlay.cni.v1 import cni_pb2
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
@@ -34,6 +35,7 @@ from overlay.errors import CniError
 from overlay.gateway.manager import GatewayManager
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import underlay
+from overlay.netlink.hostnets import read_host_networks
 from overlay.ovs.liveness import SwitchRestartWatcher
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel
@@ -198,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     service = svc.CniService(
         host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep), ovs=ovs,
         dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
-        networks=networks, gateways=gateways)
+        networks=networks, gateways=gateways,
+        subnets=SubnetGuard(read_host=read_host_networks,
+                            vteps=lambda: {**reconciler.host_vteps(), cfg.host: node.vtep},
+                            etcd_endpoints=cfg.etcd_endpoints))
     observe.watch_agent(metrics, readiness, dataplane=dataplane, ovs=ovs, store=store,
                         bridge=cfg.bridge,
                         etcd_synced=lambda: hosts.wait_synced(0) and networks.wait_synced(0))

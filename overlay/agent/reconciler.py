@@ -160,6 +160,12 @@ class Reconciler:
         with self._lock:
             return {v for h, v in self._vteps.items() if h != self._host}
 
+    def host_vteps(self) -> dict[str, str]:
+        """host -> VTEP of every host known (this one too, departing ones too): what a
+        network's subnet must not cover (overlay/cni/subnets.py)."""
+        with self._lock:
+            return dict(self._vteps)
+
     def own_records(self) -> list[r.EndpointRecord]:
         with self._lock:
             return list(self._own.values())

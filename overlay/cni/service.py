@@ -33,6 +33,7 @@ from typing import Protocol
 from overlay.cni import checks, leases, requests
 from overlay.cni.netconf import CniEnv, NetConf, Route
 from overlay.cni.result import Attachment, build_result, encode
+from overlay.cni.subnets import SubnetGuard
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
 from overlay.errors import CniError, Code
@@ -114,8 +115,10 @@ class NetworkInterest(Protocol):
 
 class CniService:
     def __init__(self, *, host: HostInfo, ovs: Ovsdb, dataplane: Dataplane, store: Store,
-                 ipam: EtcdIpam, networks: NetworkInterest, gateways: GatewayManager) -> None:
+                 ipam: EtcdIpam, networks: NetworkInterest, gateways: GatewayManager,
+                 subnets: SubnetGuard) -> None:
         self.host = host
+        self.subnets = subnets
         self.gateways = gateways
         self.ovs = ovs
         self.dataplane = dataplane
@@ -154,6 +157,8 @@ class CniService:
                 raise CniError(Code.ALREADY_ATTACHED,
                                f"container {env.container_id} interface {env.ifname} is already "
                                f"attached", "run DEL for it before ADD again")
+            # Before anything exists: a subnet that would break this host is refused (7).
+            self.subnets.check(conf)
             t.lap("precheck")
             undo: list[Callable[[], object]] = []
             try:

@@ -13,6 +13,15 @@ networks with the same subnet cannot both be: the second would silently lose.
   `main_route_conflict` tells the caller who holds it (a warning, a doctor line; never a
   silent misroute). When that network leaves, the next `ensure` of the other takes over.
 
+Ownership: every route added here carries the protocol RTPROT_OVERLAY (79, "proto 79" in `ip
+route`). A route with the gateway's destination that exists already is replaced only if it is
+ours (that mark, or out of this gateway port: agents before the mark wrote "proto static");
+one that is not ours, the host's connected underlay route say, is left alone and the ADD fails
+with code 7 (overlay/cni/subnets.py refuses such subnets before this point; this is the last
+line). Deletes carry the mark too, so the kernel removes only a route of ours. The gateway
+address is not added if another interface of the host has it already: removing ours later
+would take the host's own address's local route with it.
+
 Sysctls: IPv4 forwarding on (a host with a gateway routes), rp_filter loose on the port (the
 strict check would look the source up in the main table, where an overlapping network's
 subnet points at another port), IPv6 off on the port (the gateway is IPv4 only and must not
@@ -32,6 +41,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from overlay.errors import CniError, Code
 from overlay.gateway.spec import MARK_MASK, PORT_PREFIX, TABLE_BASE, GatewaySpec
 from overlay.netlink.offload import disable_tx_checksum
+from overlay.netlink.rtnl import RTPROT_OVERLAY
 from overlay.netlink.veth import if_index, netlink_session
 
 IFA_F_NOPREFIXROUTE = 0x200
@@ -104,18 +114,11 @@ def ensure(spec: GatewaySpec) -> str | None:
             if idx is None:
                 raise CniError(Code.NETLINK_FAILURE, f"gateway port {spec.port} is missing")
             ipr.link("set", index=idx, state="up")
-            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                    for a in ipr.get_addr(index=idx, family=2)}
-            want = (str(spec.address.ip), spec.address.network.prefixlen)
-            for addr, plen in have - {want}:  # a gateway address from an older netconf
-                ipr.addr("del", index=idx, address=addr, prefixlen=plen)
-            if want not in have:
-                ipr.addr("add", index=idx, address=want[0], prefixlen=want[1],
-                         flags=IFA_F_NOPREFIXROUTE)
-            ipr.route("replace", dst=str(spec.subnet), oif=idx, table=spec.table, scope=253)
+            _ensure_address(ipr, spec, idx)
+            _ensure_route(ipr, spec, idx, spec.table)
             holder = _main_route_holder(ipr, spec)
             if holder is None:
-                ipr.route("replace", dst=str(spec.subnet), oif=idx, table=MAIN, scope=253)
+                _ensure_route(ipr, spec, idx, MAIN)
             if not _has_rule(ipr, spec):
                 ipr.rule("add", fwmark=spec.mark, fwmask=MARK_MASK, table=spec.table,
                          priority=RULE_PRIORITY, family=2)
@@ -123,6 +126,71 @@ def ensure(spec: GatewaySpec) -> str | None:
     except (NetlinkError, OSError) as exc:
         raise CniError(Code.NETLINK_FAILURE, f"cannot configure gateway port {spec.port}",
                        str(exc)) from None
+
+
+def _ensure_address(ipr: Any, spec: GatewaySpec, idx: int) -> None:
+    want = (str(spec.address.ip), spec.address.network.prefixlen)
+    have: set[tuple[str, int]] = set()
+    for a in ipr.get_addr(family=2):
+        found = (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+        if a["index"] == idx:
+            have.add(found)
+        elif found[0] == want[0] and not _name(a["index"]).startswith(PORT_PREFIX):
+            # (Another gateway port may hold it: networks can share a subnet and gateway.)
+            raise CniError(Code.INVALID_NETCONF,
+                           f"gateway address {want[0]} of network {spec.network} is an address "
+                           f"of interface {_name(a['index'])} on this host; the agent leaves it "
+                           "alone; choose a subnet or gateway the host does not use")
+    for addr, plen in have - {want}:  # a gateway address from an older netconf
+        ipr.addr("del", index=idx, address=addr, prefixlen=plen)
+    if want not in have:
+        ipr.addr("add", index=idx, address=want[0], prefixlen=want[1],
+                 flags=IFA_F_NOPREFIXROUTE)
+
+
+def _name(index: int) -> str:
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return str(index)
+
+
+def _same_routes(ipr: Any, subnet: ipaddress.IPv4Network, table: int) -> list[Any]:
+    """The routes of `table` that a replace of `subnet` (metric 0, tos 0) would hit."""
+    return [r for r in ipr.get_routes(family=2, table=table)
+            if r["dst_len"] == subnet.prefixlen and r["tos"] == 0
+            and (r.get_attr("RTA_DST") or "0.0.0.0") == str(subnet.network_address)
+            and not r.get_attr("RTA_PRIORITY")]
+
+
+def _ensure_route(ipr: Any, spec: GatewaySpec, idx: int, table: int) -> None:
+    """`spec.subnet dev <port>` in `table`, marked ours. Replaces only a route of ours."""
+    existing = _same_routes(ipr, spec.subnet, table)
+    foreign = [r for r in existing
+               if r["proto"] != RTPROT_OVERLAY and r.get_attr("RTA_OIF") != idx]
+    if foreign:
+        raise _not_ours(spec, table, foreign[0])
+    try:
+        ipr.route("replace" if existing else "add", dst=str(spec.subnet), oif=idx, table=table,
+                  scope=253, proto=RTPROT_OVERLAY)
+    except NetlinkError as exc:
+        if exc.code != EEXIST:
+            raise
+        # Someone added one between our look and our add: theirs, and it stays.
+        raise _not_ours(spec, table, None) from None
+
+
+def _not_ours(spec: GatewaySpec, table: int, route: Any) -> CniError:
+    via = ""
+    if route is not None:
+        gw, oif = route.get_attr("RTA_GATEWAY"), route.get_attr("RTA_OIF")
+        via = (f" via {gw}" if gw else "") + (f" dev {_name(oif)}" if oif else "") + \
+            f" proto {route['proto']}"
+    where = "main table" if table == MAIN else f"table {table}"
+    return CniError(Code.INVALID_NETCONF,
+                    f"the host has a route {spec.subnet}{via} in its {where} that the overlay "
+                    f"agent did not create; it is left alone, so network {spec.network} cannot "
+                    "have a gateway here; choose a subnet that does not overlap it")
 
 
 def _has_rule(ipr: Any, spec: GatewaySpec) -> bool:
@@ -146,7 +214,11 @@ def remove(spec: GatewaySpec) -> None:
         if idx is not None:
             for table in (spec.table, MAIN):
                 try:
-                    ipr.route("del", dst=str(spec.subnet), oif=idx, table=table)
+                    # The mark makes the kernel delete only a route of ours. The scope must
+                    # be the route's: without it the kernel found none (ESRCH, taken for
+                    # "gone"), and the routes went only with the port.
+                    ipr.route("del", dst=str(spec.subnet), oif=idx, table=table, scope=253,
+                              proto=RTPROT_OVERLAY)
                 except NetlinkError as exc:
                     if exc.code not in (ENOENT, ESRCH):
                         raise CniError(Code.NETLINK_FAILURE,

@@ -20,6 +20,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.errors import CniError, Code
 
+EEXIST = 17
+
 
 def _addresses(ipr: Any, index: int) -> list[ipaddress.IPv4Interface]:
     return [ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
@@ -53,13 +55,30 @@ def move_address(address: ipaddress.IPv4Interface, nic: str, bridge: str) -> Non
             ipr.addr("del", index=nic_idx[0], address=str(address.ip),
                      prefixlen=address.network.prefixlen)
         for r in routes:
-            dst = r.get_attr("RTA_DST")
-            try:
-                ipr.route("replace", dst=f"{dst}/{r['dst_len']}" if dst else "0.0.0.0/0",
-                          gateway=r.get_attr("RTA_GATEWAY"), oif=br_idx[0])
-            except NetlinkError as exc:
-                raise CniError(Code.NETLINK_FAILURE, f"cannot move a route to {bridge}",
-                               str(exc)) from None
+            _carry_route(ipr, r, nic_idx[0], br_idx[0], bridge)
+
+
+def _carry_route(ipr: Any, route: Any, nic: int, bridge_index: int, bridge: str) -> None:
+    """Put the host's route `route` (read from the NIC) back through the bridge, as it was:
+    its protocol and metric are the operator's, not ours. The kernel usually dropped it with
+    the NIC's last address; if it is still on the NIC it is moved (replaced), and a route with
+    that destination and metric elsewhere is someone else's and stays (overlay/gateway/kernel.py:
+    the agent never replaces a route it did not create)."""
+    dst = route.get_attr("RTA_DST")
+    prefix = f"{dst}/{route['dst_len']}" if dst else "0.0.0.0/0"
+    metric = route.get_attr("RTA_PRIORITY") or 0
+    still_on_nic = any((r.get_attr("RTA_DST"), r["dst_len"], r.get_attr("RTA_PRIORITY") or 0)
+                       == (dst, route["dst_len"], metric)
+                       for r in ipr.get_routes(family=2, oif=nic, table=254))
+    try:
+        ipr.route("replace" if still_on_nic else "add", dst=prefix,
+                  gateway=route.get_attr("RTA_GATEWAY"), oif=bridge_index, table=254,
+                  priority=metric, proto=route["proto"])
+    except NetlinkError as exc:
+        if exc.code == EEXIST:
+            return  # one is there (a previous run's, or the operator's): it stays
+        raise CniError(Code.NETLINK_FAILURE, f"cannot move a route to {bridge}",
+                       str(exc)) from None
 
 
 PRIME_AGAIN_AFTER = (0.3, 1.0, 2.5)  # seconds; ARP on a busy host can miss the first time
