@@ -52,7 +52,8 @@ class SwitchRestartWatcher:
         self._sock: socket.socket | None = None
         self._pid: int | None = None  # the switch whose flows we put in (or found) last
         self.restarts = 0     # restarts handled (on_restart returned)
-        self.reconnects = 0   # connections lost and made again to the same switch
+        self.disconnects = 0  # connections lost (a restart, or the switch dropped us)
+        self.followed = 0     # connections made and judged (restart handled, or none)
         self._thread = threading.Thread(target=self._run, name="vswitchd-watch", daemon=True)
 
     def start(self) -> None:
@@ -73,6 +74,7 @@ class SwitchRestartWatcher:
 
     @property
     def pid(self) -> int | None:
+        """The pid of the switch whose restart was handled last (or found at start)."""
         return self._pid
 
     def _run(self) -> None:
@@ -84,12 +86,18 @@ class SwitchRestartWatcher:
                 except OSError:  # not back yet (no socket, or nobody listening on it)
                     self._stop.wait(self._interval)
                     continue
-            if not self._settle(peer_pid(self._sock)):
+            try:
+                pid = peer_pid(self._sock)
+            except OSError:
+                self._close()
+                continue
+            if not self._settle(pid):
                 self._close()  # reconnect, see the new pid again, and try again
                 self._stop.wait(delay)
                 delay = min(delay * 2, 1.0)
                 continue
             delay = self._interval
+            self.followed += 1
             self._follow(self._sock)  # returns when the connection is lost (or on stop)
             self._close()
 
@@ -128,7 +136,7 @@ class SwitchRestartWatcher:
                 if not self._stop.is_set():
                     log.info("the OpenFlow connection to %s closed; waiting for the switch",
                              self._path)
-                    self.reconnects += 1
+                    self.disconnects += 1
                 return
 
     def _connect(self) -> socket.socket:
