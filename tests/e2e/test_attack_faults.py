@@ -61,9 +61,9 @@ def test_vswitchd_restarts_on_host1_heal_under_a_cross_host_ping(lab: Lab) -> No
                 seconds = restart_vswitchd(h1, kill=i % 2 == 0)
                 healed = time.time()
                 # Traffic resumed: replies to pings sent after the table came back.
-                assert wait_for(lambda: replies_after(log, healed) >= 5), (
+                assert wait_for(lambda t=healed: replies_after(log, t) >= 5), (  # type: ignore[misc]
                     f"c0 -> c1 did not resume after restart {i}")
-                assert wait_for(lambda: restarts_counted(lab, h1) == counted + i), (
+                assert wait_for(lambda n=i: restarts_counted(lab, h1) == counted + n), (  # type: ignore[misc]
                     f"restart {i} not counted exactly once: {restarts_counted(lab, h1)}")
                 print(f"\n  restart {i} ({'SIGKILL' if i % 2 == 0 else 'SIGTERM'}): flows back "
                       f"in {seconds * 1000:.0f} ms, c0 -> c1 answering again")
