@@ -63,11 +63,13 @@ test-vm: vm-deps
 
 ## make bench: CNI ADD/DEL latency, ours vs bridge+host-local through libcni (root; < 3 min),
 ## then egress through the gateway vs the host and east-west (bench/egress.py),
+## then 20 ovs-vswitchd restarts: time until the flows are back (bench/ovs_restart.py),
 ## then the control plane at scale (SCALE_SIZES remote endpoints; bench/scale.py)
 SCALE_SIZES ?= 1000,10000,50000
 bench: deps
 	$(PY) bench/cni_latency.py
 	$(PY) bench/egress.py
+	$(PY) bench/ovs_restart.py
 	$(PY) bench/scale.py --sizes $(SCALE_SIZES)
 
 ## make bench-scale: one agent against 1,000 / 10,000 / 50,000 simulated remote endpoints
@@ -77,7 +79,7 @@ bench-scale: deps
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py tests/libcni/build.py
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py tests/libcni/build.py
 
 proto: deps
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \

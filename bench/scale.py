@@ -15,6 +15,8 @@ At each size (default 1,000, 10,000 and 50,000 remote endpoints) it prints:
 - agent restart: from starting the new agent process (the old one stopped) until it serves,
   with its whole table verified (installed, or found identical in the switch: the OVSDB key
   overlay-flow-verified names the new run) and every rule of the network in the switch;
+- ovs-vswitchd restart: from starting a new ovs-vswitchd (the old one stopped) until the
+  switch holds every rule of the network again (the agent noticed, and pushed its table);
 and each figure's ratio to the previous size. At the end, a `del --prefix` of every endpoint
 (one DeleteRange) and the time until the switch holds none of them.
 
@@ -313,6 +315,18 @@ def restart_agent(plan: dict[str, Any], switch: Switch, remote: int) -> float | 
     return None if done is None else done - start
 
 
+def restart_vswitchd(plan: dict[str, Any], switch: Switch, remote: int) -> float | None:
+    """From a new ovs-vswitchd's start (the old one stopped) until its switch holds every
+    rule of the network again: the agent noticed the restart and pushed its whole table."""
+    from overlay.lab import host as steps
+    steps.stop_pidfile(f"{plan['rundir']}/ovs-vswitchd.pid")
+    start = time.monotonic()
+    steps.start_vswitchd(plan["rundir"], plan["host_netns"])
+    done = wait_until(lambda: switch.count(f"table={TABLE_FORWARD},reg0={VNI}")
+                      == remote + switch.base, 120, 0.02)
+    return None if done is None else done - start
+
+
 def inside(plan: dict[str, Any]) -> int:
     from overlay.store.etcd import Store
 
@@ -344,7 +358,10 @@ def inside(plan: dict[str, Any]) -> int:
             row["restart_s"] = float("nan") if restart is None else restart
             time.sleep(3)  # the restarted agent's janitor and first rounds
             row["rss_restart_mb"] = rss_mb(agent_pid(plan))
-            log(f"[{size}] restarted agent RSS {row['rss_restart_mb']:.0f} MB")
+            log(f"[{size}] restarted agent RSS {row['rss_restart_mb']:.0f} MB; restarting "
+                "ovs-vswitchd ...")
+            vswitchd = restart_vswitchd(plan, switch, size)
+            row["vswitchd_s"] = float("nan") if vswitchd is None else vswitchd
             rows.append(row)
             report(rows)
         log("[del --prefix] one DeleteRange of every simulated endpoint ...")
@@ -369,7 +386,8 @@ COLUMNS = [("burst_s", "burst absorbed (s)", "{:.2f}"), ("put_p50", "put->switch
            ("cpu_s", "agent CPU total (s)", "{:.1f}"),
            ("idle_bytes_min", "idle etcd bytes/min", "{:.0f}"),
            ("restart_s", "restart->verified (s)", "{:.2f}"),
-           ("rss_restart_mb", "RSS after restart (MB)", "{:.0f}")]
+           ("rss_restart_mb", "RSS after restart (MB)", "{:.0f}"),
+           ("vswitchd_s", "vswitchd restart (s)", "{:.2f}")]
 
 
 def report(rows: list[dict[str, float]]) -> None:

@@ -49,7 +49,12 @@ class NetworkWatches:
         """Follow `network` (idempotent) and wait, at most sync_timeout, for its snapshot."""
         with self._lock:
             self._idle_since.pop(network, None)
-            watch = self._watches.get(network) or self._start(network)
+            # Not `get(...) or _start(...)`: a watch is sized by its keys, so one started
+            # before its network's first key is falsy, and a second join used to start a
+            # second watch and lose the first (events twice, and it outlived the stop).
+            watch = self._watches.get(network)
+            if watch is None:
+                watch = self._start(network)
         if not watch.wait_synced(self._sync_timeout):
             log.warning("endpoints of %s not read from etcd within %.0fs; remote flows follow "
                         "when they are", network, self._sync_timeout)

@@ -179,14 +179,26 @@ class Dataplane:
         """Cheap drift check: does the switch hold as many rules as we want? If not, replace
         the whole table. Returns False when drift was found (and repaired).
 
+        A table left unknown by a failed push (a bundle the switch refused, a connection cut
+        mid-bundle) is replaced here too: otherwise only the next change would repair it, and
+        a quiet host may have none for hours.
+
         The count is taken without holding the apply lock: at 100,000 rules dump-aggregate
         takes the switch ~100 ms, and an event that had to wait for it showed as the p99 of
         event -> switch. A push meanwhile makes the count meaningless, so it is then simply
         not judged (the next round will)."""
         with self._state_lock:
-            if self._held or self._pending or self._dirty:
+            if self._held or self._pending:
                 return True  # a push is due anyway
+            if self._dirty:
+                log.warning("the switch's table is unknown since a push failed; replacing it")
+                mine = self._queue([])
+            else:
+                mine = 0
             wanted, applied = len(self._table), self._applied
+        if mine:
+            self._push(mine)
+            return False
         found = self._ofctl.flow_count(self._bridge)
         with self._apply_lock, self._state_lock:
             if (self._applied != applied or self._pending or self._dirty

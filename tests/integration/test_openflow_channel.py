@@ -210,3 +210,32 @@ def test_a_restarted_run_adopts_an_identical_table_and_replaces_a_different_one(
     assert whole.install(rules).startswith("whole table of")
     after = table(host, "brb")
     assert len(after) == len(rules) and all(f"cookie={COOKIE + 2:#x}," in line for line in after)
+
+
+def test_a_bundle_the_switch_refuses_is_repaired_by_the_periodic_check(host: LabHost) -> None:
+    """A real refusal: table 20 of `brc` is limited (OVSDB Flow_Table, overflow_policy=refuse)
+    to the rules it holds, so the bundle of a new remote endpoint is refused whole (table
+    full). The limit is lifted; with no other change, verify() puts the table back."""
+    from overlay.dataplane.dataplane import Dataplane
+
+    db = f"--db=unix:{host.ovs_dir}/db.sock"
+    run(["ovs-vsctl", db, "--may-exist", "add-br", "brc", "--", "set", "bridge", "brc",
+         "datapath_type=netdev", "fail_mode=secure"])
+    dp = Dataplane(ofctl=Ofctl(rundir=host.ovs_dir), bridge="brc", tunnel_ofport=1, held=True,
+                   channel=Channel(rundir=host.ovs_dir, bridge="brc"))
+    dp.release()
+    dp.install_endpoint("a", STATE.local["a"])
+    in_20 = len(ofctl(host, "--no-stats", "dump-flows", f"unix:{host.ovs_dir}/brc.mgmt",
+                      "table=20").splitlines())
+    run(["ovs-vsctl", db, "--", "--id=@ft", "create", "Flow_Table", f"flow_limit={in_20}",
+         "overflow_policy=refuse", "--", "set", "bridge", "brc", "flow_tables:20=@ft"])
+    try:
+        with pytest.raises(CniError):
+            dp.update_remote({"r1": STATE.remote["r1"]})
+        assert len(table(host, "brc")) < len(dp.flows())  # r1's rules are not in the switch
+    finally:
+        run(["ovs-vsctl", db, "clear", "bridge", "brc", "flow_tables"])
+    assert not dp.verify()  # the failure alone says the table is unknown: replaced
+    wanted = dict(line.split(",", 1)[1].split(",actions=", 1) for line in dp.flows())
+    assert any("->tun_dst" in actions for actions in wanted.values())  # r1's rules among them
+    assert Channel(rundir=host.ovs_dir, bridge="brc").holds_exactly(wanted)[0]

@@ -299,3 +299,53 @@ def test_the_first_snapshot_reaches_the_consumer_page_by_page(etcd: Etcd, store:
         assert wait_until(lambda: consumer.state.get("/t/new") == b"n")
     finally:
         watch.stop()
+
+
+class Recorder:
+    """Stands in for the reconciler: what the network watches hand it."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.lock = threading.Lock()
+
+    def on_endpoints(self, changes: list[Change]) -> None:
+        with self.lock:
+            self.keys += [c.key for c in changes]
+
+    def forget_network(self, network: str) -> None:
+        pass
+
+
+def watch_threads(prefix: str) -> int:
+    return sum(t.name == f"watch {prefix}" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_network_joined_before_its_first_key_has_one_watch(store: Store) -> None:
+    """Two ADDs in a network that has no endpoint yet: the second join must find the first
+    one's watch (empty, hence len() == 0), not start another one and lose track of the first,
+    which would then deliver every event twice and outlive the network's stop."""
+    from typing import cast
+
+    from overlay.agent.networks import NetworkWatches
+    from overlay.agent.reconciler import Reconciler
+
+    recorder = Recorder()
+    local: set[str] = {"fresh"}
+    networks = NetworkWatches(store=store, reconciler=cast(Reconciler, recorder),
+                              local_networks=lambda: set(local), grace=0.0)
+    prefix = "/overlay/v1/endpoints/fresh/"
+    try:
+        networks.join("fresh")
+        first = networks.watches()["fresh"]
+        networks.join("fresh")
+        networks.sweep()
+        assert networks.watches()["fresh"] is first
+        assert watch_threads(prefix) == 1
+        store.client.put(prefix + "c/eth0", "{}")
+        assert wait_until(lambda: recorder.keys == [prefix + "c/eth0"], 10)
+        local.clear()
+        networks.sweep()  # no local endpoint left, no grace: the watch stops
+        assert networks.watches() == {}
+        assert wait_until(lambda: watch_threads(prefix) == 0, 10)  # none left behind
+    finally:
+        networks.stop_all()

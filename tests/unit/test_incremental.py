@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import Gateway, LocalPort, RemoteEndpoint
 from overlay.dataplane.flowtable import compute_flows
+from overlay.errors import CniError, Code
 from overlay.ovs.testing import FakeOfctl
 
 
@@ -140,3 +142,37 @@ def test_rules_wait_while_held_and_land_in_one_replacement() -> None:
     assert fake.table == {} and fake.bundles == [] and not dp.table_in_switch()
     dp.release()
     assert fake.table == oracle(dp) and fake.replacements == 1 and dp.table_in_switch()
+
+
+class RefusingOfctl(FakeOfctl):
+    """Refuses the next `refuse` bundles (all or nothing: the table stays as it was)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse = 0
+
+    def apply_bundle(self, bridge: str, operations: list[str]) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise CniError(Code.OVS_FAILURE, "the switch refused a flow; nothing was changed")
+        super().apply_bundle(bridge, operations)
+
+
+def test_the_periodic_check_repairs_a_failed_bundle_without_any_other_change() -> None:
+    """A refused bundle leaves the switch without the change; the model has it. The rule
+    count is the same (a modify), so only the failure itself says the table is unknown: the
+    next verify() must put the table back, with no further event to carry it."""
+    fake = RefusingOfctl()
+    dp = Dataplane(ofctl=cast(Any, fake), bridge="br-int", tunnel_ofport=1, held=True)
+    dp.release()
+    dp.install_endpoint("a", LocalPort(42, "0a:58:0a:00:00:01", ("10.0.0.1",), 2))
+    dp.update_remote({"r": RemoteEndpoint(42, "0a:58:0a:00:00:02", ("10.0.0.2",), "172.31.0.2")})
+    assert fake.table == oracle(dp)
+    fake.refuse = 1
+    with pytest.raises(CniError):  # the host moved: every rule of r is modified, none added
+        dp.update_remote({"r": RemoteEndpoint(42, "0a:58:0a:00:00:02", ("10.0.0.2",),
+                                              "172.31.0.3")})
+    assert fake.table != oracle(dp) and len(fake.table) == len(oracle(dp))
+    assert not dp.verify()  # repaired, not merely counted
+    assert fake.table == oracle(dp) and dp.table_in_switch()
+    assert dp.verify()  # and nothing left to do
