@@ -43,6 +43,8 @@ from overlay.ovs.ovsdb import Ovsdb
 from overlay.store import records
 from overlay.store import tls as etcd_tls
 from overlay.store.etcd import Store
+from overlay.store.ownership import HostNameTaken
+from overlay.store.stream import Change
 from overlay.store.watch import PrefixWatch
 
 log = logging.getLogger("overlay.agent")
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generation = ovs.next_generation(cfg.bridge)
         restored = local_endpoints(ovs, cfg.bridge)
+        agent_id = ovs.agent_id()
     except CniError as err:
         log.error("cannot read the ports of %s: %s", cfg.bridge, err)
         return 1
@@ -158,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(endpoints=list(cfg.etcd_endpoints), timeout=cfg.etcd_timeout,
                       ca=cfg.etcd_ca, cert=cfg.etcd_cert, key=cfg.etcd_key,
                       on_error=metrics.etcd_request_error)
-        register_until_done(store, records.HostRecord(cfg.host, node.vtep, node.datapath),
-                            cfg.lease_ttl, stop)
-    except etcd_tls.TlsError as err:
+        register_until_done(store, records.HostRecord(cfg.host, node.vtep, node.datapath,
+                                                      agent_id), cfg.lease_ttl, stop)
+    except (etcd_tls.TlsError, HostNameTaken) as err:
         log.error("refusing to start: %s", err)
+        if metrics_server is not None:
+            metrics_server.stop()
+        ovs.close()
         return 1
     # Userspace tunneling drops the first packet to a VTEP whose MAC it has not learnt yet.
     prime = underlay.prime_neighbors if node.datapath == "netdev" else (lambda vteps: None)
@@ -178,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime_new,
                             host_grace=cfg.host_grace)
     watch_metrics = observe.WatchMetrics(metrics)
-    hosts = PrefixWatch(store=store, prefix=records.HOSTS, on_changes=reconciler.on_hosts,
+
+    def on_hosts(changes: list[Change]) -> None:
+        reconciler.on_hosts(changes)
+        for change in changes:  # ours changed by someone else: put back at once (store/etcd.py)
+            store.host_changed(change.key, change.value)
+    hosts = PrefixWatch(store=store, prefix=records.HOSTS, on_changes=on_hosts,
                         observer=watch_metrics)
     networks = NetworkWatches(store=store, reconciler=reconciler,
                               local_networks=lambda: local_networks(dataplane),

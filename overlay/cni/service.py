@@ -152,11 +152,7 @@ class CniService:
         owner = owner_of(env.container_id, env.ifname)
         with self.lock(owner):
             t = _Stopwatch()
-            if veth.link_exists(veth.hostside_name(env.container_id, env.ifname)) or \
-                    self.store.get_endpoint(conf.name, env.container_id, env.ifname):
-                raise CniError(Code.ALREADY_ATTACHED,
-                               f"container {env.container_id} interface {env.ifname} is already "
-                               f"attached", "run DEL for it before ADD again")
+            self._precheck(env, conf)
             # Before anything exists: a subnet that would break this host is refused (7).
             self.subnets.check(conf)
             t.lap("precheck")
@@ -172,6 +168,20 @@ class CniService:
                     except Exception:
                         log.exception("rollback step failed for %s", owner)
                 raise
+
+    def _precheck(self, env: CniEnv, conf: NetConf) -> None:
+        """ALREADY_ATTACHED if the attachment exists here, or its record names another host
+        (container IDs clash across hosts: say which, since DEL here will not touch it)."""
+        rec = self.store.get_endpoint(conf.name, env.container_id, env.ifname)
+        what = f"container {env.container_id} interface {env.ifname}"
+        if rec is not None and rec.host != self.host.name:
+            raise CniError(Code.ALREADY_ATTACHED, f"{what} is already attached on host "
+                           f"{rec.host}", "container IDs must be unique across the cluster; "
+                           "DEL it there, or use another container ID")
+        if rec is not None or veth.link_exists(veth.hostside_name(env.container_id,
+                                                                   env.ifname)):
+            raise CniError(Code.ALREADY_ATTACHED, f"{what} is already attached",
+                           "run DEL for it before ADD again")
 
     def _beside(self, undo: list[Callable[[], object]], step: Callable[[], object],
                 undo_step: Callable[[object], object]) -> Future[object]:
@@ -324,8 +334,8 @@ class CniService:
                              routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes],
                              ipam=conf.ipam.type, vtep=self.host.vtep)
         if not registered:
-            undo.append(lambda: self.store.delete_endpoint(conf.name, env.container_id,
-                                                           env.ifname))
+            undo.append(lambda: self.store.delete_endpoint(
+                conf.name, env.container_id, env.ifname, host=self.host.name))
         self.store.put_endpoint(rec)
 
     def _finish(self, env: CniEnv, conf: NetConf, owner: str, link: veth.ContainerLink,
@@ -412,7 +422,9 @@ class CniService:
                 t.lap("ovs-port")
                 veth.delete_host_link(host_if)
                 t.lap("veth")
-            self.store.delete_endpoint(network, container_id, ifname)
+            # Only if it names this host: a DEL here for a container ID attached on another
+            # host (after its ADD here was refused) must leave that host's record alone.
+            self.store.delete_endpoint(network, container_id, ifname, host=self.host.name)
             t.lap("endpoint")
         finally:
             futures.wait([gateway])

@@ -67,6 +67,12 @@ class _Known:
     read_at: float
     refreshing: bool = False
     claiming: set[Address] = field(default_factory=set)  # claims under way here
+    # Reads of etcd under way, and the addresses this host freed while one was (with a count
+    # of frees, to tell which came after which read began): a read that began before a DEL
+    # freed an address still shows it, and must not bring it back (_refresh).
+    reads: int = 0
+    frees: int = 0
+    freed: dict[Address, int] = field(default_factory=dict)
     cursors: dict[tuple[Address, Address], Address] = field(default_factory=dict)
 
 
@@ -109,7 +115,12 @@ class EtcdIpam:
     def _refresh(self, network: str) -> bool:
         """Read the other hosts' allocations again. Our own are kept as they are (a claim made
         while the read was under way must not be lost); any of ours the read shows that we did
-        not know are added. Returns False if etcd could not be read."""
+        not know are added, except those freed here since the read began: it may have read
+        them before the DEL's transaction. Returns False if etcd could not be read."""
+        with self._lock:
+            known = self._known[network]
+            known.reads += 1
+            began = known.frees
         try:
             ours, used = self._read(network)
         except CniError:
@@ -117,13 +128,17 @@ class EtcdIpam:
         else:
             ok = True
         with self._lock:
-            known = self._known[network]
             known.refreshing = False
+            known.reads -= 1
+            since = {ip for ip, n in known.freed.items() if n > began}
+            if not known.reads:
+                known.freed.clear()  # no read left that began before these frees
             if not ok:
                 return False
             for owner, ips in ours.items():
-                known.ours.setdefault(owner, set()).update(ips)
-            known.used = used.union(known.claiming, *known.ours.values())
+                if ips - since:
+                    known.ours.setdefault(owner, set()).update(ips - since)
+            known.used = (used - since).union(known.claiming, *known.ours.values())
             known.read_at = time.monotonic()
             known.cursors.clear()  # addresses below a cursor may have been freed
         return True
@@ -158,6 +173,9 @@ class EtcdIpam:
                 if not ips:
                     del known.ours[owner]
             known.used.discard(ip)
+            if known.reads:  # a read under way may still show it (_refresh)
+                known.frees += 1
+                known.freed[ip] = known.frees
             for key, cursor in list(known.cursors.items()):
                 if key[0].version == ip.version and \
                         key[0] <= ip < cursor:  # type: ignore[operator]

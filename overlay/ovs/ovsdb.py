@@ -12,6 +12,7 @@ transactions to it and wait, bounded by `timeout`.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,10 @@ GENERATION_KEY = "overlay-flow-generation"
 # The generation of the run that last made sure the switch holds its whole table (installed it,
 # or found it there: dataplane/wholetable.py). Rules keep the cookie of the run that wrote them.
 VERIFIED_KEY = "overlay-flow-verified"
+# Open_vSwitch external_ids: which agent installation this is (a random id made at the first
+# start). It outlives agent restarts and upgrades with the OVS database, and another machine
+# (another database) has another: the host record carries it (store/ownership.py).
+AGENT_ID_KEY = "overlay-agent-id"
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,18 @@ class Ovsdb:
         """This run's whole table is in the switch (VERIFIED_KEY)."""
         self._execute(f"record the verified flow generation on {bridge}",
                       self.api.br_set_external_id(bridge, VERIFIED_KEY, str(generation)))
+
+    def agent_id(self) -> str:
+        """This installation's id, made and recorded at the first call."""
+        ids = self._read("read Open_vSwitch external_ids",
+                         self.api.db_get("Open_vSwitch", ".", "external_ids"))
+        current = dict(ids or {}).get(AGENT_ID_KEY)
+        if current:
+            return str(current)
+        made = uuid.uuid4().hex
+        self._execute("record the agent id", self.api.db_set(
+            "Open_vSwitch", ".", ("external_ids", {AGENT_ID_KEY: made})))
+        return made
 
     def bridge_exists(self, name: str) -> bool:
         return bool(self._read(f"look up bridge {name}", self.api.br_exists(name)))

@@ -28,8 +28,9 @@ import pyetcd.utils
 
 from overlay.cni.netconf import Address
 from overlay.errors import CniError, Code
+from overlay.store import ownership, tls
 from overlay.store import records as r
-from overlay.store import tls
+from overlay.store.ownership import HostNameTaken
 from overlay.store.paging import Item, OnPage, read_range
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ T = TypeVar("T")
 _UNAVAILABLE = (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
                 pyetcd.exceptions.NoServerAvailableError)
 RETRY_AFTER = 0.2  # seconds an endpoint stays benched after a failure
+PUT_BACK_GAP = 1.0  # seconds at least between two put-backs of our host record
 # gRPC backs off reconnecting exponentially, up to two minutes by default: after a 30 s etcd
 # outage the agent would stay disconnected for tens of seconds more, long enough for the host
 # leases (restored with their full TTL when etcd restarts) to expire unrefreshed, and for every
@@ -126,6 +128,8 @@ class Store:
                                                             failover=True)
         self._tx = self._client.transactions
         self._lease: Any = None
+        self._host: r.HostRecord | None = None  # ours, once registered
+        self._wake = threading.Event()  # the host watch saw our record changed (host_changed)
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
 
@@ -135,6 +139,7 @@ class Store:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._keeper:
             self._keeper.join(timeout=5)
         self._client.close()
@@ -148,8 +153,9 @@ class Store:
     def register_host(self, rec: r.HostRecord, ttl: int) -> None:
         """Write the host record under a fresh lease and keep the lease alive until close().
 
-        Raises CniError(TRY_AGAIN_LATER) while etcd cannot be reached, and tls.TlsRejected when
-        it answers but refuses our TLS (wrong CA, certificate not accepted, no TLS at all).
+        Raises CniError(TRY_AGAIN_LATER) while etcd cannot be reached, tls.TlsRejected when
+        it answers but refuses our TLS (wrong CA, certificate not accepted, no TLS at all), and
+        HostNameTaken when another live agent installation holds the name (ownership.py).
         """
         try:
             self._register_host(rec, ttl)
@@ -163,34 +169,75 @@ class Store:
     @_translate
     def _register_host(self, rec: r.HostRecord, ttl: int) -> None:
         lease = self._client.lease(ttl)
-        self._client.put(r.host_key(rec.host), rec.to_json(), lease=lease)
+        try:
+            ownership.claim_host(self._client, rec, lease)
+        except BaseException:
+            try:
+                lease.revoke()  # holds nothing; do not leave it to expire
+            except Exception:  # best effort: it expires anyway
+                pass
+            raise
         self._lease = lease  # only once the record is really written under it
+        self._host = rec
         if self._keeper is None:
             self._keeper = threading.Thread(target=self._keep_alive, args=(rec, ttl),
                                             name="etcd-lease", daemon=True)
             self._keeper.start()
 
+    def host_changed(self, key: str, value: bytes | None) -> None:
+        """A change the hosts watch saw: wake the lease thread if it is our record and not as
+        we wrote it, so that it is put back at once rather than at the next check."""
+        rec = self._host
+        if rec is not None and key == r.host_key(rec.host) and value != rec.to_json().encode():
+            self._wake.set()
+
     def _keep_alive(self, rec: r.HostRecord, ttl: int) -> None:
-        while not self._stop.wait(ttl / 3):
+        # A record someone else changed or deleted must be back within ttl / 3 (issue 15): the
+        # hosts watch wakes us at once (host_changed); every ttl / 4 we look anyway, in case
+        # the watch is down. Put-backs are at least PUT_BACK_GAP apart, so that two agents
+        # that both believe they hold the name (ownership.py refuses that at start, but etcd
+        # may have lost the first one's record) do not keep etcd busy.
+        refreshed = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(ttl / 4)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 if self._lease is None:
                     raise CniError(Code.TRY_AGAIN_LATER, "no lease")
-                remaining = self._lease.refresh()[0].TTL
-                if remaining <= 0:  # expired while etcd was unreachable: start over
-                    raise CniError(Code.TRY_AGAIN_LATER, "lease expired")
-                if self._client.get(r.host_key(rec.host))[0] is None:  # deleted by hand, say
-                    raise CniError(Code.TRY_AGAIN_LATER, "host record is gone")
+                if time.monotonic() - refreshed >= ttl / 3:
+                    if self._lease.refresh()[0].TTL <= 0:  # expired while etcd was unreachable
+                        raise CniError(Code.TRY_AGAIN_LATER, "lease expired")
+                    refreshed = time.monotonic()
+                if self._put_back(rec):
+                    self._stop.wait(PUT_BACK_GAP)
             except Exception as exc:  # keep trying: the lease thread must outlive etcd outages
                 log.warning("host lease refresh failed (%s); registering again", exc)
                 try:
                     self._lease = None
                     self.register_host(rec, ttl)
-                except (CniError, tls.TlsRejected) as again:
+                    refreshed = time.monotonic()
+                except (CniError, tls.TlsRejected, HostNameTaken) as again:
                     log.warning("host registration failed: %s", again)
+
+    @_translate
+    def _put_back(self, rec: r.HostRecord) -> bool:
+        """Write our host record again if it is not as we wrote it (value and lease)."""
+        key, mine = r.host_key(rec.host), rec.to_json()
+        value, meta = self._client.get(key)
+        if value is not None and value.decode(errors="replace") == mine and \
+                meta.lease_id == self._lease.id:
+            return False
+        log.warning("host record %s was %s by someone else; putting it back", key,
+                    "deleted" if value is None else f"changed to {value[:200]!r}")
+        self._client.put(key, mine, lease=self._lease)
+        return True
 
     @_translate
     def revoke_host(self, host: str) -> None:
         self._stop.set()
+        self._wake.set()
         if self._keeper:
             self._keeper.join(timeout=5)  # or it could write the record again after we delete it
         if self._lease is not None:
@@ -255,7 +302,10 @@ class Store:
 
     @_translate
     def put_endpoint(self, rec: r.EndpointRecord) -> None:
-        self._client.put(rec.key, rec.to_json())
+        """Create the record, or replace ours; CniError(ALREADY_ATTACHED) naming the host if
+        another host holds the key (ownership.py)."""
+        ownership.put_endpoint(self._client, rec.key, rec.to_json(), rec.host,
+                               f"container {rec.container_id} interface {rec.ifname}")
 
     @_translate
     def get_endpoint(self, network: str, container_id: str, ifname: str) -> r.EndpointRecord | None:
@@ -263,8 +313,12 @@ class Store:
         return None if value is None else r.EndpointRecord.from_json(value)
 
     @_translate
-    def delete_endpoint(self, network: str, container_id: str, ifname: str) -> None:
-        self._client.delete(r.endpoint_key(network, container_id, ifname))
+    def delete_endpoint(self, network: str, container_id: str, ifname: str, *,
+                        host: str) -> str | None:
+        """Delete the record if it names `host` (idempotent). Returns None when it is gone,
+        else the host it names, whose record stays (ownership.py)."""
+        return ownership.delete_endpoint(self._client,
+                                         r.endpoint_key(network, container_id, ifname), host)
 
     def all_endpoints(self) -> list[r.EndpointRecord]:
         return self.endpoints("")

@@ -8,6 +8,9 @@ Key layout (v1):
     /overlay/v1/endpoints/<net>/<container>/<if>   EndpointRecord  no lease: survives agent restarts
     /overlay/v1/ipam/<net>/<ip>                    Holder          {"owner": "<container>/<if>", "host"}
 
+A host writes and deletes only endpoint records and allocations that name it, in transactions
+that compare the owner (store/ownership.py, Store.release_ip).
+
 Every name in a key was validated by overlay.cni.netconf (no '/'), so keys cannot collide.
 """
 
@@ -64,6 +67,10 @@ class HostRecord(Record):
     host: str
     vtep: str
     datapath: str
+    # Which agent installation holds the host name (a random id kept in the host's OVSDB):
+    # the same across restarts of one machine's agent, different on another machine that was
+    # given the same name (overlay/store/ownership.py). "" in records of older agents.
+    agent_id: str = ""
 
 
 @dataclass(frozen=True)

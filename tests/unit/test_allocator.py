@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -27,10 +28,15 @@ class Allocations:
         self.claims: list[Address] = []
         self.stale: dict[Address, Holder] | None = None
         self.reads = 0
+        self.after_read: Callable[[], None] | None = None  # runs once a read has its answer
 
     def allocations(self, network: str) -> dict[Address, Holder]:
         self.reads += 1
-        return dict(self.stale if self.stale is not None else self.held)
+        answer = dict(self.stale if self.stale is not None else self.held)
+        if self.after_read is not None:
+            hook, self.after_read = self.after_read, None
+            hook()
+        return answer
 
     def allocation(self, network: str, ip: Address) -> Holder | None:
         return self.held.get(ip)
@@ -126,3 +132,30 @@ def test_dual_stack_release_moves_only_its_own_familys_search() -> None:
     ipam.allocate("net", "b/eth0", dual.ipam)
     ipam.release("net", "a/eth0")
     assert [a.address.ip for a in ipam.allocate("net", "c/eth0", dual.ipam)] == first
+
+
+def test_a_refresh_that_read_before_a_release_does_not_bring_the_address_back() -> None:
+    # The background refresh reads etcd; a DEL frees the address before that read's answer is
+    # applied. The answer still shows the address held: it must neither come back as the
+    # owner's (a retried ADD of that owner would be handed an address it does not hold in
+    # etcd) nor stay used.
+    store = Allocations()
+    ipam = EtcdIpam(store=store, host="h")  # type: ignore[arg-type]
+    [first] = ipam.allocate("net", "a/eth0", CONF.ipam)
+    store.after_read = lambda: ipam.release("net", "a/eth0")  # the DEL, mid-refresh
+    assert ipam._refresh("net")  # what the ipam-refresh thread runs
+    assert ipam.held_by("net", "a/eth0") == [] and store.held == {}
+    [again] = ipam.allocate("net", "a/eth0", CONF.ipam)
+    assert store.held == {again.address.ip: Holder("a/eth0", "h")}
+    assert again.address.ip == first.address.ip  # the lowest free one, free again
+
+
+def test_a_refresh_still_adds_what_was_freed_before_it_began() -> None:
+    store = Allocations()
+    ipam = EtcdIpam(store=store, host="h")  # type: ignore[arg-type]
+    ipam.allocate("net", "a/eth0", CONF.ipam)
+    ipam.release("net", "a/eth0")
+    store.held[ip("10.7.0.2")] = Holder("x/eth0", "other")  # another host took it since
+    assert ipam._refresh("net")
+    [b] = ipam.allocate("net", "b/eth0", CONF.ipam)
+    assert b.address.ip == ip("10.7.0.3")
