@@ -181,7 +181,8 @@ def host1(monkeypatch: pytest.MonkeyPatch) -> tuple[CniService, FakeEtcd]:
     nothing = Nothing()
     service = CniService(host=HostInfo("host1", "br-int", 1500), ovs=nothing,  # type: ignore
                          dataplane=nothing, store=fake_store(etcd), ipam=nothing,  # type: ignore
-                         networks=nothing, gateways=nothing)  # type: ignore[arg-type]
+                         networks=nothing, gateways=nothing,  # type: ignore[arg-type]
+                         subnets=nothing)  # type: ignore[arg-type]
     fake_store(etcd).put_endpoint(record("host0"))  # c0 lives on host0
     return service, etcd
 
