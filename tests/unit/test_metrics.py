@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import urllib.error
-from collections.abc import Callable
 import urllib.request
+from collections.abc import Callable
 
 import pytest
 
