@@ -18,7 +18,8 @@ etcd over TLS with a client certificate (all three empty, the default: plain htt
 
 Observability (both off/plain by default):
 
-    metrics_address = "0.0.0.0:10390"   # /metrics, /healthz, /readyz; ":10390" = every address
+    metrics_address = "127.0.0.1:10390" # /metrics, /healthz, /readyz; ":10390" = 127.0.0.1 too;
+                                        # "0.0.0.0:10390" opens it to every address
     log_format = "json"                 # one JSON object per line, for log shippers
 
 `overlay-agent --config FILE --check-config` validates the file and the flags and exits: 0 when

@@ -73,7 +73,8 @@ def local_endpoints(ovs: Ovsdb, bridge: str) -> dict[str, LocalPort]:
                                    ids[svc.EXT_IFNAME])
             found[key] = LocalPort(int(ids[svc.EXT_VNI]), ids[svc.EXT_MAC],
                                    tuple(filter(None, ids[svc.EXT_IP].split(","))), port.ofport,
-                                   ids.get(svc.EXT_IPAM) == "dhcp")
+                                   ids.get(svc.EXT_IPAM) == "dhcp",
+                                   ids.get(svc.EXT_DHCP_SERVER) == "true")
         except (KeyError, ValueError):
             log.warning("port %s has incomplete overlay external_ids; leaving it alone", port.name)
     return found

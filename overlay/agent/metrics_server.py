@@ -1,13 +1,19 @@
-"""The agent's HTTP listener: /metrics (Prometheus), /healthz and /readyz, one thread.
+"""The agent's HTTP listener: /metrics (Prometheus), /healthz and /readyz.
 
 /healthz answers 200 as long as the process serves HTTP at all (a liveness probe restarts an
 agent that hangs, not one whose etcd is down). /readyz answers 200 only when every readiness
 check passes (etcd synced, OVS answering, flows installed), and 503 with the failing checks
 otherwise, like flannel's and the kubelet's probes; `?verbose` lists every check.
 
-One plain (non-threading) HTTPServer on one named thread: a scrape or a probe is cheap, and a
-slow scraper must not be able to make the agent spawn threads. Off unless `metrics_address` is
-configured. The default port, 10390, sits outside the Prometheus exporter range 9100-9999
+A thread per connection, at most MAX_CLIENTS at once, each with a CLIENT_TIMEOUT on every
+read and write: a client that connects and sends nothing (or trickles) holds one slot until its
+timeout, never the listener, so a probe still gets through; past MAX_CLIENTS a connection is
+closed at once instead of queueing. (The earlier single-threaded server was blocked whole by
+one idle connection, and it had no timeout.) Off unless `metrics_address` is configured, and an
+address without a host (":10390", "") means 127.0.0.1: a container reaches the host through
+its gateway address, so listening on every address would show it the agent's internals;
+an operator who wants a scraper elsewhere names the address ("0.0.0.0:10390").
+The default port, 10390, sits outside the Prometheus exporter range 9100-9999
 (fully allocated) and away from the CNI agents an operator may run next to us (Calico Felix
 9091, Cilium 9962-9965, Antrea 10349-10351, kube-ovn 10660-10665) and from Kubernetes' own
 components (10249-10259).
@@ -19,7 +25,8 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -28,11 +35,14 @@ from overlay.agent.metrics import Metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 10390
+DEFAULT_HOST = "127.0.0.1"
+MAX_CLIENTS = 16         # connections served at once; more are closed, not queued
+CLIENT_TIMEOUT = 5.0     # seconds a connection may stay silent (read or write)
 Check = Callable[[], bool]
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """"host:port", ":port" (every address), "host" (default port), "[v6]:port"."""
+    """"host:port", ":port" (127.0.0.1), "host" (default port), "[v6]:port"."""
     address = address.strip()
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
@@ -46,7 +56,7 @@ def parse_address(address: str) -> tuple[str, int]:
     number = int(port) if port else DEFAULT_PORT
     if not 0 <= number <= 65535:
         raise ValueError(f"metrics_address {address!r}: port out of range")
-    return host or "0.0.0.0", number
+    return host or DEFAULT_HOST, number
 
 
 class Readiness:
@@ -75,20 +85,41 @@ class Readiness:
         return out
 
 
-class _HTTPServer(HTTPServer):
+class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # stop() must not wait for a silent client's timeout
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], metrics: Metrics, readiness: Readiness) -> None:
         self.metrics = metrics
         self.readiness = readiness
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.refused = 0  # connections closed because MAX_CLIENTS were being served
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts its thread
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
+    timeout = CLIENT_TIMEOUT  # socket timeout of each connection (StreamRequestHandler)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         path, _, query = self.path.partition("?")

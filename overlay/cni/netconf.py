@@ -93,6 +93,9 @@ class NetConf:
     ipam: IpamConfig = IpamConfig(BUILTIN_IPAM)
     ip_masq: bool = True  # `ipMasq`: egress from the network is SNATed to the host's address
     dns: dict[str, Any] = field(default_factory=dict)  # returned in the result as given
+    # `dhcpServers`: the addresses of the network's DHCP servers. Only a container holding one
+    # of them may send DHCP server replies (UDP 67 -> 68, 547 -> 546); see _parse_dhcp_servers.
+    dhcp_servers: tuple[Address, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     source: bytes = field(default=b"", compare=False, repr=False)  # stdin, for delegation
 
@@ -329,7 +332,34 @@ def parse_netconf(data: bytes) -> NetConf:
     if not isinstance(ip_masq, bool):
         raise _invalid(f"ipMasq must be true or false, got {ip_masq!r}")
     return NetConf(version, name, vni, bridge, mtu, sock, ipam, ip_masq,
-                   _parse_dns(obj.get("dns")), obj, data)
+                   _parse_dns(obj.get("dns")), _parse_dhcp_servers(obj.get("dhcpServers")),
+                   obj, data)
+
+
+MAX_DHCP_SERVERS = 16
+
+
+def _parse_dhcp_servers(raw: Any) -> tuple[Address, ...]:
+    """Servers are named by address, not by container ID: the operator knows a server's
+    address before it starts (a server needs a fixed one, and clients are told it as their
+    router or in their leases), while a container ID is the runtime's choice. Anti-spoofing
+    ties every address to the one port that holds it, so an address names one endpoint."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_DHCP_SERVERS:
+        raise _invalid(f"dhcpServers must be a list of at most {MAX_DHCP_SERVERS} IP addresses "
+                       f"(the DHCP servers' own), e.g. [\"10.9.0.2\"]; got {raw!r}")
+    out = []
+    for item in raw:
+        try:
+            if isinstance(item, str) and "%" not in item and "/" not in item:
+                out.append(ipaddress.ip_address(item))
+                continue
+        except ValueError:
+            pass
+        raise _invalid(f"dhcpServers: {item!r} is not an IP address; name each DHCP server "
+                       "by its own address, e.g. \"10.9.0.2\"")
+    return tuple(out)
 
 
 def _parse_dns(raw: Any) -> dict[str, Any]:

@@ -56,6 +56,7 @@ EXT_CONTAINER, EXT_IFNAME, EXT_NETNS, EXT_NETWORK = (
     "overlay-container-id", "overlay-ifname", "overlay-netns", "overlay-network")
 EXT_VNI, EXT_IP, EXT_MAC = "overlay-vni", "overlay-ip", "overlay-mac"
 EXT_IPAM = "overlay-ipam"  # "dhcp": the port's flows also admit DHCP from 0.0.0.0
+EXT_DHCP_SERVER = "overlay-dhcp-server"  # "true": named in dhcpServers, may answer DHCP clients
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ def mac_for(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     overlap may share MACs, which the flow table keeps apart by VNI.
     """
     return "0a:58:" + ":".join(f"{b:02x}" for b in ip.packed[-4:])
+
+
+def is_dhcp_server(conf: NetConf, assigned: Sequence[Assigned]) -> bool:
+    """Does the netconf name one of this attachment's addresses in `dhcpServers`?"""
+    return any(a.address.ip in conf.dhcp_servers for a in assigned)
 
 
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
@@ -322,7 +328,8 @@ class CniService:
             EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
             EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni),
             EXT_IP: ",".join(str(a.address.ip) for a in assigned), EXT_MAC: mac,
-            EXT_IPAM: conf.ipam.type})
+            EXT_IPAM: conf.ipam.type,
+            EXT_DHCP_SERVER: str(is_dhcp_server(conf, assigned)).lower()})
 
     def _publish(self, env: CniEnv, conf: NetConf, link: veth.ContainerLink,
                  assigned: Sequence[Assigned], routes: Sequence[Route],
@@ -356,7 +363,8 @@ class CniService:
         if not leases.is_dhcp(conf):  # dhcp: registered before the lease, to run after its DEL
             undo.append(lambda: self.dataplane.remove_endpoint(key))
         self.dataplane.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport,
-                                                       leases.is_dhcp(conf)))
+                                                       leases.is_dhcp(conf),
+                                                       is_dhcp_server(conf, assigned)))
         t.lap("flows")
         result = build_result(conf.cni_version, Attachment(
             host_ifname=link.host_ifname, host_mac=link.host_mac, ifname=env.ifname,

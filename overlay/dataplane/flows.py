@@ -3,9 +3,11 @@
 Pipeline (one integration bridge, one flow-based VXLAN port):
 
   table 0  CLASSIFY   A container port is admitted only with its own MAC and its own IPv4/IPv6
-                      addresses (anti-spoofing; IPv6 also link-local and DAD, which neighbour
-                      discovery needs; a DHCP client also its DISCOVER/REQUEST from 0.0.0.0,
-                      before it has an address); its VNI goes to reg0. Tunnel traffic is admitted per
+                      addresses (anti-spoofing; IPv6 also its MAC's link-local address and DAD,
+                      which neighbour discovery needs; a DHCP client also its DISCOVER/REQUEST
+                      from 0.0.0.0, before it has an address); its VNI goes to reg0. Neighbour
+                      discovery speaks only for itself (see _nd_flows), and DHCP server replies
+                      come only from the network's named servers. Tunnel traffic is admitted per
                       VNI from the VTEPs of hosts that have that network. The rest is dropped.
   table 10 ARP        ARP requests for any endpoint of the same network are answered right here
                       from control-plane data; nothing is flooded, across tunnels or locally.
@@ -36,6 +38,7 @@ functions for the recovery path and as the oracle the tests compare the incremen
 from __future__ import annotations
 
 import functools
+import ipaddress
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +93,7 @@ class LocalPort:
     ips: tuple[str, ...]
     ofport: int
     dhcp: bool = False  # its address comes from a DHCP server: admit the client's DISCOVER
+    dhcp_server: bool = False  # the netconf names it in dhcpServers: it may answer DHCP clients
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -186,21 +190,75 @@ def local_port_flows(p: LocalPort) -> list[Flow]:
         flows.append(_flow(CLASSIFY, 100, f"{base},udp,nw_src=0.0.0.0,nw_dst=255.255.255.255,"
                                           f"tp_src=68,tp_dst=67", f"{load},goto_table:{FORWARD}"))
     v6 = _v6(p.ips)
-    for ip in v6:
+    sources = [*v6, link_local(p.mac)] if v6 else []
+    for ip in sources:
+        # Its own addresses and the link-local address the kernel derives from its MAC (EUI-64),
+        # which neighbour discovery and router-less IPv6 use. Nothing else in fe80::/10.
         flows.append(_flow(CLASSIFY, 100, f"{base},ipv6,ipv6_src={ip}",
                            f"{load},goto_table:{FORWARD}"))
-    if v6:
-        # Link-local sources and the unspecified source of duplicate-address detection are part
-        # of IPv6 neighbour discovery; neighbour solicitations travel as multicast in the network.
-        flows.append(_flow(CLASSIFY, 100, f"{base},ipv6,ipv6_src=fe80::/10",
-                           f"{load},goto_table:{FORWARD}"))
-        flows.append(_flow(CLASSIFY, 100, f"{base},icmp6,ipv6_src=::,icmp_type=135",
-                           f"{load},goto_table:{FORWARD}"))
+    flows += _nd_flows(p, base, sources)
+    flows += _dhcp_server_flows(p)
     flows += [
         _flow(FORWARD, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
         _flow(DELIVER, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
     ]
     return flows + _arp_answers(p.vni, p.mac, p.ips)
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address Linux gives an interface with this MAC (modified EUI-64:
+    ff:fe in the middle, the universal/local bit flipped)."""
+    b = bytes(int(x, 16) for x in mac.split(":"))
+    eui = bytes([b[0] ^ 0x02]) + b[1:3] + b"\xff\xfe" + b[3:6]
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui))
+
+
+# ICMPv6 types of neighbour discovery (RFC 4861) that speak for someone: router advertisement,
+# neighbour solicitation and advertisement, redirect. Router solicitations only ask.
+ND_RA, ND_NS, ND_NA, ND_REDIRECT = 134, 135, 136, 137
+SOLICITED_NODE = "ff02::1:ff00:0/104"
+NO_MAC = "00:00:00:00:00:00"  # how OVS shows an absent link-layer address option
+
+
+def _nd_flows(p: LocalPort, base: str, sources: list[str]) -> list[Flow]:
+    """Neighbour discovery that speaks only for this port (priority 120 admits, 110 drops).
+
+    An NA (type 136) names a target address and, in its option, the MAC that has it: a forged
+    one takes another container's traffic, as a forged ARP reply would. It passes only with one
+    of the port's own addresses as target and its own MAC (or none). An NS carries the sender's
+    MAC as its source link-layer option, which receivers store: its own or none. Duplicate
+    address detection sends an NS from :: to the solicited-node multicast of the address being
+    tested, which is one of its own. A container is no router: no RA (134), no redirect (137).
+    """
+    load = f"load:{p.vni}->NXM_NX_REG0[],goto_table:{FORWARD}"
+    macs = (p.mac, NO_MAC)
+    nd = f"{base},icmp6"
+    flows = [_flow(CLASSIFY, 120, f"{nd},ipv6_src={src},icmp_type={ND_NA},icmp_code=0,"
+                                  f"nd_target={target},nd_tll={mac}", load)
+             for src in sources for target in sources for mac in macs]
+    flows += [_flow(CLASSIFY, 120, f"{nd},ipv6_src={src},icmp_type={ND_NS},icmp_code=0,"
+                                   f"nd_sll={mac}", load) for src in sources for mac in macs]
+    flows += [_flow(CLASSIFY, 120, f"{nd},ipv6_src=::,ipv6_dst={SOLICITED_NODE},"
+                                   f"icmp_type={ND_NS},icmp_code=0,nd_target={target}", load)
+              for target in sources]
+    if sources:
+        flows += [_flow(CLASSIFY, 110, f"in_port={p.ofport},icmp6,icmp_type={kind}", "drop")
+                  for kind in (ND_RA, ND_NS, ND_NA, ND_REDIRECT)]
+    return flows
+
+
+DHCP4_REPLY = "udp,tp_src=67,tp_dst=68"      # server -> client
+DHCP6_REPLY = "udp6,tp_src=547,tp_dst=546"
+
+
+def _dhcp_server_flows(p: LocalPort) -> list[Flow]:
+    """A port that is not one of its network's DHCP servers sends no server replies (a rogue
+    OFFER would hand clients another router or DNS server). A named server needs no rule of
+    its own: its replies come from its own addresses and pass the rules above."""
+    if p.dhcp_server:
+        return []
+    replies = ([DHCP4_REPLY] if _v4(p.ips) else []) + ([DHCP6_REPLY] if _v6(p.ips) else [])
+    return [_flow(CLASSIFY, 110, f"in_port={p.ofport},{match}", "drop") for match in replies]
 
 
 def remote_endpoint_flows(e: RemoteEndpoint, tunnel_ofport: int) -> list[Flow]:

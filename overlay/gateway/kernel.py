@@ -39,6 +39,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.errors import CniError, Code
+from overlay.gateway.isolation import ISOLATION_BASE, isolation_table
 from overlay.gateway.spec import MARK_MASK, PORT_PREFIX, TABLE_BASE, GatewaySpec
 from overlay.netlink.offload import disable_tx_checksum
 from overlay.netlink.rtnl import RTPROT_OVERLAY
@@ -251,6 +252,7 @@ def problems(spec: GatewaySpec) -> list[str]:
 def leftovers(active: list[GatewaySpec]) -> list[str]:
     """Gateway interfaces and rules with no gateway behind them (doctor, and the DEL test)."""
     ports, tables = {g.port for g in active}, {g.table for g in active}
+    tables |= {isolation_table(g) for g in active}
     out = []
     with netlink_session() as ipr:
         for link in ipr.get_links():
@@ -259,6 +261,7 @@ def leftovers(active: list[GatewaySpec]) -> list[str]:
                 out.append(f"interface {name} has no gateway behind it")
         for r in ipr.get_rules(family=2):
             table = r.get_attr("FRA_TABLE") or 0
-            if TABLE_BASE < table <= TABLE_BASE + 0xFFFF and table not in tables:
+            ours = any(base < table <= base + 0xFFFF for base in (TABLE_BASE, ISOLATION_BASE))
+            if ours and table not in tables:
                 out.append(f"rule 'lookup {table}' has no gateway behind it")
     return out

@@ -26,7 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import Gateway
 from overlay.errors import CniError, Code
-from overlay.gateway import kernel, nat
+from overlay.gateway import isolation, kernel, nat
 from overlay.gateway.spec import GatewaySpec, from_external_ids
 from overlay.ovs.ovsdb import Ovsdb
 
@@ -74,6 +74,9 @@ class GatewayManager:
                 self._uninstall(current)
             try:
                 holder = self._install(spec)
+                # Before any container of it runs: the new network and the others are kept
+                # apart by routing, whatever FORWARD holds (isolation.py).
+                isolation.apply([*(s for s in self._specs.values() if s.vni != spec.vni), spec])
             except BaseException:
                 if not others:
                     self._uninstall(spec)
@@ -100,6 +103,7 @@ class GatewayManager:
             spec = self._specs.pop(vni)
             self._users.pop(vni, None)
             self._uninstall(spec)
+            self._isolate()
             # A network with an overlapping subnet may now take over the main-table route.
             for other in self._specs.values():
                 if other.subnet.overlaps(spec.subnet):
@@ -132,6 +136,7 @@ class GatewayManager:
                 self._users[spec.vni] = set(keys)
                 for key in keys:
                     self._vni_of[key] = spec.vni
+            self._isolate()
 
     def repair(self) -> list[str]:
         """Re-install every gateway that lost a piece (a deleted iptables rule, route or
@@ -151,6 +156,15 @@ class GatewayManager:
                     repaired.append(spec.port)
             except (CniError, OSError, NetlinkError) as err:  # next round tries again
                 log.warning("cannot repair gateway %s: %s", spec.port, err)
+        try:
+            if isolation.problems(specs):
+                with self._lock:
+                    log.warning("the separation of the networks' gateways was incomplete; "
+                                "restoring it")
+                    self._isolate()
+                    repaired.append("isolation")
+        except (CniError, OSError, NetlinkError) as err:
+            log.warning("cannot check the separation of the gateways: %s", err)
         return repaired
 
     # --- reading --------------------------------------------------------------------------
@@ -179,6 +193,7 @@ class GatewayManager:
         with self._lock:
             specs = list(self._specs.values())
         out = [f"gateway {s.port} ({s.network}): {p}" for s in specs for p in self.problems(s)]
+        out += [f"isolation: {p}" for p in isolation.problems(specs)]
         out += kernel.leftovers(specs)
         wanted = {s.comment for s in specs}
         out += [f"{count} iptables rules tagged {comment} have no gateway behind them"
@@ -188,6 +203,13 @@ class GatewayManager:
         return out
 
     # --- mechanics (callers hold the lock) ---------------------------------------------------
+
+    def _isolate(self) -> None:
+        """Routing separation of every gateway from the others (isolation.py)."""
+        try:
+            isolation.apply(list(self._specs.values()))
+        except CniError as err:  # the periodic repair tries again
+            log.warning("cannot separate the gateways: %s", err)
 
     def _install(self, spec: GatewaySpec) -> str | None:
         """Returns the gateway port that keeps the main-table route of an overlapping subnet."""
@@ -213,6 +235,7 @@ class GatewayManager:
     def _uninstall(self, spec: GatewaySpec) -> None:
         steps: list[Callable[[], object]] = [
             lambda: self._dataplane.set_gateway(spec.vni, None),
+            lambda: isolation.remove(spec),
             lambda: nat.remove(spec.comment),
             lambda: kernel.remove(spec),
             lambda: self._ovs.delete_port(spec.port),

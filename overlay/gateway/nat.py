@@ -26,7 +26,16 @@ Per network (zone Z, mark M = Z << 16, port ovg<vni>, subnet S):
   filter  FORWARD     port -> another gateway port: DROP (networks never meet on the host);
                       port -> elsewhere and elsewhere -> port: ACCEPT (inserted first, so a
                       host whose FORWARD policy is DROP still forwards the overlay)
+  filter  INPUT       port, not ICMP, not a reply (ESTABLISHED/RELATED): DROP, inserted
+                      first. A container reaches the host's own listeners through its gateway
+                      address (or any host address routed via the gateway): the agent's
+                      metrics, sshd, etcd's client port where it runs. The gateway needs none:
+                      it routes. Replies to the host's own connections and ICMP (ping the
+                      gateway, path MTU) still pass.
   nat     POSTROUTING connmark M, not to S -> MASQUERADE  (only with ipMasq)
+
+Separation between networks does not rest on the FORWARD rule alone: a rule another tool
+inserts above ours would open it. isolation.py keeps them apart by routing, which comes first.
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ def rules(spec: GatewaySpec) -> list[Rule]:
         ("filter", "FORWARD", ["-i", port, "-o", PORT_PREFIX + "+", *tag, "-j", "DROP"]),
         ("filter", "FORWARD", ["-i", port, "!", "-o", PORT_PREFIX + "+", *tag, "-j", "ACCEPT"]),
         ("filter", "FORWARD", ["!", "-i", PORT_PREFIX + "+", "-o", port, *tag, "-j", "ACCEPT"]),
+        ("filter", "INPUT", ["-i", port, "!", "-p", "icmp", "-m", "conntrack", "!", "--ctstate",
+                             "ESTABLISHED,RELATED", *tag, "-j", "DROP"]),
     ]
     if spec.masquerade:
         out.append(("nat", "POSTROUTING", ["-m", "connmark", "--mark", mark,
@@ -110,8 +121,9 @@ def _script(deletions: dict[str, list[str]], insertions: list[Rule]) -> str:
         out += ["-D" + line[2:] for line in deletions.get(table, [])]
         for t, chain, args in insertions:
             if t == table:
-                # FORWARD rules go first: they must beat a DROP another tool appended.
-                out.append(_line("-I", f"{chain} 1", args) if chain == "FORWARD"
+                # FORWARD rules go first: they must beat a DROP another tool appended; the
+                # INPUT drop must come before the ACCEPT a host firewall has for its services.
+                out.append(_line("-I", f"{chain} 1", args) if chain in ("FORWARD", "INPUT")
                            else _line("-A", chain, args))
         out.append("COMMIT")
     return "\n".join(out) + "\n"

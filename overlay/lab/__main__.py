@@ -45,7 +45,9 @@ def _dhcp_server(lab: Lab, args: argparse.Namespace) -> int:
     server_ip = ipaddress.ip_interface(args.address)
     first, last = args.range.split(",")
     conf = {"cniVersion": "0.3.1", "name": args.network, "type": "ovs", "bridge": lab.bridge,
-            "vxlanID": args.vni, "ipam": {"type": "static", "addresses": [{"address": args.address}]}}
+            "vxlanID": args.vni, "ipam": {"type": "static", "addresses": [{"address": args.address}]},
+            # Only the addresses the network names may answer DHCP clients (overlay flows).
+            "dhcpServers": [str(server_ip.ip)]}
     out = ctr.add_container(lab, args.name, args.host, netconf=conf)
     if out.returncode != 0:
         print(out.stdout.strip() or out.stderr.strip())
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--network", default=ctr.DEFAULT_NETWORK)
     c.add_argument("--netconf", help="a netconf file to use as it is (e.g. without agentSocket: "
                                      "the plugin runs with the host's /run/overlay)")
-    d = sub.add_parser("dhcp-server", help="a container running dnsmasq, attached with static IPAM")
+    d = sub.add_parser("dhcp-server", help="a container running dnsmasq, attached with static "
+                                           "IPAM and named in its netconf's dhcpServers")
     d.add_argument("name")
     d.add_argument("--host", default="host0")
     d.add_argument("--network", required=True)

@@ -323,7 +323,9 @@ class Lab:
             underlay_ip=h.vtep,
             etcd_endpoints=self.etcd_urls, ovsdb=paths.endpoint, ovs_rundir=h.ovs_dir,
             socket=h.socket, datapath="netdev",  # the same on every machine, module or not
-            metrics_address=f"0.0.0.0:{METRICS_PORT}",  # each host netns has its own port space
+            # Each host netns has its own loopback; only the host itself reaches it (not its
+            # containers through their gateway address).
+            metrics_address=f"127.0.0.1:{METRICS_PORT}",
             # A lab agent restarts in about a second, well inside its 10 s lease; a short grace
             # keeps a lost host's effect (tests/e2e/test_faults.py) quick to see.
             host_grace=5,

@@ -51,6 +51,8 @@ IP_PROTO, IPV4_SRC, IPV4_DST = (BASIC, 10, 1), (BASIC, 11, 4), (BASIC, 12, 4)
 UDP_SRC, UDP_DST = (BASIC, 15, 2), (BASIC, 16, 2)
 ARP_OP, ARP_SPA, ARP_TPA, ARP_SHA = (BASIC, 21, 2), (BASIC, 22, 4), (BASIC, 23, 4), (BASIC, 24, 6)
 IPV6_SRC, ICMPV6_TYPE, TUNNEL_ID = (BASIC, 26, 16), (BASIC, 29, 1), (BASIC, 38, 8)
+IPV6_DST, ICMPV6_CODE, ND_TARGET = (BASIC, 27, 16), (BASIC, 30, 1), (BASIC, 31, 16)
+ND_SLL, ND_TLL = (BASIC, 32, 6), (BASIC, 33, 6)
 REG0, TUN_SRC, TUN_DST = (NXM1, 0, 4), (NXM1, 31, 4), (NXM1, 32, 4)
 NXM_ETH_DST, NXM_ETH_SRC = (NXM0, 1, 6), (NXM0, 2, 6)
 NXM_ARP_SPA, NXM_ARP_TPA = (NXM0, 16, 4), (NXM0, 17, 4)
@@ -60,13 +62,16 @@ Field = tuple[int, int, int]
 
 # Protocol keywords: what they put into the match (eth_type, ip_proto).
 _KEYWORDS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
-             "icmp6": (0x86DD, 58), "udp": (0x0800, 17)}
+             "icmp6": (0x86DD, 58), "udp": (0x0800, 17), "udp6": (0x86DD, 17)}
 _MATCH: dict[str, Field] = {
     "in_port": IN_PORT_F, "dl_src": ETH_SRC, "dl_dst": ETH_DST, "nw_src": IPV4_SRC,
     "nw_dst": IPV4_DST, "tp_src": UDP_SRC, "tp_dst": UDP_DST,  # tp_*: flows.py uses them with udp only
     "arp_op": ARP_OP, "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "arp_sha": ARP_SHA,
     "ipv6_src": IPV6_SRC, "icmp_type": ICMPV6_TYPE, "tun_src": TUN_SRC, "tun_id": TUNNEL_ID,
     "reg0": REG0,
+    # Neighbour discovery (flows.py matches icmp_* with icmp6 only): container ports' table 0.
+    "ipv6_dst": IPV6_DST, "icmp_code": ICMPV6_CODE, "nd_target": ND_TARGET, "nd_sll": ND_SLL,
+    "nd_tll": ND_TLL,
 }
 # Match keys whose values are per endpoint: not worth remembering across the rules of a bundle.
 _UNIQUE = frozenset({"dl_src", "dl_dst", "nw_src", "arp_spa", "arp_tpa", "arp_sha", "ipv6_src"})
@@ -128,10 +133,10 @@ def _pad8(data: bytes) -> bytes:
 # (nx_put_raw): prerequisites first, registers last. Matches are encoded in this order, so a
 # rule we send and the same rule dumped from the switch are the same bytes (Channel.digests:
 # a restarted agent compares its table with the switch's without decoding either).
-_RANK: dict[Field, int] = {
-    IN_PORT_F: 0, ETH_SRC: 1, ETH_DST: 2, ETH_TYPE: 3, IPV4_SRC: 4, IPV4_DST: 5, IPV6_SRC: 6,
-    IP_PROTO: 7, UDP_SRC: 8, UDP_DST: 9, ICMPV6_TYPE: 10, ARP_OP: 11, ARP_SPA: 12, ARP_TPA: 13,
-    ARP_SHA: 14, TUNNEL_ID: 15, TUN_SRC: 16, TUN_DST: 17, REG0: 18}
+_RANK: dict[Field, int] = {field: rank for rank, field in enumerate((
+    IN_PORT_F, ETH_SRC, ETH_DST, ETH_TYPE, IPV4_SRC, IPV4_DST, IPV6_SRC, IPV6_DST, IP_PROTO,
+    UDP_SRC, UDP_DST, ICMPV6_TYPE, ICMPV6_CODE, ND_TARGET, ND_SLL, ND_TLL, ARP_OP, ARP_SPA,
+    ARP_TPA, ARP_SHA, TUNNEL_ID, TUN_SRC, TUN_DST, REG0))}
 _UDP_PORTS = (_RANK[UDP_SRC], _RANK[UDP_DST])
 _UDP_PROTO = _oxm(IP_PROTO, bytes([17]))
 

@@ -52,7 +52,9 @@ SERVER_IP = "10.9.0.2"
 POOL = (ipaddress.ip_address("10.9.0.100"), ipaddress.ip_address("10.9.0.150"))
 SERVER_CONF = {"cniVersion": "0.3.1", "name": "pci", "type": "ovs", "bridge": "ovs0",
                "vxlanID": 42, "ipam": {"type": "static",
-                                       "addresses": [{"address": f"{SERVER_IP}/24"}]}}
+                                       "addresses": [{"address": f"{SERVER_IP}/24"}]},
+               # The network's one DHCP server: replies from anyone else are dropped.
+               "dhcpServers": [SERVER_IP]}
 FORGE = os.path.join(os.path.dirname(__file__), "forge.py")
 
 

@@ -6,6 +6,8 @@ from overlay.dataplane.flows import (
     RemoteEndpoint,
     _arp_answers,
     _flow,
+    link_local,
+    local_port_flows,
     remote_endpoint_flows,
 )
 from overlay.dataplane.flowtable import compute_flows
@@ -43,6 +45,7 @@ def test_one_local_and_one_remote_endpoint_exact_flows() -> None:
         f"{C},table=0,priority=100,in_port=5,dl_src={m1},arp,arp_spa=10.0.0.1,arp_sha={m1},"
         "actions=load:42->NXM_NX_REG0[],goto_table:10",
         f"{C},table=10,priority=110,in_port=5,arp,arp_tpa=10.0.0.1,actions=drop",
+        f"{C},table=0,priority=110,in_port=5,udp,tp_src=67,tp_dst=68,actions=drop",
         f"{C},table=20,priority=100,reg0=42,dl_dst={m1},actions=output:5",
         f"{C},table=30,priority=100,reg0=42,dl_dst={m1},actions=output:5",
         f"{C},table=20,priority=100,reg0=42,dl_dst={m2},actions={to_vtep}",
@@ -91,9 +94,11 @@ def test_ipv6_endpoint_admits_its_address_and_neighbour_discovery() -> None:
         LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1", "fd00::1"), 5)))
     flows = compute_flows(state)
     base = "in_port=5,dl_src=02:00:00:00:00:01"
-    for match in (f"{base},ipv6,ipv6_src=fd00::1", f"{base},ipv6,ipv6_src=fe80::/10",
-                  f"{base},icmp6,ipv6_src=::,icmp_type=135"):
+    for match in (f"{base},ipv6,ipv6_src=fd00::1", f"{base},ipv6,ipv6_src=fe80::ff:fe00:1",
+                  f"{base},icmp6,ipv6_src=::,ipv6_dst=ff02::1:ff00:0/104,icmp_type=135,"
+                  "icmp_code=0,nd_target=fd00::1"):
         assert any(f",{match},actions=load:42->NXM_NX_REG0[],goto_table:20" in f for f in flows)
+    assert not any("fe80::/10" in f for f in flows)  # not every link-local address: its own
     assert not any("arp_tpa=fd00" in f or "nw_src=fd00" in f for f in flows)
 
 
@@ -161,3 +166,67 @@ def test_remote_endpoint_rules_spelt_out_are_the_general_spelling() -> None:
                          f"set_field:{e.vtep}->tun_dst,set_field:{e.vni}->tun_id,output:5"),
                    *_arp_answers(e.vni, e.mac, e.ips)]
         assert remote_endpoint_flows(e, 5) == general
+
+
+V6_MAC = "0a:58:0a:06:00:02"
+V6_BASE = f"in_port=5,dl_src={V6_MAC}"
+V6_LL = "fe80::858:aff:fe06:2"
+
+
+def v6_table0(**extra: bool) -> dict[str, str]:
+    """match -> actions of table 0 for a dual-stack port (priority folded into the match)."""
+    port = LocalPort(42, V6_MAC, ("10.6.0.2", "fd00:6::2"), 5, **extra)
+    return {f.identity: f.actions for f in local_port_flows(port) if f.identity.startswith("table=0,")}
+
+
+def test_link_local_is_the_kernels_eui64_of_the_mac() -> None:
+    assert link_local(V6_MAC) == V6_LL
+    assert link_local("02:00:00:00:00:01") == "fe80::ff:fe00:1"
+
+
+def test_neighbour_advertisements_only_for_its_own_addresses_and_mac() -> None:
+    flows = v6_table0()
+    allowed = [i for i, a in flows.items() if "priority=120" in i and "icmp_type=136" in i]
+    assert allowed and all("goto_table:20" in flows[i] for i in allowed)
+    targets = {i.split("nd_target=")[1].split(",")[0] for i in allowed}
+    assert targets == {"fd00:6::2", V6_LL}
+    assert {i.split("nd_tll=")[1] for i in allowed} == {V6_MAC, "00:00:00:00:00:00"}
+    assert {i.split("ipv6_src=")[1].split(",")[0] for i in allowed} == {"fd00:6::2", V6_LL}
+    # Everything else of the kind, whatever its source, is dropped above the plain admission.
+    assert flows["table=0,priority=110,in_port=5,icmp6,icmp_type=136"] == "drop"
+    assert flows["table=0,priority=110,in_port=5,icmp6,icmp_type=135"] == "drop"
+
+
+def test_neighbour_solicitations_carry_its_own_mac_or_none() -> None:
+    flows = v6_table0()
+    allowed = [i for i in flows if "priority=120" in i and "icmp_type=135" in i
+               and "ipv6_src=::," not in i]
+    assert {i.split("nd_sll=")[1] for i in allowed} == {V6_MAC, "00:00:00:00:00:00"}
+    dad = [i for i in flows if "ipv6_src=::," in i]
+    assert sorted(dad) == sorted(
+        f"table=0,priority=120,{V6_BASE},icmp6,ipv6_src=::,ipv6_dst=ff02::1:ff00:0/104,"
+        f"icmp_type=135,icmp_code=0,nd_target={t}" for t in ("fd00:6::2", V6_LL))
+
+
+def test_no_router_advertisement_or_redirect_from_a_container() -> None:
+    flows = v6_table0()
+    for kind in (134, 137):
+        assert flows[f"table=0,priority=110,in_port=5,icmp6,icmp_type={kind}"] == "drop"
+        assert not any(f"icmp_type={kind}" in i for i in flows if "priority=120" in i)
+
+
+def test_dhcp_server_replies_only_from_named_servers() -> None:
+    plain = v6_table0()
+    assert plain["table=0,priority=110,in_port=5,udp,tp_src=67,tp_dst=68"] == "drop"
+    assert plain["table=0,priority=110,in_port=5,udp6,tp_src=547,tp_dst=546"] == "drop"
+    server = v6_table0(dhcp_server=True)
+    assert not any("tp_src=67" in i or "tp_src=547" in i for i in server)
+    assert set(plain) - set(server) == {"table=0,priority=110,in_port=5,udp,tp_src=67,tp_dst=68",
+                                        "table=0,priority=110,in_port=5,udp6,tp_src=547,tp_dst=546"}
+
+
+def test_a_dhcp_client_without_a_lease_has_no_server_rules_to_need() -> None:
+    flows = local_port_flows(LocalPort(42, V6_MAC, (), 5, dhcp=True))
+    assert [f.identity for f in flows if f.identity.startswith("table=0,")] == [
+        f"table=0,priority=100,{V6_BASE},udp,nw_src=0.0.0.0,nw_dst=255.255.255.255,"
+        "tp_src=68,tp_dst=67"]

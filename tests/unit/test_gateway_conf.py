@@ -92,3 +92,16 @@ def test_spec_names_and_numbers() -> None:
     nomasq = spec_for("n", 42, (ipaddress.IPv4Address("10.0.0.1"),
                                 ipaddress.IPv4Network("10.0.0.0/24")), False, 1450)
     assert not any(r[2][-1] == "MASQUERADE" for r in rules(nomasq))
+
+
+def test_new_connections_from_a_gateway_port_to_the_host_are_dropped_first() -> None:
+    from overlay.gateway.nat import _script
+
+    spec = spec_for("n", 42, (ipaddress.IPv4Address("10.0.0.1"),
+                              ipaddress.IPv4Network("10.0.0.0/24")), True, 1450)
+    inputs = [r for r in rules(spec) if r[1] == "INPUT"]
+    assert inputs == [("filter", "INPUT", [
+        "-i", "ovg42", "!", "-p", "icmp", "-m", "conntrack", "!", "--ctstate",
+        "ESTABLISHED,RELATED", "-m", "comment", "--comment", "overlay-gw:42", "-j", "DROP"])]
+    # Inserted at the top, before whatever ACCEPT a host firewall has for its services.
+    assert "-I INPUT 1 -i ovg42" in _script({}, rules(spec))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 import pytest
 
@@ -67,7 +69,8 @@ def test_state_gauges_come_from_callbacks_and_a_failing_one_drops_only_itself() 
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("127.0.0.1:9999", ("127.0.0.1", 9999)), (":9999", ("0.0.0.0", 9999)),
+    ("127.0.0.1:9999", ("127.0.0.1", 9999)), (":9999", ("127.0.0.1", 9999)),
+    ("0.0.0.0:9999", ("0.0.0.0", 9999)), ("", ("127.0.0.1", DEFAULT_PORT)),
     ("10.1.2.3", ("10.1.2.3", DEFAULT_PORT)), ("[::1]:80", ("::1", 80)),
 ])
 def test_parse_address(text: str, expected: tuple[str, int]) -> None:
@@ -144,3 +147,49 @@ def test_a_port_held_for_good_is_still_an_error() -> None:
         with pytest.raises(OSError):
             observe.start_server(f"127.0.0.1:{holder.getsockname()[1]}", Metrics(), Readiness(),
                                  patience=0.5)
+
+
+def test_silent_clients_do_not_block_a_probe_and_excess_ones_are_closed() -> None:
+    """A client that connects and says nothing holds one slot (until its timeout), never the
+    listener; past MAX_CLIENTS connections are closed at once, not queued."""
+    import socket
+
+    from overlay.agent import metrics_server as ms
+
+    server = MetricsServer(address="127.0.0.1:0", metrics=Metrics(), readiness=Readiness())
+    server.start()
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(ms.MAX_CLIENTS - 1):
+            silent.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        # The listener accepts them all; one slot is left, and a probe gets it.
+        assert get(f"http://127.0.0.1:{server.port}/healthz") == (200, "ok\n")
+        assert wait_for(lambda: free_slots(server) == 1)  # the probe's thread has ended
+        silent.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        assert wait_for(lambda: free_slots(server) == 0)
+        # All slots held by silent clients: the next one is closed without an answer.
+        refused = server._server.refused
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        assert extra.recv(1) == b""
+        extra.close()
+        assert server._server.refused == refused + 1
+        # A silent client's connection ends at its timeout, and its slot comes back.
+        silent[0].settimeout(ms.CLIENT_TIMEOUT * 4)
+        assert silent[0].recv(1) == b""
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop()
+
+
+def free_slots(server: MetricsServer) -> int:
+    return int(server._server.slots._value)  # type: ignore[attr-defined]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

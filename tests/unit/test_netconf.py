@@ -245,3 +245,16 @@ def test_ranges_side_by_side_in_one_subnet_are_fine() -> None:
          {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.13", "rangeEnd": "10.0.0.60"}],
         [{"subnet": "fd00::/64"}], [{"subnet": "10.1.0.0/24"}]]}))
     assert len(nc.ipam.ranges) == 4
+
+
+def test_dhcp_servers_are_named_by_address() -> None:
+    assert parse_netconf(conf()).dhcp_servers == ()
+    nc = parse_netconf(conf(dhcpServers=["10.0.0.2", "fd00::2"]))
+    assert nc.dhcp_servers == (ipaddress.ip_address("10.0.0.2"), ipaddress.ip_address("fd00::2"))
+
+
+@pytest.mark.parametrize("value", ["10.0.0.2", ["10.0.0.2/24"], ["c0/eth0"], [5], [None],
+                                   ["fe80::1%eth0"], ["10.0.0.2"] * 17, {"a": 1}])
+def test_bad_dhcp_servers_are_code_7_and_say_what_to_write(value: object) -> None:
+    err = error_of(conf(dhcpServers=value))
+    assert err.code == Code.INVALID_NETCONF and "dhcpServers" in err.msg, err.msg

@@ -1,0 +1,134 @@
+"""Separation of networks in the host kernel, by routing: no iptables rule order involved.
+
+Two networks meet in the kernel when a container sends to its gateway a packet for another
+network's subnet: the host would route it out of the other gateway port. nat.py drops that in
+FORWARD, but a FORWARD rule works only while nothing above it accepts first, and other software
+(Docker, firewalld, an operator's `iptables -I FORWARD 1 -j ACCEPT`) inserts rules at the top.
+The routing decision comes before any FORWARD rule, so here it is made where no rule can
+override it:
+
+  priority 97  iif ovg<A> to <subnet A>  lookup <A's table>   its own subnet: back to port A
+  priority 98  iif ovg<A>                 lookup <A's isolation table>
+                   holding a blackhole route for every other gateway's subnet on this host;
+                   an address in none of them finds no route there, and the lookup goes on to
+                   the main table (egress to the underlay and beyond)
+
+Priority 97 comes first so that an overlapping subnet of another network never hides A's
+own (hairpin traffic through a published port goes back to A, not into a blackhole). The
+tables are rewritten whenever a gateway comes or goes (`apply`, with every gateway of the
+host), and `problems` tells doctor and the periodic repair what is missing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from overlay.errors import CniError, Code
+from overlay.gateway.spec import GatewaySpec
+from overlay.netlink.veth import netlink_session
+
+ISOLATION_BASE = 0x0E000000  # isolation tables ISOLATION_BASE + zone (spec.TABLE_BASE - 1 << 24)
+OWN_PRIORITY, ISOLATION_PRIORITY = 97, 98
+RTN_BLACKHOLE = 6
+ENOENT, ESRCH = 2, 3
+
+
+def isolation_table(spec: GatewaySpec) -> int:
+    return ISOLATION_BASE + spec.zone
+
+
+def _blackholes(ipr: Any, table: int) -> set[ipaddress.IPv4Network]:
+    return {ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
+            for r in ipr.get_routes(family=2, table=table)
+            if r["type"] == RTN_BLACKHOLE and r.get_attr("RTA_DST")}
+
+
+def _rules(ipr: Any, spec: GatewaySpec) -> set[int]:
+    """Priorities of our rules for `spec`'s port that are in place."""
+    found = set()
+    for r in ipr.get_rules(family=2):
+        if r.get_attr("FRA_IIFNAME") != spec.port:
+            continue
+        table = r.get_attr("FRA_TABLE")
+        if r.get_attr("FRA_PRIORITY") == OWN_PRIORITY and table == spec.table and \
+                r["dst_len"] == spec.subnet.prefixlen:
+            found.add(OWN_PRIORITY)
+        elif r.get_attr("FRA_PRIORITY") == ISOLATION_PRIORITY and table == isolation_table(spec):
+            found.add(ISOLATION_PRIORITY)
+    return found
+
+
+def _wanted(spec: GatewaySpec, specs: Sequence[GatewaySpec]) -> set[ipaddress.IPv4Network]:
+    return {s.subnet for s in specs if s.vni != spec.vni}
+
+
+def apply(specs: Sequence[GatewaySpec]) -> None:
+    """Make every gateway in `specs` (all of this host's) unable to reach the others.
+    Idempotent."""
+    try:
+        with netlink_session() as ipr:
+            for spec in specs:
+                _apply_one(ipr, spec, _wanted(spec, specs))
+    except (NetlinkError, OSError) as exc:
+        raise CniError(Code.NETLINK_FAILURE, "cannot separate the networks' gateways",
+                       str(exc)) from None
+
+
+def _apply_one(ipr: Any, spec: GatewaySpec, wanted: set[ipaddress.IPv4Network]) -> None:
+    table = isolation_table(spec)
+    have = _blackholes(ipr, table)
+    for net in wanted - have:
+        ipr.route("replace", dst=str(net), table=table, type="blackhole")
+    for net in have - wanted:
+        ipr.route("del", dst=str(net), table=table, type="blackhole")
+    present = _rules(ipr, spec)
+    if OWN_PRIORITY not in present:
+        ipr.rule("add", iifname=spec.port, dst=str(spec.subnet.network_address),
+                 dst_len=spec.subnet.prefixlen, table=spec.table, priority=OWN_PRIORITY,
+                 family=2)
+    if ISOLATION_PRIORITY not in present:
+        ipr.rule("add", iifname=spec.port, table=table, priority=ISOLATION_PRIORITY, family=2)
+
+
+def remove(spec: GatewaySpec) -> None:
+    """Take `spec`'s rules and isolation table away (the others': `apply` without it)."""
+    with netlink_session() as ipr:
+        for net in _blackholes(ipr, isolation_table(spec)):
+            _quietly(lambda n=net: ipr.route("del", dst=str(n), table=isolation_table(spec),
+                                             type="blackhole"))
+        for r in ipr.get_rules(family=2):
+            if r.get_attr("FRA_IIFNAME") == spec.port and \
+                    r.get_attr("FRA_PRIORITY") in (OWN_PRIORITY, ISOLATION_PRIORITY):
+                _quietly(lambda r=r: ipr.rule("del", iifname=spec.port,
+                                              priority=r.get_attr("FRA_PRIORITY"),
+                                              table=r.get_attr("FRA_TABLE"), family=2))
+
+
+def _quietly(step: Any) -> None:
+    try:
+        step()
+    except NetlinkError as exc:
+        if exc.code not in (ENOENT, ESRCH):
+            raise CniError(Code.NETLINK_FAILURE, "cannot remove a gateway's isolation",
+                           str(exc)) from None
+
+
+def problems(specs: Sequence[GatewaySpec]) -> list[str]:
+    """What is missing for the separation of these gateways (doctor, periodic repair)."""
+    out = []
+    with netlink_session() as ipr:
+        for spec in specs:
+            present = _rules(ipr, spec)
+            if OWN_PRIORITY not in present:
+                out.append(f"no rule 'iif {spec.port} to {spec.subnet} lookup {spec.table}'")
+            if ISOLATION_PRIORITY not in present:
+                out.append(f"no rule 'iif {spec.port} lookup {isolation_table(spec)}': "
+                           f"{spec.network} is not kept from the other networks by routing")
+            missing = _wanted(spec, specs) - _blackholes(ipr, isolation_table(spec))
+            out += [f"{spec.port} may reach {net}: no blackhole route in table "
+                    f"{isolation_table(spec)}" for net in sorted(missing)]
+    return out
