@@ -49,7 +49,7 @@ def test_etcd_and_the_agents_use_tls(lab: Lab) -> None:
     with open(lab.hosts[0].agent_config) as fh:
         config = fh.read()
     assert f'etcd_endpoints = ["https://{lab.etcd_ip}:2379"]' in config
-    assert f'etcd_cert = "{lab.pki.client.cert}"' in config
+    assert f'etcd_cert = "{lab.pki.host("host0").cert}"' in config  # its own certificate
 
 
 def test_containers_on_two_hosts_ping_each_other(lab: Lab) -> None:
@@ -150,7 +150,7 @@ def test_agent_refuses_to_start(lab: Lab, stranger: pki.LabPki, case: str) -> No
         "key of another cert": (
             ["--etcd-key", stranger.client.key],
             f"etcd_key {stranger.client.key} is not the private key of etcd_cert "
-            f"{ours.client.cert} (key values mismatch)"),
+            f"{ours.host('host0').cert} (key values mismatch)"),
         "wrong CA": (
             ["--etcd-ca", stranger.ca.cert],
             f"etcd's server certificate at {where} is not accepted with etcd_ca {stranger.ca.cert}: "
