@@ -26,10 +26,11 @@ import subprocess
 from collections.abc import Callable, Sequence
 
 from overlay.lab.pki import OPERATOR_USER
-from overlay.store.records import ROOT as PREFIX
+from overlay.store import records
 
 HOST_ROLE = "overlay-host"
 OPERATOR_ROLE = "overlay-operator"
+PREFIX = records.ROOT  # /overlay/v1/
 Etcdctl = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
@@ -55,15 +56,19 @@ def ensure_user(etcdctl: Etcdctl, user: str, role: str) -> None:
     _checked(etcdctl, "user", "grant-role", user, role)
 
 
-def enable(etcdctl: Etcdctl) -> None:
-    """The roles, root and the operator's user, then authentication: from here on a certificate
-    whose CN names no user can do nothing, and a host's only what its role allows."""
+def enable(etcdctl: Etcdctl, hosts: Sequence[str] = ()) -> None:
+    """The roles, root's and the operator's users, the users of `hosts` (known in advance, as
+    in the Vagrant lab: made before, so no agent ever sees a missing user), then
+    authentication: from here on a certificate whose CN names no user can do nothing, and a
+    host's only what its role allows."""
     ensure_role(etcdctl, HOST_ROLE)
     ensure_role(etcdctl, OPERATOR_ROLE)
     if etcdctl(["role", "get", "root"]).returncode != 0:
         _checked(etcdctl, "role", "add", "root")
     ensure_user(etcdctl, "root", "root")
     ensure_user(etcdctl, OPERATOR_USER, OPERATOR_ROLE)
+    for host in hosts:
+        add_host(etcdctl, host)
     _checked(etcdctl, "auth", "enable")
 
 

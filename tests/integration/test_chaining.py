@@ -85,7 +85,8 @@ def qdiscs(h: LabHost, dev: str) -> str:
 
 def endpoint_record(lab: Lab, container_id: str) -> dict[str, Any]:
     out = run(lab.etcdctl("get", "--print-value-only",
-                         f"/overlay/v1/endpoints/{NETWORK}/{container_id}/eth0"), netns=lab.underlay_ns).stdout
+                          f"/overlay/v1/endpoints/{NETWORK}/{container_id}/eth0"),
+              netns=lab.underlay_ns).stdout
     return dict(json.loads(out)) if out.strip() else {}
 
 

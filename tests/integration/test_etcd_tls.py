@@ -37,7 +37,7 @@ def stranger(lab: Lab) -> pki.LabPki:
     directory = os.path.join(lab.workdir, "stranger")
     ca = pki.make_ca(directory, "ca", "not the lab's CA")
     client = pki.issue(directory, "client", ca, "overlay-agent", client=True)
-    return pki.LabPki(ca=ca, server=client, client=client)
+    return pki.LabPki(ca=ca, server=client, client=client, root=client)
 
 
 def test_etcd_and_the_agents_use_tls(lab: Lab) -> None:

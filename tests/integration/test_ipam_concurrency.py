@@ -49,7 +49,8 @@ def test_concurrent_adds_on_two_hosts_get_distinct_ips(lab: Lab) -> None:
             cni("DEL", cni.netconf(h, "tight-net"), container_id=name,
                 netns=f"/var/run/netns/{name}")
             del_netns(name)
-    left = run(lab.etcdctl("get", "--prefix", "/overlay/v1/ipam/tight-net/", "--keys-only"), netns=lab.underlay_ns).stdout
+    left = run(lab.etcdctl("get", "--prefix", "/overlay/v1/ipam/tight-net/", "--keys-only"),
+               netns=lab.underlay_ns).stdout
     assert left.split() == []
 
 

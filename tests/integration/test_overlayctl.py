@@ -22,7 +22,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
 
 
 def ctl(lab: Lab, *args: str) -> str:
-    return run([os.path.join(steps.scripts_dir(), "overlayctl"), *args],
+    return run([os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(), *args],
                netns=lab.underlay_ns).stdout
 
 
