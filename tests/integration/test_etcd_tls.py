@@ -219,3 +219,32 @@ def test_agent_keeps_retrying_an_unreachable_etcd_but_gives_up_when_it_refuses_o
     hosts = json.loads(run([OVERLAYCTL, *lab.overlayctl_etcd_args(), "--json", "hosts"],
                            netns=lab.underlay_ns).stdout)
     assert [(x["host"], x["alive"]) for x in hosts] == [("host0", True)]
+
+
+def test_a_certificate_naming_no_etcd_user_is_told_so(lab: Lab) -> None:
+    # Signed by the lab's CA, so TLS accepts it, but no etcd user has its CN: a host whose user
+    # was never made. Both overlayctl and the agent say what is wrong instead of a gRPC dump.
+    pair = pki.issue(os.path.join(lab.workdir, "nobody"), "nobody", lab.pki.ca, "nobody",
+                     client=True)
+    proc = run([OVERLAYCTL, "--etcd-ca", lab.pki.ca.cert, "--etcd-cert", pair.cert,
+                "--etcd-key", pair.key, "hosts"], netns=lab.underlay_ns, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "overlayctl: etcd refused the request: etcdserver: permission denied: etcd's "
+        f"authentication is on, and the etcd user named by the CN of our client certificate "
+        f"(etcd_cert {pair.cert}) does not exist or has no role that allows this on /overlay/v1/ "
+        "(`etcdctl user get <CN>` as etcd's root; docs/etcd-auth.md)")
+    h = lab.hosts[1]
+    lab.stop_agent(h)  # host1's agent, restarted with the wrong certificate
+    log = os.path.join(lab.workdir, "nobody-agent.log")
+    with open(log, "w") as out:
+        agent = subprocess.Popen(in_netns(h.netns, [
+            AGENT, "--config", h.agent_config, "--socket", os.path.join(lab.workdir, "nobody.sock"),
+            "--etcd-cert", pair.cert, "--etcd-key", pair.key]), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        text = wait_for_text(log, "cannot register with etcd yet", 60)
+        assert "does not exist or has no role that allows this on /overlay/v1/" in text, text
+    finally:
+        agent.kill()
+        agent.wait()
+        lab.start_agent(h)
