@@ -12,8 +12,9 @@ deps:
 	@VENV=$(abspath $(VENV)) WITH_TEST_DEPS=1 scripts/install-deps.sh
 
 ## make lab: bring up HOSTS hosts (default 2), attach c0 and c1, ping across hosts.
+## etcd runs with TLS, client certificates and a user per host; TLS=0 keeps plain http.
 lab: deps
-	$(PY) -m overlay.lab up --hosts $(HOSTS) $(if $(filter 1,$(TLS)),--tls)
+	$(PY) -m overlay.lab up --hosts $(HOSTS) $(if $(filter 0,$(TLS)),--no-tls,$(if $(filter 1,$(TLS)),--tls))
 	$(PY) -m overlay.lab demo
 
 lab-down:

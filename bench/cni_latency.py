@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="overlay-bench-")
     prefix = "b" + uuid.uuid4().hex[:5]
-    lab = Lab(workdir=os.path.join(tmp, "lab"), prefix=prefix)
+    lab = Lab(workdir=os.path.join(tmp, "lab"), prefix=prefix, tls=False)  # figures comparable
     # one netns per parallel container, and one more for the resident container
     pool = [f"{prefix}-c{i}" for i in range(max(1, args.parallel) + 1)]
     subjects: list[Subject] = []

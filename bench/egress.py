@@ -97,7 +97,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-bench-egress-"),
-              prefix="b" + uuid.uuid4().hex[:5])
+              prefix="b" + uuid.uuid4().hex[:5], tls=False)
     answer = None
     try:
         if not up_with_two_containers(lab):

@@ -110,7 +110,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=4)
     args = ap.parse_args()
     lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-bench-ovsnat-"),
-              prefix="n" + uuid.uuid4().hex[:5])
+              prefix="n" + uuid.uuid4().hex[:5], tls=False)
     try:
         if not up_with_two_containers(lab):
             return 1

@@ -59,7 +59,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     from overlay.lab.topology import Lab
 
     lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-bench-scale-"),
-              prefix="bs" + uuid.uuid4().hex[:4], underlay="172.31.0.0/16")
+              prefix="bs" + uuid.uuid4().hex[:4], underlay="172.31.0.0/16",
+              tls=False)  # plain etcd: its simulated hosts write as no one (figures comparable)
     try:
         log(f"[setup] lab {lab.prefix}: etcd, one host with OVS and the agent ...")
         lab.up(1)

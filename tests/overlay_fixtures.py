@@ -2,7 +2,9 @@
 
     lab_factory(hosts=N)  a netns lab with its own etcd and per-host OVS + agent, torn down at
                           the end of the module (OVERLAY_TEST_KEEP=1 keeps it for debugging);
-                          tls=True: etcd over https with client certificates
+                          like `make lab`, etcd runs with TLS, client certificates and a user per
+                          host (OVERLAY_TEST_TLS=0, or tls=False, for plain http); a cluster
+                          (etcd_members > 1) is plain http
     netns                 a fresh, uniquely named network namespace, deleted afterwards
     cni                   runs the real `ovs` plugin executable the way a runtime does
     libcni_driver         tests/libcni/driver.go built against Debian's libcni (session)
@@ -33,6 +35,7 @@ from overlay.lab.shell import add_netns, del_netns, run
 from overlay.lab.topology import Lab, LabHost
 
 KEEP = os.environ.get("OVERLAY_TEST_KEEP") == "1"
+DEFAULT_TLS = os.environ.get("OVERLAY_TEST_TLS", "1") != "0"  # what `make lab` runs by default
 NEEDED = ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "etcd", "etcdctl", "ip",
           "ethtool", "ping", "tcpdump")
 
@@ -61,7 +64,9 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
 
     def make(hosts: int = 2, network: tuple[str, int, str] | None = ("my-net", 42,
                                                                     "10.0.0.0/24"),
-             tls: bool = False, etcd_members: int = 1, bridge: str = "br-int") -> Lab:
+             tls: bool | None = None, etcd_members: int = 1, bridge: str = "br-int") -> Lab:
+        if tls is None:
+            tls = DEFAULT_TLS and etcd_members == 1
         lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-lab-"), prefix=new_prefix(), tls=tls,
                   etcd_members=etcd_members, bridge=bridge)
         labs.append(lab)
@@ -110,8 +115,8 @@ def host_snapshot(lab: Lab, host: LabHost, container_netns: str | None = None) -
                  "Interface"]).stdout
     links = run(["ip", "-o", "link", "show"], netns=host.netns).stdout
     links = sorted(line.split(":")[1].strip() for line in links.splitlines())
-    etcd = run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "get", "--prefix",
-                "/overlay/v1/", "--keys-only"], netns=lab.underlay_ns).stdout.split()
+    etcd = run(lab.etcdctl("get", "--prefix", "/overlay/v1/", "--keys-only"),
+               netns=lab.underlay_ns).stdout.split()
     snap: dict[str, Any] = {"ovs": sorted(json.loads(ports)["data"], key=str), "links": links,
                             "etcd": sorted(etcd)}
     if container_netns:

@@ -1,7 +1,9 @@
 """python -m overlay.lab: bring the netns lab up or down, add containers, show the ping.
 
-    up [--hosts N] [--tls]               hosts, etcd, network my-net (VNI 42, 10.0.0.0/24);
-                                         --tls (or TLS=1): etcd over https, client certificates
+    up [--hosts N] [--tls|--no-tls]      hosts, etcd, network my-net (VNI 42, 10.0.0.0/24);
+                                         etcd over https with a client certificate, an etcd user
+                                         and a role per host (the default); --no-tls (or TLS=0):
+                                         plain http, open to whoever reaches etcd's port
     demo                                 containers c0 on host0 and c1 on host1, ping both ways
     container add NAME --host H [--network N] | container del NAME
     network add NAME --vni V --subnet S
@@ -20,7 +22,7 @@ import os
 import sys
 
 from overlay.lab import containers as ctr
-from overlay.lab import dhcp
+from overlay.lab import dhcp, etcdauth
 from overlay.lab.topology import Lab
 
 WORKDIR = os.environ.get("OVERLAY_LAB_DIR", "/run/overlay-lab")
@@ -66,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up")
     up.add_argument("--hosts", type=int, default=int(os.environ.get("HOSTS", "2")))
-    up.add_argument("--tls", action="store_true", default=os.environ.get("TLS") == "1",
-                    help="etcd serves https and requires client certificates (made with openssl)")
+    up.add_argument("--tls", action=argparse.BooleanOptionalAction,
+                    default={"0": False, "1": True}.get(os.environ.get("TLS", "")),
+                    help="etcd serves https only, requires client certificates (made with "
+                         "openssl) and limits each host's etcd user to /overlay/v1/ (default: "
+                         "on, or what the lab already runs; TLS=0 or --no-tls: plain http)")
     up.add_argument("--bridge", default="br-int", help="the bridge every host's agent manages")
     up.add_argument("--no-network", action="store_true",
                     help="do not define my-net (VNI 42, 10.0.0.0/24), e.g. to give VNI 42 to pci")
@@ -111,17 +116,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "up":
         lab = Lab.load(args.workdir) if os.path.exists(f"{args.workdir}/lab.json") else Lab(
-            workdir=args.workdir, tls=args.tls, bridge=args.bridge)
-        if args.tls and not lab.tls:  # (a TLS lab stays one without --tls)
-            raise SystemExit(f"the lab in {args.workdir} runs etcd without TLS; remove it first "
-                             "(make lab-down) to bring it up with TLS")
+            workdir=args.workdir, tls=args.tls is not False, bridge=args.bridge)
+        if args.tls is not None and args.tls != lab.tls:  # unsaid, the lab stays as it is
+            raise SystemExit(f"the lab in {args.workdir} runs etcd {'with' if lab.tls else 'without'}"
+                             f" TLS; remove it first (make lab-down) to bring it up "
+                             f"{'with' if args.tls else 'without'} TLS")
         print(f"bringing up {args.hosts} hosts in {args.workdir} ...")
         lab.up(args.hosts, progress=lambda line: print(line, flush=True))
         if not args.no_network:
             ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
         if lab.tls:
-            print(f"  etcd: {lab.etcd_url}, client certificates required; CA, etcd's and the "
-                  f"agents' certificates in {lab.pki_dir}")
+            print(f"  etcd: {lab.etcd_url}, client certificates required, one etcd user per host "
+                  f"(role {etcdauth.HOST_ROLE}: {etcdauth.PREFIX} only); certificates in "
+                  f"{lab.pki_dir}")
+        else:
+            print(f"  etcd: {lab.etcd_url}, plain http without authentication (TLS=0)")
         for h in lab.hosts:
             print(f"  {h.name}: netns {h.netns}, vtep {h.vtep}, agent socket {h.socket}")
         return 0

@@ -3,8 +3,13 @@
     make_ca(dir, name, cn)            a self-signed CA: <name>.crt and <name>.key
     issue(dir, name, ca, cn, ...)     a certificate signed by `ca`: for a server (its IP
                                       addresses as subjectAltNames) or for a client
-    lab_pki(dir, etcd_ips)            what a TLS lab uses: ca, etcd (server), client (agents and
-                                      overlayctl); files already there are kept
+    lab_pki(dir, etcd_ips)            what a TLS lab uses: ca, etcd (server), client (the
+                                      operator's: overlayctl), root (etcd's admin, for the lab's
+                                      own user and role set-up); files already there are kept
+    host_cert(dir, ca, host)          one host's client certificate, CN = the host's etcd user
+
+With etcd's authentication on (overlay.lab.etcdauth), etcd takes the user of a request from the
+common name of the client certificate: the CN *is* the identity, so each host gets its own.
 
 Keys are EC P-256, unencrypted, mode 0600; certificates are valid for ten years. Lab and test
 code only: a real deployment brings its own PKI.
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from overlay.lab.shell import run
 
 DAYS = "3650"
+OPERATOR_USER = "overlay-operator"  # the CN of the operator's certificate, its etcd user
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,13 @@ class CertKey:
 class LabPki:
     ca: CertKey
     server: CertKey  # etcd's
-    client: CertKey  # the agents' and overlayctl's
+    client: CertKey  # the operator's (overlayctl), etcd user OPERATOR_USER
+    root: CertKey    # etcd's root user: users, roles, `auth enable`; the lab itself only
+
+    def host(self, name: str) -> CertKey:
+        """Where host_cert puts host `name`'s certificate (made or not)."""
+        directory = os.path.join(os.path.dirname(self.ca.cert), "hosts")
+        return CertKey(os.path.join(directory, f"{name}.crt"), os.path.join(directory, f"{name}.key"))
 
 
 def _openssl() -> str:
@@ -101,15 +113,26 @@ def lab_pki_paths(directory: str) -> LabPki:
     """Where lab_pki puts its files (whether they exist yet or not)."""
     def pair(name: str) -> CertKey:
         return CertKey(os.path.join(directory, f"{name}.crt"), os.path.join(directory, f"{name}.key"))
-    return LabPki(ca=pair("ca"), server=pair("etcd"), client=pair("client"))
+    return LabPki(ca=pair("ca"), server=pair("etcd"), client=pair("client"), root=pair("root"))
 
 
 def lab_pki(directory: str, etcd_ips: Sequence[str]) -> LabPki:
-    """The lab's CA, etcd's server certificate for `etcd_ips`, and the agents' client certificate."""
+    """The lab's CA, etcd's server certificate for `etcd_ips`, the operator's and root's client
+    certificates. Hosts get theirs from host_cert, as they are added."""
     paths = lab_pki_paths(directory)
     ca = paths.ca if paths.ca.exists() else make_ca(directory, "ca", "overlay lab CA")
     if not paths.server.exists():
         issue(directory, "etcd", ca, "etcd", ips=etcd_ips, dns=["localhost"])
     if not paths.client.exists():
-        issue(directory, "client", ca, "overlay-agent", client=True)
+        issue(directory, "client", ca, OPERATOR_USER, client=True)
+    if not paths.root.exists():
+        issue(directory, "root", ca, "root", client=True)
     return paths
+
+
+def host_cert(directory: str, ca: CertKey, host: str) -> CertKey:
+    """Host `host`'s client certificate in <directory>/hosts (kept if there): CN = `host`."""
+    pair = lab_pki_paths(directory).host(host)
+    if not pair.exists():
+        issue(os.path.dirname(pair.cert), host, ca, host, client=True)
+    return pair

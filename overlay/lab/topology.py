@@ -7,9 +7,12 @@
 Everything a lab makes lives under `workdir` (files) or is named after `prefix` (namespaces,
 links), so `down()` can remove all of it, and several labs (the tests') can coexist.
 
-With `tls=True` etcd serves https only and requires client certificates: a CA, etcd's server
-certificate (for the underlay address and 127.0.0.1) and one client certificate for the agents
-and overlayctl are made with openssl in `<workdir>/pki` (overlay.lab.pki).
+By default (`tls=True`) etcd serves https only, requires client certificates and has its
+authentication on: a CA, etcd's server certificate (for the underlay address and 127.0.0.1),
+one client certificate per host (CN = its etcd user, the host's name), one for the operator
+(overlayctl) and one for etcd's root are made with openssl in `<workdir>/pki` (overlay.lab.pki);
+users and roles are set up by overlay.lab.etcdauth: a host may read and write /overlay/v1/ and
+nothing else. `tls=False` keeps the old plain-http etcd, open to anyone who reaches its port.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import ipaddress
 import json
 import os
 import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from overlay.lab import dhcp, pki
+from overlay.lab import dhcp, etcdauth, pki
 from overlay.lab import host as steps
 from overlay.lab.shell import add_netns, del_netns, netns_exists, run
 from overlay.store.tls import TlsFiles
@@ -105,7 +109,7 @@ class Lab:
     underlay: str = "172.31.0.0/24"
     hosts: list[LabHost] = field(default_factory=list)
     containers: dict[str, dict[str, str]] = field(default_factory=dict)
-    tls: bool = False  # etcd over https with client-certificate authentication
+    tls: bool = True  # etcd over https, client certificates, a user and a role per host
     etcd_members: int = 1  # 3: a cluster of three members on .254, .253, .252
     bridge: str = "br-int"  # the integration bridge every host's agent manages
 
@@ -155,16 +159,31 @@ class Lab:
 
     @property
     def etcd_client_tls(self) -> TlsFiles:
-        """What agents and overlayctl present to etcd (nothing in a plain lab)."""
+        """What overlayctl (the operator) presents to etcd (nothing in a plain lab)."""
         if not self.tls:
             return TlsFiles()
         return TlsFiles(self.pki.ca.cert, self.pki.client.cert, self.pki.client.key)
 
-    def etcdctl(self, *args: str, url: str | None = None) -> list[str]:
-        """An etcdctl command line for this lab's etcd (run it in the underlay namespace)."""
-        files = self.etcd_client_tls
+    def host_tls(self, host: str) -> TlsFiles:
+        """What host `host`'s agent presents to etcd: its own certificate."""
+        if not self.tls:
+            return TlsFiles()
+        pair = self.pki.host(host)
+        return TlsFiles(self.pki.ca.cert, pair.cert, pair.key)
+
+    def etcdctl(self, *args: str, url: str | None = None, as_: TlsFiles | None = None) -> list[str]:
+        """An etcdctl command line for this lab's etcd (run it in the underlay namespace), as
+        the operator unless `as_` names other certificate files (root_tls, host_tls)."""
+        files = as_ or self.etcd_client_tls
         auth = ["--cacert", files.ca, "--cert", files.cert, "--key", files.key] if self.tls else []
         return ["etcdctl", "--endpoints", url or self.local_etcd_url, *auth, *args]
+
+    @property
+    def root_tls(self) -> TlsFiles:
+        return TlsFiles(self.pki.ca.cert, self.pki.root.cert, self.pki.root.key)
+
+    def _etcdctl_root(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        return run(self.etcdctl(*args, as_=self.root_tls), netns=self.underlay_ns, check=False)
 
     def overlayctl_etcd_args(self) -> list[str]:
         """overlayctl's etcd flags for this lab, from inside the underlay namespace."""
@@ -172,9 +191,9 @@ class Lab:
         auth = ["--etcd-ca", files.ca, "--etcd-cert", files.cert, "--etcd-key", files.key]
         return ["--etcd", self.local_etcd_url, *(auth if self.tls else [])]
 
-    def agent_etcd_settings(self) -> dict[str, str]:
-        """The TLS keys of an agent's configuration (none in a plain lab)."""
-        files = self.etcd_client_tls
+    def agent_etcd_settings(self, host: str) -> dict[str, str]:
+        """The TLS keys of host `host`'s agent configuration (none in a plain lab)."""
+        files = self.host_tls(host)
         if not self.tls:
             return {}
         return {"etcd_ca": files.ca, "etcd_cert": files.cert, "etcd_key": files.key}
@@ -289,6 +308,8 @@ class Lab:
         steps.wait_for(lambda: run(self.etcdctl("endpoint", "health", url=self.etcd_url),
                                    netns=ns, check=False).returncode == 0,
                        "etcd", log=os.path.join(etcd_dir, "etcd.log"))
+        if self.tls:
+            etcdauth.enable(self._etcdctl_root)
 
     def stop_etcd(self) -> None:
         steps.stop_pidfile(os.path.join(self.etcd_dir, "etcd.pid"))
@@ -318,6 +339,9 @@ class Lab:
         self.hosts.append(h)
         self.save()
         paths = steps.start_ovs(h.ovs_dir, h.netns)
+        if self.tls:  # its own certificate and etcd user, before its agent first dials etcd
+            pki.host_cert(self.pki_dir, self.pki.ca, name)
+            etcdauth.add_host(self._etcdctl_root, name)
         steps.write_agent_config(
             h.agent_config, host=name, bridge=self.bridge, underlay_interface="eth0",
             underlay_ip=h.vtep,
@@ -329,7 +353,7 @@ class Lab:
             # A lab agent restarts in about a second, well inside its 10 s lease; a short grace
             # keeps a lost host's effect (tests/e2e/test_faults.py) quick to see.
             host_grace=5,
-            **self.agent_etcd_settings())
+            **self.agent_etcd_settings(name))
         self.start_agent(h)
         dhcp.start_daemon(h)
         return h

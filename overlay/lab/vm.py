@@ -6,13 +6,17 @@ systemd units, and containers as namespaces attached by the `ovs` plugin in /opt
 way a runtime would. Both labs build hosts from the same steps (overlay.lab.host and
 overlay.lab.containers), so what the netns lab tests is what the VMs run.
 
-    etcd --listen IP [--name N]        overlay-etcd.service, clients on IP:2379 and 127.0.0.1:2379
-    host --etcd URL (--underlay-ip IP | --underlay-interface IF) [--name N]
+    etcd --listen IP [--name N] [--host H ...]
+                                       overlay-etcd.service, clients on IP:2379 and 127.0.0.1:2379;
+                                       https, client certificates, an etcd user per host H
+                                       (--no-tls: plain http, no users)
+    host --etcd URL (--underlay-ip IP | --underlay-interface IF) [--name N] [--no-tls]
                                        system OVS, `python -m overlay.install` (the shipped
                                        overlay-agent.service, the plugin in /opt/cni/bin),
                                        /etc/overlay/agent.toml for this lab, the agent started,
                                        network my-net (VNI 42, 10.0.0.0/24) recorded in etcd,
-                                       its conflist in /etc/cni/net.d
+                                       its conflist in /etc/cni/net.d; with TLS (an https URL)
+                                       the certificates Vagrant uploaded (overlay.lab.vm_tls)
     container NAME                     namespace NAME attached to my-net through CNI ADD
     ping NAME TARGET                   from container NAME to an IP or to another container
                                        (looked up in etcd); exit status 0 if replies came back
@@ -26,9 +30,9 @@ import argparse
 import ipaddress
 import json
 import os
-import shlex
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +43,11 @@ from overlay.agent import config as agent_config
 from overlay.cli import overlayctl
 from overlay.errors import CniError, Code
 from overlay.lab import containers as ctr
+from overlay.lab import etcdauth, vm_tls
 from overlay.lab import host as steps
 from overlay.lab.shell import add_netns, del_netns, netns_exists, run
+from overlay.lab.systemd import enable, install_unit, journal_tail, systemctl, systemd_unit, unit_state
+from overlay.store.tls import TlsFiles
 
 AGENT_CONFIG = "/etc/overlay/agent.toml"
 AGENT_SOCKET = "/run/overlay/agent.sock"
@@ -52,26 +59,10 @@ OVS_UNIT = "openvswitch-switch.service"
 OVS_RUNDIR = "/var/run/openvswitch"
 CNI_BIN = "/opt/cni/bin"
 CNI_CONF_DIR = "/etc/cni/net.d"
-UNIT_DIR = "/etc/systemd/system"
 DEFAULT_VNI, DEFAULT_SUBNET = 42, "10.0.0.0/24"
+NO_TLS = TlsFiles()
 
 # --- what gets written (pure) -----------------------------------------------------------------
-
-
-def systemd_unit(description: str, command: Sequence[str], *, after: Sequence[str] = (),
-                 conflicts: Sequence[str] = (), notify: bool = False) -> str:
-    """A service that starts at boot and comes back after a crash; `after` units are wanted too."""
-    unit = ["[Unit]", f"Description={description}"]
-    if after:
-        unit += [f"After={' '.join(after)}", f"Wants={' '.join(after)}"]
-    if conflicts:
-        unit.append(f"Conflicts={' '.join(conflicts)}")
-    unit += ["", "[Service]"]
-    if notify:
-        unit.append("Type=notify")
-    unit += [f"ExecStart={shlex.join(command)}", "Restart=on-failure", "RestartSec=2",
-             "", "[Install]", "WantedBy=multi-user.target", ""]
-    return "\n".join(unit)
 
 
 def etcd_unit(command: Sequence[str]) -> str:
@@ -81,7 +72,7 @@ def etcd_unit(command: Sequence[str]) -> str:
 
 
 def agent_settings(name: str, etcd: str, underlay_interface: str,
-                   underlay_ip: str = "") -> dict[str, Any]:
+                   underlay_ip: str = "", tls: TlsFiles = NO_TLS) -> dict[str, Any]:
     """The agent's configuration on a VM: the system's OVS, and the kernel datapath."""
     values: dict[str, Any] = {
         "host": name, "underlay_interface": underlay_interface,
@@ -95,6 +86,8 @@ def agent_settings(name: str, etcd: str, underlay_interface: str,
         "lease_ttl": 30}
     if underlay_ip:
         values["underlay_ip"] = underlay_ip
+    if tls.enabled:
+        values.update(etcd_ca=tls.ca, etcd_cert=tls.cert, etcd_key=tls.key)
     return values
 
 
@@ -127,46 +120,6 @@ def find_endpoint(records: Sequence[dict[str, Any]], container: str) -> dict[str
     return None
 
 
-# --- systemd ----------------------------------------------------------------------------------
-
-
-def systemctl(*args: str, check: bool = True) -> int:
-    # Generous: under TCG emulation on a loaded machine one daemon-reload took 30 s.
-    return run(["systemctl", *args], check=check, timeout=600).returncode
-
-
-def unit_state(unit: str) -> tuple[str, str]:
-    """(is-enabled, is-active), e.g. ("disabled", "inactive"); both are read-only queries."""
-    enabled = run(["systemctl", "is-enabled", unit], check=False, timeout=600).stdout.strip()
-    active = run(["systemctl", "is-active", unit], check=False, timeout=600).stdout.strip()
-    return enabled, active
-
-
-def install_unit(name: str, text: str) -> bool:
-    """Write the unit if it differs; says whether it did."""
-    path = os.path.join(UNIT_DIR, name)
-    if os.path.exists(path):
-        with open(path) as fh:
-            if fh.read() == text:
-                return False
-    with open(path, "w") as fh:
-        fh.write(text)
-    systemctl("daemon-reload")
-    return True
-
-
-def enable(unit: str) -> None:
-    """Enable at boot only if not yet: `systemctl enable` reloads systemd every time (and runs
-    update-rc.d for units with a SysV script), which cost minutes per call under TCG. The unit
-    files themselves are loaded by the daemon-reload that install_unit/overlay.install run."""
-    if unit_state(unit)[0] != "enabled":
-        systemctl("enable", "--no-reload", unit)
-
-
-def journal_tail(unit: str, lines: int = 30) -> str:
-    return run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager"], check=False).stdout
-
-
 def retire_packaged_etcd() -> None:
     # It listens on 127.0.0.1:2379: on the etcd VM it would hold overlay-etcd's port, elsewhere
     # it would answer `overlayctl` (whose default is 127.0.0.1) with an empty store.
@@ -181,20 +134,34 @@ def retire_packaged_etcd() -> None:
 
 
 def cmd_etcd(args: argparse.Namespace) -> int:
-    command = steps.etcd_command(args.name or socket.gethostname(), ETCD_DATA_DIR, args.listen)
+    server = None
+    if args.tls:
+        vm_tls.install()
+        d = vm_tls.PKI_DIR
+        server = steps.EtcdServerTls(f"{d}/etcd.crt", f"{d}/etcd.key", f"{d}/ca.crt")
+    command = steps.etcd_command(args.name or socket.gethostname(), ETCD_DATA_DIR, args.listen,
+                                 tls=server)
     command[0] = shutil.which(command[0]) or command[0]
     retire_packaged_etcd()
     os.makedirs(ETCD_DATA_DIR, mode=0o700, exist_ok=True)  # etcd warns about anything wider
     changed = install_unit(ETCD_UNIT, etcd_unit(command))
     enable(ETCD_UNIT)
     systemctl("restart" if changed else "start", ETCD_UNIT)
-    url = f"http://{args.listen}:{steps.ETCD_PORT}"
+    scheme = "https" if args.tls else "http"
+    url = f"{scheme}://{args.listen}:{steps.ETCD_PORT}"
+    as_root = ["etcdctl", "--dial-timeout=10s", "--command-timeout=60s", "--endpoints", url,
+               *vm_tls.etcdctl_args(vm_tls.root_tls() if args.tls else NO_TLS)]
     try:
-        steps.wait_for(lambda: run(["etcdctl", "--endpoints", url, "endpoint", "health"],
-                                   check=False).returncode == 0, f"etcd at {url}", timeout=300)
+        steps.wait_for(lambda: run([*as_root, "endpoint", "health"], check=False).returncode == 0,
+                       f"etcd at {url}", timeout=300)
     except RuntimeError as err:
         raise RuntimeError(f"{err}\n{journal_tail(ETCD_UNIT)}") from None
-    print(f"etcd: {ETCD_UNIT} serving {url} and http://127.0.0.1:{steps.ETCD_PORT}")
+    if args.tls:
+        def etcdctl(a: Sequence[str]) -> subprocess.CompletedProcess[str]:
+            return run([*as_root, *a], check=False, timeout=120)
+        etcdauth.enable(etcdctl, args.host)
+    print(f"etcd: {ETCD_UNIT} serving {url} and {scheme}://127.0.0.1:{steps.ETCD_PORT}"
+          + (f"; users {', '.join(args.host)} (role {etcdauth.HOST_ROLE})" if args.tls else ""))
     return 0
 
 
@@ -236,9 +203,15 @@ def when_etcd_answers(call: Callable[[], T], etcd: str, deadline: float) -> T:
             time.sleep(2)
 
 
-def create_network_when_etcd_answers(args: argparse.Namespace, deadline: float) -> None:
+def create_network_when_etcd_answers(args: argparse.Namespace, tls: TlsFiles,
+                                     deadline: float) -> None:
     when_etcd_answers(lambda: overlayctl.create_network(args.etcd, args.network, args.vni,
-                                                        args.subnet), args.etcd, deadline)
+                                                        args.subnet, tls=tls), args.etcd, deadline)
+
+
+def etcd_tls(etcd: str) -> TlsFiles:
+    """The lab's client certificate for https endpoints, nothing for http ones."""
+    return vm_tls.client_tls() if "https://" in etcd else NO_TLS
 
 
 def cmd_host(args: argparse.Namespace) -> int:
@@ -251,12 +224,14 @@ def cmd_host(args: argparse.Namespace) -> int:
     interface = args.underlay_interface or interface_with_address(
         run(["ip", "-o", "-4", "addr", "show"]).stdout, args.underlay_ip)
     os.makedirs(os.path.dirname(AGENT_CONFIG), exist_ok=True)
+    vm_tls.install()  # this VM's own certificate, if Vagrant uploaded it
+    tls = etcd_tls(args.etcd)
     steps.write_agent_config(AGENT_CONFIG, **agent_settings(name, args.etcd, interface,
-                                                            args.underlay_ip or ""))
+                                                            args.underlay_ip or "", tls))
     cfg = agent_config.load(["--config", AGENT_CONFIG])
     start_agent_unit(args.timeout)
 
-    create_network_when_etcd_answers(args, time.monotonic() + args.timeout)
+    create_network_when_etcd_answers(args, tls, time.monotonic() + args.timeout)
     os.makedirs(CNI_CONF_DIR, exist_ok=True)
     conflist = os.path.join(CNI_CONF_DIR, ctr.conflist_name(args.network))
     steps.write_cni_config(conflist, network=args.network, vni=args.vni, subnet=args.subnet,
@@ -310,8 +285,8 @@ def resolve(target: str, etcd: str, timeout: float) -> tuple[str, str]:
         pass
     deadline = time.monotonic() + timeout
     # It may be attached on a VM that is still being provisioned.
-    while (rec := find_endpoint(when_etcd_answers(lambda: overlayctl.endpoints(etcd), etcd,
-                                                  deadline), target)) is None:
+    while (rec := find_endpoint(when_etcd_answers(
+            lambda: overlayctl.endpoints(etcd, tls=etcd_tls(etcd)), etcd, deadline), target)) is None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"no container {target} recorded in etcd at {etcd}")
         time.sleep(1)
@@ -349,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("etcd", help="run etcd as a systemd unit")
     e.add_argument("--listen", required=True, help="the address other hosts reach etcd on")
     e.add_argument("--name", help="member name (default: the hostname)")
+    e.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"https, client certificates (uploaded to {vm_tls.UPLOAD_DIR}) and an "
+                        "etcd user per --host")
+    e.add_argument("--host", action="append", default=[], help="a host to make an etcd user for")
     e.set_defaults(func=cmd_etcd)
 
     h = sub.add_parser("host", help="make this machine an overlay host")

@@ -98,9 +98,23 @@ def _translate(fn: Callable[P, T]) -> Callable[P, T]:
             except (pyetcd.exceptions.Etcd3Exception, grpc.RpcError) as exc:
                 if store is not None:
                     store.on_error(fn.__name__.lstrip("_"))
-                raise CniError(Code.STORE_FAILURE, "etcd refused the request", str(exc)) from None
+                raise CniError(Code.STORE_FAILURE, "etcd refused the request",
+                               _refusal(store, exc)) from None
         raise AssertionError("unreachable: the last attempt returns or raises")
     return wrapper
+
+
+def _refusal(store: Store | None, exc: Exception) -> str:
+    """Why etcd refused: for "permission denied", in words an operator can act on."""
+    code = getattr(exc, "code", None)
+    if not (callable(code) and code() is grpc.StatusCode.PERMISSION_DENIED):
+        return str(exc)
+    cert = store._tls.cert if store is not None else ""
+    who = (f"the etcd user named by the CN of our client certificate (etcd_cert {cert})" if cert
+           else "this client (no client certificate, so no etcd user)")
+    return (f"etcdserver: permission denied: etcd's authentication is on, and {who} does not "
+            f"exist or has no role that allows this on {r.ROOT} (`etcdctl user get <CN>` as "
+            "etcd's root; docs/etcd-auth.md)")
 
 
 def parse_endpoint(url: str) -> tuple[str, int]:

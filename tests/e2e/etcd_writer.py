@@ -10,13 +10,16 @@ Run inside the lab's underlay namespace (where etcd listens), one step per invoc
     etcd_writer.py URL revoke LEASE                 revoke a lease (its host records vanish)
     etcd_writer.py URL expected ME                  JSON: what host ME's switch should hold
 
-Endpoint i lives on simulated host i // 10, in network `bulk` (VNI 4343).
+Endpoint i lives on simulated host i // 10, in network `bulk` (VNI 4343). In a TLS lab the
+environment names the client certificate: ETCD_CA, ETCD_CERT, ETCD_KEY (etcd's root user's, as
+compaction is an admin's call).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 
 from overlay.store import records as r
@@ -42,7 +45,8 @@ def endpoint(i: int) -> tuple[str, str]:
 
 def main() -> None:
     url, step, *args = sys.argv[1:]
-    store = Store(endpoints=[url], timeout=10.0)
+    store = Store(endpoints=[url], timeout=10.0, ca=os.environ.get("ETCD_CA"),
+                  cert=os.environ.get("ETCD_CERT"), key=os.environ.get("ETCD_KEY"))
     client = store.client
     try:
         if step == "hosts":

@@ -43,7 +43,7 @@ def retrying(call: Callable[[], object], attempts: int = 60) -> object:
 
 
 def doctor(lab: Lab) -> list[str]:
-    cmd = [os.path.join(steps.scripts_dir(), "overlayctl"), "--etcd", "http://127.0.0.1:2379",
+    cmd = [os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(),
            "doctor"]
     for h in lab.hosts:
         cmd += ["--socket", h.socket]

@@ -247,8 +247,8 @@ def test_host_loss_stops_tunnels_to_it_and_recovery_needs_no_help(lab: Lab) -> N
         time.sleep(0.1)
     print(f"\n  host0 stopped sending to host1 {time.monotonic() - lost_at:.1f} s after its agent "
           "died (lease TTL 10 s + host_grace 5 s)")
-    held = run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "get", "--prefix",
-                "/overlay/v1/ipam/my-net/", "--keys-only"], netns=lab.underlay_ns).stdout.split()
+    held = run(lab.etcdctl("get", "--prefix", "/overlay/v1/ipam/my-net/", "--keys-only"),
+               netns=lab.underlay_ns).stdout.split()
     assert f"/overlay/v1/ipam/my-net/{lab.containers['c1']['ip']}" in held  # still reserved
     lab.start_agent(h1)
     ctr.wait_converged(lab)

@@ -184,8 +184,8 @@ def test_check_and_doctor_see_the_gateway(lab: Lab) -> None:
 
 
 def doctor(lab: Lab, h: LabHost) -> subprocess.CompletedProcess[str]:
-    return run([os.path.join(steps.scripts_dir(), "overlayctl"), "--etcd",
-                "http://127.0.0.1:2379", "doctor", "--socket", h.socket],
+    return run([os.path.join(steps.scripts_dir(), "overlayctl"),
+                *lab.overlayctl_etcd_args(), "doctor", "--socket", h.socket],
                netns=lab.underlay_ns, check=False)
 
 

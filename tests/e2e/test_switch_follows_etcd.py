@@ -37,7 +37,9 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
 
 
 def write(lab: Lab, *args: str) -> str:
-    cmd = ["env", f"PYTHONPATH={ROOT}", sys.executable, WRITER, lab.local_etcd_url, *args]
+    files = lab.root_tls if lab.tls else lab.etcd_client_tls
+    cmd = ["env", f"PYTHONPATH={ROOT}", f"ETCD_CA={files.ca}", f"ETCD_CERT={files.cert}",
+           f"ETCD_KEY={files.key}", sys.executable, WRITER, lab.local_etcd_url, *args]
     return run(cmd, netns=lab.underlay_ns).stdout.strip()
 
 

@@ -84,8 +84,9 @@ def qdiscs(h: LabHost, dev: str) -> str:
 
 
 def endpoint_record(lab: Lab, container_id: str) -> dict[str, Any]:
-    out = run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "get", "--print-value-only",
-               f"/overlay/v1/endpoints/{NETWORK}/{container_id}/eth0"], netns=lab.underlay_ns).stdout
+    out = run(lab.etcdctl("get", "--print-value-only",
+                          f"/overlay/v1/endpoints/{NETWORK}/{container_id}/eth0"),
+              netns=lab.underlay_ns).stdout
     return dict(json.loads(out)) if out.strip() else {}
 
 

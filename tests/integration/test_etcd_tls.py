@@ -37,7 +37,7 @@ def stranger(lab: Lab) -> pki.LabPki:
     directory = os.path.join(lab.workdir, "stranger")
     ca = pki.make_ca(directory, "ca", "not the lab's CA")
     client = pki.issue(directory, "client", ca, "overlay-agent", client=True)
-    return pki.LabPki(ca=ca, server=client, client=client)
+    return pki.LabPki(ca=ca, server=client, client=client, root=client)
 
 
 def test_etcd_and_the_agents_use_tls(lab: Lab) -> None:
@@ -49,7 +49,7 @@ def test_etcd_and_the_agents_use_tls(lab: Lab) -> None:
     with open(lab.hosts[0].agent_config) as fh:
         config = fh.read()
     assert f'etcd_endpoints = ["https://{lab.etcd_ip}:2379"]' in config
-    assert f'etcd_cert = "{lab.pki.client.cert}"' in config
+    assert f'etcd_cert = "{lab.pki.host("host0").cert}"' in config  # its own certificate
 
 
 def test_containers_on_two_hosts_ping_each_other(lab: Lab) -> None:
@@ -150,7 +150,7 @@ def test_agent_refuses_to_start(lab: Lab, stranger: pki.LabPki, case: str) -> No
         "key of another cert": (
             ["--etcd-key", stranger.client.key],
             f"etcd_key {stranger.client.key} is not the private key of etcd_cert "
-            f"{ours.client.cert} (key values mismatch)"),
+            f"{ours.host('host0').cert} (key values mismatch)"),
         "wrong CA": (
             ["--etcd-ca", stranger.ca.cert],
             f"etcd's server certificate at {where} is not accepted with etcd_ca {stranger.ca.cert}: "
@@ -219,3 +219,32 @@ def test_agent_keeps_retrying_an_unreachable_etcd_but_gives_up_when_it_refuses_o
     hosts = json.loads(run([OVERLAYCTL, *lab.overlayctl_etcd_args(), "--json", "hosts"],
                            netns=lab.underlay_ns).stdout)
     assert [(x["host"], x["alive"]) for x in hosts] == [("host0", True)]
+
+
+def test_a_certificate_naming_no_etcd_user_is_told_so(lab: Lab) -> None:
+    # Signed by the lab's CA, so TLS accepts it, but no etcd user has its CN: a host whose user
+    # was never made. Both overlayctl and the agent say what is wrong instead of a gRPC dump.
+    pair = pki.issue(os.path.join(lab.workdir, "nobody"), "nobody", lab.pki.ca, "nobody",
+                     client=True)
+    proc = run([OVERLAYCTL, "--etcd-ca", lab.pki.ca.cert, "--etcd-cert", pair.cert,
+                "--etcd-key", pair.key, "hosts"], netns=lab.underlay_ns, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "overlayctl: etcd refused the request: etcdserver: permission denied: etcd's "
+        f"authentication is on, and the etcd user named by the CN of our client certificate "
+        f"(etcd_cert {pair.cert}) does not exist or has no role that allows this on /overlay/v1/ "
+        "(`etcdctl user get <CN>` as etcd's root; docs/etcd-auth.md)")
+    h = lab.hosts[1]
+    lab.stop_agent(h)  # host1's agent, restarted with the wrong certificate
+    log = os.path.join(lab.workdir, "nobody-agent.log")
+    with open(log, "w") as out:
+        agent = subprocess.Popen(in_netns(h.netns, [
+            AGENT, "--config", h.agent_config, "--socket", os.path.join(lab.workdir, "nobody.sock"),
+            "--etcd-cert", pair.cert, "--etcd-key", pair.key]), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        text = wait_for_text(log, "cannot register with etcd yet", 60)
+        assert "does not exist or has no role that allows this on /overlay/v1/" in text, text
+    finally:
+        agent.kill()
+        agent.wait()
+        lab.start_agent(h)

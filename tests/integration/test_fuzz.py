@@ -142,8 +142,8 @@ def _start_witness(lab: Lab, h: LabHost) -> Witness:
                 os.path.join(lab.workdir, "fuzz-ovsdb-monitor.json"), [])
     with open(w.etcd_out, "wb") as etcd_out, open(w.ovs_out, "wb") as ovs_out:
         w.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", lab.underlay_ns, "etcdctl", "--endpoints",
-             "http://127.0.0.1:2379", "watch", "--prefix", ROOT, "-w", "json"],
+            ["ip", "netns", "exec", lab.underlay_ns,
+             *lab.etcdctl("watch", "--prefix", ROOT, "-w", "json")],
             stdout=etcd_out, stderr=subprocess.DEVNULL))
         w.procs.append(subprocess.Popen(
             ["ovsdb-client", "monitor", f"unix:{h.ovs_dir}/db.sock", "Open_vSwitch", "Interface",
@@ -153,7 +153,7 @@ def _start_witness(lab: Lab, h: LabHost) -> Witness:
     while canary not in w.etcd_keys() or os.path.getsize(w.ovs_out) == 0:
         assert time.monotonic() < deadline, "etcdctl watch / ovsdb-client monitor did not start"
         for verb in (["put", canary, "1"], ["del", canary]):
-            run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", *verb], netns=lab.underlay_ns)
+            run(lab.etcdctl(*verb), netns=lab.underlay_ns)
         time.sleep(0.1)
     return w
 
@@ -278,8 +278,7 @@ def _assert_addresses_keep_the_netconf(stdin: bytes, body: dict[str, Any], where
 
 
 def _etcd_keys(lab: Lab) -> list[str]:
-    out = run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "get", "--prefix", ROOT,
-               "--keys-only", "-w", "json"], netns=lab.underlay_ns).stdout
+    out = run(lab.etcdctl("get", "--prefix", ROOT, "--keys-only", "-w", "json"), netns=lab.underlay_ns).stdout
     return [base64.b64decode(kv["key"]).decode() for kv in json.loads(out).get("kvs", [])]
 
 
@@ -352,7 +351,7 @@ def _consistent(prev: Any) -> bool:
 
 def _drop_keys(lab: Lab, keys: set[str]) -> None:
     for key in keys:
-        run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "del", key], netns=lab.underlay_ns)
+        run(lab.etcdctl("del", key), netns=lab.underlay_ns)
 
 
 def _back_to_baseline(t: Target, added: dict[str, Any] | None) -> None:

@@ -39,8 +39,7 @@ def test_concurrent_adds_on_two_hosts_get_distinct_ips(lab: Lab) -> None:
         assert len(set(addresses)) == len(jobs), sorted(addresses)
         assert all(ipaddress.ip_interface(a) in ipaddress.ip_network("10.7.0.0/27")
                    for a in addresses)
-        held = run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "get", "--prefix",
-                    "/overlay/v1/ipam/tight-net/", "--keys-only"],
+        held = run(lab.etcdctl("get", "--prefix", "/overlay/v1/ipam/tight-net/", "--keys-only"),
                    netns=lab.underlay_ns).stdout.split()
         assert len(held) == len(jobs)
         hosts = {h.name for h, _ in jobs}
@@ -50,8 +49,8 @@ def test_concurrent_adds_on_two_hosts_get_distinct_ips(lab: Lab) -> None:
             cni("DEL", cni.netconf(h, "tight-net"), container_id=name,
                 netns=f"/var/run/netns/{name}")
             del_netns(name)
-    left = run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "get", "--prefix",
-                "/overlay/v1/ipam/tight-net/", "--keys-only"], netns=lab.underlay_ns).stdout
+    left = run(lab.etcdctl("get", "--prefix", "/overlay/v1/ipam/tight-net/", "--keys-only"),
+               netns=lab.underlay_ns).stdout
     assert left.split() == []
 
 

@@ -44,7 +44,7 @@ def test_agent_start_removes_what_vanished_and_keeps_what_lives(lab: Lab) -> Non
                            netns=f"/var/run/netns/{lab.containers['alive']['netns']}",
                            ifname="eth0", netconf=conf)
     assert checked.returncode == 0, checked.stdout
-    doctor = run([os.path.join(steps.scripts_dir(), "overlayctl"), "--etcd",
-                  "http://127.0.0.1:2379", "doctor", "--socket", h.socket],
+    doctor = run([os.path.join(steps.scripts_dir(), "overlayctl"),
+                  *lab.overlayctl_etcd_args(), "doctor", "--socket", h.socket],
                  netns=lab.underlay_ns, check=False)
     assert doctor.returncode == 0, doctor.stdout

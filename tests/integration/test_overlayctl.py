@@ -22,7 +22,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
 
 
 def ctl(lab: Lab, *args: str) -> str:
-    return run([os.path.join(steps.scripts_dir(), "overlayctl"), *args],
+    return run([os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(), *args],
                netns=lab.underlay_ns).stdout
 
 
@@ -56,7 +56,7 @@ def test_host_without_lease_is_shown_dead(lab: Lab) -> None:
     h = lab.host("host1")
     lab.stop_agent(h)
     try:
-        run(["etcdctl", "--endpoints", "http://127.0.0.1:2379", "del", "/overlay/v1/hosts/host1"],
+        run(lab.etcdctl("del", "/overlay/v1/hosts/host1"),
             netns=lab.underlay_ns)  # what lease expiry does, without waiting for the TTL
         hosts = {row["host"]: row["alive"] for row in json.loads(ctl(lab, "--json", "hosts"))}
         assert hosts == {"host0": True, "host1": False}

@@ -63,9 +63,9 @@ def test_ping_a_container_on_the_other_host_by_name_and_by_address(
     assert f"-> {target}: OK" in capsys.readouterr().out
 
     # etcd listens inside the underlay namespace only: read the real records there.
-    def endpoints(etcd: str) -> list[dict[str, object]]:
+    def endpoints(etcd: str, **_: object) -> list[dict[str, object]]:
         overlayctl_bin = os.path.join(steps.scripts_dir(), "overlayctl")
-        out = run([overlayctl_bin, "--etcd", "http://127.0.0.1:2379", "--json", "endpoints"],
+        out = run([overlayctl_bin, *lab.overlayctl_etcd_args(), "--json", "endpoints"],
                   netns=lab.underlay_ns).stdout
         return list(json.loads(out))
     monkeypatch.setattr(overlayctl, "endpoints", endpoints)

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from overlay.lab import vm
+from overlay.lab import vm, vm_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 VAGRANT_DIR = ROOT / "vagrant"
@@ -92,7 +92,8 @@ def test_vagrant_validate(tmp_path: Path) -> None:
     env = {**os.environ,
            # offline and side-effect free: no version or box update checks, no .vagrant/ here
            "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1",
-           "VAGRANT_DOTFILE_PATH": str(tmp_path / "dotfile"), "VAGRANT_NO_COLOR": "1"}
+           "VAGRANT_DOTFILE_PATH": str(tmp_path / "dotfile"), "VAGRANT_NO_COLOR": "1",
+           "OVERLAY_VAGRANT_PKI": str(tmp_path / "pki")}  # (made when the Vagrantfile loads)
 
     def validate(*flags: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["vagrant", "validate", *flags], cwd=VAGRANT_DIR, env=env,
@@ -113,18 +114,41 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pytest.skip("no `ruby` to load the Vagrantfile with (Debian's vagrant package brings it)")
     script = tmp_path_factory.mktemp("vagrant") / "record.rb"
     script.write_text(RECORDER)
+    pki = tmp_path_factory.mktemp("pki")
     proc = subprocess.run([ruby, str(script), str(VAGRANTFILE)], cwd=VAGRANT_DIR,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OVERLAY_VAGRANT_PKI": str(pki)})
     assert proc.returncode == 0, proc.stderr
     log: dict[str, Any] = json.loads(proc.stdout)
     return log
 
 
 def steps_of(recorded: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each machine's shell steps (the file uploads are checked on their own)."""
     by_machine: dict[str, list[dict[str, Any]]] = {}
     for p in recorded["provision"]:
-        by_machine.setdefault(p["machine"], []).append(p)
+        if p["type"] != "file":
+            by_machine.setdefault(p["machine"], []).append(p)
     return by_machine
+
+
+def test_each_vm_is_given_only_its_own_certificate(recorded: dict[str, Any]) -> None:
+    uploads: dict[str, dict[str, str]] = {}
+    for p in recorded["provision"]:
+        if p["type"] == "file":
+            uploads.setdefault(p["machine"], {})[p["destination"]] = p["source"]
+    assert set(uploads) == {"node1", "node2"}
+    for machine, files in uploads.items():
+        names = {os.path.basename(d) for d in files}
+        assert {"ca.crt", "client.crt", "client.key"} <= names and "ca.key" not in names
+        assert all(d.startswith(vm_tls.UPLOAD_DIR + "/") for d in files)
+        assert all(os.path.basename(os.path.dirname(s)) == machine for s in files.values())
+        cn = subprocess.run(["openssl", "x509", "-noout", "-subject", "-in",
+                             next(s for d, s in files.items() if d.endswith("/client.crt"))],
+                            capture_output=True, text=True, check=True).stdout
+        assert cn.strip().replace(" ", "") == f"subject=CN={machine}", cn
+    assert "etcd.key" in {os.path.basename(d) for d in uploads["node1"]}  # the etcd VM
+    assert "etcd.key" not in {os.path.basename(d) for d in uploads["node2"]}
 
 
 def lab_argv(step: dict[str, Any]) -> list[str]:
@@ -158,6 +182,9 @@ def test_every_other_step_is_a_valid_overlay_lab_vm_command(recorded: dict[str, 
         host = args[commands.index("host")]
         assert host.name == machine and host.underlay_ip == ips[machine]
         assert urlparse(host.etcd).hostname == etcd[0][1], "every agent uses the lab's etcd"
+        assert urlparse(host.etcd).scheme == "https", "TLS by default"
+    etcd_args = next(a for args in parsed.values() for a in args if a.cmd == "etcd")
+    assert etcd_args.tls and sorted(etcd_args.host) == sorted(parsed), "an etcd user per VM"
     where = {a.name: m for m, args in parsed.items() for a in args if a.cmd == "container"}
     pings = [(m, a) for m, args in parsed.items() for a in args if a.cmd == "ping"]
     assert pings, "some VM shows the cross-host ping"

@@ -20,6 +20,11 @@ from vagrant_lab import VagrantLab, Vm
 
 LAB = "/opt/overlay/venv/bin/python -m overlay.lab.vm"
 CNI = "/opt/overlay/venv/bin/python /vagrant-src/tests/vm/vm_cni.py"
+ETCD = "https://192.168.56.11:2379"  # TLS, client certificates, a user per VM (the default)
+PKI = "/etc/overlay/pki"  # each VM's own certificate, installed by provisioning
+AS_THIS_VM = f"--cacert {PKI}/ca.crt --cert {PKI}/client.crt --key {PKI}/client.key"
+OVERLAYCTL = (f"/usr/local/bin/overlayctl --etcd {ETCD} --etcd-ca {PKI}/ca.crt "
+              f"--etcd-cert {PKI}/client.crt --etcd-key {PKI}/client.key")
 UNDERLAY = {"node1": "192.168.56.11", "node2": "192.168.56.12"}
 
 
@@ -116,7 +121,7 @@ def test_vnis_with_overlapping_subnets_stay_apart(lab: VagrantLab) -> None:
     # restarted agent keeps existing containers working.
     for vm in (lab.node1, lab.node2):
         vm.sh(f"{LAB} host --name {vm.name} --underlay-ip {UNDERLAY[vm.name]} "
-              f"--etcd http://192.168.56.11:2379 --network blue --vni 43 --subnet 10.0.0.0/24",
+              f"--etcd {ETCD} --network blue --vni 43 --subnet 10.0.0.0/24",
               timeout=300)
     # Three blue containers on node1, so the third has an address no my-net container has.
     for name in ("b1", "b2", "b3"):
@@ -144,7 +149,7 @@ def test_vnis_with_overlapping_subnets_stay_apart(lab: VagrantLab) -> None:
 def test_every_container_keeps_the_mac_the_agent_chose(lab: VagrantLab) -> None:
     # 0a:58 + the IPv4 address (overlay.cni.service.mac_for). systemd-udevd, which real hosts
     # run and the netns lab does not, once replaced it on new veths (see overlay/netlink/veth.py).
-    records = json.loads(lab.node1.sh("/usr/local/bin/overlayctl --etcd http://192.168.56.11:2379 "
+    records = json.loads(lab.node1.sh(f"{OVERLAYCTL} "
                                       "--json endpoints").stdout)
     assert len(records) >= 2
     for rec in records:
@@ -224,7 +229,7 @@ def test_check_and_del(lab: VagrantLab) -> None:
     assert code == 0, out
     assert set(lab.node2.sh("ovs-vsctl list-ports br-int").stdout.split()) == ports_before
     assert lab.node2.sh("test -e /var/run/netns/k1", check=False).returncode != 0
-    endpoints = lab.node2.sh("/usr/local/bin/overlayctl --etcd http://192.168.56.11:2379 "
+    endpoints = lab.node2.sh(f"{OVERLAYCTL} "
                              "--json endpoints", check=False).stdout
     # by container: the address itself is also held in the overlapping network "blue"
     assert not [e for e in json.loads(endpoints) if e["container_id"] == "k1"], endpoints
@@ -284,3 +289,23 @@ def iperf_gbits(client: Vm, client_ns: str, server: Vm, server_ns: str, address:
     out = client.sh(f"ip netns exec {client_ns} iperf3 -c {address} -p 5202 -t 3 -J",
                     timeout=120).stdout
     return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def test_etcd_is_locked_down(lab: VagrantLab) -> None:
+    # node2 reaches etcd on node1 (its agent uses it), yet: plain http writes nothing, no client
+    # certificate writes nothing, and node2's own certificate writes only under /overlay/v1/.
+    etcdctl = "etcdctl --dial-timeout=5s --command-timeout=10s"
+    plain = lab.node2.sh(f"{etcdctl} --endpoints http://192.168.56.11:2379 put /intruder x",
+                         check=False)
+    assert plain.returncode != 0, plain.stdout
+    no_cert = lab.node2.sh(f"{etcdctl} --endpoints {ETCD} --cacert {PKI}/ca.crt put /intruder x",
+                           check=False)
+    assert no_cert.returncode != 0, no_cert.stdout
+    outside = lab.node2.sh(f"{etcdctl} --endpoints {ETCD} {AS_THIS_VM} put /intruder x",
+                           check=False)
+    assert outside.returncode != 0 and "permission denied" in outside.stderr, outside.stderr
+    inside = lab.node2.sh(f"{etcdctl} --endpoints {ETCD} {AS_THIS_VM} get --prefix --keys-only "
+                          "/overlay/v1/hosts/")
+    assert "/overlay/v1/hosts/node1" in inside.stdout and "/overlay/v1/hosts/node2" in inside.stdout
+    assert lab.node1.sh(f"stat -c %a {PKI}/client.key").stdout.strip() == "600"
+    assert lab.node2.sh(f"test -e {PKI}/root.key", check=False).returncode != 0  # not node2's
