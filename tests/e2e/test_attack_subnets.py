@@ -23,9 +23,6 @@ from overlay.lab.shell import run
 from overlay.lab.topology import Lab, LabHost
 from overlay_fixtures import Cni, host_snapshot
 
-ETCD = "http://127.0.0.1:2379"
-
-
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
     lab = lab_factory(hosts=2)
@@ -37,7 +34,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
 
 
 def etcdctl(lab: Lab, *args: str) -> str:
-    return run(["etcdctl", "--endpoints", ETCD, *args], netns=lab.underlay_ns).stdout
+    return run(lab.etcdctl(*args), netns=lab.underlay_ns).stdout
 
 
 def host_routes(h: LabHost) -> list[str]:
@@ -89,7 +86,7 @@ def test_network_on_the_underlay_subnet_is_refused(lab: Lab, netns: str) -> None
     err = refused(lab, netns, name="underlay-net", vni=77, subnet="172.31.0.0/24", words=[
         "subnet 172.31.0.0/24 overlaps the underlay network 172.31.0.0/24 of interface br-phy",
         "subnet 172.31.0.0/24 overlaps the VTEP 172.31.0.2 of host host1",
-        "subnet 172.31.0.0/24 overlaps the etcd endpoint http://172.31.0.254:2379",
+        f"subnet 172.31.0.0/24 overlaps the etcd endpoint {lab.etcd_url}",
         "choose a subnet that overlaps none of these"])
     assert "the VTEP 172.31.0.1 of host host0" in err["msg"]
     still_healthy(lab)

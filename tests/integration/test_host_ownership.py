@@ -56,13 +56,15 @@ def test_the_agent_killed_and_restarted_takes_its_own_name_back(lab: Lab) -> Non
 
 def test_another_installation_claiming_the_name_is_refused(lab: Lab) -> None:
     before = host_record(lab)
+    tls = lab.host_tls("host0")  # the impostor holds a valid host certificate
     # A Store of "another machine" (another agent id, another VTEP), from the underlay.
     claim = (
         "import sys\n"
         "from overlay.store.etcd import Store\n"
         "from overlay.store.ownership import HostNameTaken\n"
         "from overlay.store.records import HostRecord\n"
-        f"store = Store(endpoints=[{lab.local_etcd_url!r}])\n"
+        f"store = Store(endpoints=[{lab.local_etcd_url!r}], ca={tls.ca!r}, cert={tls.cert!r}, "
+        f"key={tls.key!r})\n"
         "try:\n"
         "    store.register_host(HostRecord('host0', '172.31.0.77', 'netdev', 'other'), 10)\n"
         "except HostNameTaken as err:\n"
