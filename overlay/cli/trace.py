@@ -130,7 +130,10 @@ class Packet:
                    else f"nw_src={self.src_ip},nw_dst={self.dst_ip}"))
         if self.proto == "icmp":
             return f"{'icmp6' if v6 else 'icmp'},{base},icmp_type={128 if v6 else 8},icmp_code=0"
-        return f"{self.proto}{'6' if v6 else ''},{base},tp_src={self.sport},tp_dst={self.dport}"
+        # udp_src/udp_dst: ofproto/trace refuses tp_src for udp ("prerequisites not met").
+        field = "udp" if self.proto == "udp" else "tp"
+        return (f"{self.proto}{'6' if v6 else ''},{base},{field}_src={self.sport},"
+                f"{field}_dst={self.dport}")
 
     def describe(self) -> str:
         if self.proto == "arp":
