@@ -43,9 +43,18 @@ class HostState(Protocol):
 
     def rules(self, table: str) -> str: ...
 
+    def blackhole(self, dst: str, iif: str) -> str:
+        """The blackhole route that swallows `dst` from `iif` (and the rule leading to its
+        table), or "": the routing-based network separation (overlay/gateway/isolation.py)."""
+        ...
+
 
 ROUTE_KINDS = ("unicast", "local", "broadcast", "multicast", "unreachable", "blackhole",
                "prohibit", "throw", "nat", "anycast")
+
+
+def _holds(net: str, addr: str) -> bool:
+    return ipt._in_net(net, addr)
 
 
 def parse_route(text: str) -> RouteAnswer:
@@ -74,6 +83,21 @@ class Kernel:
         if proc.returncode != 0:
             return RouteAnswer(False, text=proc.stderr.strip() or f"{' '.join(cmd)} failed")
         return parse_route(proc.stdout.splitlines()[0] if proc.stdout else "")
+
+    def blackhole(self, dst: str, iif: str) -> str:
+        rules = self._run(["ip", "-o", "rule", "show", "iif", iif]).stdout.splitlines()
+        for rule in rules:
+            words = rule.split()
+            table = words[words.index("lookup") + 1] if "lookup" in words[:-1] else ""
+            if not table:
+                continue
+            routes = self._run(["ip", "-o", "route", "show", "table", table, "type",
+                                "blackhole"]).stdout.splitlines()
+            for route in routes:
+                net = route.split()[1] if len(route.split()) > 1 else ""
+                if net and _holds(net, dst):
+                    return f"{route.strip()} in table {table} (rule {' '.join(words)})"
+        return ""
 
     def rules(self, table: str) -> str:
         proc = self._run(["iptables", "-w", "5", "-t", table, "-S"])
@@ -124,6 +148,12 @@ def follow(state: HostState, *, port: str, vni: int, src: str, dst: str, proto: 
     """The packet (src -> dst) entering the host from gateway port `port`; see the module
     docstring for the steps."""
     fwd = state.route_get(dst, src=src, iif=port)
+    if not fwd.ok or fwd.kind == "blackhole":
+        hole = state.blackhole(dst, port)
+        if hole:
+            return Egress("refused", rule=hole,
+                          why=f"refused by the network separation route of {port} (routing, "
+                              f"before any iptables rule): {hole}")
     if not fwd.ok or fwd.kind in ("unreachable", "blackhole", "prohibit", "throw"):
         return Egress("refused", rule=fwd.text,
                       why=f"refused: no egress route on the host to {dst} ({fwd.text})")

@@ -21,6 +21,7 @@ class FakeHost:
     def __init__(self, specs: list[GatewaySpec], *, routes: dict[tuple[str, str], RouteAnswer],
                  policy: str = "ACCEPT", extra: dict[str, list[str]] | None = None) -> None:
         self.routes, self.policy = routes, policy
+        self.holes: dict[str, str] = {}
         self.lines: dict[str, list[str]] = {t: [] for t in nat.TABLES}
         for table, lines in (extra or {}).items():
             self.lines[table] += lines
@@ -31,6 +32,9 @@ class FakeHost:
     def route_get(self, dst: str, *, src: str = "", iif: str = "") -> RouteAnswer:
         return self.routes.get((dst, iif), RouteAnswer(False, text="RTNETLINK answers: "
                                                        "Network is unreachable"))
+
+    def blackhole(self, dst: str, iif: str) -> str:
+        return self.holes.get(dst, "")
 
     def rules(self, table: str) -> str:
         policies = {"filter": ["INPUT", "FORWARD", "OUTPUT"],
@@ -69,6 +73,14 @@ def test_another_networks_gateway_port_is_refused_by_the_separation_rule() -> No
     assert how == "refused"
     assert why.startswith("refused by the network separation rule of VNI 42")
     assert "-A FORWARD -i ovg42 -o ovg+" in why and "-j DROP" in why
+
+
+def test_another_network_blackholed_by_routing() -> None:
+    host = FakeHost([RED, BLUE], routes={})
+    host.holes["10.1.0.2"] = "blackhole 10.1.0.0/24 proto 79 in table 234881067 (rule 98: ...)"
+    how, _, why = leave(host, "10.1.0.2")
+    assert how == "refused" and why.startswith("refused by the network separation route of "
+                                               "ovg42 (routing, before any iptables rule)")
 
 
 def test_no_egress_route() -> None:
