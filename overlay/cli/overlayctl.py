@@ -2,11 +2,13 @@
 
     overlayctl [--etcd URL] [TLS] hosts | networks | endpoints [--json]
     overlayctl [--etcd URL] [TLS] network-create NAME --vni VNI --subnet CIDR
+    overlayctl [--etcd URL] [TLS] doctor [--socket PATH ...]
     overlayctl status [--socket PATH] [--json]
-    overlayctl [--etcd URL] trace SRC DST [--proto icmp|tcp|udp|arp] [--dport N] [--arriving]
+    overlayctl [--etcd URL] [TLS] trace SRC DST [--proto icmp|tcp|udp|arp] [--dport N]
+               [--arriving] [--json]
 
 TLS: --etcd-ca FILE [--etcd-cert FILE --etcd-key FILE], as the agent's etcd_ca/etcd_cert/etcd_key;
-the default --etcd is then https://127.0.0.1:2379.
+the default --etcd is then https://127.0.0.1:2379. `--json` goes before or after the command.
 """
 
 from __future__ import annotations
@@ -138,8 +140,16 @@ def status(socket_path: str) -> dict[str, Any]:
     return info
 
 
-def add_trace_parser(sub: Any) -> None:
-    tr = sub.add_parser("trace", help="why a packet from container SRC to DST goes where it goes")
+def json_flag(command: argparse.ArgumentParser) -> None:
+    """`--json` after the command too. SUPPRESS: a command's own default must not overwrite a
+    `--json` given before the command (argparse lets a subparser's defaults win)."""
+    command.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help="machine-readable output")
+
+
+def add_trace_parser(sub: Any) -> argparse.ArgumentParser:
+    tr: argparse.ArgumentParser = sub.add_parser(
+        "trace", help="why a packet from container SRC to DST goes where it goes")
     tr.add_argument("src", help="container ID (or NETWORK/ID[/IFNAME]) of the sender")
     tr.add_argument("dst", help="container ID, or an IP address")
     tr.add_argument("--proto", default="icmp", choices=("icmp", "tcp", "udp", "arp"))
@@ -156,19 +166,23 @@ def add_trace_parser(sub: Any) -> None:
                     help="this host's OVS_RUNDIR (default: $OVS_RUNDIR or /var/run/openvswitch)")
     tr.add_argument("--bridge", default="br-int")
     tr.add_argument("--tunnel-port", default="vxlan0")
+    return tr
 
 
 def run_trace(args: Any, etcd: str, tls: TlsFiles) -> int:
     from overlay.cli import trace
+    from overlay.cli.trace_egress import Kernel
 
     cluster = trace.Cluster.from_state(_load(etcd, r.ROOT, tls))
+    switch = trace.Switch(args.ovs_rundir, args.bridge, args.tunnel_port)
+    # Arriving, the source's port is not on this switch: only etcd can name a next hop.
+    neighbour = None if args.arriving else trace.switch_neighbour(switch)
     req = trace.build(cluster, args.src, args.dst, proto=args.proto, sport=args.sport,
                       dport=args.dport, network=args.network, src_ip=args.src_ip,
-                      src_mac=args.src_mac)
+                      src_mac=args.src_mac, neighbour=neighbour)
     host = args.host or (req.dst.host if args.arriving and req.dst else "")
-    switch = trace.Switch(args.ovs_rundir, args.bridge, args.tunnel_port)
     result = trace.Trace(req, [trace.trace_hop(req, cluster, switch, arriving=args.arriving,
-                                               host=host)])
+                                               host=host, kernel=Kernel())])
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
@@ -198,7 +212,7 @@ COLUMNS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="overlayctl", description=__doc__.split("\n")[1])
     parser.add_argument("--etcd", default=None,
                         help=f"etcd endpoint(s), comma-separated (default: {DEFAULT_ETCD}, or "
@@ -209,18 +223,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="what", required=True)
     for name in COLUMNS:
-        sub.add_parser(name, help=f"list {name} recorded in etcd")
+        json_flag(sub.add_parser(name, help=f"list {name} recorded in etcd"))
     nc = sub.add_parser("network-create", help="record a network and claim its VNI")
     nc.add_argument("name")
     nc.add_argument("--vni", type=int, required=True)
     nc.add_argument("--subnet", required=True)
     st = sub.add_parser("status", help="ask a host's agent how it is doing")
     st.add_argument("--socket", default=DEFAULT_SOCKET)
+    json_flag(st)
     dr = sub.add_parser("doctor", help="check that etcd, OVS and the kernel agree (exit 1 if not)")
     dr.add_argument("--socket", action="append", default=[],
                     help="an agent to check its host too (repeat for several hosts)")
-    add_trace_parser(sub)
-    args = parser.parse_args(argv)
+    json_flag(add_trace_parser(sub))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     tls = TlsFiles(args.etcd_ca, args.etcd_cert, args.etcd_key)
     etcd = args.etcd or (DEFAULT_ETCD_TLS if tls.enabled else DEFAULT_ETCD)
     try:

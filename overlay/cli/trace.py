@@ -1,14 +1,22 @@
 """`overlayctl trace`: why does a packet from container A to B (or an address) go where it goes?
 
-It resolves both ends from etcd (network, VNI, host, MAC, addresses, OVS port), builds the packet
-a container would send (ICMP echo, TCP or UDP with ports, or an ARP request), asks the source
-host's ovs-vswitchd with `ofproto/trace`, and prints the walk through our tables with one
-verdict. The switch, not our model of it, decides: what is traced is what is installed.
+It resolves both ends from etcd (network, VNI, host, MAC, addresses, routes, OVS port), builds
+the packet the way the container would send it (its routes pick the next hop: on the link, the
+destination's MAC; off the network, the MAC of its gateway, the network's distributed gateway
+for the default route; no route, no packet: trace_route), asks the source host's ovs-vswitchd
+with `ofproto/trace`, and prints the walk through our tables with one verdict. The switch, not
+our model of it, decides: what is traced is what is installed.
 
-It runs on the host whose switch it asks (ovs-appctl talks to a local unix socket). A packet
-that leaves through the tunnel is traced on, on the destination host, with `--arriving`: the
-same packet as it comes out of the tunnel there (tun_id, tun_src), which the verdict's
-"continue on" line spells out. `python -m overlay.lab trace A B` does both hops itself.
+A packet the switch hands to the network's gateway port is followed through the host kernel
+(trace_egress): its routing table and iptables rules, read from the host, say whether it
+leaves masqueraded (to which address), leaves with the container's address (ipMasq off), or
+is refused, and by which rule or route.
+
+It runs on the host whose switch it asks (ovs-appctl talks to a local unix socket; ip and
+iptables read the namespace it runs in). A packet that leaves through the tunnel is traced
+on, on the destination host, with `--arriving`: the same packet as it comes out of the tunnel
+there (tun_id, tun_src), which the verdict's "continue on" line spells out.
+`python -m overlay.lab trace A B` does both hops itself.
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from overlay.cli import trace_egress, trace_explain, trace_route
 from overlay.cli import trace_walk as walk
+from overlay.gateway.spec import PORT_PREFIX, gateway_mac
 from overlay.store import records as r
 
 PROTOCOLS = ("icmp", "tcp", "udp", "arp")
@@ -40,6 +50,8 @@ class Endpoint:
     mac: str
     ips: tuple[str, ...]
     port: str
+    prefixes: tuple[str, ...] = ()              # the addresses with prefix: "10.0.0.2/24"
+    routes: tuple[tuple[str, str], ...] = ()    # (dst, gw) as the endpoint record has them
 
     @property
     def ip(self) -> str:
@@ -61,8 +73,11 @@ class Cluster:
         for key, value in state.items():
             if key.startswith(r.ENDPOINTS):
                 rec = r.EndpointRecord.from_json(value)
+                routes = tuple((str(rt.get("dst", "")), str(rt.get("gw", "")))
+                               for rt in rec.routes)
                 eps.append(Endpoint(rec.network, rec.container_id, rec.ifname, rec.host, rec.vni,
-                                    rec.mac, tuple(rec.addresses), rec.port))
+                                    rec.mac, tuple(rec.addresses), rec.port, tuple(rec.ips),
+                                    routes))
             elif key.startswith(r.HOSTS):
                 host = r.HostRecord.from_json(value)
                 vteps[host.host] = host.vtep
@@ -115,7 +130,10 @@ class Packet:
                    else f"nw_src={self.src_ip},nw_dst={self.dst_ip}"))
         if self.proto == "icmp":
             return f"{'icmp6' if v6 else 'icmp'},{base},icmp_type={128 if v6 else 8},icmp_code=0"
-        return f"{self.proto}{'6' if v6 else ''},{base},tp_src={self.sport},tp_dst={self.dport}"
+        # udp_src/udp_dst: ofproto/trace refuses tp_src for udp ("prerequisites not met").
+        field = "udp" if self.proto == "udp" else "tp"
+        return (f"{self.proto}{'6' if v6 else ''},{base},{field}_src={self.sport},"
+                f"{field}_dst={self.dport}")
 
     def describe(self) -> str:
         if self.proto == "arp":
@@ -127,7 +145,7 @@ class Packet:
 
 def guessed_mac(ip: str) -> str:
     """The MAC an address would have (overlay.cni.service.mac_for): a fair stand-in for an
-    address no endpoint holds, which is what the trace is there to show."""
+    on-link address no endpoint holds, which is what the trace is there to show."""
     packed = ipaddress.ip_address(ip).packed
     return "0a:58:" + ":".join(f"{b:02x}" for b in packed[-4:])
 
@@ -138,12 +156,33 @@ class Request:
     dst_ip: str
     dst: Endpoint | None          # the endpoint the destination names, if any
     packet: Packet
+    route: trace_route.NextHop | None = None   # the container's route (None for ARP)
+    blocked: str = ""             # no-route | no-neighbour: the container never sends it
+
+    @property
+    def to_gateway(self) -> bool:
+        return self.packet.dst_mac == gateway_mac(self.src.vni)
+
+
+# The MAC of a next hop no endpoint has: the container ARPs for it, and the switch answers.
+Neighbour = Callable[[Endpoint, str], str | None]
+
+
+def next_hop_mac(cluster: Cluster, src: Endpoint, ip: str,
+                 neighbour: Neighbour | None) -> str | None:
+    """The MAC the container would learn for its next hop `ip`: an endpoint of its network
+    (from etcd), else whatever answers its ARP (`neighbour`, the switch), else none."""
+    same = [e.mac for e in cluster.by_ip(ip) if e.network == src.network]
+    if same:
+        return same[0]
+    return neighbour(src, ip) if neighbour is not None else None
 
 
 def build(cluster: Cluster, src: str, dst: str, *, proto: str = "icmp", sport: int = 0,
-          dport: int = 0, network: str = "", src_ip: str = "", src_mac: str = "") -> Request:
-    """Resolve both ends and build the packet; src_ip/src_mac forge the source (to see the
-    anti-spoofing flows at work)."""
+          dport: int = 0, network: str = "", src_ip: str = "", src_mac: str = "",
+          neighbour: Neighbour | None = None) -> Request:
+    """Resolve both ends and build the packet as the container would send it (see the
+    module docstring); src_ip/src_mac forge the source (to see the anti-spoofing flows)."""
     if proto not in PROTOCOLS:
         raise TraceError(f"protocol must be one of {', '.join(PROTOCOLS)}")
     s = cluster.find(src, network)
@@ -156,9 +195,19 @@ def build(cluster: Cluster, src: str, dst: str, *, proto: str = "icmp", sport: i
         dst_ip = d.ip
     if proto in ("tcp", "udp") and not dport:
         raise TraceError(f"{proto} needs --dport")
-    packet = Packet(proto, src_mac or s.mac, d.mac if d else guessed_mac(dst_ip),
-                    src_ip or s.ip, dst_ip, sport or 40000, dport)
-    return Request(s, dst_ip, d, packet)
+    route, blocked, dst_mac = None, "", "ff:ff:ff:ff:ff:ff"
+    if proto != "arp":  # an ARP request is broadcast on the link, whatever the routes say
+        route = trace_route.pick(s.prefixes, s.routes, dst_ip)
+        if route is None:
+            blocked, dst_mac = "no-route", ""
+        elif not route.routed:  # on the link: the endpoint's MAC, or the MAC it would have
+            dst_mac = d.mac if d and d.network == s.network else guessed_mac(dst_ip)
+        else:
+            dst_mac = next_hop_mac(cluster, s, route.ip, neighbour) or ""
+            blocked = "" if dst_mac else "no-neighbour"
+    packet = Packet(proto, src_mac or s.mac, dst_mac, src_ip or s.ip, dst_ip, sport or 40000,
+                    dport)
+    return Request(s, dst_ip, d, packet, route, blocked)
 
 
 # --- asking the switch ----------------------------------------------------------------------
@@ -209,19 +258,46 @@ class Hop:
     verdict: walk.Verdict
     summary: str = ""
     continue_on: str = ""         # the host to go on tracing at, for a tunneled packet
+    egress: trace_egress.Egress | None = None   # how a packet given to the gateway leaves the host
+
+    @property
+    def kind(self) -> str:
+        """The verdict's kind, with the gateway's outcome: egress | refused | to-host."""
+        if self.verdict.kind == "gateway" and self.egress is not None:
+            return {"refused": "refused", "to-host": "to-host"}.get(self.egress.how, "egress")
+        return self.verdict.kind
 
     def as_dict(self) -> dict[str, Any]:
         return {"host": self.host, "flow": self.flow, "summary": self.summary,
-                "continue_on": self.continue_on, "verdict": self.verdict.as_dict(),
+                "continue_on": self.continue_on, "kind": self.kind,
+                "verdict": self.verdict.as_dict(),
+                "leaves": self.egress.as_dict() if self.egress else None,
                 "steps": [dict(s.__dict__, table_name=s.table_name) for s in self.steps]}
 
 
+def switch_neighbour(switch: Switch) -> Neighbour:
+    """Resolve a next hop as the container does: an ARP request from its port, answered (or
+    not) by the switch's ARP table (the gateway's address is answered with its MAC)."""
+    def resolve(src: Endpoint, ip: str) -> str | None:
+        arp = Packet("arp", src.mac, "", src.ip, ip)
+        steps = walk.parse_steps(switch.trace(arp.flow(f"in_port={src.port}")), switch.bridge)
+        v = walk.verdict(steps, -1)
+        return v.answer_mac if v.kind == "arp-reply" and v.answer_mac else None
+    return resolve
+
+
 def trace_hop(req: Request, cluster: Cluster, switch: Switch, *, arriving: bool = False,
-              host: str = "") -> Hop:
+              host: str = "", kernel: trace_egress.HostState | None = None) -> Hop:
     """Trace on one host: the source's (the packet leaves the container) or, with
-    `arriving`, the destination's (the packet comes out of the tunnel from the source host)."""
+    `arriving`, the destination's (the packet comes out of the tunnel from the source host).
+    With `kernel` (this host's), a packet handed to the gateway is followed out of the host."""
+    if req.blocked:  # the container never sends it: nothing for the switch to say
+        hop = Hop(host or req.src.host, "", [], walk.Verdict(req.blocked))
+        trace_explain.explain(hop, req, cluster, {}, arriving)
+        return hop
     ports = switch.ports()
     tunnel = ports.get(switch.tunnel_port, -1)
+    gateways = {number: name for name, number in ports.items() if name.startswith(PORT_PREFIX)}
     if arriving:
         src_vtep = cluster.vteps.get(req.src.host, "")
         if not src_vtep:
@@ -237,69 +313,19 @@ def trace_hop(req: Request, cluster: Cluster, switch: Switch, *, arriving: bool 
         host = host or req.src.host
     flow = req.packet.flow(in_port)
     steps = walk.parse_steps(switch.trace(flow), switch.bridge)
-    v = walk.verdict(steps, tunnel)
+    v = walk.verdict(steps, tunnel, gateways)
     hop = Hop(host, flow, steps, v)
-    explain(hop, req, cluster, {number: name for name, number in ports.items()}, arriving)
+    if v.kind == "gateway" and kernel is not None:
+        pkt = req.packet
+        try:
+            hop.egress = trace_egress.follow(kernel, port=gateways[v.ports[0]], vni=req.src.vni,
+                                       src=pkt.src_ip, dst=pkt.dst_ip, proto=pkt.proto,
+                                       sport=pkt.sport, dport=pkt.dport)
+        except RuntimeError as exc:
+            raise TraceError(str(exc)) from None
+    trace_explain.explain(hop, req, cluster, {number: name for name, number in ports.items()},
+                          arriving)
     return hop
-
-
-def explain(hop: Hop, req: Request, cluster: Cluster, port_names: dict[int, str],
-            arriving: bool) -> None:
-    """The verdict in words, with what etcd says about the ends."""
-    v, pkt, src = hop.verdict, req.packet, req.src
-    if v.kind == "arp-reply":
-        owner = [e for e in cluster.by_mac(v.answer_mac) if e.vni == src.vni]
-        who = f" ({owner[0].container_id} on {owner[0].host})" if owner else ""
-        hop.summary = f"answered by ARP in OVS: {pkt.dst_ip} is at {v.answer_mac}{who}"
-    elif v.kind == "tunneled":
-        hop.continue_on = cluster.host_of_vtep(v.vtep)
-        hop.summary = (f"tunneled to VTEP {v.vtep} with VNI {v.vni} (continue on host "
-                       f"{hop.continue_on or '?'})")
-    elif v.kind == "delivered":
-        names = []
-        for ofport in v.ports:
-            name = port_names.get(ofport, str(ofport))
-            owner = [e for e in cluster.endpoints if e.port == name and e.host == hop.host]
-            names.append(f"port {name} (container {owner[0].container_id})" if owner
-                         else f"port {name}")
-        hop.summary = "delivered to " + ", ".join(names)
-    else:
-        v.reason = drop_reason(v.table, req, cluster, arriving)
-        hop.summary = f"dropped at table {v.table} ({v.table_name}): {v.reason}"
-        return
-    if req.dst is not None and req.dst.network != src.network:  # same MAC/IP, other network
-        v.reason = (f"{req.dst.container_id} is in {req.dst.network} (VNI {req.dst.vni}); this "
-                    f"packet goes to whoever has {pkt.dst_mac} in {src.network} instead")
-        hop.summary += f"; note: {v.reason}"
-
-
-def drop_reason(table: int, req: Request, cluster: Cluster, arriving: bool) -> str:
-    pkt, src = req.packet, req.src
-    if table == 0:
-        if arriving:
-            return (f"this host admits no VNI {src.vni} traffic from {src.host}'s VTEP (it has "
-                    f"no endpoint of {src.network}, or does not know {src.host} yet)")
-        if pkt.src_mac != src.mac or pkt.src_ip not in src.ips:
-            return (f"spoofed source: port {src.port} belongs to {src.container_id} with MAC "
-                    f"{src.mac} and {', '.join(src.ips)}; the packet has {pkt.src_mac} "
-                    f"{pkt.src_ip}")
-        return f"port {src.port} admits nothing: its flows are missing (is the agent running?)"
-    elsewhere = [e for e in cluster.by_ip(pkt.dst_ip) if e.network != src.network]
-    if req.dst is not None and req.dst.network != src.network:
-        elsewhere = [req.dst]
-    if table == 10 and pkt.dst_ip in src.ips:
-        return f"ARP for its own address {pkt.dst_ip} stays unanswered (duplicate address check)"
-    if req.dst is None or req.dst.network != src.network:
-        if elsewhere:
-            e = elsewhere[0]
-            return (f"other network: {pkt.dst_ip} is {e.container_id} in {e.network} (VNI "
-                    f"{e.vni}), the source is in {src.network} (VNI {src.vni}); networks are "
-                    "isolated")
-        return f"unknown destination: no endpoint of {src.network} has {pkt.dst_ip}"
-    if table == 30:
-        return f"no port on this host has {pkt.dst_mac} in VNI {src.vni}"
-    return (f"{req.dst.container_id} is known to etcd but this switch has no flow for it "
-            f"(the agent has not programmed it: see overlayctl status / doctor)")
 
 
 @dataclass
@@ -308,15 +334,23 @@ class Trace:
     hops: list[Hop] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        req = self.request
+        """The machine-readable verdict: the ends, the packet and the container's route, every
+        hop's walk, and at the top the final `verdict` (words), `kind` and `leaves` (how a
+        packet given to the gateway leaves the host, else null)."""
+        req, last = self.request, (self.hops[-1] if self.hops else None)
         return {"source": req.src.__dict__, "destination": req.dst.__dict__ if req.dst else None,
-                "packet": req.packet.__dict__, "hops": [h.as_dict() for h in self.hops],
-                "verdict": self.hops[-1].summary if self.hops else ""}
+                "packet": req.packet.__dict__,
+                "route": req.route.as_dict() if req.route else None,
+                "hops": [h.as_dict() for h in self.hops],
+                "verdict": last.summary if last else "", "kind": last.kind if last else "",
+                "leaves": last.egress.as_dict() if last and last.egress else None}
 
     def render(self) -> str:
         req = self.request
         dst = req.dst.describe() if req.dst else f"{req.dst_ip} (no endpoint)"
         lines = [f"trace {req.src.describe()} -> {dst}", f"  packet: {req.packet.describe()}"]
+        if req.route is not None:
+            lines.append(f"  route in the container: {req.route.route}")
         for hop in self.hops:
             lines.append(f"  on {hop.host or '?'}:")
             for s in hop.steps:

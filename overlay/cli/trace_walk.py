@@ -6,8 +6,9 @@ into br-phy (the tunnel's underlay), which says how the packet leaves the host, 
 overlay sends it.
 
 A verdict is decided by the last table the packet reached and the actions it met there:
-output to the tunnel port is "tunneled", output to another port is "delivered", IN_PORT in the
-ARP table is "answered by ARP in OVS", anything else is "dropped" (our tables end in an explicit
+output to the tunnel port is "tunneled", output to a network's gateway port is "gateway" (the
+host kernel takes it from there: trace_egress), output to another port is "delivered", IN_PORT
+in the ARP table is "answered by ARP in OVS", anything else is "dropped" (our tables end in an explicit
 priority-0 drop, so that is where an unmatched packet ends). Why it was dropped is for the
 caller to say: only it knows what the control plane holds.
 """
@@ -15,6 +16,7 @@ caller to say: only it knows what the control plane holds.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,10 +70,10 @@ def parse_steps(text: str, bridge: str) -> list[Step]:
 
 @dataclass
 class Verdict:
-    kind: str                       # delivered | tunneled | arp-reply | dropped
+    kind: str                       # delivered | tunneled | gateway | arp-reply | dropped
     table: int = -1
     table_name: str = ""
-    ports: list[int] = field(default_factory=list)   # delivered: local ofports
+    ports: list[int] = field(default_factory=list)   # delivered, gateway: local ofports
     vtep: str = ""                  # tunneled
     vni: int = 0
     answer_mac: str = ""            # arp-reply: the MAC OVS answered with
@@ -85,7 +87,9 @@ def _int(text: str) -> int:
     return int(text, 16) if text.startswith("0x") else int(text)
 
 
-def verdict(steps: list[Step], tunnel_ofport: int) -> Verdict:
+def verdict(steps: list[Step], tunnel_ofport: int,
+            gateway_ports: Mapping[int, str] | None = None) -> Verdict:
+    """`gateway_ports`: ofport -> name of the gateway ports (ovg<vni>) on the bridge."""
     if not steps:
         return Verdict("dropped", reason="the bridge has no flow for it")
     last = steps[-1]
@@ -106,6 +110,9 @@ def verdict(steps: list[Step], tunnel_ofport: int) -> Verdict:
     if tunnel_ofport in outputs:
         local = [p for p in outputs if p != tunnel_ofport]
         return Verdict("tunneled", last.table, name, ports=local, vtep=vtep, vni=vni)
+    to_gateway = [p for p in outputs if p in (gateway_ports or {})]
+    if to_gateway:
+        return Verdict("gateway", last.table, name, ports=to_gateway)
     if outputs:
         return Verdict("delivered", last.table, name, ports=outputs)
     return Verdict("dropped", last.table, name)

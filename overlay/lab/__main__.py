@@ -8,7 +8,7 @@
     container add NAME --host H [--network N] | container del NAME
     network add NAME --vni V --subnet S
     ping A B                             from container A to container B's address
-    trace A B [--proto P] [--dport N] [--json]   overlayctl trace across every host on the way
+    trace A B|IP [--proto P] [--dport N] [--json]   overlayctl trace across every host on the way
     metrics HOST [--path /readyz]        the agent's /metrics (or probe) from its namespace
     status | down
 """

@@ -1,10 +1,11 @@
 """`python -m overlay.lab trace A B`: overlayctl trace between lab containers, by lab name,
 on every host the packet crosses.
 
-It runs the real `overlayctl trace` inside the underlay namespace (where etcd answers), with
-the source host's OVS_RUNDIR; when the verdict is "tunneled ... continue on host H", it runs
-it again with `--arriving` and host H's OVS_RUNDIR: what an operator does by hand on two
-machines.
+It runs the real `overlayctl trace` inside the source host's namespace, with that host's
+OVS_RUNDIR, as an operator would on the host: its switch says what OVS does, its routing table
+and iptables rules say how a packet given to the gateway leaves the host. When the verdict is
+"tunneled ... continue on host H", it runs it again in host H with `--arriving`: what an
+operator does by hand on two machines.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from typing import Any
 
 from overlay.lab import host as steps
 from overlay.lab.shell import run
-from overlay.lab.topology import Lab
+from overlay.lab.topology import Lab, LabHost
 
 MAX_HOPS = 4  # a loop between hosts would be a bug worth seeing, not worth hanging on
 
 
-def _overlayctl(lab: Lab, rundir: str, args: list[str]) -> dict[str, Any]:
-    cmd = [os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(), "--json",
-           "trace", *args, "--ovs-rundir", rundir]
-    out = run(cmd, netns=lab.underlay_ns, check=False)
+def _overlayctl(lab: Lab, host: LabHost, args: list[str]) -> dict[str, Any]:
+    tls = lab.overlayctl_etcd_args()[2:]  # the TLS flags; etcd as the host's agent reaches it
+    cmd = [os.path.join(steps.scripts_dir(), "overlayctl"), "--etcd", ",".join(lab.etcd_urls),
+           *tls, "trace", *args, "--ovs-rundir", host.ovs_dir, "--json"]
+    out = run(cmd, netns=host.netns, check=False)
     if out.returncode != 0:
         raise SystemExit(out.stderr.strip() or out.stdout.strip())
     result: dict[str, Any] = json.loads(out.stdout)
@@ -37,12 +39,13 @@ def lab_trace(lab: Lab, src: str, dst: str, options: list[str]) -> dict[str, Any
     target = lab.containers[dst]["container_id"] if dst in lab.containers else dst
     c = lab.containers[src]
     args = [f"{c['network']}/{c['container_id']}/{c['ifname']}", target, *options]
-    result = _overlayctl(lab, lab.host(c["host"]).ovs_dir, args)
+    result = _overlayctl(lab, lab.host(c["host"]), args)
     hops = result["hops"]
     while hops[-1]["continue_on"] and len(hops) < MAX_HOPS:
         nxt = lab.host(hops[-1]["continue_on"])
-        hops += _overlayctl(lab, nxt.ovs_dir, [*args, "--arriving", "--host", nxt.name])["hops"]
-    result["verdict"] = hops[-1]["summary"]
+        hops += _overlayctl(lab, nxt, [*args, "--arriving", "--host", nxt.name])["hops"]
+    result["verdict"], result["kind"] = hops[-1]["summary"], hops[-1]["kind"]
+    result["leaves"] = hops[-1]["leaves"]
     return result
 
 
@@ -53,6 +56,8 @@ def render(result: dict[str, Any]) -> str:
                 else f"{pkt['dst_ip']} (no endpoint)"),
              f"  packet: {pkt['proto']} {pkt['src_mac']} {pkt['src_ip']} -> {pkt['dst_mac']} "
              f"{pkt['dst_ip']}"]
+    if result.get("route"):
+        lines.append(f"  route in the container: {result['route']['route']}")
     for hop in result["hops"]:
         lines.append(f"  on {hop['host']}:")
         for s in hop["steps"]:

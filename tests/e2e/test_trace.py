@@ -1,5 +1,6 @@
 """overlayctl trace on the lab: one test per verdict, traced by the real switch of each host
-(`python -m overlay.lab trace` runs overlayctl in the underlay namespace, hop after hop)."""
+and, for a packet given to the gateway, the host's real routes and iptables rules
+(`python -m overlay.lab trace` runs overlayctl in each host's namespace, hop after hop)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ from overlay.lab import containers as ctr
 from overlay.lab.topology import Lab
 from overlay.lab.trace import lab_trace, render
 
+SERVER_IP = "172.31.0.254"  # the lab's underlay namespace: the "outside world"
+GATEWAY_MAC = "0e:6f:76:00:00:2a"  # VNI 42
+
 
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
     lab = lab_factory(hosts=2)
     ctr.define_network(lab, "blue", 43, "10.1.0.0/24")
+    ctr.define_network(lab, "plain", 44, "10.2.0.0/24")
     for name, host, network in (("a", "host0", "my-net"), ("b", "host1", "my-net"),
-                                ("c", "host0", "my-net"), ("z", "host1", "blue")):
+                                ("c", "host0", "my-net"), ("z", "host1", "blue"),
+                                ("y", "host0", "blue")):
         assert ctr.add_container(lab, name, host, network).returncode == 0
+    plain = ctr.plugin_netconf(ctr.read_conflist(lab.host("host0"), "plain"))
+    assert ctr.add_container(lab, "p", "host0", netconf={**plain, "ipMasq": False}).returncode == 0
     ctr.wait_converged(lab)
     return lab
 
@@ -78,11 +86,49 @@ def test_unknown_destination_dropped(lab: Lab) -> None:
     assert (arp["kind"], arp["table_name"]) == ("dropped", "arp")
 
 
-def test_other_network_dropped(lab: Lab) -> None:
+def test_other_network_refused_at_the_gateway(lab: Lab) -> None:
+    """Off a's subnet, so to the gateway; the host routes it to blue's gateway port, and the
+    network separation rule drops it."""
     t = lab_trace(lab, "a", "z", [])
-    v = t["hops"][0]["verdict"]
-    assert (v["kind"], v["table_name"]) == ("dropped", "forward")
-    assert v["reason"].startswith(f"other network: 10.1.0.2 is {cid(lab, 'z')} in blue (VNI 43)")
+    assert t["packet"]["dst_mac"] == GATEWAY_MAC and len(t["hops"]) == 1
+    z_ip = t["destination"]["ips"][0]
+    assert t["kind"] == "refused" and t["hops"][0]["verdict"]["kind"] == "gateway"
+    assert t["verdict"].startswith(f"to the gateway of my-net (port ovg42), towards another "
+                                   f"network: {z_ip} is {cid(lab, 'z')} in blue (VNI 43); "
+                                   "refused by the network separation ")
+    # The FORWARD rule (-o ovg+ DROP), or the blackhole route of the routing-based separation
+    # (overlay/gateway/isolation.py), whichever the host has.
+    assert "-o ovg+" in t["leaves"]["rule"] or t["leaves"]["rule"].startswith("blackhole")
+
+
+def test_to_the_gateway_and_masqueraded_to_the_host_address(lab: Lab) -> None:
+    """The issue's own example: not 'unknown destination' but out, masqueraded."""
+    t = lab_trace(lab, "a", SERVER_IP, ["--proto", "tcp", "--dport", "80"])
+    assert t["route"] == {"route": "default via 10.0.0.1", "next_hop": "10.0.0.1",
+                          "routed": True}
+    assert t["packet"]["dst_mac"] == GATEWAY_MAC
+    hop = t["hops"][0]
+    assert [s["table_name"] for s in hop["steps"]] == ["classify", "forward"]
+    assert (hop["verdict"]["kind"], t["kind"]) == ("gateway", "egress")
+    host0 = lab.host("host0")
+    assert (t["leaves"]["how"], t["leaves"]["address"]) == ("masqueraded", host0.vtep)
+    assert "overlay-gw:42" in t["leaves"]["rule"] and "MASQUERADE" in t["leaves"]["rule"]
+    assert t["verdict"] == (f"to the gateway of my-net (port ovg42); masqueraded to "
+                            f"{host0.vtep} (the host's source address for {SERVER_IP}), "
+                            f"leaves by {t['leaves']['dev']}")
+
+
+def test_ip_masq_off_leaves_with_the_container_address(lab: Lab) -> None:
+    t = lab_trace(lab, "p", SERVER_IP, ["--proto", "udp", "--dport", "53"])
+    assert t["kind"] == "egress"
+    assert (t["leaves"]["how"], t["leaves"]["address"]) == ("not-masqueraded",
+                                                            lab.containers["p"]["ip"])
+
+
+def test_no_egress_route_on_the_host(lab: Lab) -> None:
+    t = lab_trace(lab, "a", "192.0.2.1", [])  # TEST-NET-1: the lab hosts have no default route
+    assert t["kind"] == "refused"
+    assert t["leaves"]["why"].startswith("refused: no egress route on the host to 192.0.2.1")
 
 
 def test_lab_cli_trace_and_metrics(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,5 +140,10 @@ def test_lab_cli_trace_and_metrics(lab: Lab, capsys: pytest.CaptureFixture[str])
     assert result["verdict"].startswith("delivered to port")
     assert main(["--workdir", lab.workdir, "trace", "a", "b", "--proto", "arp"]) == 0
     assert "verdict: answered by ARP in OVS: 10.0.0.3" in capsys.readouterr().out
+    assert main(["--workdir", lab.workdir, "trace", "a", SERVER_IP, "--proto", "tcp",
+                 "--dport", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "route in the container: default via 10.0.0.1" in out
+    assert f"masqueraded to {lab.host('host0').vtep}" in out
     assert main(["--workdir", lab.workdir, "metrics", "host0"]) == 0
-    assert 'overlay_endpoints{location="local"} 2.0' in capsys.readouterr().out
+    assert 'overlay_endpoints{location="local"} 4.0' in capsys.readouterr().out

@@ -56,7 +56,7 @@ def test_catch_all_drop() -> None:
 def test_packets_in_ofproto_trace_syntax() -> None:
     udp = Packet("udp", "0a:58:0a:00:00:01", "0a:58:0a:00:00:02", "10.0.0.1", "10.0.0.2", 5, 53)
     assert udp.flow("in_port=p1") == ("udp,in_port=p1,dl_src=0a:58:0a:00:00:01,dl_dst=0a:58:0a:"
-                                      "00:00:02,nw_src=10.0.0.1,nw_dst=10.0.0.2,tp_src=5,tp_dst=53")
+                                      "00:00:02,nw_src=10.0.0.1,nw_dst=10.0.0.2,udp_src=5,udp_dst=53")
     arp = Packet("arp", "0a:58:0a:00:00:01", "", "10.0.0.1", "10.0.0.2")
     assert "arp_op=1,arp_spa=10.0.0.1,arp_tpa=10.0.0.2" in arp.flow("in_port=p1")
     assert guessed_mac("10.0.0.99") == "0a:58:0a:00:00:63"
