@@ -133,12 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
+    # The switch of reference is taken before the agent first programs it (br-phy's address,
+    # gateway ports, the table): a restart of ovs-vswitchd during start-up is then handled as
+    # soon as the watcher starts (below). The bridge exists from an earlier run, or after
+    # prepare() on a host's first start.
+    switch_watch = SwitchRestartWatcher(rundir=cfg.rundir, bridge=cfg.bridge,
+                                        on_restart=lambda: after_switch_restart())
+    switch_watch.reference()
     try:
         ovs = Ovsdb(endpoint=cfg.ovsdb)
         node: Node = prepare(cfg, ovs)
     except CniError as err:
         log.error("cannot prepare OVS: %s", err)
         return 1
+    switch_watch.reference()
     try:
         generation = ovs.next_generation(cfg.bridge)
         restored = local_endpoints(ovs, cfg.bridge)
@@ -254,8 +262,6 @@ def main(argv: list[str] | None = None) -> int:
         gateways.restore(dataplane.local_vnis())  # the ports' addresses and routes are gone
         prime(reconciler.vteps)
         metrics.ovs_restart()
-    switch_watch = SwitchRestartWatcher(rundir=cfg.rundir, bridge=cfg.bridge,
-                                        on_restart=after_switch_restart)
     switch_watch.start()
     log.info("serving CNI on %s (host %s, vtep %s, datapath %s), %.2f s after the process "
              "started", cfg.socket, cfg.host, node.vtep, node.datapath, since_process_start())

@@ -56,15 +56,28 @@ class SwitchRestartWatcher:
         self.followed = 0     # connections made and judged (restart handled, or none)
         self._thread = threading.Thread(target=self._run, name="vswitchd-watch", daemon=True)
 
-    def start(self) -> None:
-        """Connect now (the switch as it is when the agent has put its table in is the one
-        of reference), then follow on a thread. A switch that does not answer yet is taken
-        as restarted once it does."""
+    def reference(self) -> bool:
+        """Take the switch serving the bridge now as the one of reference, unless one is
+        taken already; True if there is one. The agent calls this before it first programs
+        the switch: a restart from then on, even one before start(), is seen (the held
+        connection is closed by it, and the new pid differs), so nothing it programmed in
+        start-up is lost to a restart unseen. False if the switch does not answer (yet)."""
+        if self._pid is not None:
+            return True
         try:
-            self._sock = self._connect()
-            self._pid = peer_pid(self._sock)
+            sock = self._connect()
+            pid = peer_pid(sock)
         except OSError as exc:
-            log.warning("cannot watch %s yet (%s)", self._path, exc)
+            log.info("no reference switch on %s yet (%s)", self._path, exc)
+            return False
+        self._sock, self._pid = sock, pid
+        return True
+
+    def start(self) -> None:
+        """Follow on a thread, from the reference taken earlier (or now, if none was). A
+        switch that does not answer yet is taken as restarted once it does."""
+        if not self.reference():
+            log.warning("cannot watch %s yet", self._path)
         self._thread.start()
 
     def stop(self) -> None:

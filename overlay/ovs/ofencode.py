@@ -133,6 +133,9 @@ def _pad8(data: bytes) -> bytes:
 # (nx_put_raw): prerequisites first, registers last. Matches are encoded in this order, so a
 # rule we send and the same rule dumped from the switch are the same bytes (Channel.digests:
 # a restarted agent compares its table with the switch's without decoding either).
+# Checked against lib/nx-match.c (nx_put_raw, nxm_put_ip): IPv6 source, destination, ip_proto,
+# then ICMPv6 type, code, nd_target, nd_sll (written only when type is 135) and nd_tll (136);
+# tests/integration/test_openflow_channel.py compares a dump of every kind of rule with ours.
 _RANK: dict[Field, int] = {field: rank for rank, field in enumerate((
     IN_PORT_F, ETH_SRC, ETH_DST, ETH_TYPE, IPV4_SRC, IPV4_DST, IPV6_SRC, IPV6_DST, IP_PROTO,
     UDP_SRC, UDP_DST, ICMPV6_TYPE, ICMPV6_CODE, ND_TARGET, ND_SLL, ND_TLL, ARP_OP, ARP_SPA,

@@ -26,7 +26,14 @@ STATE = DesiredState(
            "b": LocalPort(43, "0a:58:0a:00:00:03", ("10.0.0.1",), 6),
            "c": LocalPort(42, "0a:58:0a:00:00:04", ("10.0.0.4",), 7),
            "d": LocalPort(42, "0a:d4:00:00:00:05", ("10.0.0.5",), 8, True),  # dhcp, leased
-           "e": LocalPort(42, "0a:d4:00:00:00:06", (), 9, True)},  # dhcp, before its lease
+           "e": LocalPort(42, "0a:d4:00:00:00:06", (), 9, True),  # dhcp, before its lease
+           # Table 0's IPv6 and DHCP rules (neighbour discovery, DAD, DHCP server replies):
+           # a dual-stack DHCP client, a dual-stack port named as its network's DHCP server
+           # (no reply drops), an IPv6-only port with two addresses (NA for each target).
+           "f": LocalPort(42, "0a:d4:00:00:00:07", ("10.0.0.7", "fd00::7"), 10, True),
+           "g": LocalPort(42, "0a:d4:00:00:00:08", ("10.0.0.8", "fd00::8"), 11,
+                          dhcp_server=True),
+           "h": LocalPort(43, "0a:58:0a:00:00:0a", ("fd00::a", "fd00:1::a"), 12)},
     remote={"r1": RemoteEndpoint(42, "0a:58:0a:00:00:02", ("10.0.0.2",), "172.31.0.2"),
             "r2": RemoteEndpoint(43, "0a:58:0a:00:00:09", ("10.0.0.9", "fd00::9"), "172.31.0.3")})
 
@@ -57,6 +64,22 @@ def as_ops(lines: list[str]) -> list[tuple[str, str, str]]:
         head, actions = line.split(",actions=", 1)
         ops.append(("add", head.split(",", 1)[1], actions))
     return ops
+
+
+# Every match field of table 0's IPv6 and DHCP rules, as the rule text spells it: STATE must
+# produce each, or the comparisons below would not check its encoding (and its order).
+IPV6_AND_DHCP = ("icmp6,", "ipv6_src=::,", "ipv6_dst=ff02::1:ff00:0/104", "icmp_type=135",
+                 "icmp_type=136", "icmp_code=0", "nd_target=", "nd_sll=", "nd_tll=",
+                 "nd_sll=00:00:00:00:00:00", "nd_tll=00:00:00:00:00:00", "udp6,tp_src=547",
+                 "udp,tp_src=67", "nw_src=0.0.0.0,nw_dst=255.255.255.255")
+
+
+def test_state_has_every_ipv6_and_dhcp_rule() -> None:
+    lines = compute_flows(STATE)
+    assert [kind for kind in IPV6_AND_DHCP if not any(kind in line for line in lines)] == []
+    # The named DHCP server has no reply drops; the other addressed ports have theirs.
+    drops = {line.split("in_port=")[1].split(",")[0] for line in lines if "tp_src=67," in line}
+    assert "11" not in drops and {"5", "6", "7", "8", "10"} <= drops
 
 
 def test_same_table_as_ovs_ofctl(host: LabHost) -> None:

@@ -137,3 +137,40 @@ def test_a_switch_absent_at_start_is_reprogrammed_once_it_answers(rundir: str) -
     finally:
         watcher.stop()
         switch.kill()
+
+
+def test_a_restart_between_reference_and_start_is_seen(rundir: str) -> None:
+    """The agent takes its reference before it first programs the switch and starts the
+    watcher only once it serves CNI: a restart in between (start-up) is handled once."""
+    path = os.path.join(rundir, "br-int.mgmt")
+    switch = Switch(path)
+    calls: list[int] = []
+    watcher = SwitchRestartWatcher(rundir=rundir, bridge="br-int",
+                                   on_restart=lambda: calls.append(1))
+    assert watcher.reference() and watcher.pid == switch.proc.pid
+    switch.kill()
+    switch = Switch(path)
+    assert watcher.reference() and watcher.pid != switch.proc.pid  # the first one stays
+    watcher.start()
+    try:
+        assert wait_until(lambda: calls == [1])
+        assert watcher.pid == switch.proc.pid and watcher.restarts == 1
+    finally:
+        watcher.stop()
+        switch.kill()
+
+
+def test_no_reference_before_the_bridge_exists_then_one_after(rundir: str) -> None:
+    """A host's first start: no bridge (no socket) before prepare(), one after it; that
+    switch is the reference, not a restart."""
+    watcher = SwitchRestartWatcher(rundir=rundir, bridge="br-int", on_restart=lambda: None)
+    assert not watcher.reference() and watcher.pid is None
+    switch = Switch(os.path.join(rundir, "br-int.mgmt"))
+    try:
+        assert watcher.reference() and watcher.pid == switch.proc.pid
+        watcher.start()
+        assert wait_until(lambda: watcher.followed == 1)
+        assert watcher.restarts == 0
+    finally:
+        watcher.stop()
+        switch.kill()
