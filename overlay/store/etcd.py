@@ -74,7 +74,8 @@ def _attempts(members: int) -> int:
     (NoServerAvailableError) though two members are serving. So with several members each one
     gets two chances, and a call that finds all of them benched waits out the bench (see
     _translate). A single member gets one: nothing to fail over to, and "try again later"
-    should come at once."""
+    should come at once. (A call that was never sent, because another thread's failure had
+    benched the member, is not an attempt: see _translate.)"""
     return 1 if members <= 1 else 2 * members
 
 
@@ -83,13 +84,23 @@ def _translate(fn: Callable[P, T]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         store = args[0] if args and isinstance(args[0], Store) else None
         attempts = _attempts(len(store._addresses) if store is not None else 1)
-        for attempt in range(attempts):
+        waited = False
+        attempt = 0
+        while True:
             try:
                 return fn(*args, **kwargs)
             except _UNAVAILABLE as exc:
-                if attempt + 1 < attempts:
-                    if isinstance(exc, pyetcd.exceptions.NoServerAvailableError):
-                        time.sleep(RETRY_AFTER)  # every member benched: wait the bench out
+                attempt += 1
+                # NoServerAvailableError: every member is benched, so this call reached no
+                # etcd at all; another thread's failure put it there (after a blip, say an
+                # ovs-vswitchd restart taking the underlay address away for a moment). Wait
+                # the bench out and try: answering "unreachable" to a call never sent is
+                # wrong once etcd is back. A single member waits once, a cluster each time.
+                benched = isinstance(exc, pyetcd.exceptions.NoServerAvailableError)
+                if attempt < attempts or (benched and not waited):
+                    if benched:
+                        time.sleep(RETRY_AFTER)
+                        waited = True
                     continue
                 if store is not None:
                     store.on_error(fn.__name__.lstrip("_"))
@@ -100,7 +111,6 @@ def _translate(fn: Callable[P, T]) -> Callable[P, T]:
                     store.on_error(fn.__name__.lstrip("_"))
                 raise CniError(Code.STORE_FAILURE, "etcd refused the request",
                                _refusal(store, exc)) from None
-        raise AssertionError("unreachable: the last attempt returns or raises")
     return wrapper
 
 

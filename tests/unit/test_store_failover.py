@@ -56,12 +56,37 @@ def test_cluster_down_is_try_again_later_after_bounded_attempts(
     assert store.failed == ["get"]
 
 
-def test_single_member_says_try_again_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(etcd.time, "sleep", lambda s: pytest.fail("a single member never waits"))
-    verb = Scripted(pyetcd.exceptions.NoServerAvailableError("benched"))
+def test_single_member_unreachable_says_try_again_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(etcd.time, "sleep", lambda s: pytest.fail("a refused call never waits"))
+    verb = Scripted(pyetcd.exceptions.ConnectionFailedError())
     with pytest.raises(CniError) as err:
         _translate(verb)(_store(1))
     assert err.value.code == Code.TRY_AGAIN_LATER and verb.calls == 1
+
+
+def test_single_member_benched_by_another_call_is_waited_out_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another thread's call failed during a blip and benched the only member: this call was
+    # never sent. It waits the bench out and tries for real.
+    slept: list[float] = []
+    monkeypatch.setattr(etcd.time, "sleep", slept.append)
+    verb = Scripted(pyetcd.exceptions.NoServerAvailableError("benched"))
+    assert _translate(verb)(_store(1)) == "ok"
+    assert verb.calls == 2 and slept == [etcd.RETRY_AFTER]
+
+
+def test_single_member_still_down_after_the_bench_says_try_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(etcd.time, "sleep", slept.append)
+    verb = Scripted(pyetcd.exceptions.NoServerAvailableError("benched"),
+                    pyetcd.exceptions.ConnectionFailedError(),
+                    pyetcd.exceptions.NoServerAvailableError("benched"))
+    with pytest.raises(CniError) as err:
+        _translate(verb)(_store(1))
+    assert err.value.code == Code.TRY_AGAIN_LATER and verb.calls == 2
+    assert slept == [etcd.RETRY_AFTER]
 
 
 def test_refusal_is_not_retried() -> None:
