@@ -93,6 +93,7 @@ class Reconciler:
         self._vnis: dict[int, int] = {}                   # one int object per VNI (memory)
         self._network_records: dict[str, tuple[int, NetworkFacts]] = {}  # name -> (created, ..)
         self._networks: dict[str, NetworkFacts] = {}      # those that hold their VNI
+        self._vni_losers: set[str] = set()                # the others (reported once)
         self._claims = Claims(rank=self._rank, eligible=self._eligible)
         self._rejected: dict[str, str] = {}               # key -> why (a bounded sample)
 
@@ -277,11 +278,12 @@ class Reconciler:
                   if first[facts.vni][1] == name}
         changed = {n for n in usable.keys() | self._networks.keys()
                    if usable.get(n) != self._networks.get(n)}
-        for name in changed & self._network_records.keys() - usable.keys():
+        for name in self._network_records.keys() - usable.keys() - self._vni_losers:
+            vni = self._network_records[name][1].vni
             log.warning("network %s claims VNI %d, which network %s holds; ignoring it",
-                        name, self._network_records[name][1].vni,
-                        first[self._network_records[name][1].vni][1])
+                        name, vni, first[vni][1])
             self._on_conflict()
+        self._vni_losers = self._network_records.keys() - usable.keys()
         self._networks = usable
         for name in changed:
             self._refit(name, touched)
@@ -323,10 +325,10 @@ class Reconciler:
                 out.append(f"conflict in network {network}: {value} is claimed by {who}; "
                            f"{holder or 'none of them (no live host)'} holds it, the others "
                            "are ignored")
-            for name, (_, facts) in sorted(self._network_records.items()):
-                if name not in self._networks:
-                    out.append(f"conflict: network {name} claims VNI {facts.vni}, which another "
-                               "network created earlier holds; its endpoints are ignored")
+            for name in sorted(self._vni_losers):
+                facts = self._network_records[name][1]
+                out.append(f"conflict: network {name} claims VNI {facts.vni}, which another "
+                           "network created earlier holds; its endpoints are ignored")
             out += [f"{key}: {why}" for key, why in sorted(self._rejected.items())]
             return out
 
