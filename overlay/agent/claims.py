@@ -33,6 +33,7 @@ class Claims:
         self._rank = rank
         self._eligible = eligible
         self._held: dict[str, dict[str, str | list[str]]] = {}  # network -> value -> key(s)
+        self._contested = 0  # values with a list: none (the rule) makes wins() free
 
     def add(self, key: str, network: str, values: Iterable[str]) -> tuple[list[str], list[str]]:
         """Record `key`'s claims. Returns (other claimants whose standing may have changed,
@@ -47,6 +48,7 @@ class Claims:
             elif isinstance(current, str):
                 if current != key:
                     held[value] = [current, key]
+                    self._contested += 1
                     others.append(current)
                     contested.append(value)
             elif key not in current:
@@ -71,6 +73,7 @@ class Claims:
                 others += current
                 if len(current) == 1:
                     held[value] = current[0]
+                    self._contested -= 1
         if not held:
             del self._held[network]
         return others
@@ -83,7 +86,9 @@ class Claims:
         return min(filter(self._eligible, current), key=self._rank, default=None)
 
     def wins(self, key: str, network: str, values: Iterable[str]) -> bool:
-        """Does `key` hold every one of `values`? (One dict lookup per value when uncontested.)"""
+        """Does `key` hold every one of `values`? (Free while nothing is contested.)"""
+        if not self._contested:
+            return True
         held = self._held.get(network, {})
         for value in values:
             current = held.get(value)

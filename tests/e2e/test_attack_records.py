@@ -183,3 +183,6 @@ def test_bad_records_in_a_transaction_are_ignored_and_the_good_one_works(
              lambda: all(rejected(reason) > before[reason] for reason in bad))
     assert "02:bb:" not in forward_rules(lab, "host0")
     c0_reaches_c1_at_its_own_mac(lab)
+    report = doctor(lab)  # also reads them all itself, and must not choke on any
+    for key, _ in bad.values():
+        assert f"host0: {key}: endpoint record rejected" in report, report
