@@ -78,6 +78,11 @@ class Claims:
             del self._held[network]
         return others
 
+    @property
+    def contested(self) -> int:
+        """How many values have more than one claimant (0 nearly always)."""
+        return self._contested
+
     def holder(self, network: str, value: str) -> str | None:
         """The claimant that holds `value` now: the first eligible one in rank order."""
         current = self._held.get(network, {}).get(value)

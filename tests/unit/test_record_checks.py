@@ -210,3 +210,13 @@ def test_peer_vteps_survive_in_a_file_checked_when_read(tmp_path: Any) -> None:
     assert peers.load(path) == {"h2": "172.31.0.3"}
     (tmp_path / "peers.json").write_text("[" * 100000)
     assert peers.load(path) == {}
+
+
+def test_a_derived_mac_is_claimed_as_its_address() -> None:
+    # 0a:58:0a:00:00:07 is the MAC the agent derives from 10.0.0.7: taking it is taking 10.0.0.7.
+    rec, dp, counts = setup()
+    rec.on_endpoints([put(record("owner", "h1", "10.0.0.7", "0a:58:0a:00:00:07"), 10),
+                      put(record("copycat", "h2", "10.0.0.8", "0a:58:0a:00:00:07"), 11)])
+    assert [e.ips for e in macs(dp).values()] == [("10.0.0.7",)] and counts.conflicts == 1
+    rec.on_endpoints([delete("owner")])
+    assert [e.ips for e in macs(dp).values()] == [("10.0.0.8",)]
