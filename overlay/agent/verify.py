@@ -38,6 +38,7 @@ MAX_NAME = 253                # a host name; container ids and interfaces are sh
 REASONS = ("too_large", "malformed", "key_mismatch", "vni", "mac", "address",
            "too_many_addresses", "subnet", "vtep")
 
+_ENDPOINTS_LEN = len(r.ENDPOINTS)
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _decode = json.JSONDecoder().decode
 
@@ -131,9 +132,9 @@ def parse_endpoint(key: str, obj: dict[str, Any], created: int,
     Memory at scale: an agent holds every remote endpoint of its networks (50,000 in the
     benchmark), so what repeats across records is shared rather than held once per record:
     host and network names (sys.intern) and the VNI (one int object per VNI, from `vnis`)."""
-    network, container, ifname = (key[len(r.ENDPOINTS):].split("/") + ["", ""])[:3]
-    if (obj.get("network") != network or obj.get("container_id") != container
-            or obj.get("ifname") != ifname or key.count("/") != r.ENDPOINTS.count("/") + 2):
+    parts = key[_ENDPOINTS_LEN:].split("/")
+    if (len(parts) != 3 or obj.get("network") != parts[0]
+            or obj.get("container_id") != parts[1] or obj.get("ifname") != parts[2]):
         raise Rejected("key_mismatch", "the record names another network, container or "
                                        "interface than its key")
     host = _name(obj, "host")
@@ -148,7 +149,7 @@ def parse_endpoint(key: str, obj: dict[str, Any], created: int,
         raise Rejected("too_many_addresses", f"{len(ips)} (at most {MAX_ADDRESSES})")
     if vnis is not None:
         vni = vnis.setdefault(vni, vni)
-    return Endpoint(sys.intern(host), sys.intern(network), vni, mac,
+    return Endpoint(sys.intern(host), sys.intern(parts[0]), vni, mac,
                     tuple(map(address, ips)), created)
 
 
@@ -211,5 +212,8 @@ def fits(endpoint: Endpoint, facts: NetworkFacts) -> None:
         return
     for ip in endpoint.ips:
         version, value = _as_int(ip)
-        if not any(v == version and value & mask == net for v, net, mask in facts.subnets):
+        for v, net, mask in facts.subnets:
+            if v == version and value & mask == net:
+                break
+        else:
             raise Rejected("subnet", f"{ip} is outside network {endpoint.network}'s subnet")
