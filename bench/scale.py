@@ -12,6 +12,7 @@ At each size (default 1,000, 10,000 and 50,000 remote endpoints) it prints:
 - the agent's RSS and CPU seconds, and its RSS again after the restart below;
 - bytes the agent's host received from etcd per minute while idle (an iptables counter on the
   host's namespace, so TCP/IP headers included);
+- records the agent rejected and conflicts it found (from its log; expected 0);
 - agent restart: from starting the new agent process (the old one stopped) until it serves,
   with its whole table verified (installed, or found identical in the switch: the OVSDB key
   overlay-flow-verified names the new run) and every rule of the network in the switch;
@@ -328,6 +329,18 @@ def restart_vswitchd(plan: dict[str, Any], switch: Switch, remote: int) -> float
     return None if done is None else done - start
 
 
+def record_trouble(plan: dict[str, Any]) -> tuple[int, int]:
+    """(records rejected, conflicts) the agent logged so far, all its runs: every one is
+    logged once by overlay/agent/reconciler.py, and a run of well-formed records expects 0."""
+    rejected = conflicts = 0
+    for line in Path(plan["agent_log"]).read_text(errors="replace").splitlines():
+        if "overlay.agent.reconciler" not in line:
+            continue
+        rejected += " record " in line and "ignoring " in line
+        conflicts += "conflict in network" in line or " which network " in line
+    return rejected, conflicts
+
+
 def inside(plan: dict[str, Any]) -> int:
     from overlay.store.etcd import Store
 
@@ -363,6 +376,9 @@ def inside(plan: dict[str, Any]) -> int:
                 "ovs-vswitchd ...")
             vswitchd = restart_vswitchd(plan, switch, size)
             row["vswitchd_s"] = float("nan") if vswitchd is None else vswitchd
+            row["rejected"], row["conflicts"] = record_trouble(plan)
+            log(f"[{size}] records rejected {row['rejected']:.0f}, conflicts "
+                f"{row['conflicts']:.0f} (expected 0)")
             rows.append(row)
             report(rows)
         log("[del --prefix] one DeleteRange of every simulated endpoint ...")
@@ -388,7 +404,8 @@ COLUMNS = [("burst_s", "burst absorbed (s)", "{:.2f}"), ("put_p50", "put->switch
            ("idle_bytes_min", "idle etcd bytes/min", "{:.0f}"),
            ("restart_s", "restart->verified (s)", "{:.2f}"),
            ("rss_restart_mb", "RSS after restart (MB)", "{:.0f}"),
-           ("vswitchd_s", "vswitchd restart (s)", "{:.2f}")]
+           ("vswitchd_s", "vswitchd restart (s)", "{:.2f}"),
+           ("rejected", "records rejected", "{:.0f}"), ("conflicts", "record conflicts", "{:.0f}")]
 
 
 def report(rows: list[dict[str, float]]) -> None:

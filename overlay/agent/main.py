@@ -18,7 +18,7 @@ import time
 
 from overlay import __version__
 from overlay.agent import config as agent_config
-from overlay.agent import logs, memory, observe
+from overlay.agent import logs, memory, observe, peers
 from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import Readiness
 from overlay.agent.networks import NetworkWatches
@@ -190,9 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     def prime_new(vteps: set[str]) -> None:
         if node.datapath == "netdev" and table_in.is_set():
             underlay.prime_neighbors_soon(vteps)
+    # Peers' VTEPs from host records, kept across restarts (agent/peers.py).
+    peers_file = os.path.join(os.path.dirname(cfg.socket), "peer-vteps.json")
     reconciler = Reconciler(host=cfg.host, dataplane=dataplane, on_new_vteps=prime_new,
-                            host_grace=cfg.host_grace)
+                            host_grace=cfg.host_grace, remembered_vteps=peers.load(peers_file),
+                            on_reject=metrics.record_rejected, on_conflict=metrics.record_conflict)
     watch_metrics = observe.WatchMetrics(metrics)
+    # Network records (each network's VNI and subnet) first: endpoints are checked against them.
+    network_records = PrefixWatch(store=store, prefix=records.NETWORKS,
+                                  on_changes=reconciler.on_networks, observer=watch_metrics)
+    network_records.start()
 
     def on_hosts(changes: list[Change]) -> None:
         reconciler.on_hosts(changes)
@@ -205,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                               observer=watch_metrics)
     hosts.start()
     networks.sweep()  # one watch per network with a local endpoint recovered from OVSDB
-    while not stop.is_set() and not (hosts.wait_synced(1.0) and networks.wait_synced(1.0)):
+    while not stop.is_set() and not (network_records.wait_synced(1.0) and hosts.wait_synced(1.0)
+                                     and networks.wait_synced(1.0)):
         log.info("waiting for the first snapshot of etcd")
     dataplane.release()  # one atomic replacement (or the table found in place), all together
     try:
@@ -215,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("flows installed: %d local and %d remote endpoints, %d rules",
              *dataplane.counts())
     table_in.set()
+    peers.save(peers_file, reconciler.known_vteps())
     prime_new(reconciler.vteps)
 
     service = svc.CniService(
@@ -252,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             ovs_connected=ovs.connected(), etcd_connected=etcd_ok,
             local_endpoints=local, remote_endpoints=remote, flows=flows, version=__version__)
 
-    server = serve(socket_path=cfg.socket, servicer=CniServicer(service=service, info=info,
-                                                                   metrics=metrics))
+    server = serve(socket_path=cfg.socket, servicer=CniServicer(
+        service=service, info=info, metrics=metrics, problems=reconciler.problems))
 
     def after_switch_restart() -> None:
         again = prepare(cfg, ovs, known=node)  # netdev: br-phy's address is back
@@ -269,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 0
     while not stop.wait(RESYNC_INTERVAL):
         rounds += 1
+        peers.save(peers_file, reconciler.known_vteps())
         try:
             prime(reconciler.vteps)
             networks.sweep()
@@ -284,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     server.stop(grace=5).wait()
     networks.stop_all()
     hosts.stop()
+    network_records.stop()
+    peers.save(peers_file, reconciler.known_vteps())
     store.close()
     ovs.close()
     if metrics_server is not None:

@@ -23,6 +23,7 @@ Who calls what (the agent's entry point builds one Metrics and injects it):
     etcd watch             watch_revision(applied, cluster) after each applied response,
                            watch_resync(reason) for every full snapshot
     etcd client            etcd_request_error(operation) for every failed request
+    reconciler             record_rejected(kind, reason), record_conflict()
 
 IP addresses in use and free are reported only for the networks this host has endpoints in:
 the cluster-wide view is a property of etcd, and belongs to one place (`overlayctl`), not to
@@ -145,6 +146,13 @@ class Metrics:
         self._ovs_restarts = Counter(
             "overlay_ovs_restarts", "ovs-vswitchd restarts detected (flows then reinstalled)",
             registry=r)
+        self._rejected = Counter(
+            "overlay_records_rejected", "etcd records ignored because they failed verification "
+            "(overlay/agent/verify.py), by kind of record and reason", ["kind", "reason"],
+            registry=r)
+        self._conflicts = Counter(
+            "overlay_record_conflicts", "Claims on an address, MAC or VNI that another record "
+            "already held (the first created keeps it)", registry=r)
         self._head = 0
         self._head_lock = threading.Lock()
         self._state = _StateCollector()
@@ -193,6 +201,14 @@ class Metrics:
     def etcd_request_error(self, operation: str) -> None:
         """An etcd request failed (unreachable, timeout, refused); `operation` names the verb."""
         self._etcd_errors.labels(operation).inc()
+
+    def record_rejected(self, kind: str, reason: str) -> None:
+        """An endpoint, host or network record from etcd was skipped; `reason` is one of
+        verify.REASONS."""
+        self._rejected.labels(kind, reason).inc()
+
+    def record_conflict(self) -> None:
+        self._conflicts.inc()
 
     # --- events: housekeeping ---------------------------------------------------------------
 

@@ -15,26 +15,33 @@ forwarding, and dropping the flows towards it at once would cut every peer off f
 containers for the rest of the restart. If the host registers again within the grace with the
 same VTEP, no flow changes at all.
 
-Records are validated before they reach the flow table: whatever is in etcd is written into
-OpenFlow text, so a malformed or hostile record (a VNI as a string, a MAC with a comma in it)
-is skipped with a warning instead of breaking, or extending, every host's flow table. Records
-naming this host are kept whole (`own_records`): they are the janitor's view of what etcd
-believes lives here.
+Records are verified before they reach the flow table (overlay/agent/verify.py): whatever is
+in etcd is written into OpenFlow text and answers ARP, so a record that is malformed (of any
+shape or size), disagrees with its key, has another VNI than its network's record, addresses
+outside the network's subnet or a MAC that is not unicast is skipped alone, logged and
+counted (on_reject), while the rest of its batch carries on. An endpoint is forwarded to the
+VTEP of its host's record, never to an address its own record names. Two records claiming one
+address or MAC are settled by creation revision, the same on every host (overlay/agent/
+claims.py). Records naming this host are kept whole (`own_records`): they are the janitor's
+view of what etcd believes lives here.
+
+Network records are read too (`on_networks`): they say each network's VNI and subnet. Their
+facts stay after the record is deleted (until the agent restarts): a network's record goes
+only with its last endpoint, and dropping the facts would cut off endpoints that a racing ADD
+has just written.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
-import re
 import socket
-import sys
 import threading
-from collections.abc import Callable, Iterable
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
-from overlay.cni.netconf import VNI_MAX, VNI_MIN
+from overlay.agent import verify
+from overlay.agent.claims import Claims
+from overlay.agent.verify import Endpoint, NetworkFacts, Rejected
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import RemoteEndpoint
 from overlay.store import records as r
@@ -42,86 +49,21 @@ from overlay.store.stream import Change
 
 log = logging.getLogger(__name__)
 
-_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+SHOWN_REJECTED = 200  # rejected keys remembered for `overlayctl doctor` (the metric counts all)
 
 
-class _Endpoint(NamedTuple):
-    host: str
-    network: str
-    vni: int
-    mac: str
-    ips: tuple[str, ...]
+def _claimed(endpoint: Endpoint) -> tuple[str, ...]:
+    """The values an endpoint claims in its network: its addresses and its MAC.
 
-
-def parse_vtep(value: bytes) -> str:
-    """The VTEP of a host record, validated (raises ValueError and friends)."""
-    vtep = r.HostRecord.from_json(value).vtep
-    return str(ipaddress.IPv4Address(vtep if isinstance(vtep, str) else ""))
-
-
-def _address(text: str) -> str:
-    """The canonical text of the address of "ip/prefix" (what ip_interface(text).ip gives).
-
-    Dotted-quad IPv4 with a plain prefix length, by far the common case, is checked with
-    inet_pton, which refuses what ipaddress refuses (leading zeros, octets over 255) and so
-    is already canonical; about 15x faster than ipaddress, which was most of the time of
-    building the model of 50,000 endpoints at start. Anything else goes through ipaddress."""
-    ip, _, prefix = text.partition("/")
-    if ":" not in ip and (not prefix or (prefix.isdigit() and int(prefix) <= 32
-                                         and prefix == str(int(prefix)))):
-        try:
-            socket.inet_pton(socket.AF_INET, ip)
-            return ip
-        except OSError:
-            pass
-    return str(ipaddress.ip_interface(text).ip)
-
-
-_decode = json.JSONDecoder().decode
-
-
-def parse_endpoint(value: bytes, own_host: str | None = None,
-                   vnis: dict[int, int] | None = None
-                   ) -> tuple[_Endpoint, r.EndpointRecord | None, str | None]:
-    """The endpoint's routing facts, validated; the whole record only if it names `own_host`
-    (the janitor's view), since a remote endpoint's other fields are never read; and the VTEP
-    its host had when it wrote the record (None if the record has none, or a bad one).
-
-    Memory at scale: an agent holds every remote endpoint of its networks (50,000 in the
-    benchmark), so what repeats across records is shared rather than held once per record:
-    host and network names (sys.intern) and the VNI (one int object per VNI, from `vnis`)."""
-    obj = _decode(value.decode())  # json.loads(bytes) also guesses the encoding: slower
-    host, network, vni, mac, ips = (obj["host"], obj["network"], obj["vni"], obj["mac"],
-                                    obj["ips"])
-    if not isinstance(vni, int) or isinstance(vni, bool) or not VNI_MIN <= vni <= VNI_MAX:
-        raise ValueError(f"bad vni {vni!r}")
-    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
-        raise ValueError(f"bad mac {mac!r}")
-    # No address yet is valid: a DHCP client's record is published before its lease, so that
-    # the server's unicast answers to its MAC find this host (overlay/cni/leases.py).
-    if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
-        raise ValueError(f"bad ips {ips!r}")
-    if not isinstance(host, str) or not isinstance(network, str):
-        raise ValueError("bad host or network")
-    if vnis is not None:
-        vni = vnis.setdefault(vni, vni)
-    endpoint = _Endpoint(sys.intern(host), sys.intern(network), vni,
-                         mac, tuple(map(_address, ips)))
-    vtep = obj.get("vtep")
-    if vtep:  # records of older agents have none, or "": no exception to pay for it then
-        try:
-            socket.inet_pton(socket.AF_INET, vtep)
-            vtep = sys.intern(vtep)
-        except (OSError, TypeError):
-            vtep = None
-    else:
-        vtep = None
-    if host != own_host:
-        return endpoint, None, vtep
-    return endpoint, r.EndpointRecord.from_json(value), vtep
-
-
-_BAD = (ValueError, TypeError, KeyError, AttributeError)
+    A MAC of the form 0a:58:<4 bytes> (what the agent derives from an address: cni/service.py
+    mac_for) is claimed as that IPv4 address: the two namespaces map one to one, so a claim on
+    one is a claim on the other, and the usual endpoint (address x, MAC 0a:58:x) makes one
+    claim instead of two, which saves an index entry per endpoint (2.6 MB at 50,000)."""
+    mac = endpoint.mac
+    if mac.startswith("0a:58:"):
+        alias = socket.inet_ntoa(bytes.fromhex(mac[6:].replace(":", "")))
+        return endpoint.ips if alias in endpoint.ips else (*endpoint.ips, alias)
+    return (*endpoint.ips, mac)
 
 
 class Cancellable(Protocol):
@@ -139,20 +81,32 @@ class Reconciler:
     def __init__(self, *, host: str, dataplane: Dataplane,
                  on_new_vteps: Callable[[set[str]], None] = lambda vteps: None,
                  host_grace: float = 0.0,
-                 schedule: Callable[[float, Callable[[], None]], Cancellable] = _timer) -> None:
+                 schedule: Callable[[float, Callable[[], None]], Cancellable] = _timer,
+                 remembered_vteps: Mapping[str, str] | None = None,
+                 on_reject: Callable[[str, str], None] = lambda kind, reason: None,
+                 on_conflict: Callable[[], None] = lambda: None) -> None:
         self._host = host
         self._dataplane = dataplane
         self._on_new_vteps = on_new_vteps
         self._grace = host_grace
         self._schedule = schedule
+        self._on_reject = on_reject
+        self._on_conflict = on_conflict
         self._lock = threading.Lock()  # watches of several prefixes call in on their threads
         self._vteps: dict[str, str] = {}                  # live host -> VTEP (departing ones too)
         self._departing: dict[str, Cancellable] = {}      # host whose key went -> its expiry
         self._seen: set[str] = set()                      # hosts whose key or VTEP we learnt
-        self._endpoints: dict[str, _Endpoint] = {}        # etcd key -> endpoint, any host
+        # VTEPs learnt from host records by an earlier run of this agent (agent/peers.py)
+        self._remembered = dict(remembered_vteps or {})
+        self._endpoints: dict[str, Endpoint] = {}         # etcd key -> endpoint, any host
         self._by_host: dict[str, set[str]] = {}           # host -> its endpoint keys
         self._own: dict[str, r.EndpointRecord] = {}       # records naming this host
         self._vnis: dict[int, int] = {}                   # one int object per VNI (memory)
+        self._network_records: dict[str, tuple[int, NetworkFacts]] = {}  # name -> (created, ..)
+        self._networks: dict[str, NetworkFacts] = {}      # those that hold their VNI
+        self._vni_losers: set[str] = set()                # the others (reported once)
+        self._claims = Claims(rank=self._rank, eligible=self._eligible)
+        self._rejected: dict[str, str] = {}               # key -> why (a bounded sample)
 
     @property
     def vteps(self) -> set[str]:
@@ -166,6 +120,11 @@ class Reconciler:
         with self._lock:
             return dict(self._vteps)
 
+    def known_vteps(self) -> dict[str, str]:
+        """Every other host's VTEP learnt from a host record (what agent/peers.py saves)."""
+        with self._lock:
+            return {h: v for h, v in self._vteps.items() if h != self._host}
+
     def own_records(self) -> list[r.EndpointRecord]:
         with self._lock:
             return list(self._own.values())
@@ -178,7 +137,7 @@ class Reconciler:
     # --- changes from the watches --------------------------------------------------------------
 
     def on_hosts(self, changes: list[Change]) -> None:
-        updates: dict[str, RemoteEndpoint | None] = {}
+        touched: set[str] = set()
         new_vteps: set[str] = set()
         with self._lock:
             for change in changes:
@@ -186,9 +145,9 @@ class Reconciler:
                 vtep = None
                 if change.value is not None:
                     try:
-                        vtep = parse_vtep(change.value)
-                    except _BAD:
-                        log.warning("ignoring malformed host record %s", change.key)
+                        vtep = verify.parse_host(change.key, change.value)
+                    except Exception as exc:  # noqa: BLE001 (any shape: skipped and counted)
+                        self._reject("host", change.key, exc)
                 self._seen.add(host)
                 if vtep is not None:
                     self._cancel_departure(host)
@@ -204,9 +163,16 @@ class Reconciler:
                     if host != self._host:
                         new_vteps.add(vtep)
                 if host != self._host:
-                    for key in self._by_host.get(host, ()):
-                        updates[key] = self._remote(key)
-            self._apply(updates, new_vteps)
+                    self._touch_host(host, touched)
+            self._apply(touched, new_vteps)
+
+    def _touch_host(self, host: str, touched: set[str]) -> None:
+        """(Under the lock.) The host came or went: its endpoints, and the rivals of their
+        contested claims (a claim counts only while its host is live), are to be looked at."""
+        for key in self._by_host.get(host, ()):
+            touched.add(key)
+            endpoint = self._endpoints[key]
+            touched.update(self._claims.rivals(key, endpoint.network, _claimed(endpoint)))
 
     def _depart(self, host: str, why: str = "left etcd") -> None:
         """(Under the lock.) The host's key went: its flows stay for the grace period."""
@@ -232,71 +198,202 @@ class Reconciler:
             self._vteps.pop(host, None)
             log.info("host %s did not come back within %.0f s; dropping the flows to it",
                      host, self._grace)
-            self._apply({key: self._remote(key) for key in self._by_host.get(host, ())}, set())
+            touched: set[str] = set()
+            self._touch_host(host, touched)
+            self._apply(touched, set())
 
-    def _adopt(self, host: str, vtep: str) -> bool:
+    def _adopt(self, host: str) -> bool:
         """(Under the lock.) An endpoint record names `host`, whose key this agent has never
         seen: most likely this agent started while that host's agent was restarting and its
-        key had lapsed (the peers that were running keep forwarding through host_grace; this
-        one never knew the VTEP). Forward to the VTEP the record names, for the grace period
-        only, as if the key had just gone. True if adopted."""
+        key had lapsed (the peers that were running keep forwarding through host_grace). If an
+        earlier run of this agent learnt the host's VTEP from its host record, forward there
+        for the grace period only, as if the key had just gone. Never to a VTEP an endpoint
+        record names: that would let one forged record redirect traffic. True if adopted."""
         if self._grace <= 0 or host == self._host or host in self._seen:
             return False
         self._seen.add(host)
+        vtep = self._remembered.get(host)
+        if vtep is None:
+            return False
         self._vteps[host] = vtep
-        self._depart(host, why="is not in etcd; forwarding to the VTEP its endpoints name")
+        self._depart(host, why="is not in etcd; forwarding to the VTEP its host record had "
+                               "in this agent's last run")
         return True
 
     def on_endpoints(self, changes: list[Change]) -> None:
-        updates: dict[str, RemoteEndpoint | None] = {}
+        touched: set[str] = set()
         adopted: set[str] = set()
         with self._lock:
             for change in changes:
-                self._forget(change.key)
-                if change.value is not None:
-                    try:
-                        endpoint, rec, vtep = parse_endpoint(change.value, self._host,
-                                                             self._vnis)
-                    except _BAD as exc:
-                        log.warning("ignoring malformed endpoint record %s: %s", change.key, exc)
-                    else:
-                        self._remember(change.key, endpoint, rec)
-                        if vtep is not None and self._adopt(endpoint.host, vtep):
-                            adopted.add(endpoint.host)
-                updates[change.key] = self._remote(change.key)
+                touched.add(change.key)
+                before = self._forget(change.key, touched)
+                if change.value is None:
+                    self._rejected.pop(change.key, None)
+                    continue
+                endpoint = self._verify(change)
+                if endpoint is not None:
+                    self._remember(change.key, endpoint, touched, before)
+                    if self._adopt(endpoint.host):
+                        adopted.add(endpoint.host)
             for host in adopted:  # endpoints of this host seen earlier in the batch
-                for key in self._by_host.get(host, ()):
-                    updates[key] = self._remote(key)
-            self._apply(updates, {self._vteps[h] for h in adopted})
+                self._touch_host(host, touched)
+            self._apply(touched, {self._vteps[h] for h in adopted})
+
+    def _verify(self, change: Change) -> Endpoint | None:
+        """(Under the lock.) The endpoint of a put, or None if it was rejected (counted)."""
+        assert change.value is not None
+        try:
+            obj = verify.decode(change.value)
+            endpoint = verify.parse_endpoint(change.key, obj, change.create_revision, self._vnis)
+            if endpoint.host == self._host:  # the janitor's view, whatever the network says
+                self._own[change.key] = verify.own_record(obj)
+            facts = self._networks.get(endpoint.network)
+            if facts is not None:  # else it waits for its network's record (_refit)
+                verify.fits(endpoint, facts)
+        except Exception as exc:  # noqa: BLE001 (any shape: skipped and counted)
+            self._reject("endpoint", change.key, exc)
+            return None
+        self._rejected.pop(change.key, None)
+        return endpoint
+
+    def _reject(self, kind: str, key: str, exc: Exception) -> None:
+        reason = exc.reason if isinstance(exc, Rejected) else "malformed"
+        log.warning("ignoring %s record %s: %s", kind, key[:200], str(exc)[:200] or
+                    type(exc).__name__)
+        self._on_reject(kind, reason)
+        if key in self._rejected or len(self._rejected) < SHOWN_REJECTED:
+            self._rejected[key] = f"{kind} record rejected ({reason}): {str(exc)[:120]}"
+
+    def on_networks(self, changes: list[Change]) -> None:
+        touched: set[str] = set()
+        with self._lock:
+            for change in changes:
+                if change.value is None:
+                    log.info("network record %s deleted; what it said stays until this agent "
+                             "restarts", change.key)
+                    continue
+                try:
+                    name, facts = verify.parse_network(change.key, change.value)
+                except Exception as exc:  # noqa: BLE001 (the previous facts, if any, stay)
+                    self._reject("network", change.key, exc)
+                    continue
+                self._rejected.pop(change.key, None)
+                known = self._network_records.get(name)
+                created = change.create_revision or (known[0] if known else 0)
+                self._network_records[name] = (created, facts)
+            self._settle_networks(touched)
+            self._apply(touched, set())
+
+    def _settle_networks(self, touched: set[str]) -> None:
+        """(Under the lock.) Which network holds each VNI (the first created, like any claim),
+        and the endpoints of networks whose facts changed checked again (rare: a scan)."""
+        first: dict[int, tuple[int, str]] = {}
+        for name, (created, facts) in self._network_records.items():
+            if facts.vni not in first or (created, name) < first[facts.vni]:
+                first[facts.vni] = (created, name)
+        usable = {name: facts for name, (_, facts) in self._network_records.items()
+                  if first[facts.vni][1] == name}
+        changed = {n for n in usable.keys() | self._networks.keys()
+                   if usable.get(n) != self._networks.get(n)}
+        for name in self._network_records.keys() - usable.keys() - self._vni_losers:
+            vni = self._network_records[name][1].vni
+            log.warning("network %s claims VNI %d, which network %s holds; ignoring it",
+                        name, vni, first[vni][1])
+            self._on_conflict()
+        self._vni_losers = self._network_records.keys() - usable.keys()
+        self._networks = usable
+        for name in changed:
+            self._refit(name, touched)
+
+    def _refit(self, network: str, touched: set[str]) -> None:
+        facts = self._networks.get(network)
+        for key in [k for k, e in self._endpoints.items() if e.network == network]:
+            endpoint = self._endpoints[key]
+            touched.add(key)
+            touched.update(self._claims.remove(key, network, _claimed(endpoint)))
+            if facts is None:
+                continue  # waits, unclaimed, for a record of its network
+            try:
+                verify.fits(endpoint, facts)
+            except Rejected as exc:
+                self._forget(key, touched)
+                self._reject("endpoint", key, exc)
+                continue
+            self._claim(key, endpoint, touched, ())
 
     def forget_network(self, network: str) -> None:
         """This host left the network: drop everything learnt about it."""
         with self._lock:
             # A scan, not an index: this happens 30 s after a network's last local container
             # left, and an index by network cost 2 MB at 50,000 endpoints.
-            keys = [k for k, e in self._endpoints.items() if e.network == network]
+            keys = {k for k, e in self._endpoints.items() if e.network == network}
+            touched = set(keys)
             for key in keys:
-                self._forget(key)
-            self._apply(dict.fromkeys(keys), set())
+                self._forget(key, touched)
+            self._apply(touched, set())
+
+    def problems(self) -> list[str]:
+        """Conflicts and rejected records as they stand, for `overlayctl doctor`."""
+        with self._lock:
+            out = []
+            for network, value, claimants, holder in self._claims.conflicts():
+                who = ", ".join(f"{k} (host {self._endpoints[k].host}, created at revision "
+                                f"{self._endpoints[k].created})" for k in claimants)
+                out.append(f"conflict in network {network}: {value} is claimed by {who}; "
+                           f"{holder or 'none of them (no live host)'} holds it, the others "
+                           "are ignored")
+            for name in sorted(self._vni_losers):
+                facts = self._network_records[name][1]
+                out.append(f"conflict: network {name} claims VNI {facts.vni}, which another "
+                           "network created earlier holds; its endpoints are ignored")
+            out += [f"{key}: {why}" for key, why in sorted(self._rejected.items())]
+            return out
 
     # --- bookkeeping (under the lock) ----------------------------------------------------------
 
-    def _remember(self, key: str, endpoint: _Endpoint, rec: r.EndpointRecord | None) -> None:
+    def _rank(self, key: str) -> tuple[int, int, str]:
+        endpoint = self._endpoints[key]
+        return (0 if endpoint.host == self._host else 1, endpoint.created, key)
+
+    def _eligible(self, key: str) -> bool:
+        endpoint = self._endpoints.get(key)
+        return endpoint is not None and (endpoint.host == self._host
+                                         or endpoint.host in self._vteps)
+
+    def _remember(self, key: str, endpoint: Endpoint, touched: set[str],
+                  before: tuple[str, ...]) -> None:
         self._endpoints[key] = endpoint
         self._by_host.setdefault(endpoint.host, set()).add(key)
-        if rec is not None:
-            self._own[key] = rec
+        if endpoint.network in self._networks:
+            self._claim(key, endpoint, touched, before)
 
-    def _forget(self, key: str) -> None:
+    def _claim(self, key: str, endpoint: Endpoint, touched: set[str],
+               before: tuple[str, ...]) -> None:
+        others, contested = self._claims.add(key, endpoint.network, _claimed(endpoint))
+        touched.update(others)
+        for value in contested:
+            if value in before:
+                continue  # the same claim again (an update of the record): not a new conflict
+            self._on_conflict()
+            holder = self._claims.holder(endpoint.network, value)
+            log.warning("conflict in network %s: %s is claimed by %s and by %s; %s holds it "
+                        "(local first, then the first created)", endpoint.network, value, key,
+                        ", ".join(k for k in others if k != key), holder or "none of them")
+
+    def _forget(self, key: str, touched: set[str]) -> tuple[str, ...]:
+        """Drop what is known of `key`; returns what it claimed."""
+        self._own.pop(key, None)
         old = self._endpoints.pop(key, None)
         if old is None:
-            return
-        self._own.pop(key, None)
+            return ()
+        claimed = _claimed(old)
+        touched.update(self._claims.remove(key, old.network, claimed))
         keys = self._by_host.get(old.host)
         if keys is not None:
             keys.discard(key)
             if not keys:
                 del self._by_host[old.host]
+        return claimed
 
     def _remote(self, key: str) -> RemoteEndpoint | None:
         """What the dataplane should hold for this key now: a remote endpoint, or nothing."""
@@ -304,13 +401,17 @@ class Reconciler:
         if endpoint is None or endpoint.host == self._host:
             return None
         vtep = self._vteps.get(endpoint.host)
-        if vtep is None:
+        if vtep is None or endpoint.network not in self._networks:
+            return None
+        if self._claims.contested and not self._claims.wins(key, endpoint.network,
+                                                             _claimed(endpoint)):
             return None
         return RemoteEndpoint(endpoint.vni, endpoint.mac, endpoint.ips, vtep)
 
-    def _apply(self, updates: dict[str, RemoteEndpoint | None], new_vteps: Iterable[str]) -> None:
+    def _apply(self, touched: Iterable[str], new_vteps: Iterable[str]) -> None:
         # Under the lock: updates computed from two watches' changes must reach the dataplane
         # in the order the state changed, or a stale one could overwrite a newer one.
+        updates = {key: self._remote(key) for key in touched}
         try:
             if new_vteps:
                 self._on_new_vteps(set(new_vteps))

@@ -22,7 +22,7 @@ def cluster_problems(state: dict[str, bytes]) -> list[str]:
         if key.startswith(r.ENDPOINTS):
             try:
                 endpoints.append(r.EndpointRecord.from_json(value))
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, RecursionError):
                 problems.append(f"{key}: unreadable endpoint record")
     users: dict[tuple[str, str], list[str]] = defaultdict(list)
     for ep in endpoints:

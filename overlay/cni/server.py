@@ -31,8 +31,10 @@ Handler = Callable[[CniEnv, NetConf], bytes]
 class CniServicer(cni_pb2_grpc.CniServicer):
     def __init__(self, *, service: CniService,
                  info: Callable[[], cni_pb2.AgentInfoReply],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 problems: Callable[[], list[str]] = list) -> None:
         self._service = service
+        self._problems = problems  # the agent's own findings (conflicting etcd records, ...)
         self._info = info
         self._metrics = metrics
 
@@ -86,6 +88,7 @@ class CniServicer(cni_pb2_grpc.CniServicer):
             problems = housekeeping.doctor(self._service)
         except CniError as err:
             problems = [f"the check itself failed: {err}"]
+        problems += self._problems()
         return cni_pb2.DoctorReply(host=self._service.host.name, problems=problems)
 
 

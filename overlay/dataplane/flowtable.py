@@ -6,13 +6,16 @@ previous table into the new one, touching only that object's rules: adds for new
 modify_strict where actions changed, delete_strict for identities no one claims any more.
 Nothing is read back from the switch.
 
-Two objects can claim the same identity: an address moved from one container to another, and
-etcd holds both records for a moment (the delete and the put may arrive in either order), or a
-stale record of a vanished host names an address now reused here. OpenFlow keeps one rule per
-identity, so exactly one claim is installed: local owners beat remote ones, and among equals
-the smallest owner key wins. The rule is deterministic, so the table built by deltas in any
-order equals the table built at once (flows.compute_flows), which the unit tests check. When
-the winner withdraws, the next claimant's rule replaces it in the same operation list.
+Two objects can claim the same identity. Between remote endpoints the reconciler settles it
+before anything reaches this table (overlay/agent/claims.py: the record created first holds an
+address or MAC, the same on every host, and the loser is logged, counted and shown by
+`overlayctl doctor`), and one VNI belongs to one network, so here a contest is between a
+local owner and a remote one: a container on this host and a record naming its address
+elsewhere. OpenFlow keeps one rule per identity, so exactly one claim is installed: local
+owners beat remote ones; the owner key breaks any other tie, only so that the outcome never
+depends on the order of arrival. The table built by deltas in any order equals the table built
+at once (flows.compute_flows), which the unit tests check. When the winner withdraws, the next
+claimant's rule replaces it in the same operation list.
 """
 
 from __future__ import annotations

@@ -458,6 +458,6 @@ def _endpoint_records(items: list[Item]) -> list[r.EndpointRecord]:
     for item in items:
         try:
             out.append(r.EndpointRecord.from_json(item.value))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # any shape: another host's
             log.warning("ignoring malformed endpoint record %s", item.key)
     return out

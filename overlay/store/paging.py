@@ -19,6 +19,7 @@ class Item(NamedTuple):
     key: str
     value: bytes
     mod_revision: int
+    create_revision: int = 0
 
 
 OnPage = Callable[[list[Item]], None]
@@ -42,7 +43,8 @@ def read_range(client: Any, start: bytes, end: bytes, page: int, *, one_revision
             if more:
                 upcoming = ahead.submit(client.get_range_response, resp.kvs[-1].key + b"\0", end,
                                         limit=page, **pinned)
-            batch = [Item(kv.key.decode(errors="replace"), kv.value, kv.mod_revision)
+            batch = [Item(kv.key.decode(errors="replace"), kv.value, kv.mod_revision,
+                          kv.create_revision)
                      for kv in resp.kvs]
             if on_page is not None:
                 on_page(batch)

@@ -92,7 +92,7 @@ class Holder(Record):
         try:
             holder: Holder = cls.from_json(value)
             return holder
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             return cls(value.decode(errors="replace"), "")  # not ours: never matches an owner
 
 

@@ -31,6 +31,9 @@ class Change(NamedTuple):
     key: str
     value: bytes | None  # None: the key was deleted
     mod_revision: int
+    # The key's creation revision (0 for a delete): who claimed an address first
+    # (overlay/agent/claims.py). etcd sends it with every event at no extra cost.
+    create_revision: int = 0
 
 
 class Compacted(Exception):
@@ -64,7 +67,8 @@ class WatchStream:
                 if resp.events:
                     self._arrived.put([Change(ev.kv.key.decode(errors="replace"),
                                               None if ev.type == _DELETE else ev.kv.value,
-                                              ev.kv.mod_revision) for ev in resp.events])
+                                              ev.kv.mod_revision, ev.kv.create_revision)
+                                       for ev in resp.events])
             raise StreamEnded("watch stream closed")
         except Exception as exc:  # handed to the consumer, which decides what it means
             self._arrived.put(exc)

@@ -183,8 +183,8 @@ class PrefixWatch:
                 changes = []
             else:
                 fresh = {item.key: _seen(item.mod_revision, item.value) for item in items}
-                changes = [Change(item.key, item.value, item.mod_revision) for item in items
-                           if self._known.get(item.key) != fresh[item.key]]
+                changes = [Change(item.key, item.value, item.mod_revision, item.create_revision)
+                           for item in items if self._known.get(item.key) != fresh[item.key]]
                 changes += [Change(key, None, revision)
                             for key in self._known.keys() - fresh.keys()]
                 self._known = fresh
@@ -213,7 +213,8 @@ class PrefixWatch:
                 seen = _seen(item.mod_revision, item.value)
                 if self._known.get(item.key) != seen:
                     self._known[item.key] = seen
-                    changes.append(Change(item.key, item.value, item.mod_revision))
+                    changes.append(Change(item.key, item.value, item.mod_revision,
+                                          item.create_revision))
         if changes:
             self._on_changes(changes)
         handing[0] += time.monotonic() - started

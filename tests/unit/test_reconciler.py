@@ -20,6 +20,11 @@ def ep(host: str, ip: str, mac: str, vni: int = 42, vtep: str = "") -> Change:
     return Change(rec.key, rec.to_json().encode(), 1)
 
 
+def net(name: str = "n", vni: int = 42, subnet: str = "10.0.0.0/16", created: int = 1) -> Change:
+    value = r.NetworkRecord(name, vni, subnet).to_json().encode()
+    return Change(r.network_key(name), value, created, created)
+
+
 def host(name: str, vtep: str | None) -> Change:
     value = None if vtep is None else r.HostRecord(name, vtep, "netdev").to_json().encode()
     return Change(r.host_key(name), value, 1)
@@ -29,7 +34,9 @@ def setup() -> tuple[Reconciler, Dataplane, list[set[str]]]:
     dp = Dataplane(ofctl=cast(Any, FakeOfctl()), bridge="br-int", tunnel_ofport=1)
     dp.install_endpoint("n/mine/eth0", LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5))
     primed: list[set[str]] = []
-    return Reconciler(host="h0", dataplane=dp, on_new_vteps=primed.append), dp, primed
+    rec = Reconciler(host="h0", dataplane=dp, on_new_vteps=primed.append)
+    rec.on_networks([net()])
+    return rec, dp, primed
 
 
 def remote(dp: Dataplane) -> set[RemoteEndpoint]:
@@ -138,6 +145,7 @@ def with_grace(clock: Clock, switch: FakeOfctl | None = None) -> tuple[Reconcile
     dp = Dataplane(ofctl=cast(Any, switch or FakeOfctl()), bridge="br-int", tunnel_ofport=1)
     dp.install_endpoint("n/mine/eth0", LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5))
     rec = Reconciler(host="h0", dataplane=dp, host_grace=45, schedule=clock.schedule)
+    rec.on_networks([net()])
     rec.on_hosts([host("h1", "172.31.0.2")])
     rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02")])
     return rec, dp
@@ -187,20 +195,25 @@ def test_a_host_that_leaves_again_after_coming_back_gets_a_fresh_grace_period() 
     assert remote(dp) == set()
 
 
-def starting_agent(clock: Clock) -> tuple[Reconciler, Dataplane]:
+def starting_agent(clock: Clock, remembered: dict[str, str] | None = None
+                   ) -> tuple[Reconciler, Dataplane]:
     dp = Dataplane(ofctl=cast(Any, FakeOfctl()), bridge="br-int", tunnel_ofport=1)
     dp.install_endpoint("n/mine/eth0", LocalPort(42, "02:00:00:00:00:01", ("10.0.0.1",), 5))
-    return Reconciler(host="h0", dataplane=dp, host_grace=45, schedule=clock.schedule), dp
+    rec = Reconciler(host="h0", dataplane=dp, host_grace=45, schedule=clock.schedule,
+                     remembered_vteps=remembered)
+    rec.on_networks([net()])
+    return rec, dp
 
 
-def test_an_agent_starting_while_a_peer_is_away_uses_the_vtep_its_records_name() -> None:
+def test_an_agent_starting_while_a_peer_is_away_uses_the_vtep_it_learnt_before() -> None:
     # This agent's first snapshot has h1's endpoints but not h1's key: h1's agent is
-    # restarting and its lease lapsed. Forward to the VTEP the records name, for the grace.
+    # restarting and its lease lapsed. Forward to the VTEP h1's host record had in this
+    # agent's previous run (agent/peers.py), for the grace.
     clock = Clock()
-    rec, dp = starting_agent(clock)
+    rec, dp = starting_agent(clock, {"h1": "172.31.0.2"})
     rec.on_hosts([])
-    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02", vtep="172.31.0.2"),
-                      ep("h1", "10.0.0.3", "02:00:00:00:00:03", vtep="172.31.0.2")])
+    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02", vtep="172.31.0.66"),
+                      ep("h1", "10.0.0.3", "02:00:00:00:00:03", vtep="172.31.0.66")])
     assert {(e.mac, e.vtep) for e in remote(dp)} == {("02:00:00:00:00:02", "172.31.0.2"),
                                                      ("02:00:00:00:00:03", "172.31.0.2")}
     assert len(clock.pending) == 1
@@ -209,21 +222,30 @@ def test_an_agent_starting_while_a_peer_is_away_uses_the_vtep_its_records_name()
     assert len(remote(dp)) == 2
 
 
-def test_a_vtep_named_by_records_only_lasts_the_grace_period() -> None:
+def test_a_vtep_named_by_an_endpoint_record_is_never_used() -> None:
+    # The reproduced attack: a record naming a host that does not exist, with a VTEP of its
+    # choosing. Without a host record (or one learnt before) it reaches no flow at all.
     clock = Clock()
     rec, dp = starting_agent(clock)
-    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02", vtep="172.31.0.2"),
-                      ep("h2", "10.0.0.4", "02:00:00:00:00:04")])  # an older record: no vtep
+    rec.on_endpoints([ep("ghost", "10.0.0.2", "02:00:00:00:00:02", vtep="172.31.0.99")])
+    assert remote(dp) == set() and clock.pending == []
+
+
+def test_a_remembered_vtep_only_lasts_the_grace_period() -> None:
+    clock = Clock()
+    rec, dp = starting_agent(clock, {"h1": "172.31.0.2"})
+    rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02"),
+                      ep("h2", "10.0.0.4", "02:00:00:00:00:04")])  # h2: never known
     assert {e.vtep for e in remote(dp)} == {"172.31.0.2"}
     clock.expire_all()  # h1 never came back: a dead host's leftover records
     assert remote(dp) == set()
-    rec.on_endpoints([ep("h1", "10.0.0.5", "02:00:00:00:00:05", vtep="172.31.0.2")])
+    rec.on_endpoints([ep("h1", "10.0.0.5", "02:00:00:00:00:05")])
     assert remote(dp) == set() and clock.pending == [], "adopted once, not again and again"
 
 
-def test_records_never_override_a_host_key_this_agent_has_seen() -> None:
+def test_a_remembered_vtep_never_overrides_a_host_key_this_agent_has_seen() -> None:
     clock = Clock()
-    rec, dp = starting_agent(clock)
+    rec, dp = starting_agent(clock, {"h1": "172.31.0.2"})
     rec.on_hosts([host("h1", "172.31.0.9")])
     rec.on_endpoints([ep("h1", "10.0.0.2", "02:00:00:00:00:02", vtep="172.31.0.2")])
     assert {e.vtep for e in remote(dp)} == {"172.31.0.9"} and clock.pending == []
