@@ -21,7 +21,7 @@ PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2
 if [ "${WITH_TEST_DEPS:-0}" = 1 ]; then
   PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant
             containerd runc busybox-static
-            dnsmasq-base)  # the DHCP server of tests/e2e/test_dhcp.py (and of the lab's README)
+            dnsmasq-base)  # the DHCP server of tests/e2e/test_dhcp.py (and of the lab example in docs/cni-reference.md)
 fi
 if [ "${WITH_VM_DEPS:-0}" = 1 ]; then  # the Vagrant lab and the VM tier (make test-vm)
   PACKAGES+=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients

@@ -8,7 +8,7 @@ what is known then: the container ID and interface name.
 
 Routes: `dhcp` returns the routes the server's options say (a default route via the router
 option, or option 121/33). A netconf that lists `ipam.routes` gets exactly those instead, as
-it does with the built-in IPAM (README "The netconf"); the CNI spec's historical example does
+it does with the built-in IPAM (docs/cni-reference.md); the CNI spec's historical example does
 so. A route without `gw` goes via the lease's gateway of its family, as the reference plugins'
 ConfigureIface does; the result still shows the route as the netconf wrote it.
 """

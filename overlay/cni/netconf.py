@@ -112,7 +112,7 @@ class NetConf:
     @property
     def gateway(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Network] | None:
         """The network's distributed gateway and its subnet: the gateway of the first IPv4
-        range set (built-in IPAM only; IPv6 has no gateway, see README "IPv6")."""
+        range set (built-in IPAM only; IPv6 has no gateway, docs/cni-reference.md)."""
         for rset in self.ipam.range_sets:
             for rng in rset:
                 if isinstance(rng.gateway, ipaddress.IPv4Address) and \
@@ -269,7 +269,7 @@ def _with_gateway(range_sets: tuple[tuple[AddressRange, ...], ...]
     """One gateway per network: the first IPv4 range set's `gateway`, by default its first
     subnet's first address (as host-local defaults it), given to every range of that set on
     the same subnet, so that it is never handed out and every container routes through it.
-    An IPv6 gateway is refused: the gateway and egress are IPv4 only (README "IPv6")."""
+    An IPv6 gateway is refused: the gateway and egress are IPv4 only (docs/cni-reference.md)."""
     for rset in range_sets:
         for rng in rset:
             if rng.gateway is not None and rng.gateway.version == 6:

@@ -97,8 +97,9 @@ def requested_ips(conf: NetConf, env: CniEnv) -> list[Address]:
 
 
 def _never_handed_out(ip: Address, conf: NetConf) -> str | None:
-    """Why the netconf itself keeps `ip` from containers (README: network, broadcast and gateway
-    addresses are never used; exclude), if it does. Only the built-in IPAM has ranges here."""
+    """Why the netconf itself keeps `ip` from containers (docs/cni-reference.md: network,
+    broadcast and gateway addresses are never used; exclude), if it does. Only the built-in
+    IPAM has ranges here."""
     for rng in conf.ipam.ranges:
         if ip not in rng.subnet:
             continue

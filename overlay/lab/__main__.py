@@ -1,14 +1,18 @@
 """python -m overlay.lab: bring the netns lab up or down, add containers, show the ping.
 
     up [--hosts N] [--tls|--no-tls]      hosts, etcd, network my-net (VNI 42, 10.0.0.0/24);
-                                         etcd over https with a client certificate, an etcd user
+       [--bridge BR] [--no-network]      etcd over https with a client certificate, an etcd user
                                          and a role per host (the default); --no-tls (or TLS=0):
-                                         plain http, open to whoever reaches etcd's port
+                                         plain http, open to whoever reaches etcd's port;
+                                         --bridge: the agents' bridge; --no-network: no my-net
     demo                                 containers c0 on host0 and c1 on host1, ping both ways
-    container add NAME --host H [--network N] | container del NAME
+    container add NAME --host H [--network N | --netconf FILE] | container del NAME
     network add NAME --vni V --subnet S
+    dhcp-server NAME --host H --network N --vni V --address CIDR --range FIRST,LAST
+                                         a container running dnsmasq (docs/cni-reference.md)
     ping A B                             from container A to container B's address
-    trace A B|IP [--proto P] [--dport N] [--json]   overlayctl trace across every host on the way
+    trace A B|IP [--proto P] [--dport N] [--src-ip IP] [--json]
+                                         overlayctl trace across every host on the way
     metrics HOST [--path /readyz]        the agent's /metrics (or probe) from its namespace
     status | down
 """

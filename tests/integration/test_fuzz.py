@@ -59,12 +59,12 @@ from overlay_fixtures import host_snapshot, new_prefix
 TIMEOUT = 20.0  # seconds per plugin exec; longer is a hang
 SUPPORTED = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
-# The codes README.md documents; 100 ("unexpected failure in the agent") is never an answer to
+# The codes docs/cni-reference.md documents; 100 ("unexpected failure in the agent") is never an answer to
 # bad input.
 DOCUMENTED_CODES = {1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 101, 102, 103, 104, 105, 106, 107, 108, 109}
 ROOT = "/overlay/v1/"
 # A successful ADD on a network etcd does not know yet records it, and networks persist like
-# `docker network create`'s (README): those two keys are the only ones an example may add. The
+# `docker network create`'s (docs/architecture.md): those two keys are the only ones an example may add. The
 # check allows exactly the ADD's own name and VNI and then deletes them, so every example starts
 # from the same state (and a fuzzed VNI cannot collide with one an earlier example recorded).
 NETWORKS, VNIS = ROOT + "networks/", ROOT + "vnis/"
@@ -257,7 +257,7 @@ def _answer(env: Env, stdin: bytes, out: ctr.CniOutcome) -> dict[str, Any] | Non
 
 
 def _assert_addresses_keep_the_netconf(stdin: bytes, body: dict[str, Any], where: str) -> None:
-    """README: one address per range set, in its range, never a network, broadcast, gateway or
+    """docs/cni-reference.md: one address per range set, in its range, never a network, broadcast, gateway or
     excluded address. (The netconf's ranges are read with the agent's own parser.)"""
     ipam = parse_netconf(stdin).ipam
     if ipam.delegated:

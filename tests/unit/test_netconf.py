@@ -27,7 +27,7 @@ def test_valid_netconf_is_parsed_with_defaults() -> None:
     assert nc.agent_socket == "/run/overlay/agent.sock"
     assert nc.subnet == ipaddress.ip_network("10.0.0.0/24")
     rng = nc.ipam.ranges[0]  # type: ignore[union-attr]
-    # The gateway defaults to the first address, as host-local does (README "reach the outside").
+    # The gateway defaults to the first address, as host-local does (docs/cni-reference.md).
     assert (str(rng.start), str(rng.end), str(rng.gateway)) == ("10.0.0.1", "10.0.0.254", "10.0.0.1")
     assert nc.ip_masq and nc.dns == {}
 
