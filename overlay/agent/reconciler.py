@@ -34,9 +34,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
-from overlay.cni.netconf import VNI_MAX, VNI_MIN
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import RemoteEndpoint
+from overlay.model import VNI_MAX, VNI_MIN
 from overlay.store import records as r
 from overlay.store.stream import Change
 
