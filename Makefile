@@ -77,10 +77,12 @@ bench: deps
 bench-scale: deps
 	$(PY) bench/scale.py --sizes $(SCALE_SIZES)
 
+## make lint also checks the floors (no import up a floor) and the sizes: scripts/check_layers.py.
 lint: deps
-	$(VENV)/bin/ruff check overlay plugins tests bench
+	$(VENV)/bin/ruff check overlay plugins tests bench scripts
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py tests/libcni/build.py
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py tests/libcni/build.py scripts/check_layers.py
+	$(PY) scripts/check_layers.py
 
 proto: deps
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \

@@ -26,6 +26,7 @@ from overlay.agent.node import Node, prepare
 from overlay.agent.reconciler import Reconciler
 from overlay.cni import housekeeping
 from overlay.cni import service as svc
+from overlay.cni.leases import DHCP
 from overlay.cni.server import CniServicer, serve
 from overlay.cni.subnets import SubnetGuard
 from overlay.cni.v1 import cni_pb2
@@ -34,8 +35,10 @@ from overlay.dataplane.flows import LocalPort
 from overlay.errors import CniError
 from overlay.gateway.manager import GatewayManager
 from overlay.ipam.allocator import EtcdIpam
+from overlay.model import endpoint_key
 from overlay.netlink import underlay
 from overlay.netlink.hostnets import read_host_networks
+from overlay.ovs import portschema
 from overlay.ovs.liveness import SwitchRestartWatcher
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel
@@ -65,18 +68,18 @@ def local_endpoints(ovs: Ovsdb, bridge: str) -> dict[str, LocalPort]:
     """Every endpoint port found on the bridge, rebuilt from its external_ids."""
     found = {}
     for port in ovs.ports(bridge):
-        ids = port.external_ids
-        if svc.EXT_CONTAINER not in ids or port.ofport <= 0:
+        if port.ofport <= 0:
             continue
         try:
-            key = svc.endpoint_key(ids[svc.EXT_NETWORK], ids[svc.EXT_CONTAINER],
-                                   ids[svc.EXT_IFNAME])
-            found[key] = LocalPort(int(ids[svc.EXT_VNI]), ids[svc.EXT_MAC],
-                                   tuple(filter(None, ids[svc.EXT_IP].split(","))), port.ofport,
-                                   ids.get(svc.EXT_IPAM) == "dhcp",
-                                   ids.get(svc.EXT_DHCP_SERVER) == "true")
-        except (KeyError, ValueError):
+            ids = portschema.decode(port.external_ids)
+        except ValueError:
             log.warning("port %s has incomplete overlay external_ids; leaving it alone", port.name)
+            continue
+        if ids is None:
+            continue
+        key = endpoint_key(ids.owner.network, ids.owner.container_id, ids.owner.ifname)
+        found[key] = LocalPort(ids.vni, ids.mac, ids.ips, port.ofport, ids.ipam == DHCP,
+                               ids.dhcp_server)
     return found
 
 
@@ -262,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             local_endpoints=local, remote_endpoints=remote, flows=flows, version=__version__)
 
     server = serve(socket_path=cfg.socket, servicer=CniServicer(
-        service=service, info=info, metrics=metrics, problems=reconciler.problems))
+        service=service, info=info, on_request=metrics.cni_request,
+        problems=reconciler.problems))
 
     def after_switch_restart() -> None:
         again = prepare(cfg, ovs, known=node)  # netdev: br-phy's address is back

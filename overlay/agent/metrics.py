@@ -40,10 +40,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-log = logging.getLogger(__name__)
+from overlay.model import TABLE_NAMES
 
-# Our table numbers and the names the docs, `overlayctl trace` and the metrics use for them.
-TABLE_NAMES = {0: "classify", 10: "arp", 20: "forward", 30: "deliver"}
+log = logging.getLogger(__name__)
 
 # CNI calls take 10-100 ms here; a slow etcd or a first ADD of a network take seconds.
 CNI_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -1,9 +1,9 @@
 """Wiring the agent's state into its metrics and readiness checks (the agent's entry point
 calls these two functions; everything they read is passed in).
 
-The state gauges read the same sources an operator would: endpoints from the dataplane's
-intent, flows per table from the switch itself (what is installed, not what we meant to
-install), IP addresses from etcd. The etcd reads for IP addresses are cached for
+The state gauges read the same sources an operator would: endpoints and flows per table from
+the dataplane's intent (which its verification keeps equal to the switch's count), IP
+addresses from etcd. The etcd reads for IP addresses are cached for
 IP_USAGE_TTL: a scrape every 15 s from every host must not turn into a range read per network
 per scrape.
 """
@@ -13,18 +13,15 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import re
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 
 from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import MetricsServer, Readiness
-from overlay.cni import service as svc
 from overlay.dataplane.dataplane import Dataplane
 from overlay.errors import CniError
-from overlay.ovs.ofctl import Ofctl
+from overlay.ovs import portschema
 from overlay.ovs.ovsdb import Ovsdb
 from overlay.store.etcd import Store
 from overlay.store.watch import WatchObserver
@@ -32,7 +29,6 @@ from overlay.store.watch import WatchObserver
 log = logging.getLogger(__name__)
 
 IP_USAGE_TTL = 30.0
-_TABLE = re.compile(r"\btable=(\d+)")
 
 
 BIND_PATIENCE = 15.0  # seconds a restarting agent waits for its predecessor to free the port
@@ -63,24 +59,10 @@ def start_server(address: str, metrics: Metrics, readiness: Readiness,
     return server
 
 
-def flows_per_table(ofctl: Ofctl, bridge: str) -> dict[int, int]:
-    """Count the switch's flows by table (ovs-ofctl leaves out "table=0")."""
-    counts: Counter[int] = Counter()
-    for line in ofctl.dump_flows(bridge):
-        match = _TABLE.search(line)
-        counts[int(match.group(1)) if match else 0] += 1
-    return dict(counts)
-
-
 def local_attachments(ovs: Ovsdb, bridge: str) -> list[tuple[str, str, str]]:
     """(network, containerID, ifname) of every endpoint port on this host (OVSDB's cache)."""
-    out = []
-    for port in ovs.ports(bridge):
-        ids = port.external_ids
-        if svc.EXT_NETWORK in ids and svc.EXT_CONTAINER in ids:
-            out.append((ids[svc.EXT_NETWORK], ids[svc.EXT_CONTAINER],
-                        ids.get(svc.EXT_IFNAME, "eth0")))
-    return sorted(out)
+    owners = (portschema.owner(port.external_ids) for port in ovs.ports(bridge))
+    return sorted((o.network, o.container_id, o.ifname) for o in owners if o is not None)
 
 
 def _usable(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:

@@ -28,7 +28,7 @@ import socket
 import sys
 from typing import Any, NamedTuple
 
-from overlay.cni.netconf import VNI_MAX, VNI_MIN
+from overlay.model import VNI_MAX, VNI_MIN
 from overlay.store import records as r
 
 MAX_RECORD_BYTES = 16 * 1024  # a record of today is ~400 bytes; room for routes, none for abuse

@@ -31,6 +31,7 @@ from typing import Any
 from overlay.cli import trace_egress, trace_explain, trace_route
 from overlay.cli import trace_walk as walk
 from overlay.gateway.spec import PORT_PREFIX, gateway_mac
+from overlay.model import mac_for
 from overlay.store import records as r
 
 PROTOCOLS = ("icmp", "tcp", "udp", "arp")
@@ -143,13 +144,6 @@ class Packet:
                 f"{self.dst_mac} {self.dst_ip}")
 
 
-def guessed_mac(ip: str) -> str:
-    """The MAC an address would have (overlay.cni.service.mac_for): a fair stand-in for an
-    on-link address no endpoint holds, which is what the trace is there to show."""
-    packed = ipaddress.ip_address(ip).packed
-    return "0a:58:" + ":".join(f"{b:02x}" for b in packed[-4:])
-
-
 @dataclass
 class Request:
     src: Endpoint
@@ -201,7 +195,9 @@ def build(cluster: Cluster, src: str, dst: str, *, proto: str = "icmp", sport: i
         if route is None:
             blocked, dst_mac = "no-route", ""
         elif not route.routed:  # on the link: the endpoint's MAC, or the MAC it would have
-            dst_mac = d.mac if d and d.network == s.network else guessed_mac(dst_ip)
+            # (the MAC rule: a fair stand-in for an on-link address no endpoint holds)
+            dst_mac = (d.mac if d and d.network == s.network
+                       else mac_for(ipaddress.ip_address(dst_ip)))
         else:
             dst_mac = next_hop_mac(cluster, s, route.ip, neighbour) or ""
             blocked = "" if dst_mac else "no-neighbour"

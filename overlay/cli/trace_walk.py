@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-TABLE_NAMES = {0: "classify", 10: "arp", 20: "forward", 30: "deliver"}
+from overlay.model import TABLE_NAMES
 
 _STEP = re.compile(r"^\s*(\d+)\. (?:(.*), )?priority (\d+)(?:, cookie (0x[0-9a-f]+))?\s*$")
 _NO_MATCH = re.compile(r"^\s*(\d+)\. No match")

@@ -6,21 +6,26 @@ act on; CniService.check turns a non-empty list into CNI error 106 (CHECK_FAILED
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
 
 from overlay.cni import leases
 from overlay.cni.netconf import CniEnv, NetConf
+from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
+from overlay.gateway.manager import GatewayManager
+from overlay.gateway.spec import GatewaySpec
+from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import veth
+from overlay.ovs.ovsdb import Ovsdb
 from overlay.store.records import EndpointRecord, owner_of
 
-if TYPE_CHECKING:
-    from overlay.cni.service import CniService
 
+def differences(env: CniEnv, conf: NetConf, rec: EndpointRecord, key: str, *, ovs: Ovsdb,
+                bridge: str, dataplane: Dataplane, gateways: GatewayManager,
+                gateway: GatewaySpec | None, ipam: EtcdIpam) -> list[str]:
+    """Every way the attachment `key` differs from what ADD made and recorded; [] if none.
+    `gateway` is the network's gateway on this host, if it has one.
 
-def differences(service: CniService, env: CniEnv, conf: NetConf, rec: EndpointRecord,
-                key: str) -> list[str]:
-    """Every way the attachment `key` differs from what ADD made and recorded; [] if none."""
+    Given the pieces it reads, not the service (which calls it): no import circle."""
     problems = []
     if rec.vni != conf.vni:
         problems.append(f"recorded vxlanID {rec.vni} differs from netconf {conf.vni}")
@@ -42,19 +47,18 @@ def differences(service: CniService, env: CniEnv, conf: NetConf, rec: EndpointRe
                                 "is missing")
         if not link.up:
             problems.append("interface is down")
-    ofport = service.ovs.ofport(rec.port)
+    ofport = ovs.ofport(rec.port)
     if ofport is None:
-        problems.append(f"OVS port {rec.port} is missing from {service.host.bridge}")
+        problems.append(f"OVS port {rec.port} is missing from {bridge}")
     else:
         port = LocalPort(rec.vni, rec.mac, tuple(rec.addresses), ofport,
                          rec.ipam == leases.DHCP)
-        if key not in service.dataplane.local_keys() or not service.dataplane.switch_has(port):
+        if key not in dataplane.local_keys() or not dataplane.switch_has(port):
             problems.append(f"the flows of port {rec.port} are not in the switch")
-    gateway = service.gateway_spec(conf)
     if gateway is not None:
-        problems += service.gateways.problems(gateway)
+        problems += gateways.problems(gateway)
     if not conf.ipam.delegated:
-        held = service.ipam.held_by(conf.name, owner_of(env.container_id, env.ifname))
+        held = ipam.held_by(conf.name, owner_of(env.container_id, env.ifname))
         for ip in rec.addresses:
             if ipaddress.ip_address(ip) not in held:
                 problems.append(f"the IP allocation of {ip} is not held by this container")

@@ -17,19 +17,13 @@ import ipaddress
 import logging
 import os
 
-from overlay.cni import requests
+from overlay.cni import delegate, requests
 from overlay.cni.netconf import CniEnv, NetConf
-from overlay.cni.service import (
-    EXT_CONTAINER,
-    EXT_IFNAME,
-    EXT_NETNS,
-    EXT_NETWORK,
-    CniService,
-    endpoint_key,
-)
+from overlay.cni.service import CniService
 from overlay.errors import CniError, Code
-from overlay.ipam import delegate
+from overlay.model import endpoint_key
 from overlay.netlink import veth
+from overlay.ovs import portschema
 from overlay.store.records import EndpointRecord, owner_of
 
 log = logging.getLogger(__name__)
@@ -111,10 +105,10 @@ def _local_endpoint_ports(service: CniService) -> list[tuple[str, str, str, str,
     """(port, network, containerID, ifname, netns) of every endpoint port on the bridge."""
     out = []
     for port in service.ovs.ports(service.host.bridge):
-        ids = port.external_ids
-        if all(k in ids for k in (EXT_CONTAINER, EXT_IFNAME, EXT_NETWORK)):
-            out.append((port.name, ids[EXT_NETWORK], ids[EXT_CONTAINER], ids[EXT_IFNAME],
-                        ids.get(EXT_NETNS, "")))
+        owner = portschema.owner(port.external_ids)
+        if owner is not None:
+            out.append((port.name, owner.network, owner.container_id, owner.ifname,
+                        owner.netns))
     return out
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from overlay.cni.netconf import NetConf, Route
+from overlay.cni.netconf import NetConf
 from overlay.ipam.allocator import Assigned
+from overlay.model import Route
 
 DHCP = "dhcp"
 LEASE_MAC_PREFIX = "0a:d4"  # locally administered unicast; not 0a:58 (mac_for's addresses)

@@ -2,23 +2,30 @@
 
 Everything from the outside is checked here, before any of it reaches OVSDB, netlink or an etcd
 key, and every refusal is a CniError whose message says which field is wrong and what would be
-accepted. The result is a frozen dataclass the rest of the agent can trust.
+accepted. The result is a frozen dataclass the rest of the agent can trust, made of the ground
+floor's types (overlay/model.py); the built-in allocator's `ipam` section is read by ipamconf.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from overlay.cni import ipamconf
 from overlay.errors import CniError, Code
+from overlay.model import (
+    BUILTIN_IPAM,
+    VNI_MAX,
+    VNI_MIN,
+    Address,
+    IpamConfig,
+    Network,
+)
 
-VNI_MIN, VNI_MAX = 1, 16_777_215
-BUILTIN_IPAM = "overlay"
 DEFAULT_BRIDGE = "br-int"
 DEFAULT_AGENT_SOCKET = "/run/overlay/agent.sock"
 # The versions whose result shape we produce (the plugin answers VERSION with this list).
@@ -36,51 +43,6 @@ _IFNAME_BAD = re.compile(r"[/:%\s\x00-\x1f\x7f-\x9f]")
 # plugin as its own IPAM delegate, which calls the agent again for the same container and waits
 # for the lock the first call holds (a hang until the delegate times out).
 PLUGIN_TYPE = "ovs"
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class Route:
-    dst: Network
-    gw: Address | None = None
-
-
-@dataclass(frozen=True)
-class AddressRange:
-    """One range of one subnet, as in host-local's `ranges`; bounds are inclusive."""
-
-    subnet: Network
-    start: Address
-    end: Address
-    gateway: Address | None
-
-
-@dataclass(frozen=True)
-class IpamConfig:
-    """`type` "overlay" is the built-in etcd allocator; any other names a plugin to delegate to.
-
-    Each range set yields one address (as host-local does), so one IPv4 and one IPv6 set give
-    a dual-stack container.
-    """
-
-    type: str
-    range_sets: tuple[tuple[AddressRange, ...], ...] = ()
-    routes: tuple[Route, ...] = ()
-    exclude: tuple[Network, ...] = ()
-    # `routes` absent: the container gets a default route via the gateway. Present (even
-    # empty): exactly those routes, as the netconf says otherwise.
-    routes_given: bool = False
-
-    @property
-    def delegated(self) -> bool:
-        return self.type != BUILTIN_IPAM
-
-    @property
-    def ranges(self) -> tuple[AddressRange, ...]:
-        return tuple(r for rset in self.range_sets for r in rset)
-
 
 @dataclass(frozen=True)
 class NetConf:
@@ -149,86 +111,6 @@ def _require_int(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) ->
         raise _invalid(f"{where}{key} must be an integer from {lo} to {hi}, got {value!r}")
     return value
 
-
-def _ip(value: Any, what: str) -> Address:
-    # Only strings: ipaddress takes an int as an address too (`"gw": 5` would be 0.0.0.5), and
-    # an IPv6 zone ("fe80::1%eth0") has no meaning in a netconf.
-    try:
-        if isinstance(value, str) and "%" not in value:
-            return ipaddress.ip_address(value)
-    except ValueError:
-        pass
-    raise _invalid(f"ipam: {what} {value!r} is not an IP address")
-
-
-def _net(value: Any, what: str) -> Network:
-    try:
-        if isinstance(value, str) and "%" not in value:
-            return ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        pass
-    raise _invalid(f"ipam: {what} {value!r} is not a CIDR such as 10.0.0.0/24")
-
-
-def _parse_range(obj: Any) -> AddressRange:
-    if not isinstance(obj, dict) or "subnet" not in obj:
-        raise _invalid(f"ipam: a range needs a 'subnet', got {obj!r}")
-    subnet = _net(obj["subnet"], "subnet")
-    if subnet.num_addresses < (4 if subnet.version == 4 else 2):
-        raise _invalid(f"ipam: subnet {subnet} is too small (at least a "
-                       f"{'/30' if subnet.version == 4 else '/127'})")
-    hosts_first = subnet.network_address + 1
-    hosts_last = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
-    start = _ip(obj["rangeStart"], "rangeStart") if "rangeStart" in obj else hosts_first
-    end = _ip(obj["rangeEnd"], "rangeEnd") if "rangeEnd" in obj else hosts_last
-    gateway = _ip(obj["gateway"], "gateway") if "gateway" in obj else None
-    for what, addr in (("rangeStart", start), ("rangeEnd", end), ("gateway", gateway)):
-        if addr is not None and addr not in subnet:
-            raise _invalid(f"ipam: {what} {addr} is outside subnet {subnet}")
-    if start > end:  # type: ignore[operator]
-        raise _invalid(f"ipam: rangeStart {start} is after rangeEnd {end}")
-    return AddressRange(subnet, start, end, gateway)
-
-
-def _parse_range_set(raw: Any, where: str) -> tuple[AddressRange, ...]:
-    items = raw if isinstance(raw, list) else [raw]
-    if not items:
-        raise _invalid(f"ipam: {where} is an empty range set")
-    rset = tuple(_parse_range(r) for r in items)
-    if len({r.subnet.version for r in rset}) > 1:
-        raise _invalid(f"ipam: {where} mixes IPv4 and IPv6; use one range set per family")
-    return rset
-
-
-def _refuse_overlaps(range_sets: tuple[tuple[AddressRange, ...], ...]) -> None:
-    """Every address in one range at most, as host-local requires: two range sets that share
-    addresses would give one container two of them, and one set's gateway to another's pool."""
-    ranges = sorted((r for rset in range_sets for r in rset),
-                    key=lambda r: (r.subnet.version, int(r.start)))
-    for r1, r2 in itertools.pairwise(ranges):  # sorted: an overlap shows between neighbours
-        if r1.subnet.version == r2.subnet.version and int(r2.start) <= int(r1.end):
-            raise _invalid(f"ipam: range {r1.start}-{r1.end} of {r1.subnet} overlaps with "
-                           f"{r2.start}-{r2.end} of {r2.subnet}")
-
-
-def _parse_routes(raw: Any) -> tuple[Route, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise _invalid(f"ipam.routes must be a list of {{\"dst\": ..., \"gw\": ...}}, got {raw!r}")
-    routes = []
-    for r in raw:
-        if not isinstance(r, dict) or "dst" not in r:
-            raise _invalid(f"ipam: a route needs a 'dst', got {r!r}")
-        route = Route(_net(r["dst"], "route dst"), _ip(r["gw"], "route gw") if "gw" in r else None)
-        # The kernel takes an IPv4 route via an IPv6 gateway (RFC 5549), but as RTA_VIA, which
-        # CHECK does not read back: refuse it rather than report it missing forever after.
-        if route.gw is not None and route.gw.version != route.dst.version:
-            raise _invalid(f"ipam: route to {route.dst} via {route.gw} mixes IPv4 and IPv6")
-        routes.append(route)
-    return tuple(routes)
-
-
 def _parse_ipam(obj: Any) -> IpamConfig:
     if not isinstance(obj, dict):
         raise _invalid("ipam must be an object such as {\"type\": \"overlay\", \"subnet\": ...}")
@@ -241,51 +123,12 @@ def _parse_ipam(obj: Any) -> IpamConfig:
                        f"use \"{BUILTIN_IPAM}\" for the built-in allocator")
     if ipam_type == "dhcp":
         # dhcp ignores `routes`; we install them (overlay/cni/leases.py), so we read them.
-        return IpamConfig(ipam_type, routes=_parse_routes(obj.get("routes")),
+        return IpamConfig(ipam_type, routes=ipamconf.parse_routes(obj.get("routes")),
                           routes_given="routes" in obj)
     if ipam_type != BUILTIN_IPAM:
         # Delegated: the plugin named by ipam.type validates its own section.
         return IpamConfig(ipam_type)
-    if "ranges" in obj:
-        if not isinstance(obj["ranges"], list) or not obj["ranges"]:
-            raise _invalid("ipam.ranges must be a non-empty list of range sets")
-        range_sets = tuple(_parse_range_set(rset, f"ranges[{i}]")
-                           for i, rset in enumerate(obj["ranges"]))
-    elif "subnet" in obj:
-        range_sets = (_parse_range_set(obj, "subnet"),)
-    else:
-        raise _invalid("ipam needs a 'subnet' (or 'ranges') to allocate addresses from")
-    _refuse_overlaps(range_sets)
-    exclude_raw = obj.get("exclude", [])
-    if not isinstance(exclude_raw, list):
-        raise _invalid(f"ipam.exclude must be a list of addresses or CIDRs, got {exclude_raw!r}")
-    exclude = tuple(_net(e, "exclude entry") for e in exclude_raw)
-    return IpamConfig(ipam_type, _with_gateway(range_sets), _parse_routes(obj.get("routes")),
-                      exclude, "routes" in obj)
-
-
-def _with_gateway(range_sets: tuple[tuple[AddressRange, ...], ...]
-                  ) -> tuple[tuple[AddressRange, ...], ...]:
-    """One gateway per network: the first IPv4 range set's `gateway`, by default its first
-    subnet's first address (as host-local defaults it), given to every range of that set on
-    the same subnet, so that it is never handed out and every container routes through it.
-    An IPv6 gateway is refused: the gateway and egress are IPv4 only (docs/cni-reference.md)."""
-    for rset in range_sets:
-        for rng in rset:
-            if rng.gateway is not None and rng.gateway.version == 6:
-                raise _invalid(f"ipam: gateway {rng.gateway}: the distributed gateway is IPv4 "
-                               "only; leave gateway out of IPv6 ranges")
-    out = list(range_sets)
-    for i, rset in enumerate(range_sets):
-        if rset[0].subnet.version != 4:
-            continue
-        first = rset[0].subnet
-        gateway = next((r.gateway for r in rset if r.gateway is not None and r.subnet == first),
-                       first.network_address + 1)
-        out[i] = tuple(AddressRange(r.subnet, r.start, r.end, gateway)
-                       if r.gateway is None and r.subnet == first else r for r in rset)
-        break
-    return tuple(out)
+    return ipamconf.parse_builtin(obj)
 
 
 def parse_netconf(data: bytes) -> NetConf:
@@ -377,7 +220,7 @@ def _parse_dns(raw: Any) -> dict[str, Any]:
                 raise _invalid(f"dns.{key} must be a list of strings, got {items!r}")
             if key == "nameservers":
                 for ns in items:
-                    _ip(ns, "dns nameserver")
+                    ipamconf.parse_ip(ns, "dns nameserver")
             out[key] = list(items)
     if "domain" in raw:
         if not isinstance(raw["domain"], str):

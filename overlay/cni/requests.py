@@ -20,8 +20,9 @@ import ipaddress
 import re
 from typing import Any
 
-from overlay.cni.netconf import Address, CniEnv, NetConf
+from overlay.cni.netconf import CniEnv, NetConf
 from overlay.errors import CniError, Code
+from overlay.model import Address
 
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _KNOWN_ARGS = ("IP", "MAC", "IgnoreUnknown")

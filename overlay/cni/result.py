@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overlay.cni.netconf import Route
 from overlay.ipam.allocator import Assigned
+from overlay.model import Route
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 
-from overlay.agent.metrics import Metrics
 from overlay.cni import housekeeping
 from overlay.cni.netconf import CniEnv, NetConf, parse_env, parse_netconf
 from overlay.cni.service import CniService
@@ -26,24 +25,27 @@ from overlay.errors import CniError, Code
 log = logging.getLogger(__name__)
 
 Handler = Callable[[CniEnv, NetConf], bytes]
+# Told of every call served: (command, CNI error code or 0 for success, seconds). The agent
+# passes its metrics' cni_request; this module does not know who listens.
+OnRequest = Callable[[str, int, float], None]
 
 
 class CniServicer(cni_pb2_grpc.CniServicer):
     def __init__(self, *, service: CniService,
                  info: Callable[[], cni_pb2.AgentInfoReply],
-                 metrics: Metrics | None = None,
+                 on_request: OnRequest | None = None,
                  problems: Callable[[], list[str]] = list) -> None:
         self._service = service
         self._problems = problems  # the agent's own findings (conflicting etcd records, ...)
         self._info = info
-        self._metrics = metrics
+        self._on_request = on_request
 
     def _call(self, command: str, request: Any, handler: Handler) -> Any:
         started = time.perf_counter()
         reply = self._reply(command, request, handler)
-        if self._metrics is not None:  # every command, every outcome: code 0 is success
+        if self._on_request is not None:  # every command, every outcome: code 0 is success
             code = reply.error.code if reply.HasField("error") else 0
-            self._metrics.cni_request(command, int(code), time.perf_counter() - started)
+            self._on_request(command, int(code), time.perf_counter() - started)
         return reply
 
     def _reply(self, command: str, request: Any, handler: Handler) -> Any:

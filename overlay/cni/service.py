@@ -30,8 +30,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
-from overlay.cni import checks, leases, requests
-from overlay.cni.netconf import CniEnv, NetConf, Route
+from overlay.cni import checks, delegate, leases, requests
+from overlay.cni.netconf import CniEnv, NetConf
 from overlay.cni.result import Attachment, build_result, encode
 from overlay.cni.subnets import SubnetGuard
 from overlay.dataplane.dataplane import Dataplane
@@ -39,25 +39,15 @@ from overlay.dataplane.flows import LocalPort
 from overlay.errors import CniError, Code
 from overlay.gateway.manager import GatewayManager, spec_for
 from overlay.gateway.spec import GatewaySpec
-from overlay.ipam import delegate
 from overlay.ipam.allocator import Assigned, EtcdIpam
+from overlay.model import Route, container_mtu, endpoint_key, mac_for
 from overlay.netlink import veth
+from overlay.ovs import portschema
 from overlay.ovs.ovsdb import Ovsdb
 from overlay.store.etcd import Store
 from overlay.store.records import EndpointRecord, NetworkRecord, owner_of
 
 log = logging.getLogger(__name__)
-
-VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-
-# external_ids on the OVS Interface of every endpoint: enough to rebuild local flows from
-# OVSDB alone when etcd is unreachable at agent start.
-EXT_CONTAINER, EXT_IFNAME, EXT_NETNS, EXT_NETWORK = (
-    "overlay-container-id", "overlay-ifname", "overlay-netns", "overlay-network")
-EXT_VNI, EXT_IP, EXT_MAC = "overlay-vni", "overlay-ip", "overlay-mac"
-EXT_IPAM = "overlay-ipam"  # "dhcp": the port's flows also admit DHCP from 0.0.0.0
-EXT_DHCP_SERVER = "overlay-dhcp-server"  # "true": named in dhcpServers, may answer DHCP clients
-
 
 @dataclass(frozen=True)
 class HostInfo:
@@ -67,24 +57,9 @@ class HostInfo:
     vtep: str = ""  # written into endpoint records (see EndpointRecord.vtep)
 
 
-def mac_for(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """The container's MAC, derived from its address: 0a:58 and the address's last 4 bytes.
-
-    An address handed to a new container then comes with the MAC its predecessor had, so
-    peers' ARP caches stay right and nobody talks to a dead MAC for the seconds it takes the
-    kernel to notice. 0x0a is a locally administered unicast prefix; networks whose subnets
-    overlap may share MACs, which the flow table keeps apart by VNI.
-    """
-    return "0a:58:" + ":".join(f"{b:02x}" for b in ip.packed[-4:])
-
-
 def is_dhcp_server(conf: NetConf, assigned: Sequence[Assigned]) -> bool:
     """Does the netconf name one of this attachment's addresses in `dhcpServers`?"""
     return any(a.address.ip in conf.dhcp_servers for a in assigned)
-
-
-def endpoint_key(network: str, container_id: str, ifname: str) -> str:
-    return f"{network}/{container_id}/{ifname}"
 
 
 class _Stopwatch:
@@ -142,8 +117,7 @@ class CniService:
         """The network's gateway on this host, if it has one (an IPv4 range, built-in IPAM)."""
         if conf.gateway is None:
             return None
-        return spec_for(conf.name, conf.vni, conf.gateway, conf.ip_masq,
-                        conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD)
+        return spec_for(conf.name, conf.vni, conf.gateway, conf.ip_masq, self.mtu(conf))
 
     def check_bridge(self, conf: NetConf) -> None:
         if conf.bridge != self.host.bridge:
@@ -312,7 +286,7 @@ class CniService:
                             undo, t, pending_gateway)
 
     def mtu(self, conf: NetConf) -> int:
-        return conf.mtu or self.host.underlay_mtu - VXLAN_OVERHEAD
+        return container_mtu(conf.mtu, self.host.underlay_mtu)
 
     def _port(self, env: CniEnv, conf: NetConf, link: veth.ContainerLink,
               assigned: Sequence[Assigned], undo: list[Callable[[], object]] | None) -> int:
@@ -324,12 +298,13 @@ class CniService:
 
     def _ensure_port(self, env: CniEnv, conf: NetConf, host_if: str, mac: str,
                      assigned: Sequence[Assigned]) -> int:
-        return self.ovs.ensure_port(self.host.bridge, host_if, external_ids={
-            EXT_CONTAINER: env.container_id, EXT_IFNAME: env.ifname, EXT_NETNS: env.netns,
-            EXT_NETWORK: conf.name, EXT_VNI: str(conf.vni),
-            EXT_IP: ",".join(str(a.address.ip) for a in assigned), EXT_MAC: mac,
-            EXT_IPAM: conf.ipam.type,
-            EXT_DHCP_SERVER: str(is_dhcp_server(conf, assigned)).lower()})
+        # Enough to rebuild local flows from OVSDB alone when etcd is unreachable at agent start.
+        ids = portschema.PortIds(
+            portschema.PortOwner(conf.name, env.container_id, env.ifname, env.netns), conf.vni,
+            tuple(str(a.address.ip) for a in assigned), mac, conf.ipam.type,
+            is_dhcp_server(conf, assigned))
+        return self.ovs.ensure_port(self.host.bridge, host_if,
+                                    external_ids=portschema.encode(ids))
 
     def _publish(self, env: CniEnv, conf: NetConf, link: veth.ContainerLink,
                  assigned: Sequence[Assigned], routes: Sequence[Route],
@@ -425,7 +400,7 @@ class CniService:
         t.lap("flows")
         gateway = self._background.submit(self.gateways.release, key)
         try:
-            if self.ovs.port_external_ids(host_if).get(EXT_NETWORK) in (None, network):
+            if portschema.network(self.ovs.port_external_ids(host_if)) in (None, network):
                 self.ovs.delete_port(host_if)
                 t.lap("ovs-port")
                 veth.delete_host_link(host_if)
@@ -453,8 +428,10 @@ class CniService:
                 raise CniError(Code.UNKNOWN_CONTAINER,
                                f"container {env.container_id} interface {env.ifname} is not "
                                f"attached to {conf.name}")
-            problems = checks.differences(self, env, conf, rec, endpoint_key(
-                conf.name, env.container_id, env.ifname))
+            problems = checks.differences(
+                env, conf, rec, endpoint_key(conf.name, env.container_id, env.ifname),
+                ovs=self.ovs, bridge=self.host.bridge, dataplane=self.dataplane,
+                gateways=self.gateways, gateway=self.gateway_spec(conf), ipam=self.ipam)
             if conf.ipam.delegated:
                 delegate.run("CHECK", conf, env)
         if problems:

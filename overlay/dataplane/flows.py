@@ -44,6 +44,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from overlay.model import ARP, CLASSIFY, DELIVER, FORWARD
+
 COOKIE_BASE = 0x0FE1A7 << 40  # "overlay" flows; the low 40 bits are the agent's generation
 
 
@@ -53,9 +55,7 @@ def cookie(generation: int) -> str:
 
 
 COOKIE = cookie(0)
-CLASSIFY, ARP, FORWARD, DELIVER = 0, 10, 20, 30
 FLOOD = 40  # 40, 41, ...: the rest of a long broadcast replication list (see network_flows)
-TABLE_NAMES = {CLASSIFY: "classify", ARP: "arp", FORWARD: "forward", DELIVER: "deliver"}
 # VTEPs per broadcast rule. An OpenFlow message holds at most 64 KiB, and each VTEP costs 48
 # bytes of actions (tun_dst, tun_id, output): 1,000 hosts in one network do not fit in one rule.
 FLOOD_CHUNK = 500

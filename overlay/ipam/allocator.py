@@ -31,9 +31,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from overlay.cni.netconf import Address, AddressRange, IpamConfig
 from overlay.errors import CniError, Code
 from overlay.ipam.pool import candidates
+from overlay.model import Address, AddressRange, IpamConfig
 from overlay.store.etcd import Store
 from overlay.store.records import Holder
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence, Set
 
-from overlay.cni.netconf import Address, AddressRange, Network
+from overlay.model import Address, AddressRange, Network
 
 
 def reserved(rng: AddressRange) -> set[Address]:
@@ -21,10 +21,6 @@ def reserved(rng: AddressRange) -> set[Address]:
     if rng.gateway is not None:
         out.add(rng.gateway)
     return out
-
-
-def range_size(rng: AddressRange) -> int:
-    return int(rng.end) - int(rng.start) + 1
 
 
 def candidates(rng: AddressRange, used: Set[Address],

@@ -20,7 +20,6 @@ import socket
 import struct
 
 SIOCETHTOOL = 0x8946
-ETHTOOL_GTXCSUM = 0x16
 ETHTOOL_STXCSUM = 0x17
 
 
@@ -35,6 +34,3 @@ def _ethtool_value(ifname: str, cmd: int, data: int = 0) -> int:
 def disable_tx_checksum(ifname: str) -> None:
     _ethtool_value(ifname, ETHTOOL_STXCSUM, 0)
 
-
-def tx_checksum_enabled(ifname: str) -> bool:
-    return _ethtool_value(ifname, ETHTOOL_GTXCSUM) != 0

@@ -20,8 +20,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from overlay.cni.netconf import Route
 from overlay.errors import CniError, Code
+from overlay.model import Route
 from overlay.netlink.netns import run_in_netns
 from overlay.netlink.offload import disable_tx_checksum
 from overlay.netlink.rtnl import Rtnl, RtnlError

@@ -123,12 +123,6 @@ class Ovsdb:
             "Open_vSwitch", ".", ("external_ids", {AGENT_ID_KEY: made})))
         return made
 
-    def bridge_exists(self, name: str) -> bool:
-        return bool(self._read(f"look up bridge {name}", self.api.br_exists(name)))
-
-    def bridge_datapath(self, name: str) -> str:
-        return str(self._read(f"read bridge {name}", self.api.db_get("Bridge", name, "datapath_type")))
-
     # --- ports --------------------------------------------------------------------------------
 
     def ensure_port(self, bridge: str, name: str, *, iface: dict[str, Any] | None = None,

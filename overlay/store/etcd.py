@@ -26,8 +26,8 @@ import pyetcd
 import pyetcd.exceptions
 import pyetcd.utils
 
-from overlay.cni.netconf import Address
 from overlay.errors import CniError, Code
+from overlay.model import Address
 from overlay.store import ownership, tls
 from overlay.store import records as r
 from overlay.store.ownership import HostNameTaken
@@ -257,16 +257,6 @@ class Store:
                     "deleted" if value is None else f"changed to {value[:200]!r}")
         self._client.put(key, mine, lease=self._lease)
         return True
-
-    @_translate
-    def revoke_host(self, host: str) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._keeper:
-            self._keeper.join(timeout=5)  # or it could write the record again after we delete it
-        if self._lease is not None:
-            self._lease.revoke()
-        self._client.delete(r.host_key(host))
 
     # --- networks ----------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from overlay.cni.netconf import Address, parse_netconf
+from overlay.cni.netconf import parse_netconf
 from overlay.errors import CniError, Code
 from overlay.ipam.allocator import EtcdIpam
+from overlay.model import Address
 from overlay.store.records import Holder
 
 CONF = parse_netconf(json.dumps({

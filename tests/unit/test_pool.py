@@ -1,8 +1,8 @@
 import ipaddress
 from itertools import islice
 
-from overlay.cni.netconf import AddressRange
 from overlay.ipam.pool import candidates, reserved
+from overlay.model import AddressRange
 
 ip = ipaddress.ip_address
 

@@ -1,8 +1,8 @@
 import ipaddress
 
-from overlay.cni.netconf import Route
 from overlay.cni.result import Attachment, build_result
 from overlay.ipam.allocator import Assigned
+from overlay.model import Route
 
 V4 = Assigned(ipaddress.ip_interface("10.0.0.5/24"), ipaddress.ip_address("10.0.0.254"))
 V6 = Assigned(ipaddress.ip_interface("fd00::5/64"), None)
@@ -60,9 +60,3 @@ def test_prev_result_is_kept_and_our_indexes_follow_it() -> None:
     assert merged["dns"] == {"nameservers": ["192.168.1.1"]}
     assert prev["interfaces"] == [{"name": "br0"}, {"name": "net1", "sandbox": "/var/run/netns/c0"}]
 
-
-def test_container_mac_follows_its_address() -> None:
-    from overlay.cni.service import mac_for
-
-    assert mac_for(ipaddress.ip_address("10.0.0.3")) == "0a:58:0a:00:00:03"
-    assert mac_for(ipaddress.ip_address("fd00::a:1")) == "0a:58:00:0a:00:01"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from overlay.cli.trace import Packet, guessed_mac
+from overlay.cli.trace import Packet
 from overlay.cli.trace_walk import parse_steps, verdict
 
 TUNNELED = """Flow: icmp,in_port=2,vlan_tci=0x0000,dl_src=0a:58:0a:00:00:01
@@ -59,4 +59,3 @@ def test_packets_in_ofproto_trace_syntax() -> None:
                                       "00:00:02,nw_src=10.0.0.1,nw_dst=10.0.0.2,udp_src=5,udp_dst=53")
     arp = Packet("arp", "0a:58:0a:00:00:01", "", "10.0.0.1", "10.0.0.2")
     assert "arp_op=1,arp_spa=10.0.0.1,arp_tpa=10.0.0.2" in arp.flow("in_port=p1")
-    assert guessed_mac("10.0.0.99") == "0a:58:0a:00:00:63"

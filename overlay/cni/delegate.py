@@ -15,9 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from overlay.cni.netconf import Address, CniEnv, NetConf, Route
+from overlay.cni.netconf import CniEnv, NetConf
 from overlay.errors import CniError, Code
 from overlay.ipam.allocator import Assigned
+from overlay.model import Address, Route
 
 TIMEOUT = 60.0
 
