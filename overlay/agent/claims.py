@@ -20,6 +20,7 @@ reconciler holds anyway); only contested values pay for a list.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable
 
 Rank = Callable[[str], tuple[int, int, str]]  # key -> (0 if local else 1, create revision, key)
@@ -116,3 +117,17 @@ class Claims:
         return [(network, value, sorted(current, key=self._rank), self.holder(network, value))
                 for network, held in sorted(self._held.items())
                 for value, current in sorted(held.items()) if isinstance(current, list)]
+
+
+def claimed_values(ips: tuple[str, ...], mac: str) -> tuple[str, ...]:
+    """The values an endpoint claims in its network: its addresses and its MAC.
+
+    A MAC of the form 0a:58:<4 bytes> (what the agent derives from an address:
+    overlay/model.py mac_for) is claimed as that IPv4 address: the two namespaces map one to
+    one, so a claim on one is a claim on the other, and the usual endpoint (address x, MAC
+    0a:58:x) makes one claim instead of two, which saves an index entry per endpoint (2.6 MB at
+    50,000)."""
+    if mac.startswith("0a:58:"):
+        alias = socket.inet_ntoa(bytes.fromhex(mac[6:].replace(":", "")))
+        return ips if alias in ips else (*ips, alias)
+    return (*ips, mac)

@@ -34,13 +34,12 @@ has just written.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
 
 from overlay.agent import verify
-from overlay.agent.claims import Claims
+from overlay.agent.claims import Claims, claimed_values
+from overlay.agent.timers import Cancellable, start_timer
 from overlay.agent.verify import Endpoint, NetworkFacts, Rejected
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import RemoteEndpoint
@@ -52,36 +51,11 @@ log = logging.getLogger(__name__)
 SHOWN_REJECTED = 200  # rejected keys remembered for `overlayctl doctor` (the metric counts all)
 
 
-def _claimed(endpoint: Endpoint) -> tuple[str, ...]:
-    """The values an endpoint claims in its network: its addresses and its MAC.
-
-    A MAC of the form 0a:58:<4 bytes> (what the agent derives from an address: cni/service.py
-    mac_for) is claimed as that IPv4 address: the two namespaces map one to one, so a claim on
-    one is a claim on the other, and the usual endpoint (address x, MAC 0a:58:x) makes one
-    claim instead of two, which saves an index entry per endpoint (2.6 MB at 50,000)."""
-    mac = endpoint.mac
-    if mac.startswith("0a:58:"):
-        alias = socket.inet_ntoa(bytes.fromhex(mac[6:].replace(":", "")))
-        return endpoint.ips if alias in endpoint.ips else (*endpoint.ips, alias)
-    return (*endpoint.ips, mac)
-
-
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
-
-
-def _timer(delay: float, call: Callable[[], None]) -> Cancellable:
-    timer = threading.Timer(delay, call)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 class Reconciler:
     def __init__(self, *, host: str, dataplane: Dataplane,
                  on_new_vteps: Callable[[set[str]], None] = lambda vteps: None,
                  host_grace: float = 0.0,
-                 schedule: Callable[[float, Callable[[], None]], Cancellable] = _timer,
+                 schedule: Callable[[float, Callable[[], None]], Cancellable] = start_timer,
                  remembered_vteps: Mapping[str, str] | None = None,
                  on_reject: Callable[[str, str], None] = lambda kind, reason: None,
                  on_conflict: Callable[[], None] = lambda: None) -> None:
@@ -172,7 +146,8 @@ class Reconciler:
         for key in self._by_host.get(host, ()):
             touched.add(key)
             endpoint = self._endpoints[key]
-            touched.update(self._claims.rivals(key, endpoint.network, _claimed(endpoint)))
+            claimed = claimed_values(endpoint.ips, endpoint.mac)
+            touched.update(self._claims.rivals(key, endpoint.network, claimed))
 
     def _depart(self, host: str, why: str = "left etcd") -> None:
         """(Under the lock.) The host's key went: its flows stay for the grace period."""
@@ -310,7 +285,7 @@ class Reconciler:
         for key in [k for k, e in self._endpoints.items() if e.network == network]:
             endpoint = self._endpoints[key]
             touched.add(key)
-            touched.update(self._claims.remove(key, network, _claimed(endpoint)))
+            touched.update(self._claims.remove(key, network, claimed_values(endpoint.ips, endpoint.mac)))
             if facts is None:
                 continue  # waits, unclaimed, for a record of its network
             try:
@@ -369,7 +344,8 @@ class Reconciler:
 
     def _claim(self, key: str, endpoint: Endpoint, touched: set[str],
                before: tuple[str, ...]) -> None:
-        others, contested = self._claims.add(key, endpoint.network, _claimed(endpoint))
+        claimed = claimed_values(endpoint.ips, endpoint.mac)
+        others, contested = self._claims.add(key, endpoint.network, claimed)
         touched.update(others)
         for value in contested:
             if value in before:
@@ -386,7 +362,7 @@ class Reconciler:
         old = self._endpoints.pop(key, None)
         if old is None:
             return ()
-        claimed = _claimed(old)
+        claimed = claimed_values(old.ips, old.mac)
         touched.update(self._claims.remove(key, old.network, claimed))
         keys = self._by_host.get(old.host)
         if keys is not None:
@@ -404,7 +380,7 @@ class Reconciler:
         if vtep is None or endpoint.network not in self._networks:
             return None
         if self._claims.contested and not self._claims.wins(key, endpoint.network,
-                                                             _claimed(endpoint)):
+                                                             claimed_values(endpoint.ips, endpoint.mac)):
             return None
         return RemoteEndpoint(endpoint.vni, endpoint.mac, endpoint.ips, vtep)
 
