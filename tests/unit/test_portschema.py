@@ -6,8 +6,8 @@ from typing import Any, cast
 
 import pytest
 
-from overlay.agent.main import local_endpoints
 from overlay.agent.observe import local_attachments
+from overlay.agent.startup import local_endpoints
 from overlay.dataplane.flows import LocalPort
 from overlay.ovs import portschema
 from overlay.ovs.ovsdb import Ovsdb, PortInfo
