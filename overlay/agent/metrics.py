@@ -15,11 +15,11 @@ Two kinds of numbers:
 
 Who calls what (the agent's entry point builds one Metrics and injects it):
     CniServicer            cni_request(command, code, seconds)          (done)
-    agent main             janitor_removed(n), ovs_restart()            (done)
+    agent (agent.py)       janitor_removed(n), ovs_restart()            (done)
     observe.watch_agent    set_endpoint_source, set_flow_table_source, set_ip_usage_source
     dataplane              flow_bundle(adds, mods, dels, seconds, ok) per bundle sent;
-                           set_flow_table_source(fn) may point at its own flow cache instead
-                           of the switch dump observe.py registers
+                           overlay_flows is read from the dataplane's own model (flows per
+                           table), never from a dump of the switch
     etcd watch             watch_revision(applied, cluster) after each applied response,
                            watch_resync(reason) for every full snapshot
     etcd client            etcd_request_error(operation) for every failed request

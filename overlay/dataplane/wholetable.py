@@ -10,7 +10,7 @@ count finds drift (dataplane.py decides when). Three ways, cheapest first:
    left as they are, counters and all, under the cookies of the runs that wrote them. At
    50,000 remote endpoints this replaced re-adding 101,017 rules, which cost ovs-vswitchd
    ~1.8 s of CPU, with a dump of ~0.5 s. A rule's cookie thus says which run last *wrote* it;
-   the run that verified the table is recorded in OVSDB (overlay-flow-verified, main.py).
+   the run that verified the table is recorded in OVSDB (overlay-flow-verified, agent/agent.py).
 2. **Replace over the channel**: one bundle that adds every rule under this run's cookie (an
    add over a rule with the same match and priority replaces it in place and, in OpenFlow
    1.3+, keeps its counters) and then deletes the rules still carrying another cookie we know
