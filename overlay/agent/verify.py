@@ -212,8 +212,15 @@ def fits(endpoint: Endpoint, facts: NetworkFacts) -> None:
         return
     for ip in endpoint.ips:
         version, value = _as_int(ip)
+        named = False  # does the record name a subnet of this family at all?
         for v, net, mask in facts.subnets:
-            if v == version and value & mask == net:
-                break
+            if v == version:
+                if value & mask == net:
+                    break
+                named = True
         else:
+            # A record naming no subnet of this family (an older agent's names only the first
+            # of a dual-stack network's) cannot say: the address is unchecked, claims hold.
+            if not named:
+                continue
             raise Rejected("subnet", f"{ip} is outside network {endpoint.network}'s subnet")

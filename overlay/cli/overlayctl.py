@@ -106,7 +106,7 @@ def create_network(etcd: str, name: str, vni: int, subnet: str, *,
     conf = parse_netconf(json.dumps({"cniVersion": "1.0.0", "name": name, "type": "ovs",
                                      "vxlanID": vni, "ipam": {"subnet": subnet}}).encode())
     _with_store(etcd, tls, lambda store: store.ensure_network(
-        r.NetworkRecord(conf.name, conf.vni, str(conf.subnet))))
+        r.NetworkRecord(conf.name, conf.vni, conf.subnets_text)))
 
 
 def run_doctor(etcd: str, sockets: list[str], tls: TlsFiles) -> list[str]:

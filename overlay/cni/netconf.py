@@ -67,6 +67,13 @@ class NetConf:
         return ranges[0].subnet if ranges else None
 
     @property
+    def subnets_text(self) -> str:
+        """Every subnet of the built-in IPAM's ranges, the first first, comma-separated: what
+        the network record says, so that other hosts check an endpoint's IPv6 addresses too
+        (agent/verify.py); "" for a delegated IPAM."""
+        return ",".join(dict.fromkeys(str(r.subnet) for r in self.ipam.ranges))
+
+    @property
     def prev_result(self) -> dict[str, Any] | None:
         prev = self.raw.get("prevResult")
         return prev if isinstance(prev, dict) else None

@@ -192,7 +192,7 @@ class CniService:
             # routes, iptables rules: tens of ms); only the flows need it.
             pending_gateway = self._beside(undo, lambda: self.gateways.acquire(key, gateway),
                                            lambda _: self.gateways.release(key))
-        network = NetworkRecord(conf.name, conf.vni, str(conf.subnet or ""))
+        network = NetworkRecord(conf.name, conf.vni, conf.subnets_text)
         # Recording the network (one etcd transaction) goes beside the allocation; it must
         # have succeeded before anything is created on the host.
         pending_network = self._beside(

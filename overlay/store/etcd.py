@@ -281,8 +281,10 @@ class Store:
         owner = found[1][0][0] if len(found) > 1 and found[1] else None
         if existing is not None:
             have = r.NetworkRecord.from_json(existing)
-            # A delegated IPAM may not say its subnet (""): then only the VNI must agree.
-            subnets_differ = bool(have.subnet and rec.subnet and have.subnet != rec.subnet)
+            # A delegated IPAM may not say its subnet (""): then only the VNI must agree. The
+            # first subnet decides: records of older agents name only that one.
+            subnets_differ = bool(have.subnet and rec.subnet and
+                                  have.subnet.split(",")[0] != rec.subnet.split(",")[0])
             if have.vni != rec.vni or subnets_differ:
                 raise CniError(Code.NETWORK_CONFLICT,
                                f"network {rec.name!r} already exists with vxlanID {have.vni} and "

@@ -28,11 +28,13 @@ from overlay.store import records as r
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NETWORK, VNI = "my-net", 42
 
-# Writes {key: value-as-text} in one etcd transaction (run in the underlay namespace).
+# Writes {key: value-as-text} in one etcd transaction (run in the underlay namespace), as a
+# holder of host1's etcd credentials: what any host may write under /overlay/v1/.
 _TXN = """
 import json, sys
 from overlay.store.etcd import Store
-store = Store(endpoints=[sys.argv[1]], timeout=10.0)
+store = Store(endpoints=[sys.argv[1]], timeout=10.0, ca=sys.argv[2] or None,
+              cert=sys.argv[3] or None, key=sys.argv[4] or None)
 client = store.client
 ok, _ = client.transaction(compare=[], failure=[], success=[
     client.transactions.put(k, v) for k, v in json.loads(sys.stdin.read()).items()])
@@ -51,8 +53,9 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
 
 
 def write(lab: Lab, records: dict[str, str]) -> None:
-    run(["env", f"PYTHONPATH={ROOT}", sys.executable, "-c", _TXN, lab.local_etcd_url],
-        netns=lab.underlay_ns, input=json.dumps(records).encode())
+    tls = lab.host_tls("host1")
+    run(["env", f"PYTHONPATH={ROOT}", sys.executable, "-c", _TXN, lab.local_etcd_url,
+         tls.ca, tls.cert, tls.key], netns=lab.underlay_ns, input=json.dumps(records).encode())
 
 
 @pytest.fixture

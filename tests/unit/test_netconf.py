@@ -258,3 +258,12 @@ def test_dhcp_servers_are_named_by_address() -> None:
 def test_bad_dhcp_servers_are_code_7_and_say_what_to_write(value: object) -> None:
     err = error_of(conf(dhcpServers=value))
     assert err.code == Code.INVALID_NETCONF and "dhcpServers" in err.msg, err.msg
+
+
+def test_the_network_record_names_every_subnet_first_first() -> None:
+    conf = parse_netconf(json.dumps({
+        "cniVersion": "1.0.0", "name": "dual", "type": "ovs", "vxlanID": 6,
+        "ipam": {"type": "overlay", "ranges": [[{"subnet": "10.6.0.0/24"}],
+                                               [{"subnet": "fd00:6::/64"}]]}}).encode())
+    assert conf.subnets_text == "10.6.0.0/24,fd00:6::/64"
+    assert str(conf.subnet) == "10.6.0.0/24"

@@ -220,3 +220,18 @@ def test_a_derived_mac_is_claimed_as_its_address() -> None:
     assert [e.ips for e in macs(dp).values()] == [("10.0.0.7",)] and counts.conflicts == 1
     rec.on_endpoints([delete("owner")])
     assert [e.ips for e in macs(dp).values()] == [("10.0.0.8",)]
+
+
+@pytest.mark.parametrize(("subnets", "ips", "taken"), [
+    ("10.0.0.0/24,fd00::/64", ["10.0.0.2/24", "fd00::2/64"], True),    # dual stack, both named
+    ("10.0.0.0/24,fd00::/64", ["10.0.0.2/24", "fd01::2/64"], False),   # IPv6 outside its subnet
+    ("10.0.0.0/24", ["10.0.0.2/24", "fd00::2/64"], True),              # an older record: v4 only
+    ("10.0.0.0/24", ["10.0.1.2/24", "fd00::2/64"], False),             # IPv4 still checked
+])
+def test_dual_stack_addresses_are_checked_per_family(subnets: str, ips: list[str],
+                                                      taken: bool) -> None:
+    rec, dp, counts = setup()
+    rec.on_networks([network(subnet=subnets, created=2)])
+    rec.on_endpoints([put(record("d", "h1", "10.0.0.2", "02:00:00:00:00:0d", ips=ips), 5)])
+    assert ("02:00:00:00:00:0d" in macs(dp)) is taken
+    assert counts.rejected == ([] if taken else [("endpoint", "subnet")])
