@@ -19,14 +19,16 @@ import time
 from overlay import __version__
 from overlay.agent import config as agent_config
 from overlay.agent import logs, memory, observe, peers
+from overlay.agent.doctor import HostDoctor
+from overlay.agent.janitor import Janitor
 from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import Readiness
 from overlay.agent.networks import NetworkWatches
 from overlay.agent.node import Node, prepare
 from overlay.agent.reconciler import Reconciler
-from overlay.cni import housekeeping
 from overlay.cni import service as svc
 from overlay.cni.leases import DHCP
+from overlay.cni.ports import KernelLinks
 from overlay.cni.server import CniServicer, serve
 from overlay.cni.subnets import SubnetGuard
 from overlay.cni.v1 import cni_pb2
@@ -56,10 +58,10 @@ RESYNC_INTERVAL = 15.0
 JANITOR_EVERY = 4  # resync rounds: once a minute
 
 
-def run_janitor(service: svc.CniService, metrics: Metrics,
+def run_janitor(janitor: Janitor, metrics: Metrics,
                 own: list[records.EndpointRecord] | None = None) -> None:
     try:
-        metrics.janitor_removed(len(housekeeping.janitor(service, own)))
+        metrics.janitor_removed(len(janitor.run(own)))
     except CniError as err:  # etcd or OVS unavailable: next round
         log.warning("janitor could not run: %s", err)
 
@@ -229,13 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     peers.save(peers_file, reconciler.known_vteps())
     prime_new(reconciler.vteps)
 
+    host = svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep)
+    ipam, links = EtcdIpam(store=store, host=cfg.host), KernelLinks()
     service = svc.CniService(
-        host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep), ovs=ovs,
-        dataplane=dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
-        networks=networks, gateways=gateways,
+        host=host, endpoints=store, network_records=store, ports=ovs, flows=dataplane,
+        allocator=ipam, links=links, networks=networks, gateways=gateways,
         subnets=SubnetGuard(read_host=read_host_networks,
                             vteps=lambda: {**reconciler.host_vteps(), cfg.host: node.vtep},
                             etcd_endpoints=cfg.etcd_endpoints))
+    janitor = Janitor(host=host, ports=ovs, endpoints=store, links=links,
+                      detacher=service.detacher)
     observe.watch_agent(metrics, readiness, dataplane=dataplane, ovs=ovs, store=store,
                         bridge=cfg.bridge,
                         etcd_synced=lambda: hosts.wait_synced(0) and networks.wait_synced(0))
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except CniError as err:
         log.warning("janitor could not read etcd: %s", err)
     else:
-        run_janitor(service, metrics, own)
+        run_janitor(janitor, metrics, own)
     memory.release_free_memory()  # what building the first table allocated (agent/memory.py)
 
     def info() -> cni_pb2.AgentInfoReply:
@@ -266,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 
     server = serve(socket_path=cfg.socket, servicer=CniServicer(
         service=service, info=info, on_request=metrics.cni_request,
+        doctor=HostDoctor(host=host, ports=ovs, endpoints=store, flows=dataplane,
+                          allocator=ipam, links=links, gateways=gateways).problems,
         problems=reconciler.problems))
 
     def after_switch_restart() -> None:
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         except CniError as err:
             log.warning("periodic flow check failed: %s", err)
         if rounds % JANITOR_EVERY == 0:
-            run_janitor(service, metrics, reconciler.own_records())
+            run_janitor(janitor, metrics, reconciler.own_records())
 
     log.info("stopping")
     switch_watch.stop()
