@@ -160,6 +160,7 @@ class FakeFlows(Faulty):
         super().__init__()
         self.local: dict[str, LocalPort] = {}
         self.in_switch: dict[str, LocalPort] = {}
+        self.removed: list[str] = []  # every key remove_endpoint was called for
         self.answers = True
 
     def install_endpoint(self, key: str, port: LocalPort) -> None:
@@ -170,6 +171,7 @@ class FakeFlows(Faulty):
 
     def remove_endpoint(self, key: str) -> None:
         self._before("remove_endpoint")
+        self.removed.append(key)
         self.local.pop(key, None)
         self.in_switch.pop(key, None)
 

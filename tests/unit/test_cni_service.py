@@ -290,6 +290,7 @@ def test_gc_removes_only_this_hosts_attachments_that_are_not_valid() -> None:
     assert host.service.check(env("c9"), netconf("other", 8, "10.8.0.0/24")) == b""
     assert host.endpoints.records[("net", "c4", "eth0")] == theirs
     assert host.allocator.held["net"][ip50] == Holder("c4/eth0", "host0")
+    assert sorted(host.flows.removed) == ["net/c2/eth0", "net/c3/eth0", "net/c5/eth0"]
 
 
 def test_gc_without_valid_attachments_removes_nothing() -> None:
