@@ -27,12 +27,15 @@ import time
 from overlay import __version__
 from overlay.agent import memory, observe, peers, startup
 from overlay.agent.config import AgentConfig
+from overlay.agent.doctor import HostDoctor
+from overlay.agent.janitor import Janitor
 from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import Readiness
 from overlay.agent.networks import NetworkWatches
 from overlay.agent.node import Node, prepare
 from overlay.agent.reconciler import Reconciler
 from overlay.cni import service as svc
+from overlay.cni.ports import KernelLinks
 from overlay.cni.server import CniServicer, serve
 from overlay.cni.subnets import SubnetGuard
 from overlay.cni.v1 import cni_pb2
@@ -79,6 +82,8 @@ class Agent:
     _hosts: PrefixWatch
     _networks: NetworkWatches
     _service: svc.CniService
+    _janitor: Janitor
+    _doctor: HostDoctor
     _switch_watch: SwitchRestartWatcher
 
     def __init__(self, *, cfg: AgentConfig, metrics: Metrics, readiness: Readiness,
@@ -142,7 +147,7 @@ class Agent:
             self._save_peers()
             self._resync()
             if rounds % JANITOR_EVERY == 0:
-                startup.run_janitor(self._service, self._metrics, self._reconciler.own_records())
+                startup.run_janitor(self._janitor, self._metrics, self._reconciler.own_records())
 
     def stop(self) -> None:
         """Close what start() opened, latest first: the switch watch, the socket (calls in
@@ -265,13 +270,20 @@ class Agent:
 
     def _build_service(self) -> None:
         cfg, node, store, reconciler = self._cfg, self._node, self._store, self._reconciler
+        host = svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep)
+        ipam, links = EtcdIpam(store=store, host=cfg.host), KernelLinks()
         self._service = svc.CniService(
-            host=svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep), ovs=self._ovs,
-            dataplane=self._dataplane, store=store, ipam=EtcdIpam(store=store, host=cfg.host),
-            networks=self._networks, gateways=self._gateways,
+            host=host, endpoints=store, network_records=store, ports=self._ovs,
+            flows=self._dataplane, allocator=ipam, links=links, networks=self._networks,
+            gateways=self._gateways,
             subnets=SubnetGuard(read_host=read_host_networks,
                                 vteps=lambda: {**reconciler.host_vteps(), cfg.host: node.vtep},
                                 etcd_endpoints=cfg.etcd_endpoints))
+        self._janitor = Janitor(host=host, ports=self._ovs, endpoints=store, links=links,
+                                detacher=self._service.detacher)
+        self._doctor = HostDoctor(host=host, ports=self._ovs, endpoints=store,
+                                  flows=self._dataplane, allocator=ipam, links=links,
+                                  gateways=self._gateways)
         observe.watch_agent(self._metrics, self._readiness, dataplane=self._dataplane,
                             ovs=self._ovs, store=store, bridge=cfg.bridge,
                             etcd_synced=lambda: (self._hosts.wait_synced(0)
@@ -289,13 +301,13 @@ class Agent:
         except CniError as err:
             log.warning("janitor could not read etcd: %s", err)
         else:
-            startup.run_janitor(self._service, self._metrics, own)
+            startup.run_janitor(self._janitor, self._metrics, own)
         memory.release_free_memory()  # what building the first table allocated (agent/memory.py)
 
     def _serve_cni(self) -> None:
         server = serve(socket_path=self._cfg.socket, servicer=CniServicer(
             service=self._service, info=self._info, on_request=self._metrics.cni_request,
-            problems=self._reconciler.problems))
+            doctor=self._doctor.problems, problems=self._reconciler.problems))
         self._closing.callback(lambda: server.stop(grace=5).wait())
 
     def _new_switch_watcher(self) -> SwitchRestartWatcher:

@@ -8,9 +8,8 @@ import logging
 import os
 import threading
 
+from overlay.agent.janitor import Janitor
 from overlay.agent.metrics import Metrics
-from overlay.cni import housekeeping
-from overlay.cni import service as svc
 from overlay.cni.leases import DHCP
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import LocalPort
@@ -24,10 +23,10 @@ from overlay.store.etcd import Store
 log = logging.getLogger("overlay.agent")
 
 
-def run_janitor(service: svc.CniService, metrics: Metrics,
+def run_janitor(janitor: Janitor, metrics: Metrics,
                 own: list[records.EndpointRecord] | None = None) -> None:
     try:
-        metrics.janitor_removed(len(housekeeping.janitor(service, own)))
+        metrics.janitor_removed(len(janitor.run(own)))
     except CniError as err:  # etcd or OVS unavailable: next round
         log.warning("janitor could not run: %s", err)
 

@@ -1,36 +1,72 @@
-"""CHECK's comparison: what ADD made and recorded against what the container, OVS, the flow
-table, the gateway and the IP allocations hold now. Each difference is one sentence a person can
-act on; CniService.check turns a non-empty list into CNI error 106 (CHECK_FAILED).
+"""CHECK: what ADD made and recorded against what the container, OVS, the flow table, the
+gateway and the IP allocations hold now. Each difference is one sentence a person can act on;
+a non-empty list is CNI error 106 (CHECK_FAILED).
 """
 
 from __future__ import annotations
 
 import ipaddress
 
-from overlay.cni import leases
+from overlay.cni import delegate, leases, steps
 from overlay.cni.netconf import CniEnv, NetConf
-from overlay.dataplane.dataplane import Dataplane
+from overlay.cni.ports import Allocator, EndpointStore, Flows, Gateways, HostInfo, Links, PortStore
+from overlay.cni.steps import StripedLock
 from overlay.dataplane.flows import LocalPort
-from overlay.gateway.manager import GatewayManager
+from overlay.errors import CniError, Code
 from overlay.gateway.spec import GatewaySpec
-from overlay.ipam.allocator import EtcdIpam
-from overlay.netlink import veth
-from overlay.ovs.ovsdb import Ovsdb
+from overlay.model import endpoint_key
 from overlay.store.records import EndpointRecord, owner_of
 
 
-def differences(env: CniEnv, conf: NetConf, rec: EndpointRecord, key: str, *, ovs: Ovsdb,
-                bridge: str, dataplane: Dataplane, gateways: GatewayManager,
-                gateway: GatewaySpec | None, ipam: EtcdIpam) -> list[str]:
-    """Every way the attachment `key` differs from what ADD made and recorded; [] if none.
-    `gateway` is the network's gateway on this host, if it has one.
+class Checker:
+    def __init__(self, *, host: HostInfo, endpoints: EndpointStore, ports: PortStore,
+                 flows: Flows, allocator: Allocator, gateways: Gateways, links: Links,
+                 lock: StripedLock) -> None:
+        self.host = host
+        self.endpoints = endpoints
+        self.ports = ports
+        self.flows = flows
+        self.allocator = allocator
+        self.gateways = gateways
+        self.links = links
+        self.lock = lock
 
-    Given the pieces it reads, not the service (which calls it): no import circle."""
+    def check(self, env: CniEnv, conf: NetConf) -> bytes:
+        if not conf.at_least("0.4.0"):
+            raise CniError(Code.INCOMPATIBLE_CNI_VERSION,
+                           f"CHECK needs cniVersion 0.4.0 or later, the netconf says "
+                           f"{conf.cni_version}")
+        steps.check_bridge(conf, self.host)
+        with self.lock(owner_of(env.container_id, env.ifname)):
+            rec = self.endpoints.get_endpoint(conf.name, env.container_id, env.ifname)
+            if rec is None:
+                raise CniError(Code.UNKNOWN_CONTAINER,
+                               f"container {env.container_id} interface {env.ifname} is not "
+                               f"attached to {conf.name}")
+            problems = differences(
+                env, conf, rec, endpoint_key(conf.name, env.container_id, env.ifname),
+                links=self.links, ports=self.ports, bridge=self.host.bridge, flows=self.flows,
+                gateways=self.gateways, gateway=steps.gateway_spec(conf, self.host),
+                allocator=self.allocator)
+            if conf.ipam.delegated:
+                delegate.run("CHECK", conf, env)
+        if problems:
+            raise CniError(Code.CHECK_FAILED,
+                           f"container {env.container_id} interface {env.ifname} on "
+                           f"{conf.name}: " + "; ".join(problems))
+        return b""
+
+
+def differences(env: CniEnv, conf: NetConf, rec: EndpointRecord, key: str, *, links: Links,
+                ports: PortStore, bridge: str, flows: Flows, gateways: Gateways,
+                gateway: GatewaySpec | None, allocator: Allocator) -> list[str]:
+    """Every way the attachment `key` differs from what ADD made and recorded; [] if none.
+    `gateway` is the network's gateway on this host, if it has one."""
     problems = []
     if rec.vni != conf.vni:
         problems.append(f"recorded vxlanID {rec.vni} differs from netconf {conf.vni}")
     problems += prev_result_differences(conf, env, rec)
-    link = veth.inspect_container_link(env.netns, env.ifname)
+    link = links.inspect_container_link(env.netns, env.ifname)
     if link is None:
         problems.append(f"interface {env.ifname} is missing from {env.netns}")
     else:
@@ -47,18 +83,18 @@ def differences(env: CniEnv, conf: NetConf, rec: EndpointRecord, key: str, *, ov
                                 "is missing")
         if not link.up:
             problems.append("interface is down")
-    ofport = ovs.ofport(rec.port)
+    ofport = ports.ofport(rec.port)
     if ofport is None:
         problems.append(f"OVS port {rec.port} is missing from {bridge}")
     else:
         port = LocalPort(rec.vni, rec.mac, tuple(rec.addresses), ofport,
                          rec.ipam == leases.DHCP)
-        if key not in dataplane.local_keys() or not dataplane.switch_has(port):
+        if key not in flows.local_keys() or not flows.switch_has(port):
             problems.append(f"the flows of port {rec.port} are not in the switch")
     if gateway is not None:
         problems += gateways.problems(gateway)
     if not conf.ipam.delegated:
-        held = ipam.held_by(conf.name, owner_of(env.container_id, env.ifname))
+        held = allocator.held_by(conf.name, owner_of(env.container_id, env.ifname))
         for ip in rec.addresses:
             if ipaddress.ip_address(ip) not in held:
                 problems.append(f"the IP allocation of {ip} is not held by this container")

@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 
-from overlay.cni import housekeeping
 from overlay.cni.netconf import CniEnv, NetConf, parse_env, parse_netconf
 from overlay.cni.service import CniService
 from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
@@ -33,9 +32,11 @@ OnRequest = Callable[[str, int, float], None]
 class CniServicer(cni_pb2_grpc.CniServicer):
     def __init__(self, *, service: CniService,
                  info: Callable[[], cni_pb2.AgentInfoReply],
+                 doctor: Callable[[], list[str]],
                  on_request: OnRequest | None = None,
                  problems: Callable[[], list[str]] = list) -> None:
         self._service = service
+        self._doctor = doctor  # this host's OVS, kernel and etcd compared (agent/doctor.py)
         self._problems = problems  # the agent's own findings (conflicting etcd records, ...)
         self._info = info
         self._on_request = on_request
@@ -75,19 +76,17 @@ class CniServicer(cni_pb2_grpc.CniServicer):
         return self._call("CHECK", request, self._service.check)
 
     def Status(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return self._call("STATUS", request, lambda env, conf: housekeeping.status(
-            self._service, env, conf))
+        return self._call("STATUS", request, self._service.status)
 
     def Gc(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return self._call("GC", request, lambda env, conf: housekeeping.gc(
-            self._service, env, conf))
+        return self._call("GC", request, self._service.gc)
 
     def AgentInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
         return self._info()
 
     def Doctor(self, request: Any, context: Any) -> Any:  # noqa: N802
         try:
-            problems = housekeeping.doctor(self._service)
+            problems = self._doctor()
         except CniError as err:
             problems = [f"the check itself failed: {err}"]
         problems += self._problems()

@@ -247,6 +247,10 @@ class EtcdIpam:
         raise CniError(Code.IPAM_EXHAUSTED, f"network {network!r} has no free address left",
                        "ranges: " + ", ".join(f"{r.start}-{r.end}" for r in rset))
 
+    def allocations(self, network: str) -> dict[Address, Holder]:
+        """Every allocation of `network` as etcd has it now, all hosts' (GC, the doctor)."""
+        return self._store.allocations(network)
+
     def held_by(self, network: str, owner: str) -> list[Address]:
         known = self._view(network)
         with self._lock:

@@ -1,6 +1,6 @@
 """The `external_ids` of an endpoint's OVS Interface: one encoder, one decoder.
 
-ADD writes them (cni/service.py) so that the agent can rebuild its local flows from OVSDB alone
+ADD writes them (cni/attach.py) so that the agent can rebuild its local flows from OVSDB alone
 when etcd is unreachable at start (agent/main.py), and so that GC, the janitor, the doctor and
 the metrics can tell which attachment a port belongs to. Every reader and writer goes through
 this module; nobody else spells the keys.

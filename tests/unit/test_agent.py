@@ -115,7 +115,7 @@ def test_run_checks_every_round_and_runs_the_janitor_every_fourth(
             agent.request_stop()
     monkeypatch.setattr(agent, "_resync", resync)
     monkeypatch.setattr(agent, "_save_peers", lambda: None)
-    monkeypatch.setattr(agent, "_service", object(), raising=False)
+    monkeypatch.setattr(agent, "_janitor", object(), raising=False)
     monkeypatch.setattr(agent, "_reconciler", type("R", (), {"own_records": list})(),
                         raising=False)
     monkeypatch.setattr(startup, "run_janitor",

@@ -6,16 +6,21 @@ of overlay/store/testing.py; races are slipped in with its before_txn hook, not 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from overlay.cni import housekeeping
+from overlay.agent.janitor import Janitor
+from overlay.cni import requests
 from overlay.cni.netconf import CniEnv, parse_netconf
-from overlay.cni.service import CniService, HostInfo
+from overlay.cni.ports import HostInfo
+from overlay.cni.service import CniService
+from overlay.cni.testing import FakeHost
 from overlay.errors import CniError, Code
 from overlay.netlink import veth
 from overlay.store import records as r
+from overlay.store.etcd import Store
 from overlay.store.ownership import HostNameTaken
 from overlay.store.testing import FakeEtcd, fake_store
 
@@ -158,81 +163,68 @@ def test_the_hosts_watch_wakes_the_lease_thread_only_for_a_change_of_ours() -> N
 
 # --- every path of the CNI service that deletes records ----------------------------------------
 
-class Nothing:
-    """OVS, dataplane, gateways and IPAM of a host with nothing attached."""
+@dataclass
+class Host1:
+    """host1's CNI service: the real Store's verbs on the in-memory etcd, fakes for the rest."""
 
-    def __init__(self) -> None:
-        self.released: list[tuple[str, str]] = []
-
-    def remove_endpoint(self, key: str) -> None: ...
-    def release(self, *args: str) -> None:
-        if len(args) == 2:
-            self.released.append((args[0], args[1]))
-    def port_external_ids(self, name: str) -> dict[str, str]: return {}
-    def delete_port(self, name: str) -> None: ...
-    def ports(self, bridge: str) -> list[Any]: return []
-    def ofport(self, name: str) -> int | None: return None
+    service: CniService
+    etcd: FakeEtcd
+    store: Store
+    fakes: FakeHost
 
 
 @pytest.fixture
-def host1(monkeypatch: pytest.MonkeyPatch) -> tuple[CniService, FakeEtcd]:
-    monkeypatch.setattr(veth, "delete_host_link", lambda name: False)
+def host1() -> Host1:
     etcd = FakeEtcd()
-    nothing = Nothing()
-    service = CniService(host=HostInfo("host1", "br-int", 1500), ovs=nothing,  # type: ignore
-                         dataplane=nothing, store=fake_store(etcd), ipam=nothing,  # type: ignore
-                         networks=nothing, gateways=nothing,  # type: ignore[arg-type]
-                         subnets=nothing)  # type: ignore[arg-type]
-    fake_store(etcd).put_endpoint(record("host0"))  # c0 lives on host0
-    return service, etcd
+    store = fake_store(etcd)
+    fakes = FakeHost()
+    service = CniService(host=HostInfo("host1", "br-int", 1500), endpoints=store,
+                         network_records=fakes.endpoints, ports=fakes.ports, flows=fakes.flows,
+                         allocator=fakes.allocator, gateways=fakes.gateways,
+                         networks=fakes.networks, subnets=fakes.networks, links=fakes.links)
+    store.put_endpoint(record("host0"))  # c0 lives on host0
+    return Host1(service, etcd, store, fakes)
 
 
 ENV = CniEnv("DEL", "c0", "/var/run/netns/x", "eth0")
 
 
-def test_del_on_another_host_deletes_nothing_and_succeeds(
-        host1: tuple[CniService, FakeEtcd]) -> None:
-    service, etcd = host1
-    assert service.delete(ENV, CONF) == b""
-    assert host_of(etcd) == "host0"
+def test_del_on_another_host_deletes_nothing_and_succeeds(host1: Host1) -> None:
+    assert host1.service.delete(ENV, CONF) == b""
+    assert host_of(host1.etcd) == "host0"
 
 
 def test_gc_leaves_a_record_that_another_host_took_over(
-        host1: tuple[CniService, FakeEtcd], monkeypatch: pytest.MonkeyPatch) -> None:
-    service, etcd = host1
+        host1: Host1, monkeypatch: pytest.MonkeyPatch) -> None:
     # GC's read still showed the record as ours (the ID moved to host0 since).
-    monkeypatch.setattr(service.store, "endpoints", lambda network: [record("host1")])
-    monkeypatch.setattr(service.store, "allocations", lambda network: {})
-    monkeypatch.setattr(housekeeping.requests, "valid_attachments", lambda c: set())
-    assert housekeeping.gc(service, ENV, CONF) == b""
-    assert host_of(etcd) == "host0"
+    monkeypatch.setattr(host1.store, "endpoints", lambda network: [record("host1")])
+    monkeypatch.setattr(requests, "valid_attachments", lambda c: set())
+    assert host1.service.gc(ENV, CONF) == b""
+    assert host_of(host1.etcd) == "host0"
 
 
-def test_janitor_leaves_a_record_that_another_host_took_over(
-        host1: tuple[CniService, FakeEtcd]) -> None:
-    service, etcd = host1
+def test_janitor_leaves_a_record_that_another_host_took_over(host1: Host1) -> None:
     # The watches last saw the record naming this host, with no port here: stale, it thinks.
-    removed = housekeeping.janitor(service, [record("host1")])
-    assert removed and host_of(etcd) == "host0"
+    janitor = Janitor(host=host1.service.host, ports=host1.fakes.ports, endpoints=host1.store,
+                      links=host1.fakes.links, detacher=host1.service.detacher)
+    removed = janitor.run([record("host1")])
+    assert removed and host_of(host1.etcd) == "host0"
 
 
-def test_add_rollback_leaves_the_record_of_the_host_that_won_the_key(
-        host1: tuple[CniService, FakeEtcd]) -> None:
-    service, etcd = host1
+def test_add_rollback_leaves_the_record_of_the_host_that_won_the_key(host1: Host1) -> None:
     link = veth.ContainerLink("ovlx", "0a:00:00:00:00:01", "eth0", "0a:58:0a:07:00:05", 2)
     undo: list[Any] = []
     with pytest.raises(CniError) as err:  # host0 wrote the key after our precheck
-        service._publish(ENV, CONF, link, [], [], undo)
+        host1.service.attacher._publish(ENV, CONF, link, [], [], undo)
     assert err.value.code is Code.ALREADY_ATTACHED and "host0" in err.value.msg
     for step in reversed(undo):
         step()
-    assert host_of(etcd) == "host0"
+    assert host_of(host1.etcd) == "host0"
 
 
-def test_add_of_a_container_attached_on_another_host_names_that_host(
-        host1: tuple[CniService, FakeEtcd]) -> None:
-    service, _ = host1
+def test_add_of_a_container_attached_on_another_host_names_that_host(host1: Host1) -> None:
     with pytest.raises(CniError) as err:
-        service._precheck(ENV, CONF)
+        host1.service.add(ENV, CONF)
     assert err.value.code is Code.ALREADY_ATTACHED
     assert "already attached on host host0" in err.value.msg
+    assert host_of(host1.etcd) == "host0" and not host1.fakes.links.links
