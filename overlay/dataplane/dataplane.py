@@ -34,7 +34,6 @@ from collections.abc import Callable, Mapping
 
 from overlay.dataplane.flows import (
     DesiredState,
-    Flow,
     Gateway,
     LocalPort,
     RemoteEndpoint,
@@ -48,6 +47,8 @@ from overlay.dataplane.flows import (
 from overlay.dataplane.flowtable import ADD, DELETE, MODIFY, FlowTable, Op, Owner
 from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
+from overlay.ovs.flow import Actions, Flow, Identity
+from overlay.ovs.flowtext import op_text
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
 
@@ -222,6 +223,11 @@ class Dataplane:
         with self._state_lock:
             return self._table.render(self._cookie)
 
+    def wanted(self) -> dict[Identity, Actions]:
+        """identity -> actions of every rule we want in the switch, as values."""
+        with self._state_lock:
+            return self._table.flows()
+
     def counts(self) -> tuple[int, int, int]:
         """(local endpoints, remote endpoints, rules) without copying anything."""
         with self._state_lock:
@@ -231,7 +237,7 @@ class Dataplane:
         """Rules per table as we want them (verify() keeps the switch's count equal)."""
         with self._state_lock:
             identities = list(self._table.flows())
-        counts: Counter[int] = Counter(int(i[6:i.index(",")]) for i in identities)
+        counts: Counter[int] = Counter(identity.table for identity in identities)
         return dict(counts)
 
     def table_in_switch(self) -> bool:
@@ -367,9 +373,9 @@ class Dataplane:
                 return
             except Unsupported as exc:
                 log.debug("bundle through ovs-ofctl: %s", exc)
-        self._ofctl.apply_bundle(self._bridge, [op.text(self._cookie) for op in ops])
+        self._ofctl.apply_bundle(self._bridge, [op_text(op, self._cookie_value) for op in ops])
 
-    def _replace(self, flows: dict[str, str]) -> None:
+    def _replace(self, flows: dict[Identity, Actions]) -> None:
         """Make the switch hold exactly `flows`, atomically (see wholetable.py)."""
         log.info("%s", self._whole.install(flows))
         self.verified = True

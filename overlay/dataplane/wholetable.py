@@ -27,8 +27,10 @@ from __future__ import annotations
 import logging
 import time
 
-from overlay.dataplane.flows import Flow, cookie
+from overlay.dataplane.flows import cookie
 from overlay.errors import CniError
+from overlay.ovs.flow import Actions, Flow, Identity
+from overlay.ovs.flowtext import flow_text
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
 
@@ -50,7 +52,7 @@ class WholeTable:
         self._others = {int(cookie(generation - 1), 16)} if generation > 0 else set()
         self._adoptable = True  # the first whole table of this run may be the switch's own
 
-    def install(self, flows: dict[str, str]) -> str:
+    def install(self, flows: dict[Identity, Actions]) -> str:
         """Make the switch hold exactly `flows` (identity -> actions); says how it went."""
         started = time.monotonic()
         if self._channel is not None:
@@ -72,12 +74,13 @@ class WholeTable:
                             f"{time.monotonic() - started:.2f} s")
                 log.info("the switch holds %d rules after our %d: replacing the rest",
                          found, len(flows))
-        self._ofctl.replace_flows(self._bridge, [Flow(identity, actions).text(self._cookie)
+        self._ofctl.replace_flows(self._bridge, [flow_text(Flow(identity, actions),
+                                                           self._cookie_value)
                                                  for identity, actions in flows.items()])
         self._others.clear()
         return f"whole table of {len(flows)} rules through ovs-ofctl replace-flows"
 
-    def _adopt(self, flows: dict[str, str]) -> bool:
+    def _adopt(self, flows: dict[Identity, Actions]) -> bool:
         assert self._channel is not None
         try:
             same, cookies = self._channel.holds_exactly(flows)

@@ -14,8 +14,9 @@ the next, where encoding everything first made the two take turns (and held ever
 message in memory at once). Between chunks, whatever the switch said so far is read: a refused
 flow mod stops the sending early, and the switch never waits on a full socket for us.
 
-The flow mods come from ofencode.py, which speaks only the vocabulary flows.py writes; anything
-else raises Unsupported and the caller falls back to ovs-ofctl, which understands everything.
+The flow mods come from ofencode.py, which encodes rule values (flow.py) in the vocabulary
+flows.py uses; anything else raises Unsupported and the caller falls back to ovs-ofctl, which
+understands everything.
 A rule that cannot be encoded is found before anything is sent when the bundle fits in one
 chunk (every event's bundle), and otherwise before the commit: the open bundle is discarded
 and the switch's table is unchanged either way.
@@ -31,6 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from overlay.errors import CniError, Code
+from overlay.ovs.flow import ADD, Actions, Identity, Match, Op
 from overlay.ovs.ofencode import Encoder, Unsupported, encode_delete_cookie, encode_match
 
 __all__ = ["Channel", "Unsupported"]
@@ -45,8 +47,6 @@ ATOMIC_ORDERED = 0x3
 # Flow mods per write. Small enough that the switch starts on the first ones at once, large
 # enough that a write is not mostly system-call overhead (~200 KB).
 CHUNK = 2000
-Op = tuple[str, str, str]  # (kind, identity, actions)
-ADD = "add"
 
 
 class Channel:
@@ -62,17 +62,17 @@ class Channel:
         self._lock = threading.Lock()
 
     def apply(self, ops: Sequence[Op], cookie: int, delete_cookies: tuple[int, ...] = ()) -> None:
-        """ops: (kind, identity, actions); then, if given, delete every rule whose cookie is
+        """ops: add, modify_strict, delete_strict; then, if given, delete every rule whose cookie is
         one of `delete_cookies` (after the ops, in the same bundle). Raises Unsupported with
         the switch's table unchanged, and CniError if the switch refuses the bundle or cannot
         be reached (after one reconnect: `ops` is then encoded again, hence a sequence)."""
         self._bundle_of(lambda: ops, cookie, delete_cookies)
 
-    def add_all(self, rules: Mapping[str, str], cookie: int,
+    def add_all(self, rules: Mapping[Identity, Actions], cookie: int,
                 delete_cookies: tuple[int, ...] = ()) -> None:
         """apply() of an add for every identity -> actions of `rules` (a whole table: the
         operations are made as they are encoded, not listed first)."""
-        self._bundle_of(lambda: ((ADD, identity, actions) for identity, actions in rules.items()),
+        self._bundle_of(lambda: (Op(ADD, identity, actions) for identity, actions in rules.items()),
                         cookie, delete_cookies)
 
     def _bundle_of(self, ops: Callable[[], Iterable[Op]], cookie: int,
@@ -87,7 +87,7 @@ class Channel:
                         raise CniError(Code.OVS_FAILURE, f"cannot reach {self._path}",
                                        str(exc)) from None
 
-    def holds_exactly(self, rules: Mapping[str, str]) -> tuple[bool, set[int]]:
+    def holds_exactly(self, rules: Mapping[Identity, Actions]) -> tuple[bool, set[int]]:
         """Does the switch hold exactly `rules` (identity -> actions), cookies aside? And the
         cookies its rules carry. One dump of the table, compared without decoding: every rule
         reported is digested as Encoder.key digests ours (table, priority, match and
@@ -105,11 +105,11 @@ class Channel:
                                        str(exc)) from None
         raise AssertionError("unreachable")
 
-    def _holds_exactly(self, rules: Mapping[str, str]) -> tuple[bool, set[int]]:
+    def _holds_exactly(self, rules: Mapping[Identity, Actions]) -> tuple[bool, set[int]]:
         sock = self._connect()
         xid = self._next_xid()
         request = (struct.pack("!HH4xB3xII4xQQ", FLOW_STATS, 0, ALL_TABLES, ANY, ANY, 0, 0)
-                   + encode_match([]))
+                   + encode_match(Match()))
         sock.sendall(struct.pack("!BBHI", VERSION, MULTIPART_REQUEST, 8 + len(request), xid)
                      + request)
         encoder = Encoder(0)
