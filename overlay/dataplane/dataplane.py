@@ -33,6 +33,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from overlay.dataplane.flows import (
+    CLASSIFY,
+    FORWARD,
     DesiredState,
     Gateway,
     LocalPort,
@@ -48,9 +50,9 @@ from overlay.dataplane.flowtable import ADD, DELETE, MODIFY, FlowTable, Op, Owne
 from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
 from overlay.ovs.flow import Actions, Flow, Identity
-from overlay.ovs.flowtext import op_text
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
+from overlay.ovs.switch import Switch
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class Dataplane:
                  held: bool = False, generation: int = 0,
                  on_bundle: OnBundle = lambda adds, mods, dels, seconds, ok: None,
                  channel: Channel | None = None) -> None:
-        self._ofctl = ofctl
+        self._switch: Switch = ofctl.on(bridge)  # ovs-ofctl's: every rule, at a process a call
         self._channel = channel  # a persistent OpenFlow connection for bundles, if given
         self._on_bundle = on_bundle
         self._bridge = bridge
@@ -72,8 +74,7 @@ class Dataplane:
         self._cookie = cookie(generation)
         self._cookie_value = int(self._cookie, 16)
         self._generation = generation
-        self._whole = WholeTable(ofctl=ofctl, channel=channel, bridge=bridge,
-                                 generation=generation)
+        self._whole = WholeTable(switch=self._switch, channel=channel, generation=generation)
         # The whole table has been installed (or found in place) at least once by this run.
         self.verified = False
         self._local: dict[str, LocalPort] = {}
@@ -200,7 +201,7 @@ class Dataplane:
         if mine:
             self._push(mine)
             return False
-        found = self._ofctl.flow_count(self._bridge)
+        found = self._switch.count()
         with self._apply_lock, self._state_lock:
             if (self._applied != applied or self._pending or self._dirty
                     or len(self._table) != wanted or found == wanted):
@@ -250,9 +251,10 @@ class Dataplane:
             return set(self._local)
 
     def switch_has(self, port: LocalPort) -> bool:
-        """Does the switch itself (not just our intent) admit this port's traffic?"""
-        lines = self._ofctl.dump_flows(self._bridge, f"table=0,in_port={port.ofport}")
-        return any(f"dl_src={port.mac}" in line for line in lines)
+        """Does the switch itself (not just our intent) admit this port's traffic: does it
+        hold one of the port's admission rules, actions and all?"""
+        return any(self._switch.holds(rule) for rule in local_port_flows(port)
+                   if rule.table == CLASSIFY)
 
     def gateway(self, vni: int) -> Gateway | None:
         with self._state_lock:
@@ -265,15 +267,11 @@ class Dataplane:
 
     def switch_has_gateway(self, gw: Gateway) -> bool:
         """Does the switch itself send frames for the gateway MAC to the gateway port?"""
-        lines = self._ofctl.dump_flows(self._bridge, f"table=20,reg0={gw.vni},dl_dst={gw.mac}")
-        return any(f"output:{gw.ofport}" in line for line in lines)
+        return all(self._switch.holds(rule) for rule in gateway_flows(gw)
+                   if rule.table == FORWARD)
 
     def switch_answers(self) -> bool:
-        try:
-            self._ofctl.dump_flows(self._bridge, "table=99")  # an empty table: a cheap probe
-            return True
-        except CniError:
-            return False
+        return self._switch.answers()
 
     # --- the model (callers hold the state lock) ---------------------------------------------
 
@@ -373,7 +371,7 @@ class Dataplane:
                 return
             except Unsupported as exc:
                 log.debug("bundle through ovs-ofctl: %s", exc)
-        self._ofctl.apply_bundle(self._bridge, [op_text(op, self._cookie_value) for op in ops])
+        self._switch.apply(ops, self._cookie_value)
 
     def _replace(self, flows: dict[Identity, Actions]) -> None:
         """Make the switch hold exactly `flows`, atomically (see wholetable.py)."""

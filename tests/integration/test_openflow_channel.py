@@ -16,7 +16,7 @@ from overlay.errors import CniError
 from overlay.lab import host as steps
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab, LabHost
-from overlay.ovs.flow import DROP, Flow, GotoTable, Identity, Load, Op, match
+from overlay.ovs.flow import DROP, Flow, GotoTable, Identity, Load, Op, Output, match
 from overlay.ovs.flowtext import actions_text, identity_text
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
@@ -203,14 +203,14 @@ def test_a_restarted_run_adopts_an_identical_table_and_replaces_a_different_one(
     rules = rules_of(lines)
     ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
     channel.apply(as_ops(lines), COOKIE)
-    ofctl_ = Ofctl(rundir=host.ovs_dir)
-    whole = WholeTable(ofctl=ofctl_, channel=channel, bridge="brb", generation=8)
+    ofctl_ = Ofctl(rundir=host.ovs_dir).on("brb")
+    whole = WholeTable(switch=ofctl_, channel=channel, generation=8)
     assert whole.install(rules).startswith("adopted")
     assert all(f"cookie={COOKIE:#x}," in line for line in table(host, "brb"))
     # The next run (9) finds a table that differs in one rule: it replaces the whole table
     # under its own cookie, and nothing of runs 7 and 8 is left.
     channel.apply([Op("add", forward_rule(7, "0a:58:0a:00:00:66"), DROP)], COOKIE + 1)
-    whole = WholeTable(ofctl=ofctl_, channel=channel, bridge="brb", generation=9)
+    whole = WholeTable(switch=ofctl_, channel=channel, generation=9)
     assert whole.install(rules).startswith("whole table of")
     after = table(host, "brb")
     assert len(after) == len(rules) and all(f"cookie={COOKIE + 2:#x}," in line for line in after)
@@ -243,3 +243,27 @@ def test_a_bundle_the_switch_refuses_is_repaired_by_the_periodic_check(host: Lab
     wanted = dp.wanted()
     assert any("->tun_dst" in actions_text(actions) for actions in wanted.values())  # r1's rules among them
     assert Channel(rundir=host.ovs_dir, bridge="brc").holds_exactly(wanted)[0]
+
+
+def test_probes_compare_rules_not_substrings(host: LabHost) -> None:
+    """Both switches say a rule is held when the switch has it, actions and all: every rule of
+    the table, read back through the channel and through ovs-ofctl; a rule that differs only
+    in its output port (1, where the switch has 12) or is absent is not held; and the count."""
+    channel = Channel(rundir=host.ovs_dir, bridge="brb")
+    ofctl_switch = Ofctl(rundir=host.ovs_dir).on("brb")
+    gateway = Gateway(42, "0e:6f:76:00:00:2a", "10.0.0.254", 12)
+    state = DesiredState(tunnel_ofport=1, generation=7, local=STATE.local, remote=STATE.remote,
+                         gateways={42: gateway})
+    rules = compute_rules(state)
+    ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
+    channel.apply(as_ops(rules), COOKIE)
+    assert all(channel.holds(rule) for rule in rules)
+    assert all(ofctl_switch.holds(rule) for rule in rules[::7])  # a process each: a sample
+    to_gateway = next(r for r in rules if r.identity[:2] == (20, 110))
+    assert actions_text(to_gateway.actions) == "output:12"
+    on_port_1 = Flow(to_gateway.identity, (Output(1),))
+    assert not channel.holds(on_port_1) and not ofctl_switch.holds(on_port_1)
+    absent = Flow(forward_rule(100, "0a:58:0a:00:00:99"), (Output(12),))
+    assert not channel.holds(absent) and not ofctl_switch.holds(absent)
+    assert channel.count() == ofctl_switch.count() == len(rules)
+    assert channel.answers() and ofctl_switch.answers()
