@@ -23,6 +23,7 @@ from overlay.lab.shell import run
 from overlay.lab.topology import Lab, LabHost
 from overlay_fixtures import Cni, host_snapshot
 
+
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
     lab = lab_factory(hosts=2)
