@@ -122,6 +122,9 @@ class DesiredState:
     gateways: Mapping[int, Gateway] = field(default_factory=dict)
 
 
+_new = tuple.__new__
+
+
 def _flow(table: int, priority: int, m: Match, actions: Actions) -> Flow:
     return Flow(Identity(table, priority, m), actions)
 
@@ -253,17 +256,19 @@ def _dhcp_server_flows(p: LocalPort) -> list[Flow]:
 def remote_endpoint_flows(e: RemoteEndpoint, tunnel_ofport: int) -> list[Flow]:
     """Unicast to it goes to its host's VTEP; ARP for it is answered here.
 
-    The rules _flow and _arp_answers would build, spelt out with Match.ordered: a restarted
+    The rules _flow and _arp_answers would build, spelt out: a restarted
     agent computes them for every remote endpoint (50,000) before its table goes in.
     test_flows holds the two spellings to each other."""
     vni, mac = e.vni, e.mac
-    flows = [Flow(Identity(FORWARD, 100, Match.ordered("reg0", vni, "eth_dst", mac)),
-                  _to_vtep(e.vtep, vni, tunnel_ofport))]
+    # tuple.__new__ rather than the classes' own constructors: the same values, at half the
+    # cost (this builds 100,000 rules while a restarted agent's switch waits).
+    flows = [_new(Flow, (_new(Identity, (FORWARD, 100, "reg0", vni, "eth_dst", mac)),
+                         _to_vtep(e.vtep, vni, tunnel_ofport)))]
     for ip in e.ips:
         if ":" not in ip:
-            flows.append(Flow(Identity(ARP, 100, Match.ordered(
-                "reg0", vni, "eth_type", 0x0806, "arp_op", 1, "arp_tpa", ip)),
-                (ArpReply(mac, ip),)))
+            flows.append(_new(Flow, (_new(Identity, (ARP, 100, "reg0", vni, "eth_type", 0x0806,
+                                                     "arp_op", 1, "arp_tpa", ip)),
+                                     (ArpReply(mac, ip),))))
     return flows
 
 

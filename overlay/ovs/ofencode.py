@@ -297,7 +297,7 @@ def encode_instructions(actions: Actions) -> bytes:
     return encode_actions_generic(actions)
 
 
-def _fields(pairs: Match | tuple[str | Value, ...],
+def _fields(pairs: tuple[str | Value, ...],
             memo: dict[tuple[str | Value, str | Value], Encoded] | None = None
             ) -> list[Encoded]:
     """The (rank, OXM) of every field a match sets, in the switch's order."""
@@ -338,19 +338,20 @@ def encode_body(kind: str, table: int, priority: int, cookie: int) -> bytes:
                        COMMANDS[kind], 0, 0, priority, NO_BUFFER, ANY, ANY, 0, 0)
 
 
-# What an Encoder keeps of a stem: the flow mod's body (table, priority, cookie), and the
-# stem's match fields as (rank, OXM) in the switch's order.
-Stem = tuple[bytes, list[Encoded]]
+# What an Encoder keeps of a shape (a rule's kind, table, priority and match but for its last
+# value): the flow mod's body; for a last field of _FAST, its encoder and the OXMs of the
+# other fields before and after it in the switch's order; and the other fields' (rank, OXM).
+Shape = tuple[bytes, Callable[[str], bytes] | None, bytes, bytes, list[Encoded]]
 RuleKey = tuple[int, int, bytes]  # (table, priority, match + instructions): a rule's content
 
 
 class Encoder:
     """Flow mods for one bundle, remembering what repeats across its rules (see the top).
 
-    A rule's identity but its last match field (table 20, priority 100, reg0=42 of
-    `..., eth_dst=<mac>`) is its stem: the rules of one kind in one network share it, so its
-    flow mod body and match fields are encoded once; only the last field is encoded per rule,
-    and slotted in among the stem's fields where the switch's order puts it.
+    A rule's identity but its last match value (table 20, priority 100, reg0=42, eth_dst of
+    `..., eth_dst=<mac>`) is its shape: the rules of one kind in one network share it, so its
+    flow mod body and other match fields are encoded once; only the last value is encoded per
+    rule, and slotted in among the other fields where the switch's order puts it.
     """
 
     def __init__(self, cookie: int) -> None:
@@ -359,9 +360,7 @@ class Encoder:
         # id(actions) -> (actions, instructions): the actions tuples of a table are shared
         # (one per VTEP, per port), and their values hash in Python, not in C.
         self._instructions: dict[int, tuple[Actions, bytes]] = {}
-        self._stems: dict[tuple[str, int, int, tuple[str | Value, ...]], Stem] = {}
-        self._around: dict[tuple[str, int, int, tuple[str | Value, ...], str | Value],
-                           tuple[bytes, bytes]] = {}  # fields before and after the last one
+        self._shapes: dict[tuple[str, tuple[str | Value, ...]], Shape] = {}
 
     def flow_mod(self, kind: str, identity: Identity, actions: Actions, xid: int) -> bytes:
         body, match, instructions = self._encode(kind, identity, actions)
@@ -371,37 +370,38 @@ class Encoder:
     def key(self, identity: Identity, actions: Actions) -> RuleKey:
         """What the switch reports of this rule once added (Channel.table_keys), cookie aside."""
         _, match, instructions = self._encode("add", identity, actions)
-        return identity[0], identity[1], match + instructions
+        return identity.table, identity.priority, match + instructions
+
+    def _shape(self, kind: str, table: int, priority: int, m: tuple[str | Value, ...]) -> Shape:
+        if kind not in COMMANDS or not (0 <= table < 255 and 0 <= priority < 1 << 16):
+            raise Unsupported(f"flow mod {kind} table={table} priority={priority}")
+        body = encode_body(kind, table, priority, self._cookie)
+        # The other fields alone are not checked for UDP ports (the last may be ip_proto).
+        fields = _fields(m[:-2], self._pairs)
+        fast = _FAST.get(m[-2]) if m else None
+        if fast is None:
+            return body, None, b"", b"", fields
+        _udp_checked(fields)
+        rank = _RANK[_MATCH[str(m[-2])]]
+        return (body, fast, b"".join(oxm for r, oxm in fields if r < rank),
+                b"".join(oxm for r, oxm in fields if r > rank), fields)
 
     def _encode(self, kind: str, identity: Identity, actions: Actions
                 ) -> tuple[bytes, bytes, bytes]:
-        table, priority, m = identity
-        stem = m[:-2]
-        stem_key = (kind, table, priority, stem)
-        shared = self._stems.get(stem_key)
-        if shared is None:
-            if kind not in COMMANDS or not (0 <= table < 255 and 0 <= priority < 1 << 16):
-                raise Unsupported(f"flow mod {kind} table={table} priority={priority}")
-            # The stem alone is not checked for UDP ports (its last field may be ip_proto).
-            shared = self._stems[stem_key] = (encode_body(kind, table, priority, self._cookie),
-                                              _fields(stem, self._pairs))
-        body, fields = shared
-        name, value = (m[-2], m[-1]) if m else ("", 0)
-        fast = _FAST.get(name)
-        if fast is not None and isinstance(value, str) and "/" not in value:
-            # The common case: the stem's match and one per-endpoint field among its fields.
-            around_key = (kind, table, priority, stem, name)
-            around = self._around.get(around_key)
-            if around is None:
-                _udp_checked(fields)
-                rank = _RANK[_MATCH[str(name)]]
-                around = self._around[around_key] = (
-                    b"".join(oxm for r, oxm in fields if r < rank),
-                    b"".join(oxm for r, oxm in fields if r > rank))
+        m = identity[2:]  # the match: identity is (table, priority, name, value, ...)
+        shape_key = (kind, identity[:-1])
+        shape = self._shapes.get(shape_key)
+        if shape is None:
+            shape = self._shapes[shape_key] = self._shape(kind, identity.table, identity.priority,
+                                                          m)
+        body, fast, before, after, fields = shape
+        value = m[-1] if m else None
+        if fast is not None and type(value) is str and "/" not in value:
+            # The common case: one per-endpoint value among the shape's fields.
             try:
-                match = _match(around[0] + fast(value) + around[1])
+                match = _match(before + fast(value) + after)
             except ValueError as exc:
-                raise Unsupported(f"match {name}={value!r}: {exc}") from None
+                raise Unsupported(f"match {m[-2]}={value!r}: {exc}") from None
         else:
             extra = _fields(m[-2:], self._pairs) if m else []
             match = _match(b"".join(oxm for _, oxm in _udp_checked(sorted(fields + extra))))

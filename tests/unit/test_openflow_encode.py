@@ -59,7 +59,7 @@ def test_arp_responder_template_matches_the_general_encoder() -> None:
 def _reference(kind: str, identity: Identity, actions: tuple[object, ...], cookie: int,
                xid: int) -> bytes:
     """A flow mod encoded field by field, nothing remembered, ARP replies expanded."""
-    table, priority, m = identity
+    table, priority, m = identity.table, identity.priority, identity.match
     body = struct.pack("!QQBBHHHIIIHH", cookie if kind == "add" else 0, 0, table,
                        COMMANDS[kind], 0, 0, priority, NO_BUFFER, ANY, ANY, 0, 0)
     match = encode_match(m)
