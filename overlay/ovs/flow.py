@@ -76,12 +76,6 @@ class Match(tuple[str | Value, ...]):
         mine = dict(self.items())
         return all(mine.get(name) == value for name, value in other.items())
 
-    @staticmethod
-    def ordered(*pairs: str | Value) -> Match:
-        """A match from name, value pairs already in FIELDS order, unchecked: for the one hot
-        path (every remote endpoint's rules at a restart). test_flows holds it to match()."""
-        return Match(pairs)
-
 
 def match(*, in_port: int | None = None, reg0: int | None = None, eth_src: str | None = None,
           eth_dst: str | None = None, tun_src: str | None = None, tun_dst: str | None = None,
@@ -175,11 +169,6 @@ class Identity(tuple[str | Value, ...]):
 
     def __new__(cls, table: int, priority: int, match: Match) -> Identity:
         return tuple.__new__(cls, (table, priority, *match))
-
-    @staticmethod
-    def ordered(table: int, priority: int, *pairs: str | Value) -> Identity:
-        """Identity(table, priority, Match.ordered(*pairs)), for the one hot path."""
-        return tuple.__new__(Identity, (table, priority, *pairs))
 
     @property
     def table(self) -> int:
