@@ -272,13 +272,21 @@ def remote_endpoint_flows(e: RemoteEndpoint, tunnel_ofport: int) -> list[Flow]:
     return flows
 
 
+@functools.lru_cache(maxsize=4096)
+def _tunnel_admission(vtep: str, vni: int, tunnel_ofport: int) -> Flow:
+    # Remembered: a network's rules are rebuilt whenever a host joins or leaves it, with one
+    # of these per host (1,000 at 50,000 endpoints); the same values, and the same objects,
+    # which the flow table then compares by identity.
+    return _flow(CLASSIFY, 100, match(in_port=tunnel_ofport, tun_src=vtep, tun_id=vni),
+                 _load(vni, DELIVER))
+
+
 def network_flows(vni: int, ofports: Iterable[int], vteps: Iterable[str],
                   tunnel_ofport: int) -> list[Flow]:
     """A network present on this host: tunnel admission from the hosts that have it, and
     head-end replication of broadcast to its local ports and those hosts."""
     ports, hosts = sorted(set(ofports)), sorted(set(vteps))
-    flows = [_flow(CLASSIFY, 100, match(in_port=tunnel_ofport, tun_src=vtep, tun_id=vni),
-                   _load(vni, DELIVER)) for vtep in hosts]
+    flows = [_tunnel_admission(vtep, vni, tunnel_ofport) for vtep in hosts]
     outputs: list[Action] = [Output(p) for p in ports]
     floods = [_to_vtep(v, vni, tunnel_ofport) for v in hosts]
     # Long lists go on in tables 40, 41, ...: each rule replicates to FLOOD_CHUNK VTEPs and

@@ -21,6 +21,7 @@ and in a dump of the switch are the same (`Encoder.key`, `Channel.holds_exactly`
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import struct
@@ -30,6 +31,7 @@ from overlay.ovs.flow import (
     IN_PORT as FLOW_IN_PORT,
 )
 from overlay.ovs.flow import (
+    Action,
     Actions,
     ArpReply,
     GotoTable,
@@ -220,8 +222,11 @@ def _set_field_action(field: Field, value: bytes) -> bytes:
     return _sized(25, _oxm(field, value))
 
 
-def _action(action: object) -> tuple[bytes, int | None]:
-    """One primitive action: (bytes for apply_actions, or goto_table's table)."""
+@functools.lru_cache(maxsize=8192)
+def _action(action: Action) -> tuple[bytes, int | None]:
+    """One primitive action: (bytes for apply_actions, or goto_table's table). Remembered:
+    a network's broadcast rule lists three per host, re-encoded whenever a host comes or
+    goes."""
     try:
         return _primitive(action)
     except (ValueError, OverflowError, struct.error) as exc:
