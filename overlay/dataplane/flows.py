@@ -39,10 +39,32 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+
+from overlay.ovs.flow import (
+    ARP as P_ARP,
+)
+from overlay.ovs.flow import (
+    DROP,
+    ICMP6,
+    IP,
+    IPV6,
+    UDP,
+    UDP6,
+    Action,
+    Actions,
+    ArpReply,
+    Flow,
+    GotoTable,
+    Identity,
+    Load,
+    Match,
+    Output,
+    Resubmit,
+    SetField,
+    match,
+)
 
 from overlay.model import ARP, CLASSIFY, DELIVER, FORWARD
 
@@ -60,31 +82,6 @@ FLOOD = 40  # 40, 41, ...: the rest of a long broadcast replication list (see ne
 # bytes of actions (tun_dst, tun_id, output): 1,000 hosts in one network do not fit in one rule.
 FLOOD_CHUNK = 500
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
-
-
-class Flow(NamedTuple):
-    identity: str  # "table=T,priority=P[,match]": unique within a bridge, as in OpenFlow
-    actions: str   # as the flow table holds them: see actions_text
-
-    def text(self, cookie_value: str) -> str:
-        return f"cookie={cookie_value},{self.identity},actions={actions_text(self.actions)}"
-
-
-# The ARP responder's actions are 240 characters, the same but for a MAC and an address, and
-# the flow table holds one per remote endpoint: at 50,000 that was 14 MB of agent memory. The
-# table holds them as "@arp_reply:<mac>,<ip>" instead; everything that leaves for the switch
-# (Flow.text, Op.text, the OpenFlow channel's operations) goes through actions_text. '@' is
-# no OpenFlow action, so a short form that escaped would be refused, not misread.
-_ARP_SHORT = "@arp_reply:"
-
-
-def actions_text(actions: str) -> str:
-    """The actions as OVS reads them."""
-    if not actions.startswith(_ARP_SHORT):
-        return actions
-    mac, _, ip = actions[len(_ARP_SHORT):].partition(",")
-    return _arp_reply_text(mac, ip)
-
 
 @dataclass(frozen=True, order=True, slots=True)
 class LocalPort:
@@ -125,32 +122,23 @@ class DesiredState:
     gateways: Mapping[int, Gateway] = field(default_factory=dict)
 
 
-def _flow(table: int, priority: int, match: str, actions: str) -> Flow:
-    head = f"table={table},priority={priority}"
-    return Flow(f"{head},{match}" if match else head, actions)
+_new = tuple.__new__
 
 
-def _arp_reply(mac: str, ip: str) -> str:
-    return f"{_ARP_SHORT}{mac},{ip}"
+def _flow(table: int, priority: int, m: Match, actions: Actions) -> Flow:
+    return Flow(Identity(table, priority, m), actions)
 
 
-def _arp_reply_text(mac: str, ip: str) -> str:
-    # Turn the request around in place: swap Ethernet addresses, make it a reply, fill in the
-    # answer, and send it back out of the port it came in on.
-    return ",".join([
-        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]", f"mod_dl_src:{mac}",
-        "load:0x2->NXM_OF_ARP_OP[]",
-        "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]", "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]",
-        f"set_field:{mac}->arp_sha", f"set_field:{ip}->arp_spa", "IN_PORT",
-    ])
+def _load(vni: int, table: int) -> Actions:
+    return (Load("reg0", vni), GotoTable(table))
 
 
 @functools.lru_cache(maxsize=4096)
-def _to_vtep(vtep: str, vni: int, tunnel_ofport: int) -> str:
-    # Interned: every endpoint of a host has these actions, and the flow table holds the
-    # rules of every remote endpoint (50 per host in the benchmark), so they share one copy.
-    # Remembered too: building them was a tenth of computing a remote endpoint's rules.
-    return sys.intern(f"set_field:{vtep}->tun_dst,set_field:{vni}->tun_id,output:{tunnel_ofport}")
+def _to_vtep(vtep: str, vni: int, tunnel_ofport: int) -> Actions:
+    # One shared tuple: every endpoint of a host has these actions, and the flow table holds
+    # the rules of every remote endpoint (50 per host in the benchmark). Remembered too:
+    # building them was a tenth of computing a remote endpoint's rules.
+    return (SetField("tun_dst", vtep), SetField("tun_id", vni), Output(tunnel_ofport))
 
 
 def _v4(ips: tuple[str, ...]) -> list[str]:
@@ -162,45 +150,46 @@ def _v6(ips: tuple[str, ...]) -> list[str]:
 
 
 def _arp_answers(vni: int, mac: str, ips: tuple[str, ...]) -> list[Flow]:
-    return [_flow(ARP, 100, f"reg0={vni},arp,arp_op=1,arp_tpa={ip}", _arp_reply(mac, ip))
+    return [_flow(ARP, 100, match(reg0=vni, **P_ARP, arp_op=1, arp_tpa=ip), (ArpReply(mac, ip),))
             for ip in _v4(ips)]
 
 
 def base_flows() -> list[Flow]:
     """What is not explicitly allowed is dropped, in every table."""
-    return [_flow(CLASSIFY, 0, "", "drop"), _flow(ARP, 0, "", "drop"),
-            _flow(FORWARD, 0, "", "drop"), _flow(DELIVER, 0, "", "drop")]
+    return [_flow(table, 0, match(), DROP) for table in (CLASSIFY, ARP, FORWARD, DELIVER)]
 
 
 def local_port_flows(p: LocalPort) -> list[Flow]:
     """Admission (only its own MAC, with its own addresses), delivery to it, ARP for it."""
-    load = f"load:{p.vni}->NXM_NX_REG0[]"
-    base = f"in_port={p.ofport},dl_src={p.mac}"
+    to_forward, to_arp = _load(p.vni, FORWARD), _load(p.vni, ARP)
+    port, mac = p.ofport, p.mac
     flows = []
     for ip in _v4(p.ips):
-        flows.append(_flow(CLASSIFY, 100, f"{base},ip,nw_src={ip}", f"{load},goto_table:{FORWARD}"))
-        flows.append(_flow(CLASSIFY, 100, f"{base},arp,arp_spa={ip},arp_sha={p.mac}",
-                           f"{load},goto_table:{ARP}"))
+        flows.append(_flow(CLASSIFY, 100, match(in_port=port, eth_src=mac, **IP, ipv4_src=ip),
+                           to_forward))
+        flows.append(_flow(CLASSIFY, 100, match(in_port=port, eth_src=mac, **P_ARP,
+                                                arp_spa=ip, arp_sha=mac), to_arp))
         # Its own address is never answered for it: duplicate-address probes must stay unanswered.
-        flows.append(_flow(ARP, 110, f"in_port={p.ofport},arp,arp_tpa={ip}", "drop"))
+        flows.append(_flow(ARP, 110, match(in_port=port, **P_ARP, arp_tpa=ip), DROP))
     if p.dhcp:
         # A DHCP client has no address until its lease, and falls back to none when a lease
         # cannot be renewed: it may broadcast client -> server UDP from 0.0.0.0, nothing else.
         # With an address, its renewals come from that address and pass the rule above.
-        flows.append(_flow(CLASSIFY, 100, f"{base},udp,nw_src=0.0.0.0,nw_dst=255.255.255.255,"
-                                          f"tp_src=68,tp_dst=67", f"{load},goto_table:{FORWARD}"))
+        flows.append(_flow(CLASSIFY, 100, match(in_port=port, eth_src=mac, **UDP,
+                                                ipv4_src="0.0.0.0", ipv4_dst="255.255.255.255",
+                                                tp_src=68, tp_dst=67), to_forward))
     v6 = _v6(p.ips)
     sources = [*v6, link_local(p.mac)] if v6 else []
     for ip in sources:
         # Its own addresses and the link-local address the kernel derives from its MAC (EUI-64),
         # which neighbour discovery and router-less IPv6 use. Nothing else in fe80::/10.
-        flows.append(_flow(CLASSIFY, 100, f"{base},ipv6,ipv6_src={ip}",
-                           f"{load},goto_table:{FORWARD}"))
-    flows += _nd_flows(p, base, sources)
+        flows.append(_flow(CLASSIFY, 100, match(in_port=port, eth_src=mac, **IPV6, ipv6_src=ip),
+                           to_forward))
+    flows += _nd_flows(p, sources)
     flows += _dhcp_server_flows(p)
     flows += [
-        _flow(FORWARD, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
-        _flow(DELIVER, 100, f"reg0={p.vni},dl_dst={p.mac}", f"output:{p.ofport}"),
+        _flow(FORWARD, 100, match(reg0=p.vni, eth_dst=mac), (Output(port),)),
+        _flow(DELIVER, 100, match(reg0=p.vni, eth_dst=mac), (Output(port),)),
     ]
     return flows + _arp_answers(p.vni, p.mac, p.ips)
 
@@ -220,7 +209,7 @@ SOLICITED_NODE = "ff02::1:ff00:0/104"
 NO_MAC = "00:00:00:00:00:00"  # how OVS shows an absent link-layer address option
 
 
-def _nd_flows(p: LocalPort, base: str, sources: list[str]) -> list[Flow]:
+def _nd_flows(p: LocalPort, sources: list[str]) -> list[Flow]:
     """Neighbour discovery that speaks only for this port (priority 120 admits, 110 drops).
 
     An NA (type 136) names a target address and, in its option, the MAC that has it: a forged
@@ -230,25 +219,24 @@ def _nd_flows(p: LocalPort, base: str, sources: list[str]) -> list[Flow]:
     address detection sends an NS from :: to the solicited-node multicast of the address being
     tested, which is one of its own. A container is no router: no RA (134), no redirect (137).
     """
-    load = f"load:{p.vni}->NXM_NX_REG0[],goto_table:{FORWARD}"
+    load = _load(p.vni, FORWARD)
     macs = (p.mac, NO_MAC)
-    nd = f"{base},icmp6"
-    flows = [_flow(CLASSIFY, 120, f"{nd},ipv6_src={src},icmp_type={ND_NA},icmp_code=0,"
-                                  f"nd_target={target},nd_tll={mac}", load)
-             for src in sources for target in sources for mac in macs]
-    flows += [_flow(CLASSIFY, 120, f"{nd},ipv6_src={src},icmp_type={ND_NS},icmp_code=0,"
-                                   f"nd_sll={mac}", load) for src in sources for mac in macs]
-    flows += [_flow(CLASSIFY, 120, f"{nd},ipv6_src=::,ipv6_dst={SOLICITED_NODE},"
-                                   f"icmp_type={ND_NS},icmp_code=0,nd_target={target}", load)
+    port, mac = p.ofport, p.mac
+    flows = [_flow(CLASSIFY, 120, match(in_port=port, eth_src=mac, **ICMP6, ipv6_src=src,
+                                        icmp_type=ND_NA, icmp_code=0, nd_target=target,
+                                        nd_tll=tll), load)
+             for src in sources for target in sources for tll in macs]
+    flows += [_flow(CLASSIFY, 120, match(in_port=port, eth_src=mac, **ICMP6, ipv6_src=src,
+                                         icmp_type=ND_NS, icmp_code=0, nd_sll=sll), load)
+              for src in sources for sll in macs]
+    flows += [_flow(CLASSIFY, 120, match(in_port=port, eth_src=mac, **ICMP6, ipv6_src="::",
+                                         ipv6_dst=SOLICITED_NODE, icmp_type=ND_NS, icmp_code=0,
+                                         nd_target=target), load)
               for target in sources]
     if sources:
-        flows += [_flow(CLASSIFY, 110, f"in_port={p.ofport},icmp6,icmp_type={kind}", "drop")
+        flows += [_flow(CLASSIFY, 110, match(in_port=port, **ICMP6, icmp_type=kind), DROP)
                   for kind in (ND_RA, ND_NS, ND_NA, ND_REDIRECT)]
     return flows
-
-
-DHCP4_REPLY = "udp,tp_src=67,tp_dst=68"      # server -> client
-DHCP6_REPLY = "udp6,tp_src=547,tp_dst=546"
 
 
 def _dhcp_server_flows(p: LocalPort) -> list[Flow]:
@@ -257,24 +245,40 @@ def _dhcp_server_flows(p: LocalPort) -> list[Flow]:
     its own: its replies come from its own addresses and pass the rules above."""
     if p.dhcp_server:
         return []
-    replies = ([DHCP4_REPLY] if _v4(p.ips) else []) + ([DHCP6_REPLY] if _v6(p.ips) else [])
-    return [_flow(CLASSIFY, 110, f"in_port={p.ofport},{match}", "drop") for match in replies]
+    replies = []
+    if _v4(p.ips):  # server -> client
+        replies.append(match(in_port=p.ofport, **UDP, tp_src=67, tp_dst=68))
+    if _v6(p.ips):
+        replies.append(match(in_port=p.ofport, **UDP6, tp_src=547, tp_dst=546))
+    return [_flow(CLASSIFY, 110, m, DROP) for m in replies]
 
 
 def remote_endpoint_flows(e: RemoteEndpoint, tunnel_ofport: int) -> list[Flow]:
     """Unicast to it goes to its host's VTEP; ARP for it is answered here.
 
-    The rules _flow and _arp_answers would write, spelt out: a restarted agent computes them
-    for every remote endpoint (50,000) before its table goes in. test_flows holds the two
-    spellings to each other."""
+    The rules _flow and _arp_answers would build, spelt out: a restarted
+    agent computes them for every remote endpoint (50,000) before its table goes in.
+    test_flows holds the two spellings to each other."""
     vni, mac = e.vni, e.mac
-    flows = [Flow(f"table={FORWARD},priority=100,reg0={vni},dl_dst={mac}",
-                  _to_vtep(e.vtep, vni, tunnel_ofport))]
+    # tuple.__new__ rather than the classes' own constructors: the same values, at half the
+    # cost (this builds 100,000 rules while a restarted agent's switch waits).
+    flows = [_new(Flow, (_new(Identity, (FORWARD, 100, "reg0", vni, "eth_dst", mac)),
+                         _to_vtep(e.vtep, vni, tunnel_ofport)))]
     for ip in e.ips:
         if ":" not in ip:
-            flows.append(Flow(f"table={ARP},priority=100,reg0={vni},arp,arp_op=1,arp_tpa={ip}",
-                              f"{_ARP_SHORT}{mac},{ip}"))
+            flows.append(_new(Flow, (_new(Identity, (ARP, 100, "reg0", vni, "eth_type", 0x0806,
+                                                     "arp_op", 1, "arp_tpa", ip)),
+                                     (ArpReply(mac, ip),))))
     return flows
+
+
+@functools.lru_cache(maxsize=4096)
+def _tunnel_admission(vtep: str, vni: int, tunnel_ofport: int) -> Flow:
+    # Remembered: a network's rules are rebuilt whenever a host joins or leaves it, with one
+    # of these per host (1,000 at 50,000 endpoints); the same values, and the same objects,
+    # which the flow table then compares by identity.
+    return _flow(CLASSIFY, 100, match(in_port=tunnel_ofport, tun_src=vtep, tun_id=vni),
+                 _load(vni, DELIVER))
 
 
 def network_flows(vni: int, ofports: Iterable[int], vteps: Iterable[str],
@@ -282,21 +286,20 @@ def network_flows(vni: int, ofports: Iterable[int], vteps: Iterable[str],
     """A network present on this host: tunnel admission from the hosts that have it, and
     head-end replication of broadcast to its local ports and those hosts."""
     ports, hosts = sorted(set(ofports)), sorted(set(vteps))
-    flows = [_flow(CLASSIFY, 100, f"in_port={tunnel_ofport},tun_src={vtep},tun_id={vni}",
-                   f"load:{vni}->NXM_NX_REG0[],goto_table:{DELIVER}") for vtep in hosts]
-    outputs = [f"output:{p}" for p in ports]
+    flows = [_tunnel_admission(vtep, vni, tunnel_ofport) for vtep in hosts]
+    outputs: list[Action] = [Output(p) for p in ports]
     floods = [_to_vtep(v, vni, tunnel_ofport) for v in hosts]
     # Long lists go on in tables 40, 41, ...: each rule replicates to FLOOD_CHUNK VTEPs and
     # resubmits to the next table, which comes back and carries on (resubmit is a call).
     chunks = [floods[i:i + FLOOD_CHUNK] for i in range(0, len(floods), FLOOD_CHUNK)] or [[]]
     for index, chunk in enumerate(chunks):
-        actions = (outputs if index == 0 else []) + chunk
+        actions = (list(outputs) if index == 0 else []) + [a for vtep in chunk for a in vtep]
         if index + 1 < len(chunks):
-            actions.append(f"resubmit(,{FLOOD + index})")
-        table, match = (FORWARD, f"reg0={vni},dl_dst={MULTICAST}") if index == 0 else \
-            (FLOOD + index - 1, f"reg0={vni}")
-        flows.append(_flow(table, 50, match, ",".join(actions) or "drop"))
-    flows.append(_flow(DELIVER, 50, f"reg0={vni},dl_dst={MULTICAST}", ",".join(outputs) or "drop"))
+            actions.append(Resubmit(FLOOD + index))
+        table, m = (FORWARD, match(reg0=vni, eth_dst=MULTICAST)) if index == 0 else \
+            (FLOOD + index - 1, match(reg0=vni))
+        flows.append(_flow(table, 50, m, tuple(actions)))
+    flows.append(_flow(DELIVER, 50, match(reg0=vni, eth_dst=MULTICAST), tuple(outputs)))
     return flows
 
 
@@ -310,11 +313,10 @@ def gateway_flows(g: Gateway) -> list[Flow]:
     host -> container, published ports) starts in DELIVER (local ports only); its ARP requests
     are answered from control-plane data like a container's.
     """
-    load = f"load:{g.vni}->NXM_NX_REG0[]"
-    base = f"in_port={g.ofport},dl_src={g.mac}"
     return [
-        _flow(CLASSIFY, 100, f"{base},ip", f"{load},goto_table:{DELIVER}"),
-        _flow(CLASSIFY, 100, f"{base},arp", f"{load},goto_table:{ARP}"),
-        _flow(ARP, 110, f"reg0={g.vni},arp,arp_op=1,arp_tpa={g.ip}", _arp_reply(g.mac, g.ip)),
-        _flow(FORWARD, 110, f"reg0={g.vni},dl_dst={g.mac}", f"output:{g.ofport}"),
+        _flow(CLASSIFY, 100, match(in_port=g.ofport, eth_src=g.mac, **IP), _load(g.vni, DELIVER)),
+        _flow(CLASSIFY, 100, match(in_port=g.ofport, eth_src=g.mac, **P_ARP), _load(g.vni, ARP)),
+        _flow(ARP, 110, match(reg0=g.vni, **P_ARP, arp_op=1, arp_tpa=g.ip),
+              (ArpReply(g.mac, g.ip),)),
+        _flow(FORWARD, 110, match(reg0=g.vni, eth_dst=g.mac), (Output(g.ofport),)),
     ]

@@ -21,12 +21,9 @@ claimant's rule replaces it in the same operation list.
 from __future__ import annotations
 
 from itertools import chain
-from typing import NamedTuple
 
 from overlay.dataplane.flows import (
     DesiredState,
-    Flow,
-    actions_text,
     base_flows,
     cookie,
     gateway_flows,
@@ -34,6 +31,8 @@ from overlay.dataplane.flows import (
     network_flows,
     remote_endpoint_flows,
 )
+from overlay.ovs.flow import ADD, DELETE, MODIFY, Actions, Flow, Identity, Op
+from overlay.ovs.flowtext import flow_text
 
 OwnerId = tuple[int, str]  # (rank, name): compared as a tuple, so rank 0 beats rank 1
 
@@ -60,20 +59,7 @@ class Owner:
         return (1, key)
 
 
-ADD, MODIFY, DELETE = "add", "modify_strict", "delete_strict"
-
-
-class Op(NamedTuple):
-    kind: str  # ADD, MODIFY or DELETE, as ovs-ofctl's bundle syntax spells them
-    identity: str
-    actions: str = ""
-
-    def text(self, cookie_value: str) -> str:
-        if self.kind == ADD:
-            return f"add cookie={cookie_value},{self.identity},actions={actions_text(self.actions)}"
-        if self.kind == MODIFY:
-            return f"modify_strict {self.identity},actions={actions_text(self.actions)}"
-        return f"delete_strict {self.identity}"
+__all__ = ["ADD", "DELETE", "MODIFY", "FlowTable", "Op", "Owner", "compute_flows", "compute_rules"]
 
 
 class FlowTable:
@@ -86,9 +72,10 @@ class FlowTable:
     """
 
     def __init__(self) -> None:
-        self._winner: dict[str, OwnerId] = {}            # identity -> owner of the installed rule
-        self._others: dict[str, set[OwnerId]] = {}       # identity -> losing claimants (rare)
-        self._owned: dict[OwnerId, tuple[str, ...]] = {}  # owner -> identity, actions, ...
+        self._winner: dict[Identity, OwnerId] = {}       # identity -> owner of the installed rule
+        self._others: dict[Identity, set[OwnerId]] = {}  # identity -> losing claimants (rare)
+        # owner -> identity, actions, identity, actions, ...
+        self._owned: dict[OwnerId, tuple[Identity | Actions, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._winner)
@@ -103,7 +90,7 @@ class FlowTable:
         if not want_ops and owner not in self._owned:
             return self._add_quietly(owner, new)
         flat = self._owned.get(owner, ())
-        old = dict(zip(flat[::2], flat[1::2], strict=True))
+        old: dict[Identity, Actions] = dict(zip(flat[::2], flat[1::2], strict=True))  # type: ignore[arg-type]
         # The owner's new rules are what _actions finds for it from here on; its old ones
         # are in `old` for the comparisons below.
         if new:
@@ -118,7 +105,7 @@ class FlowTable:
             ops += self._claim(identity, owner, actions, old.get(identity))
         return ops
 
-    def _add_quietly(self, owner: OwnerId, new: dict[str, str]) -> list[Op]:
+    def _add_quietly(self, owner: OwnerId, new: dict[Identity, Actions]) -> list[Op]:
         """set() of an owner that had no rules, without operations: what a restarted agent's
         first snapshot does 50,000 times, while nothing is pushed until the whole table is."""
         if new:
@@ -134,31 +121,34 @@ class FlowTable:
     def drop(self, owner: OwnerId) -> list[Op]:
         return self.set(owner, [])
 
-    def flows(self) -> dict[str, str]:
-        """identity -> actions of every installed rule (as held: see flows.actions_text)."""
+    def flows(self) -> dict[Identity, Actions]:
+        """identity -> actions of every installed rule."""
         # Owner by owner, keeping the rules each one wins: no search of an owner's tuple per
         # rule, which made this a quarter of a second at 100,000 rules.
         winner = self._winner
-        out = {}
+        out: dict[Identity, Actions] = {}
         for owner, flat in self._owned.items():
             for i in range(0, len(flat), 2):
-                if winner[flat[i]] == owner:
-                    out[flat[i]] = flat[i + 1]
+                if winner[flat[i]] == owner:  # type: ignore[index]
+                    out[flat[i]] = flat[i + 1]  # type: ignore[index,assignment]
         return out
 
-    def render(self, cookie_value: str) -> list[str]:
-        return [Flow(identity, actions).text(cookie_value)
-                for identity, actions in self.flows().items()]
+    def rules(self) -> list[Flow]:
+        return [Flow(identity, actions) for identity, actions in self.flows().items()]
 
-    def _actions(self, owner: OwnerId, identity: str) -> str:
+    def render(self, cookie_value: str) -> list[str]:
+        value = int(cookie_value, 16)
+        return [flow_text(rule, value) for rule in self.rules()]
+
+    def _actions(self, owner: OwnerId, identity: Identity) -> Actions:
         flat = self._owned[owner]
         for i in range(0, len(flat), 2):
             if flat[i] == identity:
-                return flat[i + 1]
+                return flat[i + 1]  # type: ignore[return-value]
         raise KeyError(identity)
 
-    def _claim(self, identity: str, owner: OwnerId, actions: str,
-               previous: str | None) -> list[Op]:
+    def _claim(self, identity: Identity, owner: OwnerId, actions: Actions,
+               previous: Actions | None) -> list[Op]:
         holder = self._winner.get(identity)
         if holder is None:
             self._winner[identity] = owner
@@ -175,7 +165,7 @@ class FlowTable:
         others.add(owner)
         return []
 
-    def _unclaim(self, identity: str, owner: OwnerId, installed: str) -> list[Op]:
+    def _unclaim(self, identity: Identity, owner: OwnerId, installed: Actions) -> list[Op]:
         holder = self._winner[identity]
         others = self._others.get(identity)
         if holder != owner:
@@ -197,6 +187,11 @@ class FlowTable:
 
 
 def compute_flows(state: DesiredState) -> list[str]:
+    """The whole table at once, as text: the oracle for the incremental one."""
+    return [flow_text(rule, int(cookie(state.generation), 16)) for rule in compute_rules(state)]
+
+
+def compute_rules(state: DesiredState) -> list[Flow]:
     """The whole table at once: the recovery path, and the oracle for the incremental one."""
     table = FlowTable()
     table.set(Owner.BASE, base_flows())
@@ -215,4 +210,4 @@ def compute_flows(state: DesiredState) -> list[str]:
         table.set(Owner.network(vni), network_flows(vni, ports, vteps_by_vni.get(vni, ()), tun))
     for vni, gw in state.gateways.items():
         table.set(Owner.gateway(vni), gateway_flows(gw))
-    return table.render(cookie(state.generation))
+    return table.rules()

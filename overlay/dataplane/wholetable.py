@@ -27,10 +27,11 @@ from __future__ import annotations
 import logging
 import time
 
-from overlay.dataplane.flows import Flow, cookie
+from overlay.dataplane.flows import cookie
 from overlay.errors import CniError
-from overlay.ovs.ofctl import Ofctl
+from overlay.ovs.flow import Actions, Identity
 from overlay.ovs.openflow import Channel, Unsupported
+from overlay.ovs.switch import Switch
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,9 @@ log = logging.getLogger(__name__)
 class WholeTable:
     """Not thread-safe: the dataplane calls it under its apply lock."""
 
-    def __init__(self, *, ofctl: Ofctl, channel: Channel | None, bridge: str,
-                 generation: int) -> None:
-        self._ofctl = ofctl
+    def __init__(self, *, switch: Switch, channel: Channel | None, generation: int) -> None:
+        self._switch = switch  # ovs-ofctl's: it says every rule, and replaces exactly
         self._channel = channel
-        self._bridge = bridge
         self._cookie = cookie(generation)
         self._cookie_value = int(self._cookie, 16)
         # Cookies other than ours that rules in the switch may carry: the previous run's, and
@@ -50,7 +49,7 @@ class WholeTable:
         self._others = {int(cookie(generation - 1), 16)} if generation > 0 else set()
         self._adoptable = True  # the first whole table of this run may be the switch's own
 
-    def install(self, flows: dict[str, str]) -> str:
+    def install(self, flows: dict[Identity, Actions]) -> str:
         """Make the switch hold exactly `flows` (identity -> actions); says how it went."""
         started = time.monotonic()
         if self._channel is not None:
@@ -65,19 +64,18 @@ class WholeTable:
             except (Unsupported, CniError) as exc:
                 log.info("whole table through ovs-ofctl: %s", exc)
             else:
-                found = self._ofctl.flow_count(self._bridge)
+                found = self._switch.count()
                 if found == len(flows):
                     self._others.clear()  # every rule carries our cookie now
                     return (f"whole table of {found} rules in one bundle over the channel, in "
                             f"{time.monotonic() - started:.2f} s")
                 log.info("the switch holds %d rules after our %d: replacing the rest",
                          found, len(flows))
-        self._ofctl.replace_flows(self._bridge, [Flow(identity, actions).text(self._cookie)
-                                                 for identity, actions in flows.items()])
+        self._switch.replace(flows, self._cookie_value)
         self._others.clear()
         return f"whole table of {len(flows)} rules through ovs-ofctl replace-flows"
 
-    def _adopt(self, flows: dict[str, str]) -> bool:
+    def _adopt(self, flows: dict[Identity, Actions]) -> bool:
         assert self._channel is not None
         try:
             same, cookies = self._channel.holds_exactly(flows)

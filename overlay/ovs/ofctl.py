@@ -17,8 +17,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Mapping, Sequence
 
 from overlay.errors import CniError, Code
+from overlay.ovs.flow import Actions, Flow, Identity, Op
+from overlay.ovs.flowtext import flow_text, match_text, op_text
 
 
 class Ofctl:
@@ -63,5 +66,60 @@ class Ofctl:
         return int(match.group(1))
 
     def dump_flows(self, bridge: str, match: str = "") -> list[str]:
+        """The switch's rules as it writes them (for people), those `match` selects."""
         out = self._run("--no-stats", "dump-flows", self._target(bridge), *([match] if match else []))
         return [line.strip() for line in out.splitlines() if line.strip() and "reply" not in line]
+
+    def canonical(self, rule: str) -> str:
+        """A rule as ovs-vswitchd itself writes it ("reg0=0x2a", "load:0x2a->..."), from its
+        priority on: what a dump of the switch says of the same rule, so the two compare."""
+        out = self._run("parse-flow", rule)
+        mod = next((line for line in out.splitlines() if "FLOW_MOD" in line), "")
+        if "priority=" not in mod:
+            raise CniError(Code.OVS_FAILURE, "ovs-ofctl parse-flow said no flow mod", out)
+        return _from_priority(mod)
+
+    def on(self, bridge: str) -> OfctlSwitch:
+        return OfctlSwitch(self, bridge)
+
+
+class OfctlSwitch:
+    """The Switch of one bridge through ovs-ofctl (see switch.py): it understands every rule,
+    at a process per call."""
+
+    def __init__(self, ofctl: Ofctl, bridge: str) -> None:
+        self._ofctl = ofctl
+        self._bridge = bridge
+
+    def apply(self, ops: Sequence[Op], cookie: int) -> None:
+        self._ofctl.apply_bundle(self._bridge, [op_text(op, cookie) for op in ops])
+
+    def replace(self, rules: Mapping[Identity, Actions], cookie: int) -> None:
+        self._ofctl.replace_flows(self._bridge, [flow_text(Flow(identity, actions), cookie)
+                                                 for identity, actions in rules.items()])
+
+    def count(self) -> int:
+        return self._ofctl.flow_count(self._bridge)
+
+    def holds(self, rule: Flow) -> bool:
+        # The switch's rules of its table and match (dump-flows takes no priority), and ours
+        # as the switch writes it: one of them, priority, match and actions, in the same
+        # words (ovs-ofctl reads both for us), is the rule.
+        match = match_text(rule.match)
+        lines = self._ofctl.dump_flows(self._bridge, f"table={rule.table}"
+                                       + (f",{match}" if match else ""))
+        wanted = self._ofctl.canonical(flow_text(rule, 0))
+        return any(_from_priority(line) == wanted for line in lines)
+
+    def answers(self) -> bool:
+        try:
+            self._ofctl.dump_flows(self._bridge, "table=99")  # an empty table: a cheap probe
+            return True
+        except CniError:
+            return False
+
+
+def _from_priority(line: str) -> str:
+    """A rule's text from "priority=" on: cookie, table and counters, which dump-flows and
+    parse-flow write differently, cut off."""
+    return line[line.index("priority="):].strip()

@@ -1,19 +1,19 @@
-"""OpenFlow 1.4 flow mods from the rule text flows.py writes, byte for byte as ovs-ofctl sends them.
+"""OpenFlow 1.4 flow mods from rule values (overlay/ovs/flow.py), byte for byte as ovs-ofctl
+sends the same rules.
 
-It encodes only that vocabulary (the matches in _MATCH, the actions in _action); anything else
-raises Unsupported and the caller goes through ovs-ofctl, which understands everything.
-tests/integration/test_openflow_channel.py installs the whole table both ways and compares.
+It encodes the fields in _MATCH and the actions in _action; anything else raises Unsupported
+and the caller goes through ovs-ofctl (with the rule rendered by flowtext.py), which
+understands everything. tests/integration/test_openflow_channel.py installs the whole table
+both ways and compares.
 
 Speed matters here once per restart: the whole table (100,000 rules at 50,000 remote endpoints)
 is encoded while ovs-vswitchd waits for it, and that was 2.5 s of the 9 s a restart took. So an
-`Encoder` lives for one bundle and memoizes what repeats across its rules: the tokens of a match
-that are not addresses (`reg0=42`, `arp`, `arp_op=1`: a table's worth of rules share a handful),
-the fixed part of a flow mod (table, command, priority, cookie), and whole instruction lists
-(every endpoint of a host forwards the same way). What is unique per rule (a MAC, an address)
-is cheap to encode directly. The ARP responder's actions, 240 characters that differ only in a
-MAC and an address, are accepted in the short form the flow table holds them in
-(`@arp_reply:<mac>,<ip>`, see flows.actions_text) and built from a template, without being
-expanded to text and parsed back.
+`Encoder` lives for one bundle and memoizes what repeats across its rules: the match fields
+that are not addresses (`reg0=42`, `eth_type=arp`, `arp_op=1`: a table's worth of rules share a
+handful), the fixed part of a flow mod (table, command, priority, cookie), and whole
+instruction lists (every endpoint of a host forwards with the same actions tuple). What is
+unique per rule (a MAC, an address) is cheap to encode directly. The ARP responder
+(flow.ArpReply) is built from a template, without being expanded into its eight actions.
 
 Match fields are written in the order ovs-vswitchd reports them, so that a rule's bytes here
 and in a dump of the switch are the same (`Encoder.key`, `Channel.holds_exactly`).
@@ -21,11 +21,29 @@ and in a dump of the switch are the same (`Encoder.key`, `Channel.holds_exactly`
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import re
 import socket
 import struct
 from collections.abc import Callable
+
+from overlay.ovs.flow import (
+    IN_PORT as FLOW_IN_PORT,
+)
+from overlay.ovs.flow import (
+    Action,
+    Actions,
+    ArpReply,
+    GotoTable,
+    Identity,
+    Load,
+    Match,
+    Move,
+    Output,
+    Resubmit,
+    SetField,
+    Value,
+)
 
 VERSION = 0x05  # OpenFlow 1.4
 FLOW_MOD = 14
@@ -35,7 +53,6 @@ IN_PORT = 0xFFFFFFF8
 NX_VENDOR, NXAST_REG_MOVE, NXAST_REG_LOAD, NXAST_RESUBMIT_TABLE = 0x00002320, 6, 7, 14
 OFPP_IN_PORT_16 = 0xFFF8  # resubmit's in_port is 16 bits wide: "keep the packet's in_port"
 DELETE, ALL_TABLES = 3, 0xFF
-ARP_REPLY_SHORT = "@arp_reply:"  # flows.py's short form of the ARP responder's actions
 
 
 class Unsupported(Exception):
@@ -61,26 +78,26 @@ NXM_ARP_OP = (NXM0, 15, 2)  # what ovs-ofctl writes for NXM_OF_ARP_OP[], and the
 Field = tuple[int, int, int]
 
 # Protocol keywords: what they put into the match (eth_type, ip_proto).
-_KEYWORDS = {"ip": (0x0800, None), "arp": (0x0806, None), "ipv6": (0x86DD, None),
-             "icmp6": (0x86DD, 58), "udp": (0x0800, 17), "udp6": (0x86DD, 17)}
+
+# Match fields by their names in flow.FIELDS.
 _MATCH: dict[str, Field] = {
-    "in_port": IN_PORT_F, "dl_src": ETH_SRC, "dl_dst": ETH_DST, "nw_src": IPV4_SRC,
-    "nw_dst": IPV4_DST, "tp_src": UDP_SRC, "tp_dst": UDP_DST,  # tp_*: flows.py uses them with udp only
-    "arp_op": ARP_OP, "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "arp_sha": ARP_SHA,
-    "ipv6_src": IPV6_SRC, "icmp_type": ICMPV6_TYPE, "tun_src": TUN_SRC, "tun_id": TUNNEL_ID,
-    "reg0": REG0,
-    # Neighbour discovery (flows.py matches icmp_* with icmp6 only): container ports' table 0.
-    "ipv6_dst": IPV6_DST, "icmp_code": ICMPV6_CODE, "nd_target": ND_TARGET, "nd_sll": ND_SLL,
-    "nd_tll": ND_TLL,
+    "in_port": IN_PORT_F, "reg0": REG0, "eth_src": ETH_SRC, "eth_dst": ETH_DST,
+    "tun_src": TUN_SRC, "tun_dst": TUN_DST, "tun_id": TUNNEL_ID, "eth_type": ETH_TYPE,
+    "ip_proto": IP_PROTO, "ipv4_src": IPV4_SRC, "ipv4_dst": IPV4_DST, "ipv6_src": IPV6_SRC,
+    "ipv6_dst": IPV6_DST, "tp_src": UDP_SRC, "tp_dst": UDP_DST,  # tp_*: with udp only
+    "icmp_type": ICMPV6_TYPE, "icmp_code": ICMPV6_CODE,  # icmp_*: with icmp6 only
+    "nd_target": ND_TARGET, "nd_sll": ND_SLL, "nd_tll": ND_TLL, "arp_op": ARP_OP,
+    "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "arp_sha": ARP_SHA,
 }
-# Match keys whose values are per endpoint: not worth remembering across the rules of a bundle.
-_UNIQUE = frozenset({"dl_src", "dl_dst", "nw_src", "arp_spa", "arp_tpa", "arp_sha", "ipv6_src"})
+# Match fields whose values are per endpoint: not worth remembering across the rules of a bundle.
+_UNIQUE = frozenset({"eth_src", "eth_dst", "ipv4_src", "arp_spa", "arp_tpa", "arp_sha",
+                     "ipv6_src"})
 _IPV4_FIELDS = (IPV4_SRC, IPV4_DST, ARP_SPA, ARP_TPA, TUN_SRC, TUN_DST)
-_SET_FIELD = {"tun_dst": TUN_DST, "tun_id": TUNNEL_ID, "arp_sha": ARP_SHA, "arp_spa": ARP_SPA}
-_NXM = {"NXM_NX_REG0[]": REG0, "NXM_OF_ETH_SRC[]": NXM_ETH_SRC, "NXM_OF_ETH_DST[]": NXM_ETH_DST,
-        "NXM_NX_ARP_SHA[]": NXM_ARP_SHA, "NXM_NX_ARP_THA[]": NXM_ARP_THA,
-        "NXM_OF_ARP_SPA[]": NXM_ARP_SPA, "NXM_OF_ARP_TPA[]": NXM_ARP_TPA,
-        "NXM_OF_ARP_OP[]": NXM_ARP_OP}
+_SET_FIELD = {"tun_dst": TUN_DST, "tun_id": TUNNEL_ID, "arp_sha": ARP_SHA, "arp_spa": ARP_SPA,
+              "eth_src": ETH_SRC}
+_NXM = {"reg0": REG0, "eth_src": NXM_ETH_SRC, "eth_dst": NXM_ETH_DST, "arp_sha": NXM_ARP_SHA,
+        "arp_tha": NXM_ARP_THA, "arp_spa": NXM_ARP_SPA, "arp_tpa": NXM_ARP_TPA,
+        "arp_op": NXM_ARP_OP}
 
 
 def _mac(text: str) -> bytes:
@@ -99,23 +116,22 @@ def _ipv4(text: str) -> bytes:
         raise ValueError(f"bad IPv4 address {text!r}") from None
 
 
-def _value(field: Field, text: str) -> tuple[bytes, bytes | None]:
-    """Encode a field's value (and mask, for prefixes and masked MACs)."""
+def _value(field: Field, value: Value) -> tuple[bytes, bytes | None]:
+    """Encode a field's value (and mask, for prefixes and masked MACs). Raises ValueError
+    for a malformed one."""
     length = field[2]
-    value, _, mask = text.partition("/")
+    if isinstance(value, int):
+        return value.to_bytes(length, "big"), None
+    address, _, mask = value.partition("/")
     if length == 6:
-        return _mac(value), (_mac(mask) if mask else None)
+        return _mac(address), (_mac(mask) if mask else None)
     if length == 16:
-        net = ipaddress.IPv6Network(text, strict=False)
+        net = ipaddress.IPv6Network(value, strict=False)
         full = net.prefixlen == 128 and not mask
         return net.network_address.packed, (None if full else net.netmask.packed)
-    if field in _IPV4_FIELDS and "." in value:
-        if mask:
-            raise Unsupported(f"masked {text}")
-        return _ipv4(value), None
-    if mask:
-        raise Unsupported(f"masked {text}")
-    return int(value, 0).to_bytes(length, "big"), None
+    if field in _IPV4_FIELDS and not mask:
+        return _ipv4(address), None
+    raise Unsupported(f"value {value!r}")
 
 
 def _oxm(field: Field, value: bytes, mask: bytes | None = None) -> bytes:
@@ -143,22 +159,20 @@ _RANK: dict[Field, int] = {field: rank for rank, field in enumerate((
 _UDP_PORTS = (_RANK[UDP_SRC], _RANK[UDP_DST])
 _UDP_PROTO = _oxm(IP_PROTO, bytes([17]))
 
-# A match token encoded: its fields as (rank, OXM) and, for a protocol keyword, its ip_proto.
-Token = tuple[tuple[tuple[int, bytes], ...], int | None]
+# A match field encoded: (its rank in the switch's order, its OXM).
+Encoded = tuple[int, bytes]
 
 
-def _token(token: str) -> Token:
-    if token in _KEYWORDS:
-        eth_type, ip_proto = _KEYWORDS[token]
-        fields = [(_RANK[ETH_TYPE], _oxm(ETH_TYPE, eth_type.to_bytes(2, "big")))]
-        if ip_proto is not None:
-            fields.append((_RANK[IP_PROTO], _oxm(IP_PROTO, bytes([ip_proto]))))
-        return tuple(fields), ip_proto
-    key, sep, text = token.partition("=")
-    if not sep or key not in _MATCH:
-        raise Unsupported(f"match {token!r}")
-    field = _MATCH[key]
-    return ((_RANK[field], _oxm(field, *_value(field, text))),), None
+def _field(name: str | Value, value: str | Value) -> Encoded:
+    field = _MATCH.get(str(name))
+    if field is None:
+        raise Unsupported(f"match field {name!r}")
+    if isinstance(value, int) and not 0 <= value < 1 << (8 * field[2]):
+        raise Unsupported(f"match {name}={value}: out of range")
+    try:
+        return _RANK[field], _oxm(field, *_value(field, value))
+    except ValueError as exc:
+        raise Unsupported(f"match {name}={value!r}: {exc}") from None
 
 
 def _fast_mac(field: Field) -> Callable[[str], bytes]:
@@ -172,10 +186,11 @@ def _fast_ipv4(field: Field) -> Callable[[str], bytes]:
 
 
 # The per-endpoint match fields without a mask, straight to their OXM: what most rules of a
-# big table end with (dl_dst=<mac> of a forwarding rule, arp_tpa=<ip> of an ARP answer).
-_FAST: dict[str, Callable[[str], bytes]] = {
-    "dl_dst": _fast_mac(ETH_DST), "dl_src": _fast_mac(ETH_SRC), "arp_sha": _fast_mac(ARP_SHA),
-    "arp_tpa": _fast_ipv4(ARP_TPA), "arp_spa": _fast_ipv4(ARP_SPA), "nw_src": _fast_ipv4(IPV4_SRC),
+# big table end with (eth_dst of a forwarding rule, arp_tpa of an ARP answer).
+_FAST: dict[str | Value, Callable[[str], bytes]] = {
+    "eth_dst": _fast_mac(ETH_DST), "eth_src": _fast_mac(ETH_SRC), "arp_sha": _fast_mac(ARP_SHA),
+    "arp_tpa": _fast_ipv4(ARP_TPA), "arp_spa": _fast_ipv4(ARP_SPA),
+    "ipv4_src": _fast_ipv4(IPV4_SRC),
 }
 
 
@@ -210,53 +225,47 @@ def _set_field_action(field: Field, value: bytes) -> bytes:
     return _sized(25, _oxm(field, value))
 
 
-def _action(token: str) -> tuple[bytes, int | None]:
-    """One action: (bytes for apply_actions, or goto_table's table)."""
-    if token.startswith("goto_table:"):
-        return b"", int(token[11:])
-    if token == "IN_PORT":
-        return _output(IN_PORT), None
-    if token.startswith("output:"):
-        return _output(int(token[7:])), None
-    if token.startswith("mod_dl_src:"):
-        return _set_field_action(ETH_SRC, _value(ETH_SRC, token[11:])[0]), None
-    if token.startswith("set_field:"):
-        value, _, name = token[10:].partition("->")
-        if name not in _SET_FIELD:
-            raise Unsupported(f"action {token!r}")
-        return _set_field_action(_SET_FIELD[name], _value(_SET_FIELD[name], value)[0]), None
-    if token.startswith("load:"):
-        value, _, target = token[5:].partition("->")
-        if target not in ("NXM_NX_REG0[]", "NXM_OF_ARP_OP[]"):
-            raise Unsupported(f"action {token!r}")
-        return _load(_NXM[target], int(value, 0)), None
-    if token.startswith("resubmit(,") and token.endswith(")"):
+@functools.lru_cache(maxsize=8192)
+def _action(action: Action) -> tuple[bytes, int | None]:
+    """One primitive action: (bytes for apply_actions, or goto_table's table). Remembered:
+    a network's broadcast rule lists three per host, re-encoded whenever a host comes or
+    goes."""
+    try:
+        return _primitive(action)
+    except (ValueError, OverflowError, struct.error) as exc:
+        raise Unsupported(f"action {action!r}: {exc}") from None
+
+
+def _primitive(action: object) -> tuple[bytes, int | None]:
+    if isinstance(action, GotoTable):
+        return b"", action.table
+    if isinstance(action, Output):
+        return _output(IN_PORT if action.port == FLOW_IN_PORT else action.port), None
+    if isinstance(action, SetField) and action.field in _SET_FIELD:
+        field = _SET_FIELD[action.field]
+        return _set_field_action(field, _value(field, action.value)[0]), None
+    if isinstance(action, Load) and action.field in ("reg0", "arp_op"):
+        return _load(_NXM[action.field], action.value), None
+    if isinstance(action, Resubmit):
         # ovs-ofctl sends resubmit(,T) as Nicira resubmit_table with in_port IN_PORT.
         return struct.pack("!HHIHHB3x", 0xFFFF, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE,
-                           OFPP_IN_PORT_16, int(token[10:-1])), None
-    if token.startswith("move:"):
-        src, _, dst = token[5:].partition("->")
-        if src not in _NXM or dst not in _NXM or _NXM[src][2] != _NXM[dst][2]:
-            raise Unsupported(f"action {token!r}")
-        return _move(_NXM[src], _NXM[dst]), None
-    raise Unsupported(f"action {token!r}")
+                           OFPP_IN_PORT_16, action.table), None
+    if isinstance(action, Move) and action.src in _NXM and action.dst in _NXM \
+            and _NXM[action.src][2] == _NXM[action.dst][2]:
+        return _move(_NXM[action.src], _NXM[action.dst]), None
+    raise Unsupported(f"action {action!r}")
 
 
-_ACTION_SPLIT = re.compile(r",(?![^(]*\))")
-
-
-def encode_actions_generic(actions: str) -> bytes:
-    """Instructions from action text, token by token: the reference for the shortcuts."""
-    if actions == "drop":
-        return b""
+def encode_actions_generic(actions: Actions) -> bytes:
+    """Instructions from actions, one by one (ArpReply expanded): the reference for the
+    shortcuts."""
     applied, goto = b"", None
-    # Commas inside parentheses belong to the action: resubmit(,41).
-    tokens = actions.split(",") if "(" not in actions else _ACTION_SPLIT.split(actions)
-    for token in tokens:
-        data, table = _action(token)
-        applied += data
-        if table is not None:
-            goto = table
+    for action in actions:
+        for primitive in action.expand() if isinstance(action, ArpReply) else (action,):
+            data, table = _action(primitive)
+            applied += data
+            if table is not None:
+                goto = table
     out = b""
     if applied:
         out += struct.pack("!HH4x", 4, 8 + len(applied)) + applied
@@ -265,13 +274,8 @@ def encode_actions_generic(actions: str) -> bytes:
     return out
 
 
-# The ARP responder (flows._arp_reply_text): the same bytes for every endpoint but for its MAC
+# The ARP responder (flow.ArpReply.expand): the same bytes for every endpoint but for its MAC
 # (twice) and address, which sit at fixed offsets. So: constant pieces around them.
-_ARP_TEXT = re.compile(
-    r"move:NXM_OF_ETH_SRC\[\]->NXM_OF_ETH_DST\[\],mod_dl_src:([0-9a-f:]{17}),"
-    r"load:0x2->NXM_OF_ARP_OP\[\],move:NXM_NX_ARP_SHA\[\]->NXM_NX_ARP_THA\[\],"
-    r"move:NXM_OF_ARP_SPA\[\]->NXM_OF_ARP_TPA\[\],set_field:([0-9a-f:]{17})->arp_sha,"
-    r"set_field:([0-9.]+)->arp_spa,IN_PORT")
 _ARP_SET_ETH_SRC = struct.pack("!HHHBB", 25, 16, BASIC, ETH_SRC[1] << 1, 6)   # + MAC, 2 pad
 _ARP_SET_SHA = struct.pack("!HHHBB", 25, 16, BASIC, ARP_SHA[1] << 1, 6)       # + MAC, 2 pad
 _ARP_SET_SPA = struct.pack("!HHHBB", 25, 16, BASIC, ARP_SPA[1] << 1, 4)       # + IP, 4 pad
@@ -290,40 +294,35 @@ def arp_reply(mac: bytes, ip: bytes) -> bytes:
     return _ARP_HEAD + mac + _ARP_MIDDLE + mac + _ARP_TAIL + ip + _ARP_END
 
 
-def encode_instructions(actions: str) -> bytes:
-    """Instructions from actions as flows.py writes them, or in the flow table's short form."""
-    if actions.startswith(ARP_REPLY_SHORT):
-        mac, _, ip = actions[len(ARP_REPLY_SHORT):].partition(",")
+def encode_instructions(actions: Actions) -> bytes:
+    """Instructions for a rule's actions: a lone ArpReply from its template."""
+    if len(actions) == 1 and type(actions[0]) is ArpReply:
+        reply = actions[0]
         try:
-            return arp_reply(_mac(mac), _ipv4(ip))
+            return arp_reply(_mac(reply.mac), _ipv4(reply.ip))
         except ValueError as exc:
-            raise Unsupported(f"ARP reply {actions!r}: {exc}") from None
-    if actions.startswith("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],mod_dl_src:"):
-        found = _ARP_TEXT.fullmatch(actions)
-        if found and found[1] == found[2]:
-            try:
-                return arp_reply(_mac(found[1]), _ipv4(found[3]))
-            except ValueError:
-                pass  # the general path says what is wrong with it
+            raise Unsupported(f"ARP reply {reply!r}: {exc}") from None
     return encode_actions_generic(actions)
 
 
-def _fields(tokens: list[str], memo: dict[str, Token] | None = None
-            ) -> list[tuple[int, bytes]]:
-    """The (rank, OXM) of every field the tokens match, in the switch's order."""
-    fields: list[tuple[int, bytes]] = []
-    for token in tokens:
-        encoded = memo.get(token) if memo is not None else None
+def _fields(pairs: tuple[str | Value, ...],
+            memo: dict[tuple[str | Value, str | Value], Encoded] | None = None
+            ) -> list[Encoded]:
+    """The (rank, OXM) of every field a match sets, in the switch's order."""
+    fields: list[Encoded] = []
+    for i in range(0, len(pairs), 2):
+        pair = (pairs[i], pairs[i + 1])
+        encoded = memo.get(pair) if memo is not None else None
         if encoded is None:
-            encoded = _token(token)
-            if memo is not None and token.partition("=")[0] not in _UNIQUE:
-                memo[token] = encoded
-        fields += encoded[0]
+            encoded = _field(*pair)
+            if memo is not None and pair[0] not in _UNIQUE:
+                memo[pair] = encoded
+        fields.append(encoded)
     fields.sort()
     return fields
 
 
-def _udp_checked(fields: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+def _udp_checked(fields: list[Encoded]) -> list[Encoded]:
     """flows.py matches tp_src/tp_dst with udp only, and so does this encoder."""
     if any(rank in _UDP_PORTS for rank, _ in fields) and \
             not any(oxm == _UDP_PROTO for _, oxm in fields):
@@ -336,90 +335,94 @@ def _match(oxms: bytes) -> bytes:
     return struct.pack("!HH", 1, length) + oxms + b"\0" * (-length % 8)
 
 
-def encode_match(tokens: list[str]) -> bytes:
-    return _match(b"".join(oxm for _, oxm in _udp_checked(_fields(tokens))))
+def encode_match(m: Match) -> bytes:
+    """A match, field by field, nothing remembered: the reference for the Encoder."""
+    return _match(b"".join(oxm for _, oxm in _udp_checked(_fields(m))))
 
 
-# What an Encoder keeps of a stem: the flow mod's body (table, priority, cookie), the table and
-# priority, and the stem's match fields as (rank, OXM) in the switch's order.
-Stem = tuple[bytes, int, int, list[tuple[int, bytes]]]
+def encode_body(kind: str, table: int, priority: int, cookie: int) -> bytes:
+    """The fixed part of a flow mod, between its header and its match."""
+    return struct.pack("!QQBBHHHIIIHH", cookie if kind == "add" else 0, 0, table,
+                       COMMANDS[kind], 0, 0, priority, NO_BUFFER, ANY, ANY, 0, 0)
+
+
+# What an Encoder keeps of a shape (a rule's kind, table, priority and match but for its last
+# value): the flow mod's body; for a last field of _FAST, its encoder and the OXMs of the
+# other fields before and after it in the switch's order; and the other fields' (rank, OXM).
+Shape = tuple[bytes, Callable[[str], bytes] | None, bytes, bytes, list[Encoded]]
 RuleKey = tuple[int, int, bytes]  # (table, priority, match + instructions): a rule's content
 
 
 class Encoder:
     """Flow mods for one bundle, remembering what repeats across its rules (see the top).
 
-    A rule's identity but its last token (`table=20,priority=100,reg0=42` of
-    `...,dl_dst=<mac>`) is its stem: the rules of one kind in one network share it, so its
-    flow mod body and match fields are encoded once; only the last token is encoded per rule,
-    and slotted in among the stem's fields where the switch's order puts it.
+    A rule's identity but its last match value (table 20, priority 100, reg0=42, eth_dst of
+    `..., eth_dst=<mac>`) is its shape: the rules of one kind in one network share it, so its
+    flow mod body and other match fields are encoded once; only the last value is encoded per
+    rule, and slotted in among the other fields where the switch's order puts it.
     """
 
     def __init__(self, cookie: int) -> None:
         self._cookie = cookie
-        self._tokens: dict[str, Token] = {}
-        self._instructions: dict[str, bytes] = {}  # actions -> instructions, except ARP replies
-        self._stems: dict[tuple[str, str], Stem] = {}
-        self._around: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}  # fields before, after
+        self._pairs: dict[tuple[str | Value, str | Value], Encoded] = {}
+        # id(actions) -> (actions, instructions): the actions tuples of a table are shared
+        # (one per VTEP, per port), and their values hash in Python, not in C.
+        self._instructions: dict[int, tuple[Actions, bytes]] = {}
+        self._shapes: dict[tuple[str, tuple[str | Value, ...]], Shape] = {}
 
-    def flow_mod(self, kind: str, identity: str, actions: str, xid: int) -> bytes:
-        body, _, _, match, instructions = self._encode(kind, identity, actions)
+    def flow_mod(self, kind: str, identity: Identity, actions: Actions, xid: int) -> bytes:
+        body, match, instructions = self._encode(kind, identity, actions)
         length = 8 + len(body) + len(match) + len(instructions)
         return struct.pack("!BBHI", VERSION, FLOW_MOD, length, xid) + body + match + instructions
 
-    def key(self, identity: str, actions: str) -> RuleKey:
+    def key(self, identity: Identity, actions: Actions) -> RuleKey:
         """What the switch reports of this rule once added (Channel.table_keys), cookie aside."""
-        _, table, priority, match, instructions = self._encode("add", identity, actions)
-        return table, priority, match + instructions
+        _, match, instructions = self._encode("add", identity, actions)
+        return identity.table, identity.priority, match + instructions
 
-    def _encode(self, kind: str, identity: str, actions: str
-                ) -> tuple[bytes, int, int, bytes, bytes]:
-        stem, _, last = identity.rpartition(",")
-        if last.startswith("priority="):  # no match at all: the stem is the whole identity
-            stem, last = identity, ""
-        shared = self._stems.get((kind, stem))
-        if shared is None:
-            shared = self._stems[(kind, stem)] = self._stem(kind, stem, identity)
-        body, table, priority, fields = shared
-        key, _, text = last.partition("=")
-        fast = _FAST.get(key)
-        if fast is not None and "/" not in text:
-            # The common case: the stem's match and one per-endpoint field among its fields.
-            around = self._around.get((kind, stem, key))
-            if around is None:
-                _udp_checked(fields)
-                rank = _RANK[_MATCH[key]]
-                around = self._around[(kind, stem, key)] = (
-                    b"".join(oxm for r, oxm in fields if r < rank),
-                    b"".join(oxm for r, oxm in fields if r > rank))
+    def _shape(self, kind: str, table: int, priority: int, m: tuple[str | Value, ...]) -> Shape:
+        if kind not in COMMANDS or not (0 <= table < 255 and 0 <= priority < 1 << 16):
+            raise Unsupported(f"flow mod {kind} table={table} priority={priority}")
+        body = encode_body(kind, table, priority, self._cookie)
+        # The other fields alone are not checked for UDP ports (the last may be ip_proto).
+        fields = _fields(m[:-2], self._pairs)
+        fast = _FAST.get(m[-2]) if m else None
+        if fast is None:
+            return body, None, b"", b"", fields
+        _udp_checked(fields)
+        rank = _RANK[_MATCH[str(m[-2])]]
+        return (body, fast, b"".join(oxm for r, oxm in fields if r < rank),
+                b"".join(oxm for r, oxm in fields if r > rank), fields)
+
+    def _encode(self, kind: str, identity: Identity, actions: Actions
+                ) -> tuple[bytes, bytes, bytes]:
+        m = identity[2:]  # the match: identity is (table, priority, name, value, ...)
+        shape_key = (kind, identity[:-1])
+        shape = self._shapes.get(shape_key)
+        if shape is None:
+            shape = self._shapes[shape_key] = self._shape(kind, identity.table, identity.priority,
+                                                          m)
+        body, fast, before, after, fields = shape
+        value = m[-1] if m else None
+        if fast is not None and type(value) is str and "/" not in value:
+            # The common case: one per-endpoint value among the shape's fields.
             try:
-                match = _match(around[0] + fast(text) + around[1])
+                match = _match(before + fast(value) + after)
             except ValueError as exc:
-                raise Unsupported(f"match {last!r}: {exc}") from None
+                raise Unsupported(f"match {m[-2]}={value!r}: {exc}") from None
         else:
-            extra = _fields([last], self._tokens) if last else []
+            extra = _fields(m[-2:], self._pairs) if m else []
             match = _match(b"".join(oxm for _, oxm in _udp_checked(sorted(fields + extra))))
         if kind == "delete_strict":
             instructions = b""
-        elif actions.startswith(ARP_REPLY_SHORT):  # unique per endpoint: not remembered
+        elif len(actions) == 1 and type(actions[0]) is ArpReply:  # unique: not remembered
             instructions = encode_instructions(actions)
         else:
-            known = self._instructions.get(actions)
-            if known is None:
-                known = self._instructions[actions] = encode_instructions(actions)
-            instructions = known
-        return body, table, priority, match, instructions
-
-    def _stem(self, kind: str, stem: str, identity: str) -> Stem:
-        tokens = identity.split(",")
-        if len(tokens) < 2 or not (tokens[0].startswith("table=")
-                                   and tokens[1].startswith("priority=")):
-            raise Unsupported(f"identity {identity!r}")
-        table, priority = int(tokens[0][6:]), int(tokens[1][9:])
-        body = struct.pack("!QQBBHHHIIIHH", self._cookie if kind == "add" else 0, 0, table,
-                           COMMANDS[kind], 0, 0, priority, NO_BUFFER, ANY, ANY, 0, 0)
-        # The stem alone is not checked for UDP ports (its last token may be "udp").
-        return body, table, priority, _fields(tokens[2:len(stem.split(","))], self._tokens)
+            known = self._instructions.get(id(actions))
+            if known is None or known[0] is not actions:
+                known = self._instructions[id(actions)] = (actions, encode_instructions(actions))
+            instructions = known[1]
+        return body, match, instructions
 
 
 def encode_delete_cookie(cookie: int, xid: int) -> bytes:

@@ -14,8 +14,9 @@ the next, where encoding everything first made the two take turns (and held ever
 message in memory at once). Between chunks, whatever the switch said so far is read: a refused
 flow mod stops the sending early, and the switch never waits on a full socket for us.
 
-The flow mods come from ofencode.py, which speaks only the vocabulary flows.py writes; anything
-else raises Unsupported and the caller falls back to ovs-ofctl, which understands everything.
+The flow mods come from ofencode.py, which encodes rule values (flow.py) in the vocabulary
+flows.py uses; anything else raises Unsupported and the caller falls back to ovs-ofctl, which
+understands everything.
 A rule that cannot be encoded is found before anything is sent when the bundle fits in one
 chunk (every event's bundle), and otherwise before the commit: the open bundle is discarded
 and the switch's table is unchanged either way.
@@ -29,9 +30,17 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from overlay.errors import CniError, Code
-from overlay.ovs.ofencode import Encoder, Unsupported, encode_delete_cookie, encode_match
+from overlay.ovs.flow import ADD, Actions, Flow, Identity, Match, Op
+from overlay.ovs.ofencode import (
+    Encoder,
+    RuleKey,
+    Unsupported,
+    encode_delete_cookie,
+    encode_match,
+)
 
 __all__ = ["Channel", "Unsupported"]
 
@@ -39,14 +48,13 @@ VERSION = 0x05  # OpenFlow 1.4
 HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY = 0, 1, 2, 3
 BARRIER_REQUEST, BARRIER_REPLY, BUNDLE_CONTROL, BUNDLE_ADD = 20, 21, 33, 34
 OPEN_REQUEST, COMMIT_REQUEST, COMMIT_REPLY, DISCARD_REQUEST = 0, 4, 5, 6
-MULTIPART_REQUEST, MULTIPART_REPLY, FLOW_STATS, REPLY_MORE = 18, 19, 1, 1
+MULTIPART_REQUEST, MULTIPART_REPLY, FLOW_STATS, AGGREGATE, REPLY_MORE = 18, 19, 1, 2, 1
 ALL_TABLES, ANY = 0xFF, 0xFFFFFFFF
 ATOMIC_ORDERED = 0x3
 # Flow mods per write. Small enough that the switch starts on the first ones at once, large
 # enough that a write is not mostly system-call overhead (~200 KB).
 CHUNK = 2000
-Op = tuple[str, str, str]  # (kind, identity, actions)
-ADD = "add"
+T = TypeVar("T")
 
 
 class Channel:
@@ -62,17 +70,17 @@ class Channel:
         self._lock = threading.Lock()
 
     def apply(self, ops: Sequence[Op], cookie: int, delete_cookies: tuple[int, ...] = ()) -> None:
-        """ops: (kind, identity, actions); then, if given, delete every rule whose cookie is
+        """ops: add, modify_strict, delete_strict; then, if given, delete every rule whose cookie is
         one of `delete_cookies` (after the ops, in the same bundle). Raises Unsupported with
         the switch's table unchanged, and CniError if the switch refuses the bundle or cannot
         be reached (after one reconnect: `ops` is then encoded again, hence a sequence)."""
         self._bundle_of(lambda: ops, cookie, delete_cookies)
 
-    def add_all(self, rules: Mapping[str, str], cookie: int,
+    def add_all(self, rules: Mapping[Identity, Actions], cookie: int,
                 delete_cookies: tuple[int, ...] = ()) -> None:
         """apply() of an add for every identity -> actions of `rules` (a whole table: the
         operations are made as they are encoded, not listed first)."""
-        self._bundle_of(lambda: ((ADD, identity, actions) for identity, actions in rules.items()),
+        self._bundle_of(lambda: (Op(ADD, identity, actions) for identity, actions in rules.items()),
                         cookie, delete_cookies)
 
     def _bundle_of(self, ops: Callable[[], Iterable[Op]], cookie: int,
@@ -87,59 +95,119 @@ class Channel:
                         raise CniError(Code.OVS_FAILURE, f"cannot reach {self._path}",
                                        str(exc)) from None
 
-    def holds_exactly(self, rules: Mapping[str, str]) -> tuple[bool, set[int]]:
+    def holds_exactly(self, rules: Mapping[Identity, Actions]) -> tuple[bool, set[int]]:
         """Does the switch hold exactly `rules` (identity -> actions), cookies aside? And the
         cookies its rules carry. One dump of the table, compared without decoding: every rule
         reported is digested as Encoder.key digests ours (table, priority, match and
         instructions as bytes; we encode in the order the switch reports), and the two sets
         of digests and the counts must be equal. Our rules are digested while the switch
         writes its answer. Raises Unsupported if one of `rules` cannot be encoded."""
+        return self._retrying(lambda: self._holds_exactly(rules))
+
+    def holds(self, rule: Flow) -> bool:
+        """Does the switch hold this rule (table, priority, match and actions, as bytes)?
+        One filtered dump: the rules of its table at least as specific as its match."""
+        def probe() -> bool:
+            wanted = Encoder(0).key(rule.identity, rule.actions)
+            found: list[RuleKey] = []
+            self._read_replies(self._send_request(FLOW_STATS, rule.table, rule.match),
+                               self._entries(lambda table, priority, _, content:
+                                             found.append((table, priority, content))))
+            return wanted in found
+        return self._retrying(probe)
+
+    def count(self) -> int:
+        """How many rules the switch holds (an aggregate request: no rule is transferred)."""
+        def aggregate() -> int:
+            counted: list[int] = []
+
+            def take(body: bytes) -> bool:  # after the multipart header: packets, bytes, rules
+                counted.append(struct.unpack_from("!I", body, 8 + 16)[0])
+                return True
+            self._read_replies(self._send_request(AGGREGATE, ALL_TABLES, Match()), take)
+            return counted[0]
+        return self._retrying(aggregate)
+
+    def answers(self) -> bool:
+        try:
+            self.count()
+            return True
+        except CniError:
+            return False
+
+    def replace(self, rules: Mapping[Identity, Actions], cookie: int) -> None:
+        """Every rule of `rules` added under `cookie`, and every rule of another cookie the
+        switch showed deleted, in one bundle; Unsupported if a rule cannot be said or the
+        switch then holds rules of ours' cookie that we do not want (ovs-ofctl then)."""
+        _, cookies = self.holds_exactly(rules)
+        self.add_all(rules, cookie, delete_cookies=tuple(sorted(cookies - {cookie})))
+        if self.count() != len(rules):
+            raise Unsupported("the switch holds rules under our cookie that we do not want")
+
+    def _retrying(self, call: Callable[[], T]) -> T:
         with self._lock:
             for attempt in (1, 2):
                 try:
-                    return self._holds_exactly(rules)
-                except OSError as exc:
+                    return call()
+                except OSError as exc:  # connection gone (vswitchd restarted): once more
                     self.close()
                     if attempt == 2:
                         raise CniError(Code.OVS_FAILURE, f"cannot reach {self._path}",
                                        str(exc)) from None
         raise AssertionError("unreachable")
 
-    def _holds_exactly(self, rules: Mapping[str, str]) -> tuple[bool, set[int]]:
+    def _send_request(self, kind: int, table: int, match: Match) -> int:
+        """A multipart request (flow stats or aggregate) of `table` and `match`; its xid."""
         sock = self._connect()
         xid = self._next_xid()
-        request = (struct.pack("!HH4xB3xII4xQQ", FLOW_STATS, 0, ALL_TABLES, ANY, ANY, 0, 0)
-                   + encode_match([]))
+        request = (struct.pack("!HH4xB3xII4xQQ", kind, 0, table, ANY, ANY, 0, 0)
+                   + encode_match(match))
         sock.sendall(struct.pack("!BBHI", VERSION, MULTIPART_REQUEST, 8 + len(request), xid)
                      + request)
-        encoder = Encoder(0)
-        try:
-            wanted = {hash(encoder.key(identity, actions)) for identity, actions in rules.items()}
-        except Unsupported:
-            self.close()  # the switch's answer is on its way: leave no part of it unread
-            raise
+        return xid
+
+    def _read_replies(self, xid: int, take: Callable[[bytes], bool]) -> None:
+        """`take` gets each reply's body to request `xid` and says whether it was the last."""
+        assert self._sock is not None
+        errors = self._until(self._sock, lambda reply, reply_xid, body: reply == MULTIPART_REPLY
+                             and reply_xid == xid and take(body), stop_on_error_xid=xid)
+        if errors:
+            raise CniError(Code.OVS_FAILURE, "the switch refused to list its rules",
+                           "; ".join(errors))
+
+    @staticmethod
+    def _entries(each: Callable[[int, int, int, bytes], object]) -> Callable[[bytes], bool]:
+        """A reader of flow stats replies: each(table, priority, cookie, match +
+        instructions as bytes) for every rule listed."""
+        def take(body: bytes) -> bool:
+            flags, offset = struct.unpack_from("!H", body, 2)[0], 8
+            while offset < len(body):  # ofp_flow_stats entries; the match starts at 48
+                length, table = struct.unpack_from("!HB", body, offset)
+                each(table, struct.unpack_from("!H", body, offset + 12)[0],
+                     struct.unpack_from("!Q", body, offset + 24)[0],
+                     body[offset + 48:offset + length])
+                offset += length
+            return not flags & REPLY_MORE
+        return take
+
+    def _holds_exactly(self, rules: Mapping[Identity, Actions]) -> tuple[bool, set[int]]:
         found: set[int] = set()
         cookies: set[int] = set()
         count = 0
 
-        def take(kind: int, reply_xid: int, body: bytes) -> bool:
+        def each(table: int, priority: int, cookie: int, content: bytes) -> None:
             nonlocal count
-            if kind != MULTIPART_REPLY or reply_xid != xid:
-                return False
-            flags, offset = struct.unpack_from("!H", body, 2)[0], 8
-            while offset < len(body):  # ofp_flow_stats entries; the match starts at 48
-                length, table = struct.unpack_from("!HB", body, offset)
-                priority, cookie = (struct.unpack_from("!H", body, offset + 12)[0],
-                                    struct.unpack_from("!Q", body, offset + 24)[0])
-                found.add(hash((table, priority, body[offset + 48:offset + length])))
-                cookies.add(cookie)
-                count += 1
-                offset += length
-            return not flags & REPLY_MORE
-        errors = self._until(sock, take, stop_on_error_xid=xid)
-        if errors:
-            raise CniError(Code.OVS_FAILURE, "the switch refused to list its rules",
-                           "; ".join(errors))
+            found.add(hash((table, priority, content)))
+            cookies.add(cookie)
+            count += 1
+        xid = self._send_request(FLOW_STATS, ALL_TABLES, Match())
+        encoder = Encoder(0)
+        try:  # while the switch writes its answer
+            wanted = {hash(encoder.key(identity, actions)) for identity, actions in rules.items()}
+        except Unsupported:
+            self.close()  # the switch's answer is on its way: leave no part of it unread
+            raise
+        self._read_replies(xid, self._entries(each))
         return count == len(rules) and found == wanted, cookies
 
     def close(self) -> None:

@@ -1,52 +1,68 @@
-"""A fake of Ofctl for unit tests: a switch table in memory that applies what we send.
+"""A fake switch for unit tests: a flow table in memory that applies what we send, as values.
 
+It stands where an Ofctl does (Dataplane(ofctl=...)): `on(bridge)` gives its Switch, itself.
 It is strict where OVS would be silent, so that model bugs show: a modify_strict or
-delete_strict of a rule the switch does not hold raises instead of doing nothing.
+delete_strict of a rule the switch does not hold raises instead of doing nothing. Its dump
+honours the filter it is given, as ovs-ofctl dump-flows does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 
-def _split(rule: str) -> tuple[str, str]:
-    head, actions = rule.split(",actions=", 1)
-    if head.startswith("cookie="):
-        head = head.split(",", 1)[1]
-    return head, actions
+from overlay.ovs.flow import ADD, DELETE, MODIFY, Actions, Flow, Identity, Match, Op
 
 
 class FakeOfctl:
     def __init__(self) -> None:
-        self.table: dict[str, str] = {}  # identity -> actions
-        self.bundles: list[list[str]] = []
+        self.table: dict[Identity, Actions] = {}
+        self.cookies: dict[Identity, int] = {}
+        self.bundles: list[list[Op]] = []
         self.replacements = 0
 
-    def replace_flows(self, bridge: str, flows: list[str]) -> None:
-        self.replacements += 1
-        self.table = dict(_split(f) for f in flows)
+    def on(self, bridge: str) -> FakeOfctl:
+        return self
 
-    def apply_bundle(self, bridge: str, operations: list[str]) -> None:
-        self.bundles.append(operations)
+    # --- Switch ------------------------------------------------------------------------------
+
+    def replace(self, rules: Mapping[Identity, Actions], cookie: int) -> None:
+        self.replacements += 1
+        self.table = dict(rules)
+        self.cookies = dict.fromkeys(rules, cookie)
+
+    def apply(self, ops: Sequence[Op], cookie: int) -> None:
+        self.bundles.append(list(ops))
         table = dict(self.table)  # all or nothing, like a bundle
-        for op in operations:
-            kind, rest = op.split(" ", 1)
-            if kind == "add":
-                identity, actions = _split(rest)
-                table[identity] = actions
-            elif kind == "modify_strict":
-                identity, actions = _split(rest)
-                if identity not in table:
-                    raise AssertionError(f"modify of a rule the switch lacks: {identity}")
-                table[identity] = actions
-            elif kind == "delete_strict":
-                if rest not in table:
-                    raise AssertionError(f"delete of a rule the switch lacks: {rest}")
-                del table[rest]
+        for op in ops:
+            if op.kind == ADD:
+                table[op.identity] = op.actions
+                self.cookies[op.identity] = cookie
+            elif op.kind == MODIFY:
+                if op.identity not in table:
+                    raise AssertionError(f"modify of a rule the switch lacks: {op.identity}")
+                table[op.identity] = op.actions
+            elif op.kind == DELETE:
+                if op.identity not in table:
+                    raise AssertionError(f"delete of a rule the switch lacks: {op.identity}")
+                del table[op.identity]
             else:
                 raise AssertionError(f"unknown operation {op!r}")
         self.table = table
 
-    def flow_count(self, bridge: str) -> int:
+    def count(self) -> int:
         return len(self.table)
 
-    def dump_flows(self, bridge: str, match: str = "") -> list[str]:
-        return [f"{identity} actions={actions}" for identity, actions in self.table.items()]
+    def holds(self, rule: Flow) -> bool:
+        return self.table.get(rule.identity) == rule.actions
+
+    def answers(self) -> bool:
+        return True
+
+    # --- for tests ---------------------------------------------------------------------------
+
+    def dump(self, table: int | None = None, match: Match | None = None) -> list[Flow]:
+        """The rules of `table` (all: None) whose match sets every field `match` sets, to the
+        same value: what `ovs-ofctl dump-flows` lists for such a filter, exact values only."""
+        return [Flow(identity, actions) for identity, actions in self.table.items()
+                if (table is None or identity.table == table)
+                and (match is None or identity.match.holds(match))]

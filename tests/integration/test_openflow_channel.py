@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from overlay.dataplane.flows import DesiredState, Gateway, LocalPort, RemoteEndpoint
-from overlay.dataplane.flowtable import compute_flows
+from overlay.dataplane.flowtable import compute_flows, compute_rules
 from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
 from overlay.lab import host as steps
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab, LabHost
+from overlay.ovs.flow import DROP, Flow, GotoTable, Identity, Load, Op, Output, match
+from overlay.ovs.flowtext import actions_text, identity_text
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
 
@@ -58,12 +60,12 @@ def table(h: LabHost, bridge: str) -> list[str]:
                   .splitlines())
 
 
-def as_ops(lines: list[str]) -> list[tuple[str, str, str]]:
-    ops = []
-    for line in lines:
-        head, actions = line.split(",actions=", 1)
-        ops.append(("add", head.split(",", 1)[1], actions))
-    return ops
+def as_ops(flows: list[Flow]) -> list[Op]:
+    return [Op("add", f.identity, f.actions) for f in flows]
+
+
+def forward_rule(priority: int, mac: str) -> Identity:
+    return Identity(20, priority, match(reg0=42, eth_dst=mac))
 
 
 # Every match field of table 0's IPv6 and DHCP rules, as the rule text spells it: STATE must
@@ -87,7 +89,7 @@ def test_same_table_as_ovs_ofctl(host: LabHost) -> None:
     ofctl(host, "--bundle", "replace-flows", f"unix:{host.ovs_dir}/bra.mgmt", "-",
           stdin="\n".join(lines) + "\n")
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
-    channel.apply(as_ops(lines), COOKIE)
+    channel.apply(as_ops(compute_rules(STATE)), COOKIE)
     assert table(host, "bra") == table(host, "brb")
     assert len(table(host, "brb")) == len(lines) > 30
 
@@ -97,13 +99,13 @@ def test_same_table_with_chained_flood_rules(host: LabHost) -> None:
     remote = {f"r{i}": RemoteEndpoint(42, f"0a:58:0a:01:{i >> 8:02x}:{i & 0xFF:02x}",
                                       (f"10.1.{i >> 8}.{i & 0xFF}",),
                                       f"172.30.{i >> 8}.{i & 0xFF}") for i in range(1, 1201)}
-    lines = compute_flows(DesiredState(tunnel_ofport=1, generation=7, local=STATE.local,
-                                       remote=remote))
+    state = DesiredState(tunnel_ofport=1, generation=7, local=STATE.local, remote=remote)
+    lines = compute_flows(state)
     assert any("resubmit(,41)" in line for line in lines)
     ofctl(host, "--bundle", "replace-flows", f"unix:{host.ovs_dir}/bra.mgmt", "-",
           stdin="\n".join(lines) + "\n")
     ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
-    Channel(rundir=host.ovs_dir, bridge="brb").apply(as_ops(lines), COOKIE)
+    Channel(rundir=host.ovs_dir, bridge="brb").apply(as_ops(compute_rules(state)), COOKIE)
     assert table(host, "bra") == table(host, "brb")
 
 
@@ -111,7 +113,7 @@ def test_reinstall_under_a_new_cookie_keeps_counters_and_drops_the_rest(host: La
     """What a restarted agent sends: every wanted rule again under its own cookie, then a
     delete of what still carries the previous run's cookie. Counters survive the re-add."""
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
-    lines = compute_flows(STATE)
+    lines = compute_rules(STATE)
     ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
     channel.apply(as_ops(lines), COOKIE)
     # One ARP request from port 5 (container "a", 10.0.0.1) through table 0: a counter moves.
@@ -125,7 +127,7 @@ def test_reinstall_under_a_new_cookie_keeps_counters_and_drops_the_rest(host: La
                                        "table=0,arp,in_port=5").splitlines() if "n_packets=1" in line]
     assert len(counted()) == 1
     newer = COOKIE + 1
-    kept = [op for op in as_ops(lines) if "->tun_dst" not in op[2]]  # no more tunnels
+    kept = [op for op in as_ops(lines) if "->tun_dst" not in actions_text(op.actions)]  # no tunnels
     channel.apply(kept, newer, delete_cookies=(COOKIE,))
     after = table(host, "brb")
     assert len(after) == len(kept) < len(lines)
@@ -135,12 +137,14 @@ def test_reinstall_under_a_new_cookie_keeps_counters_and_drops_the_rest(host: La
 
 def test_modify_and_delete_touch_only_their_rule(host: LabHost) -> None:
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
-    ops = as_ops(compute_flows(STATE))
+    ops = as_ops(compute_rules(STATE))
     channel.apply(ops, COOKIE)
     before = table(host, "brb")
-    forward = next(op for op in ops if "table=20,priority=100" in op[1] and "tun_dst" in op[2])
-    arp = next(op for op in ops if op[1].startswith("table=10,priority=100"))
-    channel.apply([("modify_strict", forward[1], "drop"), ("delete_strict", arp[1], "")], COOKIE)
+    forward = next(op for op in ops if op.identity[:2] == (20, 100)
+                   and "tun_dst" in actions_text(op.actions))
+    arp = next(op for op in ops if identity_text(op.identity).startswith("table=10,priority=100"))
+    channel.apply([Op("modify_strict", forward.identity, DROP), Op("delete_strict", arp.identity)],
+                  COOKIE)
     after = table(host, "brb")
     assert len(after) == len(before) - 1
     changed = set(after) - set(before)
@@ -149,11 +153,12 @@ def test_modify_and_delete_touch_only_their_rule(host: LabHost) -> None:
 
 def test_what_it_cannot_say_is_refused_before_sending(host: LabHost) -> None:
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
-    channel.apply(as_ops(compute_flows(STATE)), COOKIE)
+    channel.apply(as_ops(compute_rules(STATE)), COOKIE)
     before = table(host, "brb")
     with pytest.raises(Unsupported):
-        channel.apply([("add", "table=20,priority=100,reg0=42,dl_dst=0a:58:0a:00:00:63", "drop"),
-                       ("add", "table=20,priority=90,ip", "ct(commit)")], COOKIE)
+        channel.apply([Op("add", forward_rule(100, "0a:58:0a:00:00:63"), DROP),
+                       Op("add", Identity(20, 90, match(eth_type=0x0800)), (Load("reg7", 1),))],
+                      COOKIE)
     assert table(host, "brb") == before  # all or nothing: not even the first rule
 
 
@@ -161,26 +166,26 @@ def test_a_refused_bundle_changes_nothing(host: LabHost) -> None:
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
     before = table(host, "brb")
     with pytest.raises(CniError):  # goto_table backwards is invalid in OpenFlow
-        channel.apply([("add", "table=20,priority=7,reg0=42,dl_dst=0a:58:0a:00:00:64", "drop"),
-                       ("add", "table=20,priority=8,reg0=42", "goto_table:10")], COOKIE)
+        channel.apply([Op("add", forward_rule(7, "0a:58:0a:00:00:64"), DROP),
+                       Op("add", Identity(20, 8, match(reg0=42)), (GotoTable(10),))], COOKIE)
     assert table(host, "brb") == before
-    channel.apply([("add", "table=20,priority=7,reg0=42,dl_dst=0a:58:0a:00:00:64", "drop")], 1)
+    channel.apply([Op("add", forward_rule(7, "0a:58:0a:00:00:64"), DROP)], 1)
     assert len(table(host, "brb")) == len(before) + 1  # the connection is still usable
 
 
 def test_reconnects_after_vswitchd_restart(host: LabHost) -> None:
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
-    channel.apply([("add", "table=30,priority=9,reg0=42", "drop")], 1)
+    channel.apply([Op("add", Identity(30, 9, match(reg0=42)), DROP)], 1)
     steps.stop_pidfile(f"{host.ovs_dir}/ovs-vswitchd.pid")
     steps.start_vswitchd(host.ovs_dir, host.netns)
     steps.wait_for(lambda: run(["test", "-S", f"{host.ovs_dir}/brb.mgmt"], check=False)
                    .returncode == 0, "brb's management socket")
-    channel.apply([("add", "table=30,priority=10,reg0=42", "drop")], 1)
+    channel.apply([Op("add", Identity(30, 10, match(reg0=42)), DROP)], 1)
     assert any("priority=10,reg0=0x2a" in line for line in table(host, "brb"))
 
 
-def rules_of(lines: list[str]) -> dict[str, str]:
-    return {identity: actions for _, identity, actions in as_ops(lines)}
+def rules_of(flows: list[Flow]) -> dict[Identity, tuple[object, ...]]:
+    return dict(flows)
 
 
 def test_holds_exactly_tells_the_same_table_from_any_other(host: LabHost) -> None:
@@ -192,21 +197,21 @@ def test_holds_exactly_tells_the_same_table_from_any_other(host: LabHost) -> Non
     state = DesiredState(tunnel_ofport=1, generation=7, local=STATE.local,
                          remote={**STATE.remote, **remote},
                          gateways={42: Gateway(42, "0e:6f:76:00:00:2a", "10.0.0.254", 9)})
-    lines = compute_flows(state)
+    lines = compute_rules(state)
     rules = rules_of(lines)
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
     ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
     channel.apply(as_ops(lines), COOKIE)
     assert channel.holds_exactly(rules) == (True, {COOKIE})
     # One rule's actions changed behind our back, one rule missing, one rule too many: no.
-    forward = next(i for i, a in rules.items() if "->tun_dst" in a and i.startswith("table=20"))
-    channel.apply([("modify_strict", forward, "drop")], COOKIE)
+    forward = next(i for i, a in rules.items()
+                   if "->tun_dst" in actions_text(a) and i.table == 20)  # type: ignore[arg-type]
+    channel.apply([Op("modify_strict", forward, DROP)], COOKIE)
     assert channel.holds_exactly(rules)[0] is False
-    channel.apply([("modify_strict", forward, rules[forward])], COOKIE)
+    channel.apply([Op("modify_strict", forward, rules[forward])], COOKIE)
     assert channel.holds_exactly(rules)[0] is True
     assert channel.holds_exactly({i: a for i, a in rules.items() if i != forward})[0] is False
-    channel.apply([("add", "table=20,priority=7,reg0=42,dl_dst=0a:58:0a:00:00:65", "drop")],
-                  COOKIE + 1)
+    channel.apply([Op("add", forward_rule(7, "0a:58:0a:00:00:65"), DROP)], COOKIE + 1)
     same, cookies = channel.holds_exactly(rules)
     assert same is False and cookies == {COOKIE, COOKIE + 1}
 
@@ -217,19 +222,18 @@ def test_a_restarted_run_adopts_an_identical_table_and_replaces_a_different_one(
     run's cookie, and their counters); a different one is replaced in one bundle, and the
     rules of both earlier runs' cookies go."""
     channel = Channel(rundir=host.ovs_dir, bridge="brb")
-    lines = compute_flows(STATE)
+    lines = compute_rules(STATE)
     rules = rules_of(lines)
     ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
     channel.apply(as_ops(lines), COOKIE)
-    ofctl_ = Ofctl(rundir=host.ovs_dir)
-    whole = WholeTable(ofctl=ofctl_, channel=channel, bridge="brb", generation=8)
+    ofctl_ = Ofctl(rundir=host.ovs_dir).on("brb")
+    whole = WholeTable(switch=ofctl_, channel=channel, generation=8)
     assert whole.install(rules).startswith("adopted")
     assert all(f"cookie={COOKIE:#x}," in line for line in table(host, "brb"))
     # The next run (9) finds a table that differs in one rule: it replaces the whole table
     # under its own cookie, and nothing of runs 7 and 8 is left.
-    channel.apply([("add", "table=20,priority=7,reg0=42,dl_dst=0a:58:0a:00:00:66", "drop")],
-                  COOKIE + 1)
-    whole = WholeTable(ofctl=ofctl_, channel=channel, bridge="brb", generation=9)
+    channel.apply([Op("add", forward_rule(7, "0a:58:0a:00:00:66"), DROP)], COOKIE + 1)
+    whole = WholeTable(switch=ofctl_, channel=channel, generation=9)
     assert whole.install(rules).startswith("whole table of")
     after = table(host, "brb")
     assert len(after) == len(rules) and all(f"cookie={COOKIE + 2:#x}," in line for line in after)
@@ -259,6 +263,30 @@ def test_a_bundle_the_switch_refuses_is_repaired_by_the_periodic_check(host: Lab
     finally:
         run(["ovs-vsctl", db, "clear", "bridge", "brc", "flow_tables"])
     assert not dp.verify()  # the failure alone says the table is unknown: replaced
-    wanted = dict(line.split(",", 1)[1].split(",actions=", 1) for line in dp.flows())
-    assert any("->tun_dst" in actions for actions in wanted.values())  # r1's rules among them
+    wanted = dp.wanted()
+    assert any("->tun_dst" in actions_text(actions) for actions in wanted.values())  # r1's rules among them
     assert Channel(rundir=host.ovs_dir, bridge="brc").holds_exactly(wanted)[0]
+
+
+def test_probes_compare_rules_not_substrings(host: LabHost) -> None:
+    """Both switches say a rule is held when the switch has it, actions and all: every rule of
+    the table, read back through the channel and through ovs-ofctl; a rule that differs only
+    in its output port (1, where the switch has 12) or is absent is not held; and the count."""
+    channel = Channel(rundir=host.ovs_dir, bridge="brb")
+    ofctl_switch = Ofctl(rundir=host.ovs_dir).on("brb")
+    gateway = Gateway(42, "0e:6f:76:00:00:2a", "10.0.0.254", 12)
+    state = DesiredState(tunnel_ofport=1, generation=7, local=STATE.local, remote=STATE.remote,
+                         gateways={42: gateway})
+    rules = compute_rules(state)
+    ofctl(host, "del-flows", f"unix:{host.ovs_dir}/brb.mgmt")
+    channel.apply(as_ops(rules), COOKIE)
+    assert all(channel.holds(rule) for rule in rules)
+    assert all(ofctl_switch.holds(rule) for rule in rules)
+    to_gateway = next(r for r in rules if r.identity[:2] == (20, 110))
+    assert actions_text(to_gateway.actions) == "output:12"
+    on_port_1 = Flow(to_gateway.identity, (Output(1),))
+    assert not channel.holds(on_port_1) and not ofctl_switch.holds(on_port_1)
+    absent = Flow(forward_rule(100, "0a:58:0a:00:00:99"), (Output(12),))
+    assert not channel.holds(absent) and not ofctl_switch.holds(absent)
+    assert channel.count() == ofctl_switch.count() == len(rules)
+    assert channel.answers() and ofctl_switch.answers()

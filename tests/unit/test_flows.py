@@ -11,6 +11,14 @@ from overlay.dataplane.flows import (
     remote_endpoint_flows,
 )
 from overlay.dataplane.flowtable import compute_flows
+from overlay.ovs.flow import Flow, Output, SetField
+from overlay.ovs.flow import match as flow_match
+from overlay.ovs.flowtext import actions_text, identity_text
+
+
+def text(flows: list[Flow]) -> dict[str, str]:
+    """identity -> actions, as ovs-ofctl writes them: what these tests read."""
+    return {identity_text(f.identity): actions_text(f.actions) for f in flows}
 
 
 def keyed(*objects: object) -> dict[str, object]:
@@ -121,8 +129,8 @@ def test_broadcast_to_a_thousand_hosts_is_split_into_chained_rules() -> None:
     from overlay.dataplane.flows import FLOOD, FLOOD_CHUNK, network_flows
 
     vteps = [f"172.31.{i // 250}.{i % 250 + 1}" for i in range(1100)]
-    rules = {f.identity.split(",")[0]: f.actions for f in network_flows(42, [2], vteps, 1)
-             if "priority=50" in f.identity and not f.identity.startswith("table=30")}
+    rules = {i.split(",")[0]: a for i, a in text(network_flows(42, [2], vteps, 1)).items()
+             if "priority=50" in i and not i.startswith("table=30")}
     assert list(rules) == ["table=20", f"table={FLOOD}", f"table={FLOOD + 1}"]
     assert rules["table=20"].startswith("output:2,")
     assert rules["table=20"].endswith(f"resubmit(,{FLOOD})")
@@ -162,10 +170,11 @@ def test_remote_endpoint_rules_spelt_out_are_the_general_spelling() -> None:
               RemoteEndpoint(7, "0a:58:0a:00:00:03", ("10.0.0.3", "fd00::3", "10.0.1.3"),
                              "172.31.0.3"),
               RemoteEndpoint(8, "0a:d4:00:00:00:04", (), "172.31.0.4")):
-        general = [_flow(FORWARD, 100, f"reg0={e.vni},dl_dst={e.mac}",
-                         f"set_field:{e.vtep}->tun_dst,set_field:{e.vni}->tun_id,output:5"),
+        general = [_flow(FORWARD, 100, flow_match(reg0=e.vni, eth_dst=e.mac),
+                         (SetField("tun_dst", e.vtep), SetField("tun_id", e.vni), Output(5))),
                    *_arp_answers(e.vni, e.mac, e.ips)]
         assert remote_endpoint_flows(e, 5) == general
+        assert text(remote_endpoint_flows(e, 5)) == text(general)
 
 
 V6_MAC = "0a:58:0a:06:00:02"
@@ -176,7 +185,7 @@ V6_LL = "fe80::858:aff:fe06:2"
 def v6_table0(**extra: bool) -> dict[str, str]:
     """match -> actions of table 0 for a dual-stack port (priority folded into the match)."""
     port = LocalPort(42, V6_MAC, ("10.6.0.2", "fd00:6::2"), 5, **extra)
-    return {f.identity: f.actions for f in local_port_flows(port) if f.identity.startswith("table=0,")}
+    return {i: a for i, a in text(local_port_flows(port)).items() if i.startswith("table=0,")}
 
 
 def test_link_local_is_the_kernels_eui64_of_the_mac() -> None:
@@ -227,6 +236,6 @@ def test_dhcp_server_replies_only_from_named_servers() -> None:
 
 def test_a_dhcp_client_without_a_lease_has_no_server_rules_to_need() -> None:
     flows = local_port_flows(LocalPort(42, V6_MAC, (), 5, dhcp=True))
-    assert [f.identity for f in flows if f.identity.startswith("table=0,")] == [
+    assert [i for i in text(flows) if i.startswith("table=0,")] == [
         f"table=0,priority=100,{V6_BASE},udp,nw_src=0.0.0.0,nw_dst=255.255.255.255,"
         "tp_src=68,tp_dst=67"]

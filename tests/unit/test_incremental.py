@@ -4,6 +4,7 @@ going), the switch holds exactly compute_flows(state), and only bundles were sen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
@@ -12,17 +13,19 @@ from hypothesis import strategies as st
 
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import Gateway, LocalPort, RemoteEndpoint
-from overlay.dataplane.flowtable import compute_flows
+from overlay.dataplane.flowtable import compute_rules
 from overlay.errors import CniError, Code
+from overlay.ovs.flow import Actions, Identity, Op
+from overlay.ovs.flowtext import op_text
 from overlay.ovs.testing import FakeOfctl
 
 
-def oracle(dp: Dataplane) -> dict[str, str]:
-    out = {}
-    for line in compute_flows(dp.state()):
-        head, actions = line.split(",actions=", 1)
-        out[head.split(",", 1)[1]] = actions
-    return out
+def oracle(dp: Dataplane) -> dict[Identity, Actions]:
+    return dict(compute_rules(dp.state()))
+
+
+def text(bundle: list[Op]) -> list[str]:
+    return [op_text(op, 0) for op in bundle]
 
 
 def new_dataplane() -> tuple[Dataplane, FakeOfctl]:
@@ -113,7 +116,8 @@ def test_one_remote_event_sends_only_that_endpoints_rules() -> None:
     dp.update_remote({"r5000": None})
     # The VTEP was known already, so neither the tunnel nor the broadcast rules change.
     assert [len(b) for b in fake.bundles] == [2, 2]
-    assert all("0a:58:0a:00:13:88" in op or "10.0.19.136" in op for b in fake.bundles for op in b)
+    assert all("0a:58:0a:00:13:88" in op or "10.0.19.136" in op
+               for b in fake.bundles for op in text(b))
 
 
 def test_a_host_change_touches_the_network_rules_once_per_batch() -> None:
@@ -122,7 +126,7 @@ def test_a_host_change_touches_the_network_rules_once_per_batch() -> None:
     fake.bundles.clear()
     dp.update_remote({f"r{i}": RemoteEndpoint(42, f"0a:58:0a:00:01:{i:02x}", (f"10.0.1.{i}",),
                                               f"172.31.0.{i}") for i in range(2, 50)})
-    flood = [op for op in fake.bundles[0] if "priority=50" in op and "table=20" in op]
+    flood = [op for op in fake.bundles[0] if op.identity[:2] == (20, 50)]
     assert len(flood) == 1  # one modify of the broadcast rule for 48 new VTEPs, not 48
 
 
@@ -151,11 +155,11 @@ class RefusingOfctl(FakeOfctl):
         super().__init__()
         self.refuse = 0
 
-    def apply_bundle(self, bridge: str, operations: list[str]) -> None:
+    def apply(self, ops: Sequence[Op], cookie: int) -> None:
         if self.refuse:
             self.refuse -= 1
             raise CniError(Code.OVS_FAILURE, "the switch refused a flow; nothing was changed")
-        super().apply_bundle(bridge, operations)
+        super().apply(ops, cookie)
 
 
 def test_the_periodic_check_repairs_a_failed_bundle_without_any_other_change() -> None:
