@@ -35,8 +35,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from overlay.dataplane.flows import (
-    CLASSIFY,
-    FORWARD,
     DesiredState,
     Gateway,
     LocalPort,
@@ -48,6 +46,7 @@ from overlay.dataplane.flows import (
 from overlay.dataplane.intent import Intent
 from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
+from overlay.model import CLASSIFY, FORWARD
 from overlay.ovs.flow import ADD, DELETE, MODIFY, Actions, Identity, Op
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported

@@ -42,6 +42,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from overlay.model import ARP, CLASSIFY, DELIVER, FORWARD
 from overlay.ovs.flow import (
     ARP as P_ARP,
 )
@@ -65,8 +66,6 @@ from overlay.ovs.flow import (
     SetField,
     match,
 )
-
-from overlay.model import ARP, CLASSIFY, DELIVER, FORWARD
 
 COOKIE_BASE = 0x0FE1A7 << 40  # "overlay" flows; the low 40 bits are the agent's generation
 
