@@ -54,6 +54,16 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def with_c0_and_c1(lab: Lab) -> Lab:
+    """The lab's demo pair, as most e2e modules start: c0 on host0 and c1 on host1 in the
+    lab's network, each agent having learnt the other's container."""
+    for name, host in (("c0", "host0"), ("c1", "host1")):
+        out = ctr.add_container(lab, name, host)
+        assert out.returncode == 0, out.stdout
+    ctr.wait_converged(lab)
+    return lab
+
+
 def new_prefix() -> str:
     return "t" + uuid.uuid4().hex[:5]
 

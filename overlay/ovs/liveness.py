@@ -26,6 +26,8 @@ import struct
 import threading
 from collections.abc import Callable
 
+from overlay.ovs.openflow import read_exactly
+
 log = logging.getLogger(__name__)
 
 VERSION = 0x05  # OpenFlow 1.4, as ovs/openflow.py speaks
@@ -140,9 +142,9 @@ class SwitchRestartWatcher:
             try:
                 if not select.select([sock], [], [], 0.5)[0]:
                     continue
-                header = _read_exactly(sock, 8)
+                header = read_exactly(sock, 8)
                 version, kind, length, xid = struct.unpack("!BBHI", header)
-                body = _read_exactly(sock, length - 8)
+                body = read_exactly(sock, length - 8)
                 if kind == ECHO_REQUEST:
                     sock.sendall(struct.pack("!BBHI", version, ECHO_REPLY, length, xid) + body)
             except (OSError, ValueError, struct.error):
@@ -158,8 +160,8 @@ class SwitchRestartWatcher:
             sock.settimeout(5.0)
             sock.connect(self._path)
             sock.sendall(struct.pack("!BBHI", VERSION, HELLO, 8, 1))
-            _, kind, length, _ = struct.unpack("!BBHI", _read_exactly(sock, 8))
-            _read_exactly(sock, length - 8)
+            _, kind, length, _ = struct.unpack("!BBHI", read_exactly(sock, 8))
+            read_exactly(sock, length - 8)
             if kind != HELLO:
                 raise OSError(f"expected HELLO from {self._path}, got type {kind}")
         except (OSError, struct.error) as exc:
@@ -171,13 +173,3 @@ class SwitchRestartWatcher:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionResetError("the switch closed the OpenFlow connection")
-        data += chunk
-    return data

@@ -328,12 +328,13 @@ class Channel:
 
     @staticmethod
     def _read_message(sock: socket.socket) -> tuple[tuple[int, int, int, int], bytes]:
-        header = _read_exactly(sock, 8)
+        header = read_exactly(sock, 8)
         version, kind, length, xid = struct.unpack("!BBHI", header)
-        return (version, kind, length, xid), _read_exactly(sock, length - 8)
+        return (version, kind, length, xid), read_exactly(sock, length - 8)
 
 
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    """`size` bytes from an OpenFlow connection (also the restart watcher's, liveness.py)."""
     data = b""
     while len(data) < size:
         chunk = sock.recv(size - len(data))

@@ -16,22 +16,17 @@ from collections.abc import Callable
 
 import pytest
 
-from overlay.lab import containers as ctr
 from overlay.lab.faults import restart_vswitchd
 from overlay.lab.shell import in_netns
 from overlay.lab.topology import Lab, LabHost
+from overlay_fixtures import with_c0_and_c1
 
 RESTARTS = 4
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
-    lab = lab_factory(hosts=2)
-    for name, host in (("c0", "host0"), ("c1", "host1")):
-        out = ctr.add_container(lab, name, host)
-        assert out.returncode == 0, out.stdout
-    ctr.wait_converged(lab)
-    return lab
+    return with_c0_and_c1(lab_factory(hosts=2))
 
 
 def restarts_counted(lab: Lab, h: LabHost) -> float:

@@ -25,16 +25,12 @@ from overlay.lab import host as steps
 from overlay.lab.shell import add_netns, del_netns, in_netns, run
 from overlay.lab.topology import Lab
 from overlay.store import records as r
+from overlay_fixtures import with_c0_and_c1
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
-    lab = lab_factory(hosts=2)
-    for name, host in (("c0", "host0"), ("c1", "host1")):
-        out = ctr.add_container(lab, name, host)
-        assert out.returncode == 0, out.stdout
-    ctr.wait_converged(lab)
-    return lab
+    return with_c0_and_c1(lab_factory(hosts=2))
 
 
 def etcd_get(lab: Lab, key: str) -> tuple[bytes | None, int]:

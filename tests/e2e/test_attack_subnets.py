@@ -21,17 +21,12 @@ from overlay.lab import containers as ctr
 from overlay.lab import host as steps
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab, LabHost
-from overlay_fixtures import Cni, host_snapshot
+from overlay_fixtures import Cni, host_snapshot, with_c0_and_c1
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
-    lab = lab_factory(hosts=2)
-    for name, host in (("c0", "host0"), ("c1", "host1")):
-        out = ctr.add_container(lab, name, host)
-        assert out.returncode == 0, out.stdout
-    ctr.wait_converged(lab)
-    return lab
+    return with_c0_and_c1(lab_factory(hosts=2))
 
 
 def etcdctl(lab: Lab, *args: str) -> str:

@@ -9,20 +9,14 @@ from collections.abc import Callable
 
 import pytest
 
-from overlay.lab import containers as ctr
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
-from overlay_fixtures import capture, vxlan_vnis
+from overlay_fixtures import capture, vxlan_vnis, with_c0_and_c1
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
-    lab = lab_factory(hosts=2)
-    for name, host in (("c0", "host0"), ("c1", "host1")):
-        out = ctr.add_container(lab, name, host)
-        assert out.returncode == 0, out.stdout
-    ctr.wait_converged(lab)
-    return lab
+    return with_c0_and_c1(lab_factory(hosts=2))
 
 
 def ping(lab: Lab, src: str, dst_ip: str, count: int = 3) -> tuple[bool, str]:

@@ -28,6 +28,7 @@ from overlay.lab import containers as ctr
 from overlay.lab import host as steps
 from overlay.lab.shell import in_netns, run
 from overlay.lab.topology import Lab, LabHost
+from overlay_fixtures import with_c0_and_c1
 
 SERVER_IP, PORT = "172.31.0.254", 7777
 GATEWAY_MAC = "0e:6f:76:00:00:2a"  # VNI 42
@@ -94,12 +95,7 @@ def gateway_artifacts(h: LabHost) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
-    lab = lab_factory(hosts=2)
-    for name, host in (("c0", "host0"), ("c1", "host1")):
-        out = ctr.add_container(lab, name, host)
-        assert out.returncode == 0, out.stdout
-    ctr.wait_converged(lab)
-    return lab
+    return with_c0_and_c1(lab_factory(hosts=2))
 
 
 @pytest.fixture(scope="module")
