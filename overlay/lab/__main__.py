@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from overlay.lab import containers as ctr
 from overlay.lab import dhcp, etcdauth
@@ -66,7 +67,7 @@ def _dhcp_server(lab: Lab, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m overlay.lab")
     parser.add_argument("--workdir", default=WORKDIR)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -116,83 +117,115 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("metrics")
     m.add_argument("host")
     m.add_argument("--path", default="/metrics")
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.cmd == "up":
-        lab = Lab.load(args.workdir) if os.path.exists(f"{args.workdir}/lab.json") else Lab(
-            workdir=args.workdir, tls=args.tls is not False, bridge=args.bridge)
-        if args.tls is not None and args.tls != lab.tls:  # unsaid, the lab stays as it is
-            raise SystemExit(f"the lab in {args.workdir} runs etcd {'with' if lab.tls else 'without'}"
-                             f" TLS; remove it first (make lab-down) to bring it up "
-                             f"{'with' if args.tls else 'without'} TLS")
-        print(f"bringing up {args.hosts} hosts in {args.workdir} ...")
-        lab.up(args.hosts, progress=lambda line: print(line, flush=True))
-        if not args.no_network:
-            ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
-        if lab.tls:
-            print(f"  etcd: {lab.etcd_url}, client certificates required, one etcd user per host "
-                  f"(role {etcdauth.HOST_ROLE}: {etcdauth.PREFIX} only); certificates in "
-                  f"{lab.pki_dir}")
-        else:
-            print(f"  etcd: {lab.etcd_url}, plain http without authentication (TLS=0)")
-        for h in lab.hosts:
-            print(f"  {h.name}: netns {h.netns}, vtep {h.vtep}, agent socket {h.socket}")
+
+def _up(args: argparse.Namespace) -> int:
+    lab = Lab.load(args.workdir) if os.path.exists(f"{args.workdir}/lab.json") else Lab(
+        workdir=args.workdir, tls=args.tls is not False, bridge=args.bridge)
+    if args.tls is not None and args.tls != lab.tls:  # unsaid, the lab stays as it is
+        raise SystemExit(f"the lab in {args.workdir} runs etcd {'with' if lab.tls else 'without'}"
+                         f" TLS; remove it first (make lab-down) to bring it up "
+                         f"{'with' if args.tls else 'without'} TLS")
+    print(f"bringing up {args.hosts} hosts in {args.workdir} ...")
+    lab.up(args.hosts, progress=lambda line: print(line, flush=True))
+    if not args.no_network:
+        ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
+    if lab.tls:
+        print(f"  etcd: {lab.etcd_url}, client certificates required, one etcd user per host "
+              f"(role {etcdauth.HOST_ROLE}: {etcdauth.PREFIX} only); certificates in "
+              f"{lab.pki_dir}")
+    else:
+        print(f"  etcd: {lab.etcd_url}, plain http without authentication (TLS=0)")
+    for h in lab.hosts:
+        print(f"  {h.name}: netns {h.netns}, vtep {h.vtep}, agent socket {h.socket}")
+    return 0
+
+
+def _down(lab: Lab, args: argparse.Namespace) -> int:
+    lab.down()
+    print("lab removed")
+    return 0
+
+
+def _demo(lab: Lab, args: argparse.Namespace) -> int:
+    for name, host in (("c0", lab.hosts[0].name), ("c1", lab.hosts[1].name)):
+        if name not in lab.containers:
+            _add(lab, name, host, ctr.DEFAULT_NETWORK)
+    print("waiting for every agent to learn every container ...", flush=True)
+    ctr.wait_converged(lab)
+    print("cross-host ping over VXLAN (VNI 42):")
+    ok = _ping(lab, "c0", "c1") & _ping(lab, "c1", "c0")
+    return 0 if ok else 1
+
+
+def _container(lab: Lab, args: argparse.Namespace) -> int:
+    if args.action == "add" and args.netconf:
+        with open(args.netconf) as fh:
+            out = ctr.add_container(lab, args.name, args.host, netconf=json.load(fh))
+        print(out.stdout.strip() or out.stderr.strip())
+        return out.returncode
+    if args.action == "add":
+        _add(lab, args.name, args.host, args.network)
         return 0
+    out = ctr.del_container(lab, args.name)
+    print(out.stdout or "deleted")
+    return out.returncode
+
+
+def _network(lab: Lab, args: argparse.Namespace) -> int:
+    ctr.define_network(lab, args.name, args.vni, args.subnet)
+    return 0
+
+
+def _ping_command(lab: Lab, args: argparse.Namespace) -> int:
+    return 0 if _ping(lab, args.src, args.dst) else 1
+
+
+def _trace(lab: Lab, args: argparse.Namespace) -> int:
+    from overlay.lab.trace import lab_trace, render
+
+    options = ["--proto", args.proto] + (["--dport", str(args.dport)] if args.dport else [])
+    options += ["--src-ip", args.src_ip] if args.src_ip else []
+    result = lab_trace(lab, args.src, args.dst, options)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+def _metrics(lab: Lab, args: argparse.Namespace) -> int:
+    status, body = lab.agent_http(lab.host(args.host), args.path)
+    print(body, end="")
+    return 0 if status == 200 else 1
+
+
+def _status(lab: Lab, args: argparse.Namespace) -> int:
+    print(f"etcd: {lab.etcd_url}" + (f" (TLS, client certificates in {lab.pki_dir})"
+                                     if lab.tls else ""))
+    for h in lab.hosts:
+        print(f"{h.name}: netns {h.netns}, vtep {h.vtep}, socket {h.socket}, "
+              f"cni config {h.cni_dir}")
+    for name, cinfo in lab.containers.items():
+        print(f"{name}: {cinfo}")
+    return 0
+
+
+# The commands that need a lab already up (`up` makes one), by name.
+COMMANDS: dict[str, Callable[[Lab, argparse.Namespace], int]] = {
+    "down": _down, "demo": _demo, "container": _container, "dhcp-server": _dhcp_server,
+    "network": _network, "ping": _ping_command, "trace": _trace, "metrics": _metrics,
+    "status": _status,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "up":
+        return _up(args)
     if not os.path.exists(f"{args.workdir}/lab.json"):
         if args.cmd == "down":
             return 0
         raise SystemExit(f"no lab in {args.workdir}: run `make lab` first")
-    lab = Lab.load(args.workdir)
-    if args.cmd == "down":
-        lab.down()
-        print("lab removed")
-    elif args.cmd == "demo":
-        for name, host in (("c0", lab.hosts[0].name), ("c1", lab.hosts[1].name)):
-            if name not in lab.containers:
-                _add(lab, name, host, ctr.DEFAULT_NETWORK)
-        print("waiting for every agent to learn every container ...", flush=True)
-        ctr.wait_converged(lab)
-        print("cross-host ping over VXLAN (VNI 42):")
-        ok = _ping(lab, "c0", "c1") & _ping(lab, "c1", "c0")
-        return 0 if ok else 1
-    elif args.cmd == "container":
-        if args.action == "add" and args.netconf:
-            with open(args.netconf) as fh:
-                out = ctr.add_container(lab, args.name, args.host, netconf=json.load(fh))
-            print(out.stdout.strip() or out.stderr.strip())
-            return out.returncode
-        if args.action == "add":
-            _add(lab, args.name, args.host, args.network)
-        else:
-            out = ctr.del_container(lab, args.name)
-            print(out.stdout or "deleted")
-            return out.returncode
-    elif args.cmd == "dhcp-server":
-        return _dhcp_server(lab, args)
-    elif args.cmd == "network":
-        ctr.define_network(lab, args.name, args.vni, args.subnet)
-    elif args.cmd == "ping":
-        return 0 if _ping(lab, args.src, args.dst) else 1
-    elif args.cmd == "trace":
-        from overlay.lab.trace import lab_trace, render
-
-        options = ["--proto", args.proto] + (["--dport", str(args.dport)] if args.dport else [])
-        options += ["--src-ip", args.src_ip] if args.src_ip else []
-        result = lab_trace(lab, args.src, args.dst, options)
-        print(json.dumps(result, indent=2) if args.json else render(result))
-    elif args.cmd == "metrics":
-        status, body = lab.agent_http(lab.host(args.host), args.path)
-        print(body, end="")
-        return 0 if status == 200 else 1
-    elif args.cmd == "status":
-        print(f"etcd: {lab.etcd_url}" + (f" (TLS, client certificates in {lab.pki_dir})"
-                                         if lab.tls else ""))
-        for h in lab.hosts:
-            print(f"{h.name}: netns {h.netns}, vtep {h.vtep}, socket {h.socket}, "
-                  f"cni config {h.cni_dir}")
-        for name, cinfo in lab.containers.items():
-            print(f"{name}: {cinfo}")
-    return 0
+    return COMMANDS[args.cmd](Lab.load(args.workdir), args)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Every call is bounded by a timeout, and "etcd is not reachable" always surfaces as
 CniError(TRY_AGAIN_LATER) so that a runtime retries instead of giving up. The host lease is kept
-alive by a thread this class owns; if the lease is lost (etcd was down longer than the TTL), the
-thread takes a new one and writes the host record again.
+alive by a thread this class owns (lease.py); if the lease is lost (etcd was down longer than the
+TTL), the thread takes a new one and writes the host record again.
 
 With `ca` (and `cert`/`key` for client-certificate authentication) every endpoint is reached over
 TLS, whatever scheme its URL says; register_host then tells an etcd that refuses our TLS
@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -30,7 +29,7 @@ from overlay.errors import CniError, Code
 from overlay.model import Address
 from overlay.store import ownership, tls
 from overlay.store import records as r
-from overlay.store.ownership import HostNameTaken
+from overlay.store.lease import HostLease
 from overlay.store.paging import Item, OnPage, read_range
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ T = TypeVar("T")
 _UNAVAILABLE = (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
                 pyetcd.exceptions.NoServerAvailableError)
 RETRY_AFTER = 0.2  # seconds an endpoint stays benched after a failure
-PUT_BACK_GAP = 1.0  # seconds at least between two put-backs of our host record
 # gRPC backs off reconnecting exponentially, up to two minutes by default: after a 30 s etcd
 # outage the agent would stay disconnected for tens of seconds more, long enough for the host
 # leases (restored with their full TTL when etcd restarts) to expire unrefreshed, and for every
@@ -151,21 +149,14 @@ class Store:
         self._client: Any = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
                                                             failover=True)
         self._tx = self._client.transactions
-        self._lease: Any = None
-        self._host: r.HostRecord | None = None  # ours, once registered
-        self._wake = threading.Event()  # the host watch saw our record changed (host_changed)
-        self._stop = threading.Event()
-        self._keeper: threading.Thread | None = None
+        self._host_lease = HostLease(self.register_host, self._put_back)
 
     @property
     def client(self) -> Any:
         return self._client
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._keeper:
-            self._keeper.join(timeout=5)
+        self._host_lease.close()
         self._client.close()
 
     # --- hosts -------------------------------------------------------------------------------
@@ -201,62 +192,16 @@ class Store:
             except Exception:  # best effort: it expires anyway
                 pass
             raise
-        self._lease = lease  # only once the record is really written under it
-        self._host = rec
-        if self._keeper is None:
-            self._keeper = threading.Thread(target=self._keep_alive, args=(rec, ttl),
-                                            name="etcd-lease", daemon=True)
-            self._keeper.start()
+        self._host_lease.hold(lease, rec, ttl)
 
     def host_changed(self, key: str, value: bytes | None) -> None:
-        """A change the hosts watch saw: wake the lease thread if it is our record and not as
-        we wrote it, so that it is put back at once rather than at the next check."""
-        rec = self._host
-        if rec is not None and key == r.host_key(rec.host) and value != rec.to_json().encode():
-            self._wake.set()
-
-    def _keep_alive(self, rec: r.HostRecord, ttl: int) -> None:
-        # A record someone else changed or deleted must be back within ttl / 3 (issue 15): the
-        # hosts watch wakes us at once (host_changed); every ttl / 4 we look anyway, in case
-        # the watch is down. Put-backs are at least PUT_BACK_GAP apart, so that two agents
-        # that both believe they hold the name (ownership.py refuses that at start, but etcd
-        # may have lost the first one's record) do not keep etcd busy.
-        refreshed = 0.0
-        while not self._stop.is_set():
-            self._wake.wait(ttl / 4)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                if self._lease is None:
-                    raise CniError(Code.TRY_AGAIN_LATER, "no lease")
-                if time.monotonic() - refreshed >= ttl / 3:
-                    if self._lease.refresh()[0].TTL <= 0:  # expired while etcd was unreachable
-                        raise CniError(Code.TRY_AGAIN_LATER, "lease expired")
-                    refreshed = time.monotonic()
-                if self._put_back(rec):
-                    self._stop.wait(PUT_BACK_GAP)
-            except Exception as exc:  # keep trying: the lease thread must outlive etcd outages
-                log.warning("host lease refresh failed (%s); registering again", exc)
-                try:
-                    self._lease = None
-                    self.register_host(rec, ttl)
-                    refreshed = time.monotonic()
-                except (CniError, tls.TlsRejected, HostNameTaken) as again:
-                    log.warning("host registration failed: %s", again)
+        """A change the hosts watch saw: our record not as we wrote it is put back at once."""
+        self._host_lease.changed(key, value)
 
     @_translate
     def _put_back(self, rec: r.HostRecord) -> bool:
         """Write our host record again if it is not as we wrote it (value and lease)."""
-        key, mine = r.host_key(rec.host), rec.to_json()
-        value, meta = self._client.get(key)
-        if value is not None and value.decode(errors="replace") == mine and \
-                meta.lease_id == self._lease.id:
-            return False
-        log.warning("host record %s was %s by someone else; putting it back", key,
-                    "deleted" if value is None else f"changed to {value[:200]!r}")
-        self._client.put(key, mine, lease=self._lease)
-        return True
+        return self._host_lease.put_back(self._client, rec)
 
     # --- networks ----------------------------------------------------------------------------
 

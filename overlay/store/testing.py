@@ -8,7 +8,6 @@ called before every transaction, so a test can slip a concurrent writer in at ex
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from pyetcd import transactions as t
 from pyetcd.client import Transactions
 
 from overlay.store.etcd import Store
+from overlay.store.lease import HostLease
 
 
 @dataclass
@@ -124,9 +124,5 @@ def fake_store(client: FakeEtcd | None = None) -> Store:
     store._tx = store._client.transactions
     store._addresses = [("127.0.0.1", 2379)]
     store.on_error = lambda operation: None
-    store._lease = None
-    store._host = None
-    store._wake = threading.Event()
-    store._stop = threading.Event()
-    store._keeper = None
+    store._host_lease = HostLease(store.register_host, store._put_back)
     return store

@@ -147,7 +147,7 @@ def test_our_host_record_is_put_back(tamper: str) -> None:
     assert store._put_back(mine) is True
     value, meta = etcd.get(key)
     assert value == mine.to_json().encode() and meta is not None
-    assert meta.lease_id == store._lease.id
+    assert meta.lease_id == store._host_lease.lease.id
 
 
 def test_the_hosts_watch_wakes_the_lease_thread_only_for_a_change_of_ours() -> None:
@@ -156,9 +156,9 @@ def test_the_hosts_watch_wakes_the_lease_thread_only_for_a_change_of_ours() -> N
     store._register_host(mine, 10)
     store.host_changed(r.host_key("host1"), b"{}")
     store.host_changed(r.host_key("host0"), mine.to_json().encode())
-    assert not store._wake.is_set()
+    assert not store._host_lease.wake.is_set()
     store.host_changed(r.host_key("host0"), None)
-    assert store._wake.is_set()
+    assert store._host_lease.wake.is_set()
 
 
 # --- every path of the CNI service that deletes records ----------------------------------------
