@@ -3,6 +3,13 @@
 Agents are given all three members. With each member stopped in turn (leader or not), traffic
 between hosts keeps flowing without a gap, ADD and DEL succeed, and a container added while
 the member is down is reachable from the other host.
+
+"Changes nothing" is asserted on the mechanism: every host's switch holds exactly the rules it
+held before. The pings and the TCP stream check that on real traffic: no gap of 250 ms, the
+stream survives, and isolated losses stay under 2 %. This machine's userspace datapath loses
+single pings with no fault at all (measured today on a quiet machine with this lab: 0-3 of 400,
+each alone), so a 1 % bound failed about one run in four without any fault to blame; a control
+plane that touched the flows would show as a gap, a changed table, or both.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from collections.abc import Callable
 import pytest
 
 from overlay.lab import containers as ctr
+from overlay.lab.faults import switch_table
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 
@@ -35,6 +43,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
 @pytest.mark.parametrize("member", [0, 1, 2])
 def test_one_member_down_changes_nothing(lab: Lab, member: int) -> None:
     leader = run(lab.etcdctl("endpoint", "status", "-w", "table"), netns=lab.underlay_ns).stdout
+    tables = {h.name: switch_table(h) for h in lab.hosts}
     traffic = Traffic(lab, 8)
     lab.stop_etcd_member(member)
     try:
@@ -53,4 +62,5 @@ def test_one_member_down_changes_nothing(lab: Lab, member: int) -> None:
     outcome = traffic.finish()
     row = next(line for line in leader.splitlines() if f"{lab.member_ips[member]}:2379" in line)
     print(f"  member m{member} stopped ({'leader' if ' true ' in row else 'follower'})")
-    assert outcome.longest_gap_ms < 250 and outcome.lost <= outcome.sent // 100 and outcome.tcp_ok
+    assert {h.name: switch_table(h) for h in lab.hosts} == tables
+    assert outcome.longest_gap_ms < 250 and outcome.lost <= outcome.sent // 50 and outcome.tcp_ok

@@ -229,8 +229,9 @@ def test_check_and_del(lab: VagrantLab) -> None:
     assert code == 0, out
     assert set(lab.node2.sh("ovs-vsctl list-ports br-int").stdout.split()) == ports_before
     assert lab.node2.sh("test -e /var/run/netns/k1", check=False).returncode != 0
-    endpoints = lab.node2.sh(f"{OVERLAYCTL} "
-                             "--json endpoints", check=False).stdout
+    # check: a failing overlayctl raises with its stderr (once it printed nothing, and the
+    # JSON error below said nothing about why).
+    endpoints = lab.node2.sh(f"{OVERLAYCTL} --json endpoints").stdout
     # by container: the address itself is also held in the overlapping network "blue"
     assert not [e for e in json.loads(endpoints) if e["container_id"] == "k1"], endpoints
     # The remote host drops the flows for the MAC once the endpoint leaves etcd.
