@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -57,16 +58,31 @@ def _store(etcd: str, tls: TlsFiles) -> Store:
 T = TypeVar("T")
 
 
-def _with_store(etcd: str, tls: TlsFiles, use: Callable[[Store], T]) -> T:
+# How long a command keeps trying an etcd that does not answer. The agent's ADD must say "try
+# again later" at once; a person's one command should not fail on one lost connection attempt
+# (the VM tier saw a TLS connection to a busy etcd under emulation fail once while the agents
+# were being served). Every use below is a read or an idempotent create: safe to repeat.
+PATIENCE = 10.0
+
+
+def _with_store(etcd: str, tls: TlsFiles, use: Callable[[Store], T],
+                patience: float = PATIENCE) -> T:
     """Run `use` with a client; "unreachable" that is really a TLS refusal says so."""
     store = _store(etcd, tls)
+    deadline = time.monotonic() + patience
     try:
-        return use(store)
-    except CniError as err:
-        reason = store.tls_rejection() if err.code is Code.TRY_AGAIN_LATER else None
-        if reason is not None:
-            raise CniError(err.code, "etcd refuses our TLS", reason) from None
-        raise
+        while True:
+            try:
+                return use(store)
+            except CniError as err:
+                if err.code is not Code.TRY_AGAIN_LATER:
+                    raise
+                reason = store.tls_rejection()
+                if reason is not None:
+                    raise CniError(err.code, "etcd refuses our TLS", reason) from None
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         store.close()
 
