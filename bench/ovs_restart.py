@@ -23,7 +23,8 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from overlay.lab import containers as ctr  # noqa: E402
+from egress import up_with_two_containers  # noqa: E402  (bench/, this script's directory)
+
 from overlay.lab.faults import restart_vswitchd, switch_table  # noqa: E402
 from overlay.lab.shell import run  # noqa: E402
 from overlay.lab.topology import Lab, LabHost  # noqa: E402
@@ -44,15 +45,8 @@ def main() -> int:
     lab = Lab(workdir=tempfile.mkdtemp(prefix="overlay-bench-restart-"),
               prefix="b" + uuid.uuid4().hex[:5])
     try:
-        print("bringing up a 2-host lab ...", flush=True)
-        lab.up(2)
-        ctr.define_network(lab, ctr.DEFAULT_NETWORK, 42, "10.0.0.0/24")
-        for name, host in (("c0", "host0"), ("c1", "host1")):
-            out = ctr.add_container(lab, name, host)
-            if out.returncode != 0:
-                print(f"ADD {name} failed: {out.stdout}", file=sys.stderr)
-                return 1
-        ctr.wait_converged(lab)
+        if not up_with_two_containers(lab):
+            return 1
         h1, c0, c1 = lab.host("host1"), lab.containers["c0"], lab.containers["c1"]
         rules = len(switch_table(h1) or [])
         counted_before = restarts_counted(lab, h1)

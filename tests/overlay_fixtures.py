@@ -54,6 +54,17 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def eventually(predicate: Callable[[], bool], timeout: float = 20.0,
+               interval: float = 0.2) -> bool:
+    """Whether `predicate` holds within `timeout` seconds (polled every `interval`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
 def with_c0_and_c1(lab: Lab) -> Lab:
     """The lab's demo pair, as most e2e modules start: c0 on host0 and c1 on host1 in the
     lab's network, each agent having learnt the other's container."""

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from overlay.lab import containers as ctr
 from overlay.lab import host as steps
 from overlay.lab.shell import in_netns, run
 from overlay.lab.topology import Lab, LabHost
+from overlay_fixtures import eventually
 
 FORGE = os.path.join(os.path.dirname(__file__), "forge.py")
 EDGE = {"e0": ("host0", "2"), "e1": ("host1", "3"), "srv": ("host0", "4")}
@@ -76,15 +76,6 @@ def forge(lab: Lab, sender: str, *args: str) -> None:
 def arrives(lab: Lab, sender: str, receiver: str, marker: str, *args: str) -> bool:
     return fixtures.received(lab.workdir, lab.containers[receiver]["netns"], marker,
                              functools.partial(forge, lab, sender, *args, marker))
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 # --- IPv6 neighbour discovery ------------------------------------------------------------------

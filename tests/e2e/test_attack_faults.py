@@ -8,6 +8,7 @@ took is printed (bench/ovs_restart.py has the figures), not asserted.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ import pytest
 from overlay.lab.faults import restart_vswitchd
 from overlay.lab.shell import in_netns
 from overlay.lab.topology import Lab, LabHost
-from overlay_fixtures import with_c0_and_c1
+from overlay_fixtures import eventually, with_c0_and_c1
 
 RESTARTS = 4
 
@@ -68,10 +69,4 @@ def test_vswitchd_restarts_on_host1_heal_under_a_cross_host_ping(lab: Lab) -> No
     assert restarts_counted(lab, h1) == counted + RESTARTS
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+wait_for = functools.partial(eventually, interval=0.05)

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from overlay_fixtures import (
     capture,
     container_addresses,
     container_link,
+    eventually,
     host_snapshot,
     pcap_frames,
     received,
@@ -101,15 +101,6 @@ def arp_answered_on(lab: Lab, h: LabHost, ip: str) -> bool:
     flows = run(["ovs-ofctl", "-O", "OpenFlow14", "dump-flows", "ovs0", "table=10"],
                 env={"OVS_RUNDIR": h.ovs_dir}).stdout
     return f"arp_tpa={ip} " in flows or f"arp_tpa={ip}," in flows
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 def forge(netns: str, *args: str) -> None:

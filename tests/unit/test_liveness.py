@@ -5,17 +5,19 @@ whose reprogramming fails stays pending until it succeeds."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from overlay.ovs.liveness import SwitchRestartWatcher
+from overlay_fixtures import eventually
 
 # Listens on argv[1]; answers HELLO; "drop" on stdin closes every connection but keeps
 # listening (a connection lost without a restart).
@@ -66,13 +68,7 @@ class Switch:
         self.proc.wait()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+wait_until = functools.partial(eventually, timeout=10, interval=0.01)
 
 
 @pytest.fixture

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
+import functools
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 
 from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import DEFAULT_PORT, MetricsServer, Readiness, parse_address
+from overlay_fixtures import eventually
 
 
 def value(m: Metrics, name: str, **labels: str) -> float | None:
@@ -186,10 +186,4 @@ def free_slots(server: MetricsServer) -> int:
     return int(server._server.slots._value)  # type: ignore[attr-defined]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+wait_for = functools.partial(eventually, timeout=10, interval=0.01)
