@@ -97,6 +97,7 @@ class Agent:
         self._table_in = threading.Event()  # the first whole table is in the switch
         # Peers' VTEPs from host records, kept across restarts (agent/peers.py).
         self._peers_file = os.path.join(os.path.dirname(cfg.socket), "peer-vteps.json")
+        self._peers_saved: dict[str, str] | None = None  # what the file holds, once written
         self._closing = contextlib.ExitStack()  # how to close each part, in start-up order
         self._started = False
 
@@ -325,7 +326,11 @@ class Agent:
                 and self._networks.wait_synced(timeout))
 
     def _save_peers(self) -> None:
-        peers.save(self._peers_file, self._reconciler.known_vteps())
+        """Every resync round calls this: the file is written only when the VTEPs changed."""
+        vteps = self._reconciler.known_vteps()
+        if vteps != self._peers_saved:
+            peers.save(self._peers_file, vteps)
+            self._peers_saved = vteps
 
     def _prime(self, vteps: set[str]) -> None:
         # Userspace tunneling drops the first packet to a VTEP whose MAC it has not learnt yet.
