@@ -7,9 +7,13 @@
 #
 #   vagrant/box/build.sh [CACHE_DIR]      default /var/cache/overlay/box; needs root
 #
-# The box is cached under CACHE_DIR/<hash>/ where <hash> covers this script, packages.txt and
-# pyproject.toml: the same inputs never build twice. It is added to Vagrant as `overlay/bookworm`
-# (replacing an older one). Prints the box's path on its last line.
+# The box is cached under CACHE_DIR/<hash>/ where <hash> covers what the box holds and nothing
+# else: this script, packages.txt and the two dependency lists of pyproject.toml (the project's
+# dependencies and the build requirements, which go into the box's venv). The project itself is
+# not in the box (provisioning installs it from the synced tree), so an edit of its metadata,
+# version, scripts or tool settings does not rebuild the box; the same inputs never build twice.
+# It is added to Vagrant as `overlay/bookworm` (replacing an older one). Prints the box's path
+# on its last line.
 #
 # The disk is one ext4 filesystem with no partition table and no bootloader (made with
 # `mkfs.ext4 -d`, so no loop device or mount is needed); the VMs boot the kernel and initrd kept
@@ -23,7 +27,16 @@ BOX_NAME=${OVERLAY_BOX_NAME:-overlay/bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DISK_SIZE=${OVERLAY_BOX_DISK:-4G}
 
-hash=$(cat "$HERE/build.sh" "$HERE/packages.txt" "$SRC/pyproject.toml" | sha256sum | cut -c1-16)
+# The project's runtime dependencies, plus what `pip install --no-index -e` of the project needs
+# (setuptools, wheel, grpcio-tools to generate the gRPC stubs), read from pyproject.toml.
+deps=$(python3 - "$SRC/pyproject.toml" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as fh:
+    data = tomllib.load(fh)
+print("\n".join(data["project"]["dependencies"] + data["build-system"]["requires"] + ["wheel"]))
+PY
+)
+hash=$(printf '%s\n' "$deps" | cat "$HERE/build.sh" "$HERE/packages.txt" - | sha256sum | cut -c1-16)
 out="$CACHE/$hash"
 box="$out/overlay-bookworm.box"
 
@@ -69,15 +82,6 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"   # for pip only; removed below
 
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"; }
 
-# The project's runtime dependencies, plus what `pip install --no-index -e` of the project needs
-# (setuptools, wheel, grpcio-tools to generate the gRPC stubs), read from pyproject.toml.
-deps=$(python3 - "$SRC/pyproject.toml" <<'PY'
-import sys, tomllib
-with open(sys.argv[1], "rb") as fh:
-    data = tomllib.load(fh)
-print("\n".join(data["project"]["dependencies"] + data["build-system"]["requires"] + ["wheel"]))
-PY
-)
 echo "$deps" > "$root/tmp/requirements.txt"
 # Wheels are fetched (and sdists built) by this machine's pip, with its index and CA settings,
 # then installed in the chroot with no index: same Debian, same Python 3.11, so they fit.
