@@ -14,6 +14,8 @@ What is checked, and why:
   pose as another's;
 - the MAC is a unicast address (not multicast or broadcast, not zero): ARP answers and L2
   forwarding are built from it;
+- labels are Kubernetes labels, at most MAX_LABELS of them (overlay/policy/labels.py): policies
+  select endpoints by them, so a record must not carry keys no selector could name;
 - addresses are valid, at most MAX_ADDRESSES of them, and (`fits`) inside the subnet of their
   network's record, with the network's VNI. Those two need the network record, so they are
   checked by the reconciler once it knows the network.
@@ -26,9 +28,11 @@ import json
 import re
 import socket
 import sys
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from overlay.model import VNI_MAX, VNI_MIN
+from overlay.policy.labels import Labels, labels_problem
 from overlay.store import records as r
 
 MAX_RECORD_BYTES = 16 * 1024  # a record of today is ~400 bytes; room for routes, none for abuse
@@ -36,7 +40,7 @@ MAX_ADDRESSES = 16            # per endpoint (a dual-stack container has 2)
 MAX_NAME = 253                # a host name; container ids and interfaces are shorter still
 
 REASONS = ("too_large", "malformed", "key_mismatch", "vni", "mac", "address",
-           "too_many_addresses", "subnet", "vtep")
+           "too_many_addresses", "subnet", "vtep", "labels")
 
 _ENDPOINTS_LEN = len(r.ENDPOINTS)
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
@@ -66,6 +70,7 @@ class Endpoint(NamedTuple):
     mac: str
     ips: tuple[str, ...]
     created: int  # the key's etcd create revision: the first holder of an address keeps it
+    labels: Labels = MappingProxyType({})  # what policies select it by
 
 
 def decode(value: bytes) -> dict[str, Any]:
@@ -150,7 +155,20 @@ def parse_endpoint(key: str, obj: dict[str, Any], created: int,
     if vnis is not None:
         vni = vnis.setdefault(vni, vni)
     return Endpoint(sys.intern(host), sys.intern(parts[0]), vni, mac,
-                    tuple(map(address, ips)), created)
+                    tuple(map(address, ips)), created, check_labels(obj.get("labels")))
+
+
+_NO_LABELS: Labels = MappingProxyType({})
+
+
+def check_labels(value: Any) -> Labels:
+    """The record's labels (absent in records of older agents: none), or Rejected."""
+    if value is None or value == {}:
+        return _NO_LABELS
+    problem = labels_problem(value)
+    if problem:
+        raise Rejected("labels", problem[:120])
+    return dict(value)
 
 
 def own_record(obj: dict[str, Any]) -> r.EndpointRecord:

@@ -36,6 +36,8 @@ DEFAULT_SOCKET = "/run/overlay/agent.sock"
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, dict):  # labels: app=web,tier=front
+        return ",".join(f"{k}={v}" for k, v in value.items())
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
@@ -224,7 +226,7 @@ def argv_of(args: Any) -> list[str]:
 COLUMNS = {
     "hosts": ("host", "vtep", "datapath", "alive"),
     "networks": ("name", "vni", "subnet"),
-    "endpoints": ("network", "container_id", "ifname", "host", "ips", "mac", "port"),
+    "endpoints": ("network", "container_id", "ifname", "host", "ips", "mac", "port", "labels"),
 }
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from concurrent.futures import Future
 
-from overlay.cni import delegate, leases, requests, steps
+from overlay.cni import delegate, labels, leases, requests, steps
 from overlay.cni.netconf import CniEnv, NetConf
 from overlay.cni.ports import (
     Allocator,
@@ -66,6 +66,7 @@ class Attacher:
 
     def add(self, env: CniEnv, conf: NetConf) -> bytes:
         steps.check_bridge(conf, self.host)
+        labels.endpoint_labels(conf, env)  # bad labels: refused before anything is created
         owner = owner_of(env.container_id, env.ifname)
         with self.lock(owner):
             t = Stopwatch()
@@ -254,7 +255,8 @@ class Attacher:
                              port=link.host_ifname, netns=env.netns,
                              mtu=steps.mtu(conf, self.host),
                              routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes],
-                             ipam=conf.ipam.type, vtep=self.host.vtep)
+                             ipam=conf.ipam.type, vtep=self.host.vtep,
+                             labels=labels.endpoint_labels(conf, env))
         if not registered:
             undo.append(lambda: self.endpoints.delete_endpoint(
                 conf.name, env.container_id, env.ifname, host=self.host.name))

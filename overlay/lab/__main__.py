@@ -6,7 +6,8 @@
                                          plain http, open to whoever reaches etcd's port;
                                          --bridge: the agents' bridge; --no-network: no my-net
     demo                                 containers c0 on host0 and c1 on host1, ping both ways
-    container add NAME --host H [--network N | --netconf FILE] | container del NAME
+    container add NAME --host H [--network N | --netconf FILE] [--label K=V ...]
+    container del NAME
     network add NAME --vni V --subnet S
     dhcp-server NAME --host H --network N --vni V --address CIDR --range FIRST,LAST
                                          a container running dnsmasq (docs/cni-reference.md)
@@ -41,8 +42,9 @@ def _ping(lab: Lab, src: str, dst: str, count: int = 3) -> bool:
     return outcome.ok
 
 
-def _add(lab: Lab, name: str, host: str, network: str) -> None:
-    out = ctr.add_container(lab, name, host, network)
+def _add(lab: Lab, name: str, host: str, network: str,
+         labels: dict[str, str] | None = None) -> None:
+    out = ctr.add_container(lab, name, host, network, labels=labels)
     if out.returncode != 0:
         raise SystemExit(f"ADD {name} on {host} failed: {out.stdout.strip()} {out.stderr.strip()}")
     print(f"  {name} on {host}: {lab.containers[name]['ip']} (netns {lab.containers[name]['netns']})")
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--network", default=ctr.DEFAULT_NETWORK)
     c.add_argument("--netconf", help="a netconf file to use as it is (e.g. without agentSocket: "
                                      "the plugin runs with the host's /run/overlay)")
+    c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label for network policies (repeatable), sent in args.cni.labels")
     d = sub.add_parser("dhcp-server", help="a container running dnsmasq, attached with static "
                                            "IPAM and named in its netconf's dhcpServers")
     d.add_argument("name")
@@ -159,14 +163,27 @@ def _demo(lab: Lab, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _labels(items: list[str]) -> dict[str, str]:
+    """--label KEY=VALUE ... as a dict; the agent checks keys and values (the CNI error says)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--label {item!r}: expected KEY=VALUE, e.g. --label app=web")
+        out[key] = value
+    return out
+
+
 def _container(lab: Lab, args: argparse.Namespace) -> int:
+    labels = _labels(args.label)
     if args.action == "add" and args.netconf:
         with open(args.netconf) as fh:
-            out = ctr.add_container(lab, args.name, args.host, netconf=json.load(fh))
+            out = ctr.add_container(lab, args.name, args.host, netconf=json.load(fh),
+                                    labels=labels)
         print(out.stdout.strip() or out.stderr.strip())
         return out.returncode
     if args.action == "add":
-        _add(lab, args.name, args.host, args.network)
+        _add(lab, args.name, args.host, args.network, labels)
         return 0
     out = ctr.del_container(lab, args.name)
     print(out.stdout or "deleted")

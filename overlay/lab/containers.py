@@ -106,15 +106,19 @@ def result_address(result: dict[str, Any]) -> str:
 
 
 def add_container(lab: Lab, name: str, host: str, network: str = DEFAULT_NETWORK,
-                  ifname: str = "eth0", netconf: dict[str, Any] | None = None) -> CniOutcome:
+                  ifname: str = "eth0", netconf: dict[str, Any] | None = None,
+                  labels: dict[str, str] | None = None) -> CniOutcome:
     """Attach a new container `name` on `host`: with the host's conflist for `network`, or
     with `netconf` as given (then it is recorded for DEL). CNI_PATH also holds the standard
-    plugins, for delegated IPAM (static, dhcp, host-local)."""
+    plugins, for delegated IPAM (static, dhcp, host-local). `labels` go in as a runtime sends
+    them, in args.cni.labels (overlay/cni/labels.py)."""
     h = lab.host(host)
     netns = f"{lab.prefix}-{name}"
     add_netns(netns)
     container_id = f"{lab.prefix}-{name}"
     conf = netconf or plugin_netconf(read_conflist(h, network))
+    if labels:
+        conf = with_labels(conf, labels)
     outcome = cni_exec(lab.cni_path, "ADD", container_id=container_id,
                        netns=f"/var/run/netns/{netns}", ifname=ifname, netconf=conf,
                        host_dir=h.dir)
@@ -128,6 +132,14 @@ def add_container(lab: Lab, name: str, host: str, network: str = DEFAULT_NETWORK
     else:
         del_netns(netns)
     return outcome
+
+
+def with_labels(conf: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """A copy of `conf` whose args.cni.labels are `labels` (the CNI conventions' shape)."""
+    args = dict(conf.get("args") or {})
+    args["cni"] = {**(args.get("cni") or {}),
+                   "labels": [{"key": k, "value": v} for k, v in labels.items()]}
+    return {**conf, "args": args}
 
 
 def del_container(lab: Lab, name: str) -> CniOutcome:

@@ -113,6 +113,9 @@ class EndpointRecord(Record):
     # The host's VTEP when the record was written: lets an agent that starts while that host's
     # leased key has lapsed still reach it for a while (overlay/agent/reconciler.py, _adopt).
     vtep: str = ""
+    # What network policies select the endpoint by (overlay/cni/labels.py sets them, the
+    # Kubernetes rules of overlay/policy/labels.py check them on both sides of etcd).
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

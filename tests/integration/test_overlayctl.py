@@ -17,7 +17,8 @@ from overlay.lab.topology import Lab
 @pytest.fixture(scope="module")
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
     lab = lab_factory(hosts=2)
-    assert ctr.add_container(lab, "c0", "host1").returncode == 0
+    assert ctr.add_container(lab, "c0", "host1", labels={"app": "web", "tier": "front"}
+                             ).returncode == 0
     return lab
 
 
@@ -35,12 +36,15 @@ def test_hosts_networks_endpoints_as_json(lab: Lab) -> None:
     (ep,) = json.loads(ctl(lab, "--json", "endpoints"))
     assert (ep["host"], ep["ips"], ep["container_id"]) == ("host1", ["10.0.0.2/24"],
                                                           lab.containers["c0"]["container_id"])
+    assert ep["labels"] == {"app": "web", "tier": "front"}
 
 
 def test_tables_for_people(lab: Lab) -> None:
     table = ctl(lab, "endpoints").splitlines()
-    assert table[0].split() == ["NETWORK", "CONTAINER_ID", "IFNAME", "HOST", "IPS", "MAC", "PORT"]
+    assert table[0].split() == ["NETWORK", "CONTAINER_ID", "IFNAME", "HOST", "IPS", "MAC", "PORT",
+                                "LABELS"]
     assert "10.0.0.2/24" in table[1]
+    assert table[1].split()[-1] == "app=web,tier=front"
 
 
 def test_agent_status(lab: Lab) -> None:

@@ -94,6 +94,13 @@ GOOD = record("good", "h1", "10.0.0.2", "02:00:00:00:00:02")
     (put(b"{\"a\":" * 2500 + b"1" + b"}" * 2500, 5, r.endpoint_key(NET, "c", "eth0")),
      "malformed"),
     (put(record("c", "h1", "10.0.0.3", "02:00:00:00:00:03", ips=["10.0.0.3/²"]), 5), "address"),
+    (put(record("c", "h1", "10.0.0.3", "02:00:00:00:00:03", labels={"app": "we b"}), 5),
+     "labels"),
+    (put(record("c", "h1", "10.0.0.3", "02:00:00:00:00:03", labels={"/app": "x"}), 5), "labels"),
+    (put(record("c", "h1", "10.0.0.3", "02:00:00:00:00:03", labels=["app"]), 5), "labels"),
+    (put(record("c", "h1", "10.0.0.3", "02:00:00:00:00:03", labels={"app": 1}), 5), "labels"),
+    (put(record("c", "h1", "10.0.0.3", "02:00:00:00:00:03",
+                labels={f"k{i}": "v" for i in range(65)}), 5), "labels"),
 ])
 def test_a_bad_record_is_skipped_alone_and_counted(change: Change, reason: str) -> None:
     rec, dp, counts = setup()
@@ -235,3 +242,14 @@ def test_dual_stack_addresses_are_checked_per_family(subnets: str, ips: list[str
     rec.on_endpoints([put(record("d", "h1", "10.0.0.2", "02:00:00:00:00:0d", ips=ips), 5)])
     assert ("02:00:00:00:00:0d" in macs(dp)) is taken
     assert counts.rejected == ([] if taken else [("endpoint", "subnet")])
+
+
+def test_labels_of_a_good_record_reach_the_agents_view_and_old_records_have_none() -> None:
+    from overlay.agent import verify
+
+    key = r.endpoint_key(NET, "good", "eth0")
+    labelled = {**GOOD, "labels": {"app": "web", "example.com/tier": ""}}
+    assert dict(verify.parse_endpoint(key, labelled, 2).labels) == {"app": "web",
+                                                                    "example.com/tier": ""}
+    old = {k: v for k, v in GOOD.items() if k != "labels"}
+    assert dict(verify.parse_endpoint(key, old, 2).labels) == {}
