@@ -29,15 +29,22 @@ from typing import NamedTuple, TypedDict
 # Every match field, in the order a match holds (and the text writes) them. eth_type and
 # ip_proto are written as one protocol keyword (ip, arp, ipv6, icmp6, udp, udp6).
 FIELDS = (
-    "in_port", "reg0", "eth_src", "eth_dst", "tun_src", "tun_dst", "tun_id", "eth_type",
-    "ip_proto", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
-    "icmp_type", "icmp_code", "nd_target", "nd_sll", "nd_tll", "arp_op", "arp_spa", "arp_tpa",
-    "arp_sha",
+    "conj_id", "in_port", "reg0", "ct_state", "ct_zone", "eth_src", "eth_dst", "tun_src",
+    "tun_dst", "tun_id", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst",
+    "tp_src", "tp_dst", "tcp_dst", "sctp_dst", "icmp_type", "icmp_code", "nd_target", "nd_sll",
+    "nd_tll", "arp_op", "arp_spa", "arp_tpa", "arp_sha",
 )
+# Network policy (overlay/dataplane/policy_flows.py) adds the conntrack state and zone, the id
+# of a completed conjunctive match, and TCP/SCTP destination ports, which a rule matches with a
+# mask ("0x50/0xfff0": ports 80-95) so that a port range costs a few rules, not one per port.
+# ct_state is written as OVS writes its flags ("+trk+est-inv"): set, unset, others any.
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+CT_FLAGS = {"new": CT_NEW, "est": CT_EST, "rel": CT_REL, "rpl": CT_RPL, "inv": CT_INV,
+            "trk": CT_TRK}
 _ORDER = {name: rank for rank, name in enumerate(FIELDS)}
 
 ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
-PROTO_UDP, PROTO_ICMPV6 = 17, 58
+PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_SCTP = 6, 17, 58, 132
 
 
 class Protocol(TypedDict, total=False):
@@ -77,12 +84,14 @@ class Match(tuple[str | Value, ...]):
         return all(mine.get(name) == value for name, value in other.items())
 
 
-def match(*, in_port: int | None = None, reg0: int | None = None, eth_src: str | None = None,
+def match(*, conj_id: int | None = None, in_port: int | None = None, reg0: int | None = None,
+          ct_state: str | None = None, ct_zone: int | None = None, eth_src: str | None = None,
           eth_dst: str | None = None, tun_src: str | None = None, tun_dst: str | None = None,
           tun_id: int | None = None, eth_type: int | None = None, ip_proto: int | None = None,
           ipv4_src: str | None = None, ipv4_dst: str | None = None,
           ipv6_src: str | None = None, ipv6_dst: str | None = None, tp_src: int | None = None,
-          tp_dst: int | None = None, icmp_type: int | None = None,
+          tp_dst: int | None = None, tcp_dst: int | str | None = None,
+          sctp_dst: int | str | None = None, icmp_type: int | None = None,
           icmp_code: int | None = None, nd_target: str | None = None,
           nd_sll: str | None = None, nd_tll: str | None = None, arp_op: int | None = None,
           arp_spa: str | None = None, arp_tpa: str | None = None,
@@ -152,7 +161,28 @@ class ArpReply:
                 SetField("arp_sha", self.mac), SetField("arp_spa", self.ip), Output(IN_PORT))
 
 
-Action = Output | GotoTable | Resubmit | Load | SetField | Move | ArpReply
+@dataclass(frozen=True, slots=True)
+class Ct:
+    """Send the packet through conntrack in `zone`: with `table`, look it up again there with
+    its ct_state known (a recirculation); with `commit`, remember its connection, so that the
+    replies and later packets of it show +est."""
+
+    zone: int
+    table: int | None = None
+    commit: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Conjunction:
+    """This rule is clause `clause` (1-based) of `clauses` of conjunctive match `id`: the
+    packet matches `conj_id=id` once it matched one rule of every clause (at one priority)."""
+
+    id: int
+    clause: int
+    clauses: int
+
+
+Action = Output | GotoTable | Resubmit | Load | SetField | Move | ArpReply | Ct | Conjunction
 Actions = tuple[Action, ...]
 DROP: Actions = ()
 

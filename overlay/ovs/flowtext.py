@@ -11,6 +11,8 @@ from overlay.ovs.flow import (
     IN_PORT,
     Action,
     Actions,
+    Conjunction,
+    Ct,
     Flow,
     GotoTable,
     Identity,
@@ -29,7 +31,8 @@ _KEYWORD = {"eth_src": "dl_src", "eth_dst": "dl_dst", "ipv4_src": "nw_src",
 # (eth_type, ip_proto) -> the protocol keyword that stands for both.
 _PROTOCOL = {(0x0800, None): "ip", (0x0806, None): "arp", (0x86DD, None): "ipv6",
              (0x86DD, 58): "icmp6", (0x0800, 17): "udp", (0x86DD, 17): "udp6",
-             (0x0800, 6): "tcp", (0x86DD, 6): "tcp6", (0x0800, 1): "icmp"}
+             (0x0800, 6): "tcp", (0x86DD, 6): "tcp6", (0x0800, 1): "icmp",
+             (0x0800, 132): "sctp", (0x86DD, 132): "sctp6"}
 _NXM = {"reg0": "NXM_NX_REG0[]", "eth_src": "NXM_OF_ETH_SRC[]", "eth_dst": "NXM_OF_ETH_DST[]",
         "arp_sha": "NXM_NX_ARP_SHA[]", "arp_tha": "NXM_NX_ARP_THA[]",
         "arp_spa": "NXM_OF_ARP_SPA[]", "arp_tpa": "NXM_OF_ARP_TPA[]",
@@ -82,6 +85,13 @@ def action_text(action: Action) -> str:
         return f"set_field:{action.value}->{action.field}"
     if isinstance(action, Move):
         return f"move:{_NXM[action.src]}->{_NXM[action.dst]}"
+    if isinstance(action, Ct):
+        parts = (["commit"] if action.commit else []) + [f"zone={action.zone}"]
+        if action.table is not None:
+            parts.append(f"table={action.table}")
+        return f"ct({','.join(parts)})"
+    if isinstance(action, Conjunction):
+        return f"conjunction({action.id},{action.clause}/{action.clauses})"
     return ",".join(action_text(a) for a in action.expand())
 
 

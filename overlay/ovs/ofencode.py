@@ -32,6 +32,8 @@ from overlay.ovs.flow import (
     Action,
     Actions,
     ArpReply,
+    Conjunction,
+    Ct,
     GotoTable,
     Identity,
     Load,
@@ -80,6 +82,7 @@ COMMANDS = {"add": 0, "modify_strict": 2, "delete_strict": 4}
 NO_BUFFER = ANY = 0xFFFFFFFF
 IN_PORT = 0xFFFFFFF8
 NX_VENDOR, NXAST_REG_MOVE, NXAST_REG_LOAD, NXAST_RESUBMIT_TABLE = 0x00002320, 6, 7, 14
+NXAST_CONJUNCTION, NXAST_CT, NX_CT_F_COMMIT, NX_CT_RECIRC_NONE = 34, 35, 1, 0xFF
 OFPP_IN_PORT_16 = 0xFFF8  # resubmit's in_port is 16 bits wide: "keep the packet's in_port"
 DELETE, ALL_TABLES = 3, 0xFF
 
@@ -150,6 +153,17 @@ def _primitive(action: object) -> tuple[bytes, int | None]:
         # ovs-ofctl sends resubmit(,T) as Nicira resubmit_table with in_port IN_PORT.
         return struct.pack("!HHIHHB3x", 0xFFFF, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE,
                            OFPP_IN_PORT_16, action.table), None
+    if isinstance(action, Ct):
+        # nx_action_conntrack: flags, zone_src 0 (an immediate zone), the zone, the table to
+        # recirculate to (none: carry on), 3 pad, alg 0; no nested actions.
+        table = NX_CT_RECIRC_NONE if action.table is None else action.table
+        return struct.pack("!HHIHHIHB3xH", 0xFFFF, 24, NX_VENDOR, NXAST_CT,
+                           NX_CT_F_COMMIT if action.commit else 0, 0, action.zone, table, 0), None
+    if isinstance(action, Conjunction):
+        if not 1 <= action.clause <= action.clauses <= 64 or action.clauses < 2:
+            raise ValueError("clause k/n needs 1 <= k <= n, 2 <= n <= 64")
+        return struct.pack("!HHIHBBI", 0xFFFF, 16, NX_VENDOR, NXAST_CONJUNCTION,
+                           action.clause - 1, action.clauses, action.id), None
     if isinstance(action, Move) and action.src in _NXM and action.dst in _NXM \
             and _NXM[action.src][2] == _NXM[action.dst][2]:
         return _move(_NXM[action.src], _NXM[action.dst]), None

@@ -8,11 +8,12 @@ per-bundle Encoder that memoizes across rules are in ofencode.py.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import struct
 from collections.abc import Callable
 
-from overlay.ovs.flow import Match, Value
+from overlay.ovs.flow import CT_FLAGS, Match, Value
 
 
 class Unsupported(Exception):
@@ -31,6 +32,8 @@ IPV6_SRC, ICMPV6_TYPE, TUNNEL_ID = (BASIC, 26, 16), (BASIC, 29, 1), (BASIC, 38, 
 IPV6_DST, ICMPV6_CODE, ND_TARGET = (BASIC, 27, 16), (BASIC, 30, 1), (BASIC, 31, 16)
 ND_SLL, ND_TLL = (BASIC, 32, 6), (BASIC, 33, 6)
 REG0, TUN_SRC, TUN_DST = (NXM1, 0, 4), (NXM1, 31, 4), (NXM1, 32, 4)
+TCP_SRC, TCP_DST, SCTP_DST = (BASIC, 13, 2), (BASIC, 14, 2), (BASIC, 18, 2)
+CONJ_ID, CT_STATE, CT_ZONE = (NXM1, 37, 4), (NXM1, 105, 4), (NXM1, 106, 2)
 NXM_ETH_DST, NXM_ETH_SRC = (NXM0, 1, 6), (NXM0, 2, 6)
 NXM_ARP_SPA, NXM_ARP_TPA = (NXM0, 16, 4), (NXM0, 17, 4)
 NXM_ARP_SHA, NXM_ARP_THA = (NXM1, 17, 6), (NXM1, 18, 6)
@@ -48,6 +51,8 @@ _MATCH: dict[str, Field] = {
     "icmp_type": ICMPV6_TYPE, "icmp_code": ICMPV6_CODE,  # icmp_*: with icmp6 only
     "nd_target": ND_TARGET, "nd_sll": ND_SLL, "nd_tll": ND_TLL, "arp_op": ARP_OP,
     "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "arp_sha": ARP_SHA,
+    "conj_id": CONJ_ID, "ct_state": CT_STATE, "ct_zone": CT_ZONE, "tcp_dst": TCP_DST,
+    "sctp_dst": SCTP_DST,
 }
 # Match fields whose values are per endpoint: not worth remembering across the rules of a bundle.
 _UNIQUE = frozenset({"eth_src", "eth_dst", "ipv4_src", "arp_spa", "arp_tpa", "arp_sha",
@@ -71,12 +76,33 @@ def _ipv4(text: str) -> bytes:
         raise ValueError(f"bad IPv4 address {text!r}") from None
 
 
+def ct_state_bits(text: str) -> tuple[int, int]:
+    """"+trk+est-inv" -> (value, mask): the flags named are matched, set (+) or not (-)."""
+    value = mask = 0
+    for sign, name in re.findall(r"([+-])([a-z]+)", text):
+        bit = CT_FLAGS.get(name)
+        if bit is None:
+            raise ValueError(f"ct_state flag {name!r}")
+        mask |= bit
+        value |= bit if sign == "+" else 0
+    if not mask or re.sub(r"[+-][a-z]+", "", text):
+        raise ValueError(f"bad ct_state {text!r}")
+    return value, mask
+
+
 def _value(field: Field, value: Value) -> tuple[bytes, bytes | None]:
-    """Encode a field's value (and mask, for prefixes and masked MACs). Raises ValueError
-    for a malformed one."""
+    """Encode a field's value (and mask, for prefixes and masked MACs and ports). Raises
+    ValueError for a malformed one."""
     length = field[2]
     if isinstance(value, int):
         return value.to_bytes(length, "big"), None
+    if field == CT_STATE:
+        bits, mask_bits = ct_state_bits(value)
+        return bits.to_bytes(4, "big"), mask_bits.to_bytes(4, "big")
+    if field in (TCP_DST, SCTP_DST):  # "0x50/0xfff0"
+        port, _, port_mask = value.partition("/")
+        bits = int(port_mask or "0xffff", 0)
+        return int(port, 0).to_bytes(2, "big"), None if bits == 0xFFFF else bits.to_bytes(2, "big")
     address, _, mask = value.partition("/")
     if length == 6:
         return _mac(address), (_mac(mask) if mask else None)
@@ -86,6 +112,10 @@ def _value(field: Field, value: Value) -> tuple[bytes, bytes | None]:
         return net.network_address.packed, (None if full else net.netmask.packed)
     if field in _IPV4_FIELDS and not mask:
         return _ipv4(address), None
+    if field in (IPV4_SRC, IPV4_DST):  # a prefix: policy's CIDR peers
+        net4 = ipaddress.IPv4Network(value, strict=False)
+        return net4.network_address.packed, (None if net4.prefixlen == 32 else
+                                              net4.netmask.packed)
     raise Unsupported(f"value {value!r}")
 
 
@@ -103,10 +133,12 @@ def _oxm(field: Field, value: bytes, mask: bytes | None = None) -> bytes:
 # Checked against lib/nx-match.c (nx_put_raw, nxm_put_ip): IPv6 source, destination, ip_proto,
 # then ICMPv6 type, code, nd_target, nd_sll (written only when type is 135) and nd_tll (136);
 # tests/integration/test_openflow_channel.py compares a dump of every kind of rule with ours.
+# conj_id is metadata and comes first; conntrack comes after the registers.
 _RANK: dict[Field, int] = {field: rank for rank, field in enumerate((
-    IN_PORT_F, ETH_SRC, ETH_DST, ETH_TYPE, IPV4_SRC, IPV4_DST, IPV6_SRC, IPV6_DST, IP_PROTO,
-    UDP_SRC, UDP_DST, ICMPV6_TYPE, ICMPV6_CODE, ND_TARGET, ND_SLL, ND_TLL, ARP_OP, ARP_SPA,
-    ARP_TPA, ARP_SHA, TUNNEL_ID, TUN_SRC, TUN_DST, REG0))}
+    CONJ_ID, IN_PORT_F, ETH_SRC, ETH_DST, ETH_TYPE, IPV4_SRC, IPV4_DST, IPV6_SRC, IPV6_DST,
+    IP_PROTO, TCP_SRC, TCP_DST, UDP_SRC, UDP_DST, SCTP_DST, ICMPV6_TYPE, ICMPV6_CODE, ND_TARGET,
+    ND_SLL, ND_TLL, ARP_OP, ARP_SPA, ARP_TPA, ARP_SHA, TUNNEL_ID, TUN_SRC, TUN_DST, REG0,
+    CT_STATE, CT_ZONE))}
 _UDP_PORTS = (_RANK[UDP_SRC], _RANK[UDP_DST])
 _UDP_PROTO = _oxm(IP_PROTO, bytes([17]))
 

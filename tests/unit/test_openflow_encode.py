@@ -102,7 +102,9 @@ def test_a_bundle_encoder_says_what_the_token_by_token_path_says() -> None:
 def test_what_the_encoder_cannot_say_is_unsupported() -> None:
     encoder = Encoder(1)
     with pytest.raises(Unsupported):  # a field the encoder has no OXM for
-        encoder.flow_mod("add", Identity(20, 90, Match(("ct_state", "+trk"))), (), 1)
+        encoder.flow_mod("add", Identity(20, 90, Match(("ct_mark", 1))), (), 1)
+    with pytest.raises(Unsupported):  # a conntrack flag OVS does not have
+        encoder.flow_mod("add", Identity(20, 90, match(ct_state="+trk+bogus")), (), 1)
     with pytest.raises(Unsupported):  # an action it cannot say
         encoder.flow_mod("add", Identity(20, 90, match()), (SetField("ct_mark", 1),), 2)
     with pytest.raises(Unsupported):
