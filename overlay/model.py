@@ -10,6 +10,7 @@ service needs the parser (scripts/check_layers.py keeps it so).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -90,3 +91,28 @@ def container_mtu(configured: int | None, underlay_mtu: int) -> int:
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
     """One attachment's name in the dataplane's intent (etcd's key adds a prefix: store/records.py)."""
     return f"{network}/{container_id}/{ifname}"
+
+
+# Kubernetes' names, as a kubelet passes them in CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME):
+# a namespace is an RFC 1123 DNS label, a pod's name an RFC 1123 DNS subdomain. The same rules
+# as the API server's, so any pod a cluster runs is accepted, and nothing else is recorded.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DNS_LABEL_MAX, DNS_SUBDOMAIN_MAX = 63, 253
+
+
+def dns_label_problem(value: str) -> str | None:
+    """Why `value` is not a DNS label (a Kubernetes namespace), or None when it is one."""
+    if not _DNS_LABEL.fullmatch(value):
+        return (f"{value[:80]!r} is not a DNS label: 1-{DNS_LABEL_MAX} characters of a-z 0-9 -, "
+                f"beginning and ending with a letter or digit")
+    return None
+
+
+def dns_subdomain_problem(value: str) -> str | None:
+    """Why `value` is not a DNS subdomain (a Kubernetes pod name), or None when it is one."""
+    if len(value) > DNS_SUBDOMAIN_MAX or not _DNS_SUBDOMAIN.fullmatch(value):
+        return (f"{value[:80]!r} is not a DNS subdomain: at most {DNS_SUBDOMAIN_MAX} "
+                f"characters, dot-separated labels of a-z 0-9 -, each beginning and ending "
+                f"with a letter or digit")
+    return None

@@ -16,6 +16,9 @@ What is checked, and why:
   forwarding are built from it;
 - labels are Kubernetes labels, at most MAX_LABELS of them (overlay/policy/labels.py): policies
   select endpoints by them, so a record must not carry keys no selector could name;
+- the pod (pod_namespace, pod_name), when the record names one, has names Kubernetes accepts:
+  operators read them in `overlayctl endpoints`, so a record must not smuggle control
+  characters or unbounded text there (absent in records of older agents: none);
 - addresses are valid, at most MAX_ADDRESSES of them, and (`fits`) inside the subnet of their
   network's record, with the network's VNI. Those two need the network record, so they are
   checked by the reconciler once it knows the network.
@@ -31,7 +34,7 @@ import sys
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from overlay.model import VNI_MAX, VNI_MIN
+from overlay.model import VNI_MAX, VNI_MIN, dns_label_problem, dns_subdomain_problem
 from overlay.policy.labels import Labels, labels_problem
 from overlay.store import records as r
 
@@ -40,7 +43,7 @@ MAX_ADDRESSES = 16            # per endpoint (a dual-stack container has 2)
 MAX_NAME = 253                # a host name; container ids and interfaces are shorter still
 
 REASONS = ("too_large", "malformed", "key_mismatch", "vni", "mac", "address",
-           "too_many_addresses", "subnet", "vtep", "labels")
+           "too_many_addresses", "subnet", "vtep", "labels", "pod")
 
 _ENDPOINTS_LEN = len(r.ENDPOINTS)
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
@@ -152,6 +155,7 @@ def parse_endpoint(key: str, obj: dict[str, Any], created: int,
         raise Rejected("malformed", "ips is not a list of strings")
     if len(ips) > MAX_ADDRESSES:
         raise Rejected("too_many_addresses", f"{len(ips)} (at most {MAX_ADDRESSES})")
+    check_pod(obj)
     if vnis is not None:
         vni = vnis.setdefault(vni, vni)
     return Endpoint(sys.intern(host), sys.intern(parts[0]), vni, mac,
@@ -169,6 +173,20 @@ def check_labels(value: Any) -> Labels:
     if problem:
         raise Rejected("labels", problem[:120])
     return dict(value)
+
+
+def check_pod(obj: dict[str, Any]) -> None:
+    """Rejected("pod") unless the record names no pod, or a valid namespace and name."""
+    namespace, name = obj.get("pod_namespace", ""), obj.get("pod_name", "")
+    if namespace == "" and name == "":  # the common case first: one lookup each, no regex
+        return
+    if not isinstance(namespace, str) or not isinstance(name, str):
+        raise Rejected("pod", "pod_namespace and pod_name must be strings")
+    if not namespace or not name:
+        raise Rejected("pod", "a pod needs both pod_namespace and pod_name")
+    problem = dns_label_problem(namespace) or dns_subdomain_problem(name)
+    if problem:
+        raise Rejected("pod", problem[:120])
 
 
 def own_record(obj: dict[str, Any]) -> r.EndpointRecord:

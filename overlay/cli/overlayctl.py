@@ -112,8 +112,18 @@ def networks(etcd: str, *, tls: TlsFiles = NO_TLS) -> list[dict[str, Any]]:
 
 
 def endpoints(etcd: str, *, tls: TlsFiles = NO_TLS) -> list[dict[str, Any]]:
-    return [dict(r.EndpointRecord.from_json(v).__dict__)
+    return [with_pod(dict(r.EndpointRecord.from_json(v).__dict__))
             for _, v in sorted(_load(etcd, r.ENDPOINTS, tls).items())]
+
+
+def with_pod(row: dict[str, Any]) -> dict[str, Any]:
+    """The POD column, "namespace/name" as kubectl names a pod; "" for a container no
+    Kubernetes started."""
+    if row.get("pod_namespace") or row.get("pod_name"):
+        row["pod"] = f"{row.get('pod_namespace', '')}/{row.get('pod_name', '')}"
+    else:
+        row["pod"] = ""
+    return row
 
 
 def create_network(etcd: str, name: str, vni: int, subnet: str, *,
@@ -226,7 +236,8 @@ def argv_of(args: Any) -> list[str]:
 COLUMNS = {
     "hosts": ("host", "vtep", "datapath", "alive"),
     "networks": ("name", "vni", "subnet"),
-    "endpoints": ("network", "container_id", "ifname", "host", "ips", "mac", "port", "labels"),
+    "endpoints": ("network", "container_id", "ifname", "host", "ips", "mac", "port", "pod",
+                  "labels"),
 }
 
 

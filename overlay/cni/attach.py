@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from concurrent.futures import Future
 
-from overlay.cni import delegate, labels, leases, requests, steps
+from overlay.cni import delegate, labels, leases, pods, requests, steps
 from overlay.cni.netconf import CniEnv, NetConf
 from overlay.cni.ports import (
     Allocator,
@@ -67,6 +67,7 @@ class Attacher:
     def add(self, env: CniEnv, conf: NetConf) -> bytes:
         steps.check_bridge(conf, self.host)
         labels.endpoint_labels(conf, env)  # bad labels: refused before anything is created
+        pods.pod_of(env)  # a bad pod name in CNI_ARGS: refused before anything is created
         owner = owner_of(env.container_id, env.ifname)
         with self.lock(owner):
             t = Stopwatch()
@@ -249,6 +250,7 @@ class Attacher:
     def _publish(self, env: CniEnv, conf: NetConf, link: veth.ContainerLink,
                  assigned: Sequence[Assigned], routes: Sequence[Route], undo: Undo, *,
                  registered: bool = False) -> None:
+        pod = pods.pod_of(env)
         rec = EndpointRecord(network=conf.name, container_id=env.container_id, ifname=env.ifname,
                              host=self.host.name, vni=conf.vni,
                              ips=[str(a.address) for a in assigned], mac=link.mac,
@@ -256,7 +258,8 @@ class Attacher:
                              mtu=steps.mtu(conf, self.host),
                              routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes],
                              ipam=conf.ipam.type, vtep=self.host.vtep,
-                             labels=labels.endpoint_labels(conf, env))
+                             labels=labels.endpoint_labels(conf, env),
+                             pod_namespace=pod.namespace, pod_name=pod.name)
         if not registered:
             undo.append(lambda: self.endpoints.delete_endpoint(
                 conf.name, env.container_id, env.ifname, host=self.host.name))

@@ -116,6 +116,10 @@ class EndpointRecord(Record):
     # What network policies select the endpoint by (overlay/cni/labels.py sets them, the
     # Kubernetes rules of overlay/policy/labels.py check them on both sides of etcd).
     labels: dict[str, str] = field(default_factory=dict)
+    # The Kubernetes pod, from K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS (overlay/cni/pods.py);
+    # "" when the runtime named none.
+    pod_namespace: str = ""
+    pod_name: str = ""
 
     @property
     def key(self) -> str:

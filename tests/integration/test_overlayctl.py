@@ -42,7 +42,7 @@ def test_hosts_networks_endpoints_as_json(lab: Lab) -> None:
 def test_tables_for_people(lab: Lab) -> None:
     table = ctl(lab, "endpoints").splitlines()
     assert table[0].split() == ["NETWORK", "CONTAINER_ID", "IFNAME", "HOST", "IPS", "MAC", "PORT",
-                                "LABELS"]
+                              "POD", "LABELS"]
     assert "10.0.0.2/24" in table[1]
     assert table[1].split()[-1] == "app=web,tier=front"
 
