@@ -23,6 +23,9 @@ BUILTIN_IPAM = "overlay"  # ipam.type of the etcd allocator; any other names a d
 
 # Outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8: what the tunnel adds to a container's frame.
 VXLAN_OVERHEAD = 50
+# What WireGuard adds around the VXLAN packet of an encrypted network (docs/encryption.md):
+# outer IP 20 (IPv6: 40) + UDP 8 + WireGuard's header 16 + its authentication tag 16.
+WIREGUARD_OVERHEAD_V4, WIREGUARD_OVERHEAD_V6 = 60, 80
 
 # The flow pipeline's tables (dataplane/flows.py says what each one does) and the names the
 # docs, `overlayctl trace` and the metrics use for them.
@@ -83,9 +86,14 @@ def mac_for(ip: Address) -> str:
     return "0a:58:" + ":".join(f"{b:02x}" for b in ip.packed[-4:])
 
 
-def container_mtu(configured: int | None, underlay_mtu: int) -> int:
-    """The netconf's `mtu` if it gives one, else what fits in a VXLAN packet on the underlay."""
-    return configured or underlay_mtu - VXLAN_OVERHEAD
+def container_mtu(configured: int | None, underlay_mtu: int, *, encrypted: bool = False,
+                  ipv6_underlay: bool = False) -> int:
+    """The netconf's `mtu` if it gives one, else what fits in a VXLAN packet on the underlay,
+    itself inside a WireGuard packet for an encrypted network (1390 on a 1500 IPv4 underlay)."""
+    if configured:
+        return configured
+    sealed = (WIREGUARD_OVERHEAD_V6 if ipv6_underlay else WIREGUARD_OVERHEAD_V4) if encrypted else 0
+    return underlay_mtu - VXLAN_OVERHEAD - sealed
 
 
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:

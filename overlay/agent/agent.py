@@ -25,9 +25,10 @@ import threading
 import time
 
 from overlay import __version__
-from overlay.agent import memory, observe, peers, startup
+from overlay.agent import encryption, memory, observe, peers, startup
 from overlay.agent.config import AgentConfig
 from overlay.agent.doctor import HostDoctor
+from overlay.agent.encryption import Encryption
 from overlay.agent.janitor import Janitor
 from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import Readiness
@@ -85,6 +86,7 @@ class Agent:
     _janitor: Janitor
     _doctor: HostDoctor
     _switch_watch: SwitchRestartWatcher
+    _encryption: Encryption
 
     def __init__(self, *, cfg: AgentConfig, metrics: Metrics, readiness: Readiness,
                  stop: threading.Event, resync_interval: float = RESYNC_INTERVAL) -> None:
@@ -188,6 +190,10 @@ class Agent:
             self._node = prepare(self._cfg, self._ovs)
         except CniError as err:
             raise StartError(f"cannot prepare OVS: {err}") from None
+        try:  # WireGuard (agent/encryption.py), before the host record publishes its key
+            self._encryption = encryption.start(self._cfg, self._node, self._metrics)
+        except encryption.SetupFailed as err:
+            raise StartError(f"cannot set up WireGuard: {err}") from None
 
     def _restore_local(self) -> None:
         cfg, ovs = self._cfg, self._ovs
@@ -197,8 +203,8 @@ class Agent:
             agent_id = ovs.agent_id()
         except CniError as err:
             raise StartError(f"cannot read the ports of {cfg.bridge}: {err}") from None
-        self._host_record = records.HostRecord(cfg.host, self._node.vtep, self._node.datapath,
-                                               agent_id)
+        self._host_record = self._encryption.host_record(records.HostRecord(
+            cfg.host, self._node.vtep, self._node.datapath, agent_id))
         self._dataplane = Dataplane(
             ofctl=Ofctl(rundir=cfg.rundir), bridge=cfg.bridge,
             tunnel_ofport=self._node.tunnel_ofport, held=True, generation=self._generation,
@@ -230,7 +236,9 @@ class Agent:
         self._reconciler = Reconciler(
             host=self._cfg.host, dataplane=self._dataplane, on_new_vteps=self._prime_new,
             host_grace=self._cfg.host_grace, remembered_vteps=peers.load(self._peers_file),
-            on_reject=self._metrics.record_rejected, on_conflict=self._metrics.record_conflict)
+            on_reject=self._metrics.record_rejected, on_conflict=self._metrics.record_conflict,
+            sealed=self._encryption.sealed)
+        self._encryption.set_on_peer_changed(self._reconciler.peer_changed)
         self._closing.callback(self._save_peers)  # once the watches are stopped
         watch_metrics = observe.WatchMetrics(self._metrics)
         # Network records (each network's VNI and subnet) first: endpoints are checked against them.
@@ -242,6 +250,7 @@ class Agent:
 
         def on_hosts(changes: list[Change]) -> None:
             self._reconciler.on_hosts(changes)
+            self._encryption.on_hosts(changes)  # after: a new peer's VTEP is known
             for change in changes:  # ours changed by someone else: put back at once (store/etcd.py)
                 store.host_changed(change.key, change.value)
         self._hosts = PrefixWatch(store=store, prefix=records.HOSTS, on_changes=on_hosts,
@@ -271,7 +280,8 @@ class Agent:
 
     def _build_service(self) -> None:
         cfg, node, store, reconciler = self._cfg, self._node, self._store, self._reconciler
-        host = svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep)
+        host = svc.HostInfo(cfg.host, cfg.bridge, node.underlay_mtu, node.vtep,
+                            self._encryption.unavailable, cfg.encrypt_networks)
         ipam, links = EtcdIpam(store=store, host=cfg.host), KernelLinks()
         self._service = svc.CniService(
             host=host, endpoints=store, network_records=store, ports=self._ovs,
@@ -308,8 +318,11 @@ class Agent:
     def _serve_cni(self) -> None:
         server = serve(socket_path=self._cfg.socket, servicer=CniServicer(
             service=self._service, info=self._info, on_request=self._metrics.cni_request,
-            doctor=self._doctor.problems, problems=self._reconciler.problems))
+            doctor=self._doctor.problems,
+            problems=lambda: self._reconciler.problems() + self._encryption.problems()))
         self._closing.callback(lambda: server.stop(grace=5).wait())
+        self._closing.callback(encryption.follow_rotations(
+            store=self._store, encryption=self._encryption, record=self._host_record))
 
     def _new_switch_watcher(self) -> SwitchRestartWatcher:
         return SwitchRestartWatcher(rundir=self._cfg.rundir, bridge=self._cfg.bridge,
@@ -353,6 +366,7 @@ class Agent:
             self._networks.sweep()
             self._dataplane.verify()  # a count of the switch's rules; the whole table only on drift
             self._gateways.repair()   # iptables rules, routes or addresses removed behind our back
+            self._encryption.resync(set(self._reconciler.host_vteps()))
         except CniError as err:
             log.warning("periodic flow check failed: %s", err)
 

@@ -16,6 +16,14 @@ etcd over TLS with a client certificate (all three empty, the default: plain htt
     etcd_cert = "/etc/overlay/pki/client.crt"    # ours, signed by a CA etcd trusts
     etcd_key = "/etc/overlay/pki/client.key"
 
+Encrypted networks (docs/encryption.md; the kernel datapath and the wireguard module):
+
+    encrypt_networks = false            # the default of netconfs that do not say `encrypted`
+    wireguard_subnet = "100.64.0.0/16"  # WireGuard addresses: this subnet + the VTEP's host part
+    wireguard_port = 51820
+    wireguard_interface = "wg-ovl"
+    wireguard_key_file = "/var/lib/overlay/wireguard/private.key"   # 0600, made on first start
+
 Observability (both off/plain by default):
 
     metrics_address = "127.0.0.1:10390" # /metrics, /healthz, /readyz; ":10390" = 127.0.0.1 too;
@@ -30,10 +38,12 @@ files but touches neither OVS nor etcd.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -72,6 +82,11 @@ class AgentConfig:
     etcd_key: str = ""
     metrics_address: str = ""           # off unless set; see overlay.agent.metrics_server
     log_format: str = "text"            # or "json"
+    encrypt_networks: bool = False
+    wireguard_subnet: str = "100.64.0.0/16"
+    wireguard_port: int = 51820
+    wireguard_interface: str = "wg-ovl"
+    wireguard_key_file: str = "/var/lib/overlay/wireguard/private.key"
 
     @property
     def etcd_tls(self) -> TlsFiles:
@@ -92,7 +107,17 @@ def _coerce(name: str, value: Any) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         return tuple(value)
     kind = {f.name: f.type for f in fields(AgentConfig)}[name]
-    return {"int": int, "float": float}.get(str(kind), str)(value)
+    convert: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": _bool}
+    return convert.get(str(kind), str)(value)
+
+
+def _bool(value: Any) -> bool:
+    """TOML gives a bool; a flag gives text."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return str(value).lower() in ("true", "1", "yes", "on")
+    raise ValueError(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,7 +160,7 @@ def build(config_file: str | None, flags: dict[str, Any]) -> AgentConfig:
 
 
 def _kind(name: str) -> str:
-    return {"int": "integer", "float": "number"}.get(
+    return {"int": "integer", "float": "number", "bool": "boolean"}.get(
         str({f.name: f.type for f in fields(AgentConfig)}[name]), "string")
 
 
@@ -163,8 +188,29 @@ def problems_of(cfg: AgentConfig) -> list[str]:
         out.append(f"host_grace must be 0 or more seconds, not {cfg.host_grace}")
     if cfg.etcd_timeout <= 0:
         out.append(f"etcd_timeout must be positive, not {cfg.etcd_timeout}")
+    out += _wireguard_problems(cfg)
     if not cfg.ovsdb.startswith(("unix:", "tcp:", "ssl:")):
         out.append(f"ovsdb must be an OVSDB remote (unix:PATH, tcp:IP:PORT), not {cfg.ovsdb!r}")
+    return out
+
+
+def _wireguard_problems(cfg: AgentConfig) -> list[str]:
+    out = []
+    try:
+        subnet = ipaddress.ip_network(cfg.wireguard_subnet)
+        if subnet.version != 4 or not 8 <= subnet.prefixlen <= 30:
+            out.append(f"wireguard_subnet must be an IPv4 subnet from /8 to /30, not "
+                       f"{cfg.wireguard_subnet!r}")
+    except ValueError:
+        out.append(f"wireguard_subnet must be a subnet such as 100.64.0.0/16, not "
+                   f"{cfg.wireguard_subnet!r}")
+    if not 1 <= cfg.wireguard_port <= 65535:
+        out.append(f"wireguard_port must be a UDP port (1-65535), not {cfg.wireguard_port}")
+    if not 0 < len(cfg.wireguard_interface.encode()) <= 15 or "/" in cfg.wireguard_interface:
+        out.append(f"wireguard_interface must be an interface name, not "
+                   f"{cfg.wireguard_interface!r}")
+    if not os.path.isabs(cfg.wireguard_key_file):
+        out.append(f"wireguard_key_file must be an absolute path, not {cfg.wireguard_key_file!r}")
     return out
 
 

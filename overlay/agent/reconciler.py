@@ -3,32 +3,25 @@
 The watches (store/watch.py) deliver keyed changes: host records (`on_hosts`) and endpoint
 records of the networks this host takes part in (`on_endpoints`). Each change touches only
 what depends on that key: an endpoint put or delete becomes one remote endpoint update; a host
-change (its lease expired, it registered again, its VTEP moved) becomes updates of that host's
-endpoints only, found through an index. The dataplane turns them into one flow bundle per
-batch. Nothing here walks the whole cluster.
+change (lease expired, registered again, VTEP moved) updates that host's endpoints only, found
+through an index. One flow bundle per batch; nothing here walks the whole cluster.
 
 An endpoint counts only while its host is alive (its leased host key exists), so traffic to a
-lost host stops once the lease has expired, and resumes by itself when the host registers again.
-"Once" is `host_grace` seconds after the key went: an agent that restarts more slowly than its
-lease TTL (a big table to read, a slow VM) lets its key lapse although its switch never stopped
-forwarding, and dropping the flows towards it at once would cut every peer off from its
-containers for the rest of the restart. If the host registers again within the grace with the
-same VTEP, no flow changes at all.
+lost host stops `host_grace` seconds after its key went, and resumes when it registers again.
+The grace: an agent that restarts more slowly than its lease TTL (a big table, a slow VM) lets
+its key lapse although its switch never stopped forwarding; if it comes back within the grace
+with the same VTEP, no flow changes at all.
 
-Records are verified before they reach the flow table (overlay/agent/verify.py): whatever is
-in etcd is written into OpenFlow text and answers ARP, so a record that is malformed (of any
-shape or size), disagrees with its key, has another VNI than its network's record, addresses
-outside the network's subnet or a MAC that is not unicast is skipped alone, logged and
-counted (on_reject), while the rest of its batch carries on. An endpoint is forwarded to the
-VTEP of its host's record, never to an address its own record names. Two records claiming one
-address or MAC are settled by creation revision, the same on every host (overlay/agent/
-claims.py). Records naming this host are kept whole (`own_records`): they are the janitor's
-view of what etcd believes lives here.
-
-Network records are read too (`on_networks`): they say each network's VNI and subnet. Their
-facts stay after the record is deleted (until the agent restarts): a network's record goes
-only with its last endpoint, and dropping the facts would cut off endpoints that a racing ADD
-has just written.
+Records are verified before they reach the flow table (overlay/agent/verify.py): a record
+that is malformed, disagrees with its key, has another VNI than its network's, addresses
+outside the network's subnet or a MAC that is not unicast is skipped alone, logged and counted
+(on_reject). An endpoint is forwarded to the VTEP of its host's record, never to an address its
+own record names; for an encrypted network, to its host's WireGuard address (`sealed`, agent/
+encryption.py), or nowhere. Two records claiming one address or MAC are settled by creation
+revision (agent/claims.py). Records naming this host are kept whole (`own_records`: the
+janitor's view). Network records (`on_networks`) say each network's VNI, subnet and encryption;
+their facts stay after the record is deleted (until the agent restarts): a network's record
+goes only with its last endpoint, and a racing ADD may just have written one.
 """
 
 from __future__ import annotations
@@ -58,7 +51,8 @@ class Reconciler:
                  schedule: Callable[[float, Callable[[], None]], Cancellable] = start_timer,
                  remembered_vteps: Mapping[str, str] | None = None,
                  on_reject: Callable[[str, str], None] = lambda kind, reason: None,
-                 on_conflict: Callable[[], None] = lambda: None) -> None:
+                 on_conflict: Callable[[], None] = lambda: None,
+                 sealed: Callable[[str], str | None] = lambda host: None) -> None:
         self._host = host
         self._dataplane = dataplane
         self._on_new_vteps = on_new_vteps
@@ -66,12 +60,12 @@ class Reconciler:
         self._schedule = schedule
         self._on_reject = on_reject
         self._on_conflict = on_conflict
+        self._sealed = sealed  # host -> WireGuard address; None: no traffic of encrypted networks
         self._lock = threading.Lock()  # watches of several prefixes call in on their threads
         self._vteps: dict[str, str] = {}                  # live host -> VTEP (departing ones too)
         self._departing: dict[str, Cancellable] = {}      # host whose key went -> its expiry
         self._seen: set[str] = set()                      # hosts whose key or VTEP we learnt
-        # VTEPs learnt from host records by an earlier run of this agent (agent/peers.py)
-        self._remembered = dict(remembered_vteps or {})
+        self._remembered = dict(remembered_vteps or {})  # VTEPs an earlier run learnt (peers.py)
         self._endpoints: dict[str, Endpoint] = {}         # etcd key -> endpoint, any host
         self._by_host: dict[str, set[str]] = {}           # host -> its endpoint keys
         self._own: dict[str, r.EndpointRecord] = {}       # records naming this host
@@ -173,17 +167,14 @@ class Reconciler:
             self._vteps.pop(host, None)
             log.info("host %s did not come back within %.0f s; dropping the flows to it",
                      host, self._grace)
-            touched: set[str] = set()
-            self._touch_host(host, touched)
-            self._apply(touched, set())
+            self._retouch(host)
 
     def _adopt(self, host: str) -> bool:
-        """(Under the lock.) An endpoint record names `host`, whose key this agent has never
-        seen: most likely this agent started while that host's agent was restarting and its
-        key had lapsed (the peers that were running keep forwarding through host_grace). If an
-        earlier run of this agent learnt the host's VTEP from its host record, forward there
-        for the grace period only, as if the key had just gone. Never to a VTEP an endpoint
-        record names: that would let one forged record redirect traffic. True if adopted."""
+        """(Under the lock.) An endpoint record names `host`, whose key this agent never saw:
+        most likely its agent was restarting and its key had lapsed. If an earlier run of this
+        agent learnt the host's VTEP from its host record, forward there for the grace period
+        only. Never to a VTEP an endpoint record names (one forged record would redirect
+        traffic). True if adopted."""
         if self._grace <= 0 or host == self._host or host in self._seen:
             return False
         self._seen.add(host)
@@ -296,6 +287,16 @@ class Reconciler:
                 continue
             self._claim(key, endpoint, touched, ())
 
+    def peer_changed(self, host: str) -> None:
+        """The host's WireGuard peer came, went or moved (agent/encryption.py)."""
+        with self._lock:
+            self._retouch(host)
+
+    def _retouch(self, host: str) -> None:
+        touched: set[str] = set()
+        self._touch_host(host, touched)
+        self._apply(touched, set())
+
     def forget_network(self, network: str) -> None:
         """This host left the network: drop everything learnt about it."""
         with self._lock:
@@ -315,8 +316,7 @@ class Reconciler:
                 who = ", ".join(f"{k} (host {self._endpoints[k].host}, created at revision "
                                 f"{self._endpoints[k].created})" for k in claimants)
                 out.append(f"conflict in network {network}: {value} is claimed by {who}; "
-                           f"{holder or 'none of them (no live host)'} holds it, the others "
-                           "are ignored")
+                           f"{holder or 'none of them (no live host)'} holds it, others ignored")
             for name in sorted(self._vni_losers):
                 facts = self._network_records[name][1]
                 out.append(f"conflict: network {name} claims VNI {facts.vni}, which another "
@@ -377,7 +377,10 @@ class Reconciler:
         if endpoint is None or endpoint.host == self._host:
             return None
         vtep = self._vteps.get(endpoint.host)
-        if vtep is None or endpoint.network not in self._networks:
+        facts = self._networks.get(endpoint.network)
+        if vtep is not None and facts is not None and facts.encrypted:
+            vtep = self._sealed(endpoint.host)  # fail closed (agent/encryption.py)
+        if vtep is None or facts is None:
             return None
         if self._claims.contested and not self._claims.wins(key, endpoint.network,
                                                              claimed_values(endpoint.ips, endpoint.mac)):

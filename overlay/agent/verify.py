@@ -64,6 +64,7 @@ Subnet = tuple[int, int, int]  # (IP version, network as an int, mask as an int)
 class NetworkFacts(NamedTuple):
     vni: int
     subnets: tuple[Subnet, ...]  # empty: a delegated IPAM that does not say (no check)
+    encrypted: bool = False      # its VXLAN goes only inside WireGuard (agent/encryption.py)
 
 
 class Endpoint(NamedTuple):
@@ -230,7 +231,10 @@ def parse_network(key: str, value: bytes) -> tuple[str, NetworkFacts]:
         subnets = parse_subnets(subnet if isinstance(subnet, str) else "\0")
     except ValueError:
         raise Rejected("subnet", f"bad subnet {str(subnet)[:60]!r}") from None
-    return name, NetworkFacts(vni_of(obj.get("vni")), subnets)
+    encrypted = obj.get("encrypted", False)
+    if not isinstance(encrypted, bool):
+        raise Rejected("malformed", f"bad encrypted {str(encrypted)[:20]!r}")
+    return name, NetworkFacts(vni_of(obj.get("vni")), subnets, encrypted)
 
 
 def _as_int(ip: str) -> tuple[int, int]:

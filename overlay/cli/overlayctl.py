@@ -1,7 +1,8 @@
 """overlayctl: look at the overlay's control plane (etcd) and at a host's agent.
 
     overlayctl [--etcd URL] [TLS] hosts | networks | endpoints [--json]
-    overlayctl [--etcd URL] [TLS] network-create NAME --vni VNI --subnet CIDR
+    overlayctl [--etcd URL] [TLS] hosts rotate-key HOST
+    overlayctl [--etcd URL] [TLS] network-create NAME --vni VNI --subnet CIDR [--encrypted]
     overlayctl [--etcd URL] [TLS] doctor [--socket PATH ...]
     overlayctl status [--socket PATH] [--json]
     overlayctl [--etcd URL] [TLS] trace SRC DST [--proto icmp|tcp|udp|arp] [--dport N]
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from overlay.cli import wireguard
 from overlay.cli.trace import TraceError
 from overlay.errors import CniError, Code
 from overlay.store import records as r
@@ -103,6 +105,7 @@ def hosts(etcd: str, *, tls: TlsFiles = NO_TLS) -> list[dict[str, Any]]:
         if key.startswith(r.ENDPOINTS):
             name = r.EndpointRecord.from_json(value).host
             rows.setdefault(name, {"host": name, "vtep": "?", "datapath": "?", "alive": False})
+    wireguard.add_key_columns(list(rows.values()), wireguard.handshakes())
     return [rows[name] for name in sorted(rows)]
 
 
@@ -127,14 +130,25 @@ def with_pod(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_network(etcd: str, name: str, vni: int, subnet: str, *,
-                   tls: TlsFiles = NO_TLS) -> None:
+                   tls: TlsFiles = NO_TLS, encrypted: bool = False) -> None:
     """Same validation as a netconf's, then the same idempotent record ADD would write."""
     from overlay.cni.netconf import parse_netconf
 
     conf = parse_netconf(json.dumps({"cniVersion": "1.0.0", "name": name, "type": "ovs",
                                      "vxlanID": vni, "ipam": {"subnet": subnet}}).encode())
     _with_store(etcd, tls, lambda store: store.ensure_network(
-        r.NetworkRecord(conf.name, conf.vni, conf.subnets_text)))
+        r.NetworkRecord(conf.name, conf.vni, conf.subnets_text, encrypted)))
+
+
+def rotate_key(etcd: str, action: list[str], tls: TlsFiles) -> int:
+    if len(action) != 2 or action[0] != "rotate-key":
+        print("overlayctl: usage: overlayctl hosts rotate-key HOST", file=sys.stderr)
+        return 2
+    request = f"{time.time():.6f}"  # a new value: each request is served once
+    _with_store(etcd, tls, lambda store: store.client.put(r.rotation_key(action[1]), request))
+    print(f"asked host {action[1]} for a new WireGuard key pair (request {request}); its "
+          "peers follow its host record")
+    return 0
 
 
 def run_doctor(etcd: str, sockets: list[str], tls: TlsFiles) -> list[str]:
@@ -143,7 +157,8 @@ def run_doctor(etcd: str, sockets: list[str], tls: TlsFiles) -> list[str]:
     from overlay.cli.doctor import cluster_problems
     from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
 
-    problems = cluster_problems(_load(etcd, r.ROOT, tls=tls))
+    state = _load(etcd, r.ROOT, tls=tls)
+    problems = cluster_problems(state) + wireguard.cluster_problems(state)
     for path in sockets:
         try:
             with grpc.insecure_channel(f"unix:{path}") as channel:
@@ -234,7 +249,7 @@ def argv_of(args: Any) -> list[str]:
 
 
 COLUMNS = {
-    "hosts": ("host", "vtep", "datapath", "alive"),
+    "hosts": ("host", "vtep", "datapath", "alive", "key", "handshake"),
     "networks": ("name", "vni", "subnet"),
     "endpoints": ("network", "container_id", "ifname", "host", "ips", "mac", "port", "pod",
                   "labels"),
@@ -253,10 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="what", required=True)
     for name in COLUMNS:
         json_flag(sub.add_parser(name, help=f"list {name} recorded in etcd"))
+    sub.choices["hosts"].add_argument("action", nargs="*", metavar="rotate-key HOST",
+                                      help="ask HOST's agent for a new WireGuard key pair")
     nc = sub.add_parser("network-create", help="record a network and claim its VNI")
     nc.add_argument("name")
     nc.add_argument("--vni", type=int, required=True)
     nc.add_argument("--subnet", required=True)
+    nc.add_argument("--encrypted", action="store_true", help="its VXLAN only inside WireGuard")
     st = sub.add_parser("status", help="ask a host's agent how it is doing")
     st.add_argument("--socket", default=DEFAULT_SOCKET)
     json_flag(st)
@@ -290,9 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "trace":
             return run_trace(args, etcd, tls)
         if args.what == "network-create":
-            create_network(etcd, args.name, args.vni, args.subnet, tls=tls)
-            print(f"network {args.name}: VNI {args.vni}, subnet {args.subnet}")
+            create_network(etcd, args.name, args.vni, args.subnet, tls=tls,
+                           encrypted=args.encrypted)
+            print(f"network {args.name}: VNI {args.vni}, subnet {args.subnet}"
+                  + (", encrypted" if args.encrypted else ""))
             return 0
+        if args.what == "hosts" and args.action:
+            return rotate_key(etcd, args.action, tls)
         rows = {"hosts": hosts, "networks": networks, "endpoints": endpoints}[args.what](etcd, tls=tls)
     except (CniError, TlsError, TraceError) as err:
         print(f"overlayctl: {err}", file=sys.stderr)

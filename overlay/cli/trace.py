@@ -64,13 +64,16 @@ class Endpoint:
 
 @dataclass
 class Cluster:
-    """What etcd says: endpoints, and each host's VTEP."""
+    """What etcd says: endpoints, each host's VTEP, and for encrypted networks (docs/
+    encryption.md) each host's WireGuard address, the tunnel's ends for them."""
     endpoints: list[Endpoint]
     vteps: dict[str, str]  # host -> vtep
+    sealed: dict[str, str] = field(default_factory=dict)  # host -> WireGuard address
+    encrypted: set[str] = field(default_factory=set)      # networks
 
     @classmethod
     def from_state(cls, state: Mapping[str, bytes]) -> Cluster:
-        eps, vteps = [], {}
+        eps, vteps, cluster = [], {}, cls([], {})
         for key, value in state.items():
             if key.startswith(r.ENDPOINTS):
                 rec = r.EndpointRecord.from_json(value)
@@ -82,10 +85,17 @@ class Cluster:
             elif key.startswith(r.HOSTS):
                 host = r.HostRecord.from_json(value)
                 vteps[host.host] = host.vtep
-        return cls(sorted(eps, key=lambda e: (e.network, e.container_id, e.ifname)), vteps)
+                if host.wg_address:
+                    cluster.sealed[host.host] = host.wg_address
+            elif key.startswith(r.NETWORKS) and r.NetworkRecord.from_json(value).encrypted is True:
+                cluster.encrypted.add(key[len(r.NETWORKS):])
+        cluster.endpoints = sorted(eps, key=lambda e: (e.network, e.container_id, e.ifname))
+        cluster.vteps = vteps
+        return cluster
 
     def host_of_vtep(self, vtep: str) -> str:
-        return next((h for h, v in self.vteps.items() if v == vtep), "")
+        """The host of a VTEP, or of a WireGuard address (an encrypted network's tun_dst)."""
+        return next((h for h, v in (*self.vteps.items(), *self.sealed.items()) if v == vtep), "")
 
     def find(self, name: str, network: str = "") -> Endpoint:
         """A container ID, or network/containerID[/ifname]."""
@@ -299,8 +309,12 @@ def trace_hop(req: Request, cluster: Cluster, switch: Switch, *, arriving: bool 
         if not src_vtep:
             raise TraceError(f"host {req.src.host} (of {req.src.container_id}) has no live "
                              "host record in etcd, so its VTEP is unknown")
+        dst_vtep = cluster.vteps.get(host, "0.0.0.0")
+        if req.src.network in cluster.encrypted:  # out of WireGuard: its addresses
+            src_vtep = cluster.sealed.get(req.src.host, "0.0.0.0")
+            dst_vtep = cluster.sealed.get(host, "0.0.0.0")
         in_port = (f"in_port={switch.tunnel_port},tun_id={req.src.vni},tun_src={src_vtep},"
-                   f"tun_dst={cluster.vteps.get(host, '0.0.0.0')}")
+                   f"tun_dst={dst_vtep}")
     else:
         if req.src.port not in ports:
             raise TraceError(f"port {req.src.port} of {req.src.container_id} is not on "

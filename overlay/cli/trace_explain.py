@@ -39,6 +39,10 @@ def explain(hop: Hop, req: Request, cluster: Cluster, port_names: dict[int, str]
         hop.continue_on = cluster.host_of_vtep(v.vtep)
         hop.summary = (f"tunneled to VTEP {v.vtep} with VNI {v.vni} (continue on host "
                        f"{hop.continue_on or '?'})")
+        if v.vtep in cluster.sealed.values():  # docs/encryption.md
+            hop.summary = (f"encrypted: tunneled with VNI {v.vni} to WireGuard address {v.vtep}"
+                           f", sent inside WireGuard to host {hop.continue_on} (VTEP "
+                           f"{cluster.vteps.get(hop.continue_on, '?')}); continue on that host")
     elif v.kind == "delivered":
         names = []
         for ofport in v.ports:

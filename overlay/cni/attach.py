@@ -68,6 +68,7 @@ class Attacher:
         steps.check_bridge(conf, self.host)
         labels.endpoint_labels(conf, env)  # bad labels: refused before anything is created
         pods.pod_of(env)  # a bad pod name in CNI_ARGS: refused before anything is created
+        steps.check_encryption(conf, self.host)
         owner = owner_of(env.container_id, env.ifname)
         with self.lock(owner):
             t = Stopwatch()
@@ -125,7 +126,8 @@ class Attacher:
             # routes, iptables rules: tens of ms); only the flows need it.
             pending_gateway = self._beside(undo, lambda: self.gateways.acquire(key, gateway),
                                            lambda _: self.gateways.release(key))
-        network = NetworkRecord(conf.name, conf.vni, conf.subnets_text)
+        network = NetworkRecord(conf.name, conf.vni, conf.subnets_text,
+                                steps.encrypted(conf, self.host))
 
         def drop_if_created(created: object) -> None:  # another ADD's network stays
             if created:

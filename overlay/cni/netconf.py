@@ -58,6 +58,9 @@ class NetConf:
     # `dhcpServers`: the addresses of the network's DHCP servers. Only a container holding one
     # of them may send DHCP server replies (UDP 67 -> 68, 547 -> 546); see _parse_dhcp_servers.
     dhcp_servers: tuple[Address, ...] = ()
+    # `encrypted`: the network's VXLAN travels only inside WireGuard (docs/encryption.md).
+    # None: the netconf does not say, and the agent's `encrypt_networks` default decides.
+    encrypted: bool | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     source: bytes = field(default=b"", compare=False, repr=False)  # stdin, for delegation
 
@@ -181,9 +184,12 @@ def parse_netconf(data: bytes) -> NetConf:
     ip_masq = obj.get("ipMasq", True)
     if not isinstance(ip_masq, bool):
         raise _invalid(f"ipMasq must be true or false, got {ip_masq!r}")
+    encrypted = obj.get("encrypted")
+    if encrypted is not None and not isinstance(encrypted, bool):
+        raise _invalid(f"encrypted must be true or false, got {encrypted!r}")
     return NetConf(version, name, vni, bridge, mtu, sock, ipam, ip_masq,
                    _parse_dns(obj.get("dns")), _parse_dhcp_servers(obj.get("dhcpServers")),
-                   obj, data)
+                   encrypted, obj, data)
 
 
 MAX_DHCP_SERVERS = 16

@@ -33,6 +33,11 @@ class HostInfo:
     bridge: str
     underlay_mtu: int
     vtep: str = ""  # written into endpoint records (see EndpointRecord.vtep)
+    # Why this host cannot carry an encrypted network ("" if it can: the kernel datapath and
+    # WireGuard, overlay/agent/encryption.py), and the agent's default for netconfs that do not
+    # say `encrypted` (its `encrypt_networks`).
+    encryption_unavailable: str = "this agent does not configure WireGuard"
+    encrypt_by_default: bool = False
 
 
 class EndpointStore(Protocol):

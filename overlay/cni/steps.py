@@ -75,8 +75,27 @@ def check_bridge(conf: NetConf, host: HostInfo) -> None:
                        f"{host.name}; it manages {host.bridge!r}")
 
 
+def encrypted(conf: NetConf, host: HostInfo) -> bool:
+    """The netconf's `encrypted`, else the agent's default (recorded with the network)."""
+    return host.encrypt_by_default if conf.encrypted is None else conf.encrypted
+
+
+def check_encryption(conf: NetConf, host: HostInfo) -> None:
+    """An encrypted network is refused before anything exists where WireGuard cannot carry it:
+    its traffic would otherwise leave in clear text, or not at all."""
+    if encrypted(conf, host) and host.encryption_unavailable:
+        said = "the netconf says" if conf.encrypted else "the agent's encrypt_networks default makes"
+        raise CniError(Code.UNSUPPORTED_FIELD,
+                       f"network {conf.name!r} is encrypted ({said} \"encrypted\": true) but host "
+                       f"{host.name} cannot encrypt: {host.encryption_unavailable}",
+                       "encrypted networks need OVS's kernel datapath and the wireguard module "
+                       "(docs/encryption.md); attach this container on such a host, or use an "
+                       "unencrypted network")
+
+
 def mtu(conf: NetConf, host: HostInfo) -> int:
-    return container_mtu(conf.mtu, host.underlay_mtu)
+    return container_mtu(conf.mtu, host.underlay_mtu, encrypted=encrypted(conf, host),
+                         ipv6_underlay=":" in host.vtep)
 
 
 def gateway_spec(conf: NetConf, host: HostInfo) -> GatewaySpec | None:

@@ -25,7 +25,7 @@ from overlay.ipam.pool import candidates
 from overlay.model import Address, IpamConfig, Route
 from overlay.netlink import veth
 from overlay.ovs.ovsdb import PortInfo
-from overlay.store.records import EndpointRecord, Holder, NetworkRecord
+from overlay.store.records import EndpointRecord, Holder, NetworkRecord, encryption_differs
 
 
 class Faulty:
@@ -104,6 +104,8 @@ class FakeEndpoints(Faulty):
         have = self.networks.get(rec.name)
         if have is not None and have.vni != rec.vni:
             raise CniError(Code.NETWORK_CONFLICT, f"network {rec.name!r} has vxlanID {have.vni}")
+        if have is not None and have.encrypted != rec.encrypted:
+            raise CniError(Code.NETWORK_CONFLICT, encryption_differs(have, rec))
         self.networks[rec.name] = rec
         self._after("ensure_network")
         return have is None

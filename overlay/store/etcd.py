@@ -194,6 +194,10 @@ class Store:
             raise
         self._host_lease.hold(lease, rec, ttl)
 
+    def update_host(self, rec: r.HostRecord) -> None:
+        """Our record changes (a WireGuard key rotation): the lease keeper writes it now."""
+        self._host_lease.update(rec)
+
     def host_changed(self, key: str, value: bytes | None) -> None:
         """A change the hosts watch saw: our record not as we wrote it is put back at once."""
         self._host_lease.changed(key, value)
@@ -224,16 +228,10 @@ class Store:
             return True
         existing = found[0][0][0] if found and found[0] else None
         owner = found[1][0][0] if len(found) > 1 and found[1] else None
-        if existing is not None:
-            have = r.NetworkRecord.from_json(existing)
-            # A delegated IPAM may not say its subnet (""): then only the VNI must agree. The
-            # first subnet decides: records of older agents name only that one.
-            subnets_differ = bool(have.subnet and rec.subnet and
-                                  have.subnet.split(",")[0] != rec.subnet.split(",")[0])
-            if have.vni != rec.vni or subnets_differ:
-                raise CniError(Code.NETWORK_CONFLICT,
-                               f"network {rec.name!r} already exists with vxlanID {have.vni} and "
-                               f"subnet {have.subnet}; this netconf says {rec.vni} and {rec.subnet}")
+        conflict = "" if existing is None else r.network_conflict(
+            r.NetworkRecord.from_json(existing), rec)
+        if conflict:
+            raise CniError(Code.NETWORK_CONFLICT, conflict)
         if owner is not None and owner.decode() != rec.name:
             raise CniError(Code.NETWORK_CONFLICT,
                            f"vxlanID {rec.vni} already belongs to network {owner.decode()!r}")

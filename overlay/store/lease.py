@@ -49,6 +49,11 @@ class HostLease:
                                            name="etcd-lease", daemon=True)
             self.keeper.start()
 
+    def update(self, rec: r.HostRecord) -> None:
+        """From now on `rec` is our record: written at once by the keeper, put back as ever."""
+        self.host = rec
+        self.wake.set()
+
     def close(self) -> None:
         self.stop.set()
         self.wake.set()
@@ -81,13 +86,14 @@ class HostLease:
                     if self.lease.refresh()[0].TTL <= 0:  # expired while etcd was unreachable
                         raise CniError(Code.TRY_AGAIN_LATER, "lease expired")
                     refreshed = time.monotonic()
+                rec = self.host or rec  # a key rotation replaced it (Store.update_host)
                 if self._put_back(rec):
                     self.stop.wait(PUT_BACK_GAP)
             except Exception as exc:  # keep trying: the lease thread must outlive etcd outages
                 log.warning("host lease refresh failed (%s); registering again", exc)
                 try:
                     self.lease = None
-                    self._register(rec, ttl)
+                    self._register(self.host or rec, ttl)
                     refreshed = time.monotonic()
                 except (CniError, tls.TlsRejected, HostNameTaken) as again:
                     log.warning("host registration failed: %s", again)

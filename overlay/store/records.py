@@ -7,6 +7,7 @@ Key layout (v1):
     /overlay/v1/vnis/<vni>                         "<name>"        makes a VNI belong to one network
     /overlay/v1/endpoints/<net>/<container>/<if>   EndpointRecord  no lease: survives agent restarts
     /overlay/v1/ipam/<net>/<ip>                    Holder          {"owner": "<container>/<if>", "host"}
+    /overlay/v1/wireguard-rotations/<host>         "<request id>"  a key rotation asked of <host>
 
 A host writes and deletes only endpoint records and allocations that name it, in transactions
 that compare the owner (store/ownership.py, Store.release_ip).
@@ -26,6 +27,9 @@ NETWORKS = ROOT + "networks/"
 VNIS = ROOT + "vnis/"
 ENDPOINTS = ROOT + "endpoints/"
 IPAM = ROOT + "ipam/"
+# A request that host <host> rotates its WireGuard key pair (`overlayctl hosts rotate-key`):
+# the host's agent makes the new pair (its private key never leaves the host) and deletes it.
+ROTATIONS = ROOT + "wireguard-rotations/"
 
 
 def host_key(host: str) -> str:
@@ -42,6 +46,10 @@ def vni_key(vni: int) -> str:
 
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
     return f"{ENDPOINTS}{network}/{container_id}/{ifname}"
+
+
+def rotation_key(host: str) -> str:
+    return ROTATIONS + host
 
 
 def ipam_prefix(network: str) -> str:
@@ -71,6 +79,11 @@ class HostRecord(Record):
     # the same across restarts of one machine's agent, different on another machine that was
     # given the same name (overlay/store/ownership.py). "" in records of older agents.
     agent_id: str = ""
+    # WireGuard (overlay/wireguard/): the public key (base64), the address of the host's
+    # WireGuard device and its UDP port; "" / 0 where the host cannot encrypt. Never a private key.
+    wg_public_key: str = ""
+    wg_address: str = ""
+    wg_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,31 @@ class NetworkRecord(Record):
     name: str
     vni: int
     subnet: str
+    # Its VXLAN travels only inside WireGuard (docs/encryption.md); fixed when it is created.
+    encrypted: bool = False
+
+
+def network_conflict(have: NetworkRecord, rec: NetworkRecord) -> str:
+    """Why `rec` cannot be recorded over `have` (etcd holds it already), or "".
+
+    A delegated IPAM may not say its subnet (""): then only the VNI must agree. The first
+    subnet decides: records of older agents name only that one."""
+    subnets_differ = bool(have.subnet and rec.subnet and
+                          have.subnet.split(",")[0] != rec.subnet.split(",")[0])
+    if have.vni != rec.vni or subnets_differ:
+        return (f"network {rec.name!r} already exists with vxlanID {have.vni} and subnet "
+                f"{have.subnet}; this netconf says {rec.vni} and {rec.subnet}")
+    return encryption_differs(have, rec) if have.encrypted != rec.encrypted else ""
+
+
+def encryption_differs(have: NetworkRecord, rec: NetworkRecord) -> str:
+    """What ADD says when a netconf asks to change a network's encryption, which is fixed."""
+    def said(encrypted: bool) -> str:
+        return "encrypted" if encrypted else "not encrypted"
+    return (f"network {rec.name!r} is {said(have.encrypted)} and stays so: a network's "
+            f"encryption is fixed when it is created, and this ADD asks for it "
+            f"{said(rec.encrypted)}; set \"encrypted\": {str(have.encrypted).lower()} in the "
+            "netconf (or the agent's encrypt_networks default), or create another network")
 
 
 @dataclass(frozen=True)

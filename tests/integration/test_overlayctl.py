@@ -32,7 +32,7 @@ def test_hosts_networks_endpoints_as_json(lab: Lab) -> None:
     assert [(h["host"], h["vtep"], h["alive"]) for h in hosts] == [
         ("host0", "172.31.0.1", True), ("host1", "172.31.0.2", True)]
     assert json.loads(ctl(lab, "--json", "networks")) == [
-        {"name": "my-net", "vni": 42, "subnet": "10.0.0.0/24"}]
+        {"name": "my-net", "vni": 42, "subnet": "10.0.0.0/24", "encrypted": False}]
     (ep,) = json.loads(ctl(lab, "--json", "endpoints"))
     assert (ep["host"], ep["ips"], ep["container_id"]) == ("host1", ["10.0.0.2/24"],
                                                           lab.containers["c0"]["container_id"])
