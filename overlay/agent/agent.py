@@ -190,10 +190,8 @@ class Agent:
             self._node = prepare(self._cfg, self._ovs)
         except CniError as err:
             raise StartError(f"cannot prepare OVS: {err}") from None
-        try:  # WireGuard (agent/encryption.py), before the host record publishes its key
-            self._encryption = encryption.start(self._cfg, self._node, self._metrics)
-        except encryption.SetupFailed as err:
-            raise StartError(f"cannot set up WireGuard: {err}") from None
+        # WireGuard (agent/encryption.py), before the host record publishes its key.
+        self._encryption = encryption.start(self._cfg, self._node, self._metrics)
 
     def _restore_local(self) -> None:
         cfg, ovs = self._cfg, self._ovs

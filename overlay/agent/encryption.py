@@ -47,22 +47,20 @@ from overlay.wireguard.peers import NotAPeer, Peer, diff, duplicate_keys, parse_
 log = logging.getLogger(__name__)
 
 
-class SetupFailed(Exception):
-    """This host could encrypt, but its key or device could not be set up."""
-
-
 def start(cfg: AgentConfig, node: Node, metrics: Metrics) -> Encryption:
     """This host's encryption, started (key, device, guard) where it can run, with its
-    metrics registered."""
+    metrics registered. It never stops the agent: where WireGuard cannot be set up, the
+    unencrypted networks run and the encrypted ones are refused (`unavailable` says why)."""
     reason = device.unavailable(node.datapath, cfg.wireguard_interface)
     dev = None
-    if reason:
-        log.info("encrypted networks are not available on this host: %s", reason)
-    else:
+    if not reason:
         try:
             address = wg_address(cfg.wireguard_subnet, node.vtep)
         except ValueError as exc:
-            raise SetupFailed(str(exc)) from None
+            reason = str(exc)
+    if reason:
+        log.info("encrypted networks are not available on this host: %s", reason)
+    else:
         dev = Device(ifname=cfg.wireguard_interface, address=address,
                      subnet=cfg.wireguard_subnet, port=cfg.wireguard_port,
                      mtu=node.underlay_mtu - WIREGUARD_OVERHEAD_V4)
@@ -70,7 +68,11 @@ def start(cfg: AgentConfig, node: Node, metrics: Metrics) -> Encryption:
     try:
         enc.start()
     except (CniError, keys.KeyFileError, OSError, ValueError) as err:
-        raise SetupFailed(str(err)) from None
+        # Unencrypted networks still run here; encrypted ones are refused and get nothing.
+        log.error("encrypted networks are not available on this host: WireGuard could not "
+                  "be set up: %s", err)
+        enc = Encryption(cfg=cfg, device=None, unavailable=f"WireGuard could not be set up "
+                         f"({err}); see the agent's log")
     metrics.registry.register(WireGuardCollector(enc.peers))
     return enc
 
@@ -188,8 +190,22 @@ class Encryption:
                     self._on_device.clear()
             self._guard(self._device.ifname, self._device.subnet)
             self.prune(live)
+            self._drop_unknown_peers()
         except CniError as err:
             log.warning("WireGuard check failed: %s", err)
+
+    def _drop_unknown_peers(self) -> None:
+        """Peers on the device that no host record asks for (left by an earlier run of the
+        agent, or added by hand) go: only etcd's hosts are peers. Not before the first
+        snapshot is in (the agent's loop calls resync after start-up)."""
+        assert self._device is not None
+        with self._lock:
+            known = {p.public_key for p in self._on_device.values()}
+            for stats in self._stats():
+                if stats.public_key not in known:
+                    log.warning("removing WireGuard peer %s, which no host record names",
+                                keys.fingerprint(stats.public_key))
+                    self._device.remove_peer(stats.public_key)
 
     def _converge(self) -> None:
         """(Under the lock.) The device's peers made equal to the wanted ones; hosts whose

@@ -145,4 +145,6 @@ def unavailable(datapath: str, ifname: str) -> str:
         if exc.code in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOENT):
             return f"the kernel has no WireGuard (creating a wireguard link failed: {exc})"
         return f"cannot create the WireGuard device {ifname}: {exc}"
+    except OSError as exc:  # no netlink at all (a container without CAP_NET_ADMIN)
+        return f"cannot create the WireGuard device {ifname}: {exc}"
     return ""
