@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FLOORS = {"errors": 0, "model": 0, "policy": 0, "store": 1, "ovs": 1, "netlink": 1,
-          "wireguard": 1, "ipam": 2, "dataplane": 2, "gateway": 3, "cni": 4, "agent": 5, "cli": 5, "install": 5, "lab": 6}
+          "wireguard": 1, "ipam": 2, "dataplane": 2, "gateway": 3, "cni": 4, "agent": 5,
+          "cli": 5, "install": 5, "lab": 6}
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 GENERATED = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi", "_pb2_grpc.pyi")
