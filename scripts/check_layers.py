@@ -5,7 +5,7 @@ Each package of overlay/ stands on a floor, and a module may import from its own
 ones below, never from above:
 
     errors, model, policy  <  store, ovs, netlink, wireguard  <  ipam, dataplane  <  gateway  <  cni
-                   <  agent, cli, install  <  lab
+                   <  agent, cli, install, docker  <  lab
 
 Every module is parsed with `ast` (nothing is imported or run), and every import in it counts:
 at the top, inside a function (the lazy imports that keep start-up fast), under TYPE_CHECKING,
@@ -29,7 +29,7 @@ from pathlib import Path
 
 FLOORS = {"errors": 0, "model": 0, "policy": 0, "store": 1, "ovs": 1, "netlink": 1,
           "wireguard": 1, "ipam": 2, "dataplane": 2, "gateway": 3, "cni": 4, "agent": 5,
-          "cli": 5, "install": 5, "lab": 6}
+          "cli": 5, "install": 5, "docker": 5, "lab": 6}
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 GENERATED = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi", "_pb2_grpc.pyi")

@@ -10,8 +10,8 @@
 #   WITH_TEST_DEPS=1    also what the test suite needs (Go and Debian's libcni for the libcni
 #                       driver, the reference CNI plugins and iptables for chaining, vagrant for
 #                       `vagrant validate`, containerd/runc/busybox-static for the containerd e2e
-#                       test, dnsmasq-base for the DHCP e2e test); `make deps` sets it, the
-#                       Vagrant VMs do not
+#                       test, dnsmasq-base for the DHCP e2e test, docker.io for the Docker
+#                       e2e test); `make deps` sets it, the Vagrant VMs do not
 set -euo pipefail
 
 SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -21,6 +21,7 @@ PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2
 if [ "${WITH_TEST_DEPS:-0}" = 1 ]; then
   PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant
             containerd runc busybox-static
+            docker.io  # dockerd per lab host (tests/e2e/test_docker.py, docs/docker.md)
             dnsmasq-base)  # the DHCP server of tests/e2e/test_dhcp.py (and of the lab example in docs/cni-reference.md)
 fi
 if [ "${WITH_VM_DEPS:-0}" = 1 ]; then  # the Vagrant lab and the VM tier (make test-vm)
@@ -38,6 +39,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # A docker.io installed just now may have started the machine's own dockerd: the lab runs
+  # one per lab host (overlay/lab/dockerd.py), and the machine's would only compete.
+  if [[ " ${missing[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+  fi
 fi
 
 # The project is installed editable, so the generated gRPC stubs land in the source tree.

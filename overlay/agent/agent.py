@@ -321,6 +321,9 @@ class Agent:
         self._closing.callback(lambda: server.stop(grace=5).wait())
         self._closing.callback(encryption.follow_rotations(
             store=self._store, encryption=self._encryption, record=self._host_record))
+        if self._cfg.docker_plugin_socket:  # Docker's driver: the same service (docs/docker.md)
+            from overlay.docker import plugin
+            self._closing.callback(plugin.from_config(self._cfg, self._service, self._store).stop)
 
     def _new_switch_watcher(self) -> SwitchRestartWatcher:
         return SwitchRestartWatcher(rundir=self._cfg.rundir, bridge=self._cfg.bridge,

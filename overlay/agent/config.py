@@ -87,6 +87,10 @@ class AgentConfig:
     wireguard_port: int = 51820
     wireguard_interface: str = "wg-ovl"
     wireguard_key_file: str = "/var/lib/overlay/wireguard/private.key"
+    # Docker's network and IPAM driver (overlay/docker/), off unless set: the plugin's socket
+    # (its name is the driver's: ovs.sock -> `-d ovs`) and the daemon's API socket.
+    docker_plugin_socket: str = ""
+    docker_host: str = "/run/docker.sock"
 
     @property
     def etcd_tls(self) -> TlsFiles:

@@ -9,6 +9,7 @@ threads on which steps run beside the others.
 
 from __future__ import annotations
 
+import copy
 from concurrent import futures
 
 from overlay.cni import housekeeping
@@ -59,6 +60,13 @@ class CniService:
         self._checker = Checker(
             host=host, endpoints=endpoints, ports=ports, flows=flows, allocator=allocator,
             gateways=gateways, links=links, lock=lock)
+
+    def attacher_for(self, links: Links) -> tuple[Attacher, Detacher]:
+        """ADD's and DEL's steps on other links (Docker's, overlay/docker/links.py: libnetwork
+        moves the container end itself), with this service's parts, lock and pool."""
+        attacher, detacher = copy.copy(self.attacher), copy.copy(self.detacher)
+        attacher.links = detacher.links = links
+        return attacher, detacher
 
     def add(self, env: CniEnv, conf: NetConf) -> bytes:
         return self.attacher.add(env, conf)

@@ -24,11 +24,12 @@ import argparse
 import ipaddress
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 
 from overlay.lab import containers as ctr
-from overlay.lab import dhcp, etcdauth
+from overlay.lab import dhcp, dockerd, etcdauth
 from overlay.lab.topology import Lab
 
 WORKDIR = os.environ.get("OVERLAY_LAB_DIR", "/run/overlay-lab")
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dport", type=int, default=0)
     t.add_argument("--src-ip", default="", help="forge the source address")
     t.add_argument("--json", action="store_true")
+    k = sub.add_parser("docker", help="a dockerd per host (docs/docker.md): up, down, or HOST "
+                                      "ARGS... to run the docker client against HOST's daemon")
+    k.add_argument("what", help="up, down, or a host's name")
+    k.add_argument("args", nargs=argparse.REMAINDER)
     m = sub.add_parser("metrics")
     m.add_argument("host")
     m.add_argument("--path", default="/metrics")
@@ -147,6 +152,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(lab: Lab, args: argparse.Namespace) -> int:
+    dockerd.down(lab)
     lab.down()
     print("lab removed")
     return 0
@@ -209,6 +215,16 @@ def _trace(lab: Lab, args: argparse.Namespace) -> int:
     return 0
 
 
+def _docker(lab: Lab, args: argparse.Namespace) -> int:
+    if args.what in ("up", "down"):
+        (dockerd.up if args.what == "up" else dockerd.down)(lab)
+        print(f"docker {args.what}: " + ", ".join(
+            f"{h.name} {dockerd.api_socket(h)}" for h in lab.hosts))
+        return 0
+    cmd = dockerd.client(lab.host(args.what), *args.args)
+    return subprocess.run(cmd, env={**os.environ, "DOCKER_API_VERSION": "1.41"}).returncode
+
+
 def _metrics(lab: Lab, args: argparse.Namespace) -> int:
     status, body = lab.agent_http(lab.host(args.host), args.path)
     print(body, end="")
@@ -230,6 +246,7 @@ def _status(lab: Lab, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Lab, argparse.Namespace], int]] = {
     "down": _down, "demo": _demo, "container": _container, "dhcp-server": _dhcp_server,
     "network": _network, "ping": _ping_command, "trace": _trace, "metrics": _metrics,
+    "docker": _docker,
     "status": _status,
 }
 

@@ -1,0 +1,251 @@
+"""Docker's own `docker network create -d ovs` and `docker run --net` on the netns lab: a
+dockerd per lab host (overlay.lab.dockerd), the agent's driver (overlay/docker/), real
+containers. The chapter's scenario (create on two hosts, run on two hosts, ping), static
+addresses, connect/disconnect, a published port reached from outside the host, egress through
+the gateway, a Docker and a CNI container on one network, and that `docker rm -f`, `docker
+network rm` and a dockerd restart leave nothing behind (`overlayctl doctor` clean, no port,
+veth, record, address or rule).
+
+Skipped only where dockerd (docker.io) or busybox-static is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from overlay.lab import containers as ctr
+from overlay.lab import dockerd
+from overlay.lab import host as steps
+from overlay.lab.shell import in_netns, run
+from overlay.lab.topology import Lab, LabHost
+from overlay_fixtures import eventually
+
+CREATE = ("network", "create", "-d", "ovs", "--ipam-driver", "ovs")
+MY_NET = (*CREATE, "--subnet", "10.0.0.0/24", "-o", "vxlanID=42", "my-net")
+IMAGE = dockerd.IMAGE
+ECHO_PORT = 7777
+# Answers each line with the peer address it saw: which source address arrived from outside.
+ECHO_SERVER = r"""
+import socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(8)
+while True:
+    conn, peer = srv.accept()
+    with conn:
+        line = conn.makefile().readline()
+        conn.sendall(f"{peer[0]} {line.strip()}\n".encode())
+"""
+
+FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read()" \
+        ".decode())"
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:
+    reason = dockerd.available()
+    if reason:
+        pytest.skip(f"no Docker here: {reason}")
+    lab = lab_factory(hosts=2)
+    try:
+        dockerd.up(lab)
+        for h in lab.hosts:
+            dk(h, *MY_NET)
+        yield lab
+    finally:
+        dockerd.down(lab)
+
+
+def dk(h: LabHost, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return dockerd.docker(h, *args, check=check)
+
+
+def run_detached(h: LabHost, name: str, network: str = "my-net") -> str:
+    """Start a container that sleeps on `network`; its address there."""
+    dk(h, "run", "-d", "--name", name, "--net", network, IMAGE, "sleep", "600")
+    return address_of(h, name, network)
+
+
+def address_of(h: LabHost, name: str, network: str = "my-net") -> str:
+    fmt = "{{(index .NetworkSettings.Networks \"" + network + "\").IPAddress}}"
+    return dk(h, "inspect", "-f", fmt, name).stdout.strip()
+
+
+def pings(h: LabHost, name: str, address: str) -> bool:
+    """The endpoint reaches the other hosts through their etcd watch, milliseconds after its
+    Join: a first ping may go before it has, so it is tried again until it answers."""
+    return eventually(lambda: dk(h, "exec", name, "ping", "-c", "1", "-W", "1", address,
+                                 check=False).returncode == 0, timeout=15, interval=0.3)
+
+
+def doctor(lab: Lab, h: LabHost) -> subprocess.CompletedProcess[str]:
+    return run([os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(),
+                "doctor", "--socket", h.socket], netns=lab.underlay_ns, check=False)
+
+
+def docker_state(lab: Lab, h: LabHost) -> dict[str, list[str]]:
+    """What Docker endpoints of `h` leave behind: etcd keys, OVS ports, veths, NAT rules."""
+    lines = run(lab.etcdctl("get", "--prefix", "/overlay/v1/"),
+                netns=lab.underlay_ns).stdout.splitlines()
+    pairs = dict(zip(lines[::2], lines[1::2], strict=True))
+    mine = f'"host": "{h.name}"'
+    keys = [k for k, v in pairs.items() if k.startswith(("/overlay/v1/endpoints/",
+                                                         "/overlay/v1/ipam/")) and mine in v]
+    ports = run(["ovs-vsctl", "--db", f"unix:{h.ovs_dir}/db.sock", "list-ports",
+                 lab.bridge]).stdout.split()
+    links = run(["ip", "-o", "link"], netns=h.netns).stdout
+    nat = run(["iptables-save", "-t", "nat"], netns=h.netns).stdout
+    return {"etcd": [k for k in keys if "/docker-" in k or "docker-" in pairs[k]],
+            "ports": [p for p in ports if p.startswith("ovl")],
+            "veths": [w for w in links.split() if w.startswith(("ovl", "ovd"))],
+            "rules": [line for line in nat.splitlines() if "overlay-docker:" in line]}
+
+
+def assert_clean(lab: Lab, h: LabHost) -> None:
+    found = doctor(lab, h)
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert not any(docker_state(lab, h).values()), docker_state(lab, h)
+
+
+def endpoint_keys(lab: Lab) -> list[str]:
+    return [k for k in run(lab.etcdctl("get", "--prefix", "/overlay/v1/endpoints/my-net/",
+                                       "--keys-only"), netns=lab.underlay_ns).stdout.split()
+            if "/docker-" in k]
+
+
+def test_create_on_a_second_host_joins_and_other_options_are_refused(lab: Lab) -> None:
+    for h in lab.hosts:
+        assert "my-net" in dk(h, "network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout
+    record = run(lab.etcdctl("get", "/overlay/v1/networks/my-net", "--print-value-only"),
+                 netns=lab.underlay_ns).stdout
+    assert '"vni": 42' in record and "10.0.0.0/24" in record
+    h1 = lab.host("host1")
+    other = dk(h1, *CREATE, "--subnet", "10.0.9.0/24", "-o", "vxlanID=42", "my-net2",
+               check=False)
+    assert other.returncode != 0
+    assert "vxlanID 42 is network 'my-net' in etcd, with subnet 10.0.0.0/24, not " \
+           "10.0.9.0/24" in other.stderr
+    assert "my-net2" not in dk(h1, "network", "ls").stdout
+
+
+def test_the_same_name_with_another_vni_is_refused_naming_the_difference(lab: Lab) -> None:
+    h0, h1 = lab.hosts
+    dk(h0, *CREATE, "--subnet", "10.0.50.0/24", "-o", "vxlanID=50", "net50")
+    assert eventually(lambda: "net50" in run(lab.etcdctl("get", "/overlay/v1/vnis/50"),
+                                             netns=lab.underlay_ns).stdout)
+    # libnetwork names no network to its driver: the name is the daemon's once the network
+    # exists there, so this host's containers are refused, with what etcd has.
+    dk(h1, *CREATE, "--subnet", "10.0.50.0/24", "-o", "vxlanID=51", "net50")
+    refused = dk(h1, "run", "--rm", "--net", "net50", IMAGE, "true", check=False)
+    assert refused.returncode != 0
+    assert "network 'net50' already exists with vxlanID 50" in refused.stderr
+    for h in lab.hosts:
+        dk(h, "network", "rm", "net50")
+    assert_clean(lab, h1)
+
+
+def test_containers_on_two_hosts_ping_each_other(lab: Lab) -> None:
+    h0, h1 = lab.hosts
+    a0 = run_detached(h0, "c0")
+    a1 = run_detached(h1, "c1")
+    assert a0.startswith("10.0.0.") and a1.startswith("10.0.0.") and a0 != a1
+    assert pings(h0, "c0", a1)
+    assert pings(h1, "c1", a0)
+    route = dk(h0, "exec", "c0", "ip", "route").stdout
+    assert "default via 10.0.0.1" in route
+    assert doctor(lab, h0).returncode == 0 and doctor(lab, h1).returncode == 0
+
+
+def test_a_static_address(lab: Lab) -> None:
+    h0, h1 = lab.hosts
+    shown = dk(h1, "run", "--rm", "--net", "my-net", "--ip", "10.0.0.77", IMAGE,
+               "ip", "-4", "-o", "addr", "show", "eth0").stdout
+    assert "10.0.0.77/24" in shown
+    taken = dk(h0, "run", "--rm", "--net", "my-net", "--ip", address_of(h1, "c1"), IMAGE,
+               "true", check=False)
+    assert taken.returncode != 0 and "already in use" in taken.stderr
+
+
+def test_network_connect_and_disconnect(lab: Lab) -> None:
+    h0, h1 = lab.hosts
+    dk(h0, *CREATE, "--subnet", "10.0.60.0/24", "-o", "vxlanID=60", "side")
+    run_detached(h0, "two", "side")
+    dk(h0, "network", "connect", "my-net", "two")
+    assert pings(h0, "two", address_of(h1, "c1"))
+    dk(h0, "network", "disconnect", "my-net", "two")
+    assert "10.0.0." not in dk(h0, "exec", "two", "ip", "-4", "-o", "addr").stdout
+    dk(h0, "rm", "-f", "two")
+    dk(h0, "network", "rm", "side")
+    assert doctor(lab, h0).returncode == 0
+
+
+def test_a_published_port_is_reachable_from_outside_the_host(lab: Lab) -> None:
+    h0 = lab.host("host0")
+    dk(h0, "run", "-d", "--name", "web", "--net", "my-net", "-p", "8080:80", IMAGE,
+       "httpd", "-f", "-p", "80", "-h", "/etc")
+    hostname = dk(h0, "exec", "web", "cat", "/etc/hostname").stdout.strip()
+
+    def fetch() -> str:
+        return run([sys.executable, "-c", FETCH, f"http://{h0.vtep}:8080/hostname"],
+                   netns=lab.underlay_ns, check=False).stdout.strip()
+    assert eventually(lambda: fetch() == hostname, timeout=10)
+    dk(h0, "rm", "-f", "web")
+    assert fetch() == ""
+    assert not docker_state(lab, h0)["rules"]
+
+
+def test_egress_leaves_through_the_gateway_with_the_hosts_address(lab: Lab) -> None:
+    h1 = lab.host("host1")
+    server = subprocess.Popen(in_netns(lab.underlay_ns, [sys.executable, "-c", ECHO_SERVER,
+                                                         lab.etcd_ip, str(ECHO_PORT)]))
+    try:
+        def ask() -> str:
+            return dk(h1, "exec", "c1", "sh", "-c",
+                      f"echo hello | nc -w 3 {lab.etcd_ip} {ECHO_PORT}", check=False).stdout
+        assert eventually(lambda: "hello" in ask(), timeout=10)
+        assert ask().split() == [h1.vtep, "hello"]  # masqueraded to host1's own address
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_docker_and_a_cni_container_on_one_network(lab: Lab) -> None:
+    h0 = lab.host("host0")
+    out = ctr.add_container(lab, "cni1", "host1")
+    assert out.returncode == 0, out.stdout
+    cni_ip = lab.containers["cni1"]["ip"]
+    assert pings(h0, "c0", cni_ip)
+    assert ctr.ping(lab.containers["cni1"]["netns"], address_of(h0, "c0")).ok
+    assert ctr.del_container(lab, "cni1").returncode == 0
+
+
+def test_rm_f_leaves_nothing(lab: Lab) -> None:
+    h0, h1 = lab.hosts
+    before = len(endpoint_keys(lab))
+    dk(h1, "rm", "-f", "c1")
+    assert len(endpoint_keys(lab)) == before - 1
+    assert_clean(lab, h1)
+
+
+def test_dockerd_restart_leaves_nothing(lab: Lab) -> None:
+    h0 = lab.host("host0")
+    assert endpoint_keys(lab)  # c0 runs on host0
+    dockerd.stop_daemon(h0)  # it stops its containers first, through the driver
+    assert_clean(lab, h0)
+    dockerd.start_daemon(h0)
+    assert "my-net" in dk(h0, "network", "ls").stdout
+    dk(h0, "rm", "-f", "c0")
+    dk(h0, "run", "--rm", "--net", "my-net", IMAGE, "true")  # the driver still serves it
+    assert_clean(lab, h0)
+
+
+def test_network_rm_leaves_nothing(lab: Lab) -> None:
+    for h in lab.hosts:
+        dk(h, "network", "rm", "my-net")
+        assert_clean(lab, h)
+    for h in lab.hosts:
+        dk(h, *MY_NET)  # and it can be made again
