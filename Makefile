@@ -81,7 +81,7 @@ bench-scale: deps
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench scripts
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py tests/libcni/build.py scripts/check_layers.py
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py tests/libcni/build.py scripts/check_layers.py
 	$(PY) scripts/check_layers.py
 
 proto: deps
