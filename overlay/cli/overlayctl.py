@@ -7,6 +7,8 @@
     overlayctl status [--socket PATH] [--json]
     overlayctl [--etcd URL] [TLS] trace SRC DST [--proto icmp|tcp|udp|arp] [--dport N]
                [--arriving] [--json]
+    overlayctl [--etcd URL] [TLS] policy apply -f FILE [--network N] | delete NAME [--network N]
+               | list [--network N] | show NAME [--network N]   (overlay/cli/policy.py)
 
 TLS: --etcd-ca FILE [--etcd-cert FILE --etcd-key FILE], as the agent's etcd_ca/etcd_cert/etcd_key;
 the default --etcd is then https://127.0.0.1:2379. `--json` goes before or after the command.
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from overlay.cli import wireguard
+from overlay.cli import policy, wireguard
 from overlay.cli.trace import TraceError
 from overlay.errors import CniError, Code
 from overlay.store import records as r
@@ -282,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--socket", action="append", default=[],
                     help="an agent to check its host too (repeat for several hosts)")
     json_flag(add_trace_parser(sub))
+    policy.add_parser(sub, json_flag)
     return parser
 
 
@@ -307,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if problems else 0
         if args.what == "trace":
             return run_trace(args, etcd, tls)
+        if args.what == "policy":
+            def use_store(use: Callable[[Store], T]) -> T:
+                return _with_store(etcd, tls, use)
+            return policy.run(args, use_store)
         if args.what == "network-create":
             create_network(etcd, args.name, args.vni, args.subnet, tls=tls,
                            encrypted=args.encrypted)

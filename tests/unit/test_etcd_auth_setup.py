@@ -32,8 +32,14 @@ class FakeEtcdctl:
             ok = a[2] in self.roles
         elif a[:2] == ["role", "add"]:
             self.roles[a[2]] = set()
-        elif a[:2] == ["role", "grant-permission"]:
-            self.roles[a[3]].add(f"{a[4]} {a[5]} prefix={a[2] == '--prefix=true'}")
+        elif a[:2] == ["role", "grant-permission"] and a[2] == "--prefix=true":
+            self.roles[a[3]].add(f"{a[4]} {a[5]} prefix=True")
+        elif a[:2] == ["role", "grant-permission"]:  # role permission key end: a range
+            self.roles[a[2]].add(f"{a[3]} [{a[4]}, {a[5]})")
+        elif a[:2] == ["role", "revoke-permission"]:
+            held = {p for p in self.roles[a[3]] if p.endswith(f" {a[4]} prefix=True")}
+            ok = bool(held)
+            self.roles[a[3]] -= held
         elif a[:2] == ["user", "get"]:
             ok = a[2] in self.users
         elif a[:2] == ["user", "add"]:
@@ -48,11 +54,14 @@ class FakeEtcdctl:
         return subprocess.CompletedProcess(a, 0 if ok else 1, "", "" if ok else "error")
 
 
-def test_hosts_may_read_and_write_overlay_v1_and_nothing_else() -> None:
+def test_hosts_may_read_and_write_overlay_v1_only_read_policies_and_nothing_else() -> None:
     etcd = FakeEtcdctl()
     etcdauth.enable(etcd, ["node1", "node2"])
     assert etcd.auth and etcd.calls[-1] == ["auth", "enable"]  # users first, then auth
-    assert etcd.roles[etcdauth.HOST_ROLE] == {"readwrite /overlay/v1/ prefix=True"}
+    assert etcd.roles[etcdauth.HOST_ROLE] == {
+        "readwrite [/overlay/v1/, /overlay/v1/policies/)",
+        "read [/overlay/v1/policies/, /overlay/v1/policies0)",
+        "readwrite [/overlay/v1/policies0, /overlay/v10)"}
     assert etcd.roles[etcdauth.OPERATOR_ROLE] == {"readwrite /overlay/v1/ prefix=True"}
     assert etcd.users == {"root": {"root"}, "overlay-operator": {etcdauth.OPERATOR_ROLE},
                           "node1": {etcdauth.HOST_ROLE}, "node2": {etcdauth.HOST_ROLE}}
@@ -68,6 +77,16 @@ def test_set_up_converges_when_run_again() -> None:
     etcdauth.add_host(etcd, "host0")
     assert (etcd.users, etcd.roles) == before
     assert not [c for c in etcd.calls if c[:2] in (["user", "add"], ["role", "add"])]
+
+
+def test_a_host_role_of_before_loses_its_write_on_policies_after_the_new_grants() -> None:
+    etcd = FakeEtcdctl()
+    etcdauth.ensure_role(etcd, etcdauth.HOST_ROLE)  # the role as labs made it before
+    etcdauth.enable(etcd)
+    assert "readwrite /overlay/v1/ prefix=True" not in etcd.roles[etcdauth.HOST_ROLE]
+    grants = [i for i, c in enumerate(etcd.calls) if c[:2] == ["role", "grant-permission"]]
+    revoke = next(i for i, c in enumerate(etcd.calls) if c[:2] == ["role", "revoke-permission"])
+    assert revoke > max(grants[:4])  # never a moment without write access to endpoints
 
 
 @pytest.mark.parametrize("name", ["root", "overlay-operator"])
