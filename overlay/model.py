@@ -30,7 +30,13 @@ WIREGUARD_OVERHEAD_V4, WIREGUARD_OVERHEAD_V6 = 60, 80
 # The flow pipeline's tables (dataplane/flows.py says what each one does) and the names the
 # docs, `overlayctl trace` and the metrics use for them.
 CLASSIFY, ARP, FORWARD, DELIVER = 0, 10, 20, 30
-TABLE_NAMES = {CLASSIFY: "classify", ARP: "arp", FORWARD: "forward", DELIVER: "deliver"}
+# Network policy (dataplane/policy_flows.py): egress rules of a source, then its commit; ingress
+# rules of a destination, its commit, and delivery once allowed.
+EGRESS, EGRESS_COMMIT, INGRESS, INGRESS_COMMIT, INGRESS_OUT = 12, 13, 90, 91, 92
+TABLE_NAMES = {CLASSIFY: "classify", ARP: "arp", FORWARD: "forward", DELIVER: "deliver",
+               EGRESS: "egress_policy", EGRESS_COMMIT: "egress_commit",
+               INGRESS: "ingress_policy", INGRESS_COMMIT: "ingress_commit",
+               INGRESS_OUT: "ingress_deliver"}
 
 
 @dataclass(frozen=True)

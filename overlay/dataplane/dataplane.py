@@ -44,6 +44,8 @@ from overlay.dataplane.flows import (
     local_port_flows,
 )
 from overlay.dataplane.intent import Intent
+from overlay.dataplane.policy_flows import CompiledRule
+from overlay.dataplane.policy_state import PeerInfo
 from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
 from overlay.model import CLASSIFY, FORWARD
@@ -51,6 +53,7 @@ from overlay.ovs.flow import ADD, DELETE, MODIFY, Actions, Identity, Op
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
 from overlay.ovs.switch import Switch
+from overlay.policy.model import Policy
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,26 @@ class Dataplane:
                 return
             mine = self._queue(ops)
         self._push(mine)
+
+    def update_policies(self, changes: Mapping[tuple[str, str], Policy | None]) -> None:
+        """(network, name) -> the policy (None: deleted); see policy_state.py."""
+        with self._state_lock:
+            ops: list[Op] = []
+            for (network, name), policy in changes.items():
+                ops += self._intent.policy.set_policy(network, name, policy)
+            mine = self._queue(ops)
+        self._push(mine)
+
+    def update_peers(self, changes: Mapping[str, PeerInfo | None]) -> None:
+        """What policies know of endpoints (their labels), local or remote, by intent key."""
+        with self._state_lock:
+            mine = self._queue(self._intent.policy.set_peers(changes))
+        self._push(mine)
+
+    def placed_rules(self) -> dict[tuple[str, str], list[CompiledRule]]:
+        """(network, policy) -> its rules as placed in the switch (trace, metrics)."""
+        with self._state_lock:
+            return self._intent.policy.placed()
 
     def load_local(self, ports: dict[str, LocalPort]) -> None:
         """Add many local endpoints at once (start-up), pushed with the next push."""

@@ -28,6 +28,7 @@ from overlay.dataplane.flows import (
     remote_endpoint_flows,
 )
 from overlay.dataplane.flowtable import FlowTable, Owner
+from overlay.dataplane.policy_state import PolicyState
 from overlay.ovs.flow import Actions, Flow, Identity, Op
 
 
@@ -42,6 +43,9 @@ class Intent:
         self._vteps_by_vni: dict[int, Counter[str]] = {}    # remote endpoints per VTEP
         self._table = FlowTable()
         self._table.set(Owner.BASE, base_flows())
+        # Network policy's rules live in the same table (policy_state.py), so that a policy's
+        # operations go out in the same bundles as the endpoints'.
+        self.policy = PolicyState(self._table)
 
     # --- changes: each returns the operations for the switch ---------------------------------
 
@@ -62,7 +66,7 @@ class Intent:
             ops = self._table.set(Owner.local(key), local_port_flows(port))
         for vni in {p.vni for p in (old, port) if p is not None}:
             ops += self._refresh_network(vni, want_ops)
-        return ops
+        return ops + self.policy.set_local(key, port)
 
     def set_remote(self, changes: Mapping[str, RemoteEndpoint | None], *,
                    want_ops: bool) -> list[Op]:
@@ -99,6 +103,7 @@ class Intent:
             self._install_network(vni, want_ops=False)
         for vni, gw in self._gateways.items():
             self._table.set(Owner.gateway(vni), gateway_flows(gw))
+        self.policy.reinstall(self._table)
         return True
 
     # --- reading -----------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def match(*, conj_id: int | None = None, in_port: int | None = None, reg0: int |
           tun_id: int | None = None, eth_type: int | None = None, ip_proto: int | None = None,
           ipv4_src: str | None = None, ipv4_dst: str | None = None,
           ipv6_src: str | None = None, ipv6_dst: str | None = None, tp_src: int | None = None,
-          tp_dst: int | None = None, tcp_dst: int | str | None = None,
+          tp_dst: int | str | None = None, tcp_dst: int | str | None = None,
           sctp_dst: int | str | None = None, icmp_type: int | None = None,
           icmp_code: int | None = None, nd_target: str | None = None,
           nd_sll: str | None = None, nd_tll: str | None = None, arp_op: int | None = None,

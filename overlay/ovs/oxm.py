@@ -99,7 +99,7 @@ def _value(field: Field, value: Value) -> tuple[bytes, bytes | None]:
     if field == CT_STATE:
         bits, mask_bits = ct_state_bits(value)
         return bits.to_bytes(4, "big"), mask_bits.to_bytes(4, "big")
-    if field in (TCP_DST, SCTP_DST):  # "0x50/0xfff0"
+    if field in (TCP_DST, UDP_DST, SCTP_DST):  # "0x50/0xfff0"
         port, _, port_mask = value.partition("/")
         bits = int(port_mask or "0xffff", 0)
         return int(port, 0).to_bytes(2, "big"), None if bits == 0xFFFF else bits.to_bytes(2, "big")

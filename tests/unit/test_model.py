@@ -18,7 +18,10 @@ def test_mtu_is_the_netconfs_or_the_underlays_less_vxlan() -> None:
 
 
 def test_table_names_come_from_the_model() -> None:
-    assert model.TABLE_NAMES == {0: "classify", 10: "arp", 20: "forward", 30: "deliver"}
+    assert model.TABLE_NAMES == {0: "classify", 10: "arp", 20: "forward", 30: "deliver",
+                                 12: "egress_policy", 13: "egress_commit",
+                                 90: "ingress_policy", 91: "ingress_commit",
+                                 92: "ingress_deliver"}
     assert Step(model.FORWARD, "", 0, "").table_name == "forward"
     assert Step(99, "", 0, "").table_name == "table 99"
 
