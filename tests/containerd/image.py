@@ -15,7 +15,7 @@ import tarfile
 from typing import Any
 
 BUSYBOX = "/bin/busybox"  # busybox-static: no shared libraries to copy along
-APPLETS = ("sh", "ping", "ip", "sleep", "cat", "echo", "ifconfig", "hostname")
+APPLETS = ("sh", "ping", "ip", "sleep", "cat", "echo", "ifconfig", "hostname", "nc")
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 
@@ -60,12 +60,15 @@ def _blob(data: bytes) -> tuple[str, bytes]:
     return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 
-def oci_archive(name: str) -> bytes:
-    """The image `name` (e.g. "localhost/overlay-busybox:1") as an OCI image-layout tar."""
+def oci_archive(name: str, entrypoint: tuple[str, ...] = ()) -> bytes:
+    """The image `name` (e.g. "localhost/overlay-busybox:1") as an OCI image-layout tar;
+    with `entrypoint` (e.g. a long sleep: a pause image), what its containers run."""
     layer_digest, layer = _blob(_layer())
+    run: dict[str, Any] = {"Entrypoint": list(entrypoint), "Cmd": []} if entrypoint else {
+        "Cmd": ["/bin/sh"]}
     config: dict[str, Any] = {
         "architecture": ARCH, "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "config": {"Env": ["PATH=/bin"], **run},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }
     config_digest, config_bytes = _blob(json.dumps(config).encode())

@@ -4,7 +4,8 @@ lab host's network namespace, and `ctr` to drive it.
 ctr 1.6's `--cni` reads the CNI configuration from /etc/cni/net.d and the plugins from
 /opt/cni/bin, with no flag to point elsewhere. So every ctr call runs in a private mount
 namespace where the lab host's conflist directory and the lab's plugin directory are
-bind-mounted there: the machine's own /etc/cni/net.d and /opt/cni/bin stay untouched (they are
+bind-mounted there, and the test's own directory on libcni's cache /var/lib/cni: the machine's
+own /etc/cni/net.d, /opt/cni/bin and /var/lib/cni stay untouched (they are
 created empty when missing, as mount points), and tests running in parallel each see theirs.
 `nsenter --net` (not `ip netns exec`, which remounts /sys and loses the cgroup mounts runc
 needs) puts containerd in the host's network namespace.
@@ -20,6 +21,7 @@ import subprocess
 import time
 
 CNI_CONF_DIR, CNI_BIN_DIR = "/etc/cni/net.d", "/opt/cni/bin"
+CNI_CACHE_DIR = "/var/lib/cni"  # where libcni keeps each attachment's result
 NAMESPACE = "overlay-test"
 
 
@@ -39,11 +41,9 @@ class Containerd:
         self.log = os.path.join(workdir, "containerd.log")
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        config = os.path.join(self.dir, "config.toml")
-        with open(config, "w") as fh:
-            fh.write(f"""version = 2
+    def config(self) -> str:
+        """containerd's config.toml: everything in the test's directory, CRI off (ctr only)."""
+        return f"""version = 2
 root = "{self.dir}/root"
 state = "{self.dir}/state"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
@@ -55,10 +55,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = ""
 [metrics]
   address = ""
-""")
+"""
+
+    def command(self, containerd: list[str]) -> list[str]:
+        """How containerd is started (a subclass may wrap it)."""
+        return containerd
+
+    def start(self, timeout: float = 30) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        config = os.path.join(self.dir, "config.toml")
+        with open(config, "w") as fh:
+            fh.write(self.config())
         with open(self.log, "ab") as out:
             self._proc = subprocess.Popen(
-                ["nsenter", f"--net=/var/run/netns/{self.netns}", "containerd", "--config", config],
+                self.command(["nsenter", f"--net=/var/run/netns/{self.netns}", "containerd",
+                              "--config", config]),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -82,10 +93,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         ctr = ["ctr", "--address", self.socket, "--namespace", NAMESPACE, *args]
         if not cni_conf_dir:
             return ctr
-        for mountpoint in (CNI_CONF_DIR, CNI_BIN_DIR):
+        cache = os.path.join(self.dir, "cni-cache")  # libcni's result cache, not the machine's
+        os.makedirs(cache, exist_ok=True)
+        for mountpoint in (CNI_CONF_DIR, CNI_BIN_DIR, CNI_CACHE_DIR):
             os.makedirs(mountpoint, exist_ok=True)
         script = (f"mount --bind {shlex.quote(cni_conf_dir)} {CNI_CONF_DIR} && "
-                  f"mount --bind {shlex.quote(cni_bin_dir)} {CNI_BIN_DIR} && exec "
+                  f"mount --bind {shlex.quote(cni_bin_dir)} {CNI_BIN_DIR} && "
+                  f"mount --bind {shlex.quote(cache)} {CNI_CACHE_DIR} && exec "
                   + " ".join(shlex.quote(a) for a in ctr))
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
