@@ -71,6 +71,7 @@ bench: deps
 	$(PY) bench/cni_latency.py
 	$(PY) bench/egress.py
 	$(PY) bench/ovs_restart.py
+	$(PY) bench/docker_run.py
 	$(PY) bench/scale.py --sizes $(SCALE_SIZES)
 
 ## make bench-scale: one agent against 1,000 / 10,000 / 50,000 simulated remote endpoints
@@ -81,7 +82,7 @@ bench-scale: deps
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench scripts
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py tests/libcni/build.py scripts/check_layers.py
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py tests/libcni/build.py scripts/check_layers.py
 	$(PY) scripts/check_layers.py
 
 proto: deps

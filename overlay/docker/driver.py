@@ -175,22 +175,25 @@ class NetworkDriver:
                                   "DstPrefix": "eth"},
                 "Gateway": str(net.gateway)}
 
-    def _detach(self, ep: Endpoint) -> None:
+    def _detach(self, ep: Endpoint, verb: str) -> None:
+        started = time.perf_counter()
         with self._detacher.lock(owner_of(ep.container_id, IFNAME)):
             self._detacher.teardown_orphan(ep.network, ep.container_id, IFNAME)
+        log.info("%s %s %s/%s (%.0f ms)", verb, ep.network, ep.container_id, IFNAME,
+                 (time.perf_counter() - started) * 1000)
 
     def leave(self, request: dict[str, Any]) -> dict[str, Any]:
         endpoint_id, ep = self._endpoint(request)
         self._publisher.revoke(endpoint_id)
         if ep is not None:
-            self._detach(ep)
+            self._detach(ep, "Leave")
         return {}
 
     def delete_endpoint(self, request: dict[str, Any]) -> dict[str, Any]:
         endpoint_id, ep = self._endpoint(request)
         self._publisher.revoke(endpoint_id)
         if ep is not None:  # after Leave nothing is left; after a failed Join, maybe
-            self._detach(ep)
+            self._detach(ep, "DeleteEndpoint")
             self._endpoints.remove(endpoint_id)
         return {}
 

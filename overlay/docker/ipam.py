@@ -94,9 +94,13 @@ class IpamDriver:
                 raise DockerError(f"--gateway {requested[0]}: an ovs network's gateway is its "
                                   f"subnet's first address, {gateway}, on every host")
             return {"Address": f"{gateway}/{subnet.prefixlen}", "Data": {}}
-        if MAC_OPTION not in options:
-            raise DockerError("the request has no endpoint MAC address; the ovs IPAM driver "
-                              "serves only endpoints of ovs networks")
+        if MAC_OPTION not in options:  # an address for no endpoint: --aux-address
+            raise DockerError("the ovs IPAM driver gives addresses to endpoints of ovs networks "
+                              "only (--aux-address is not supported)")
+        if requested and requested[0] in (subnet.network_address, gateway,
+                                          subnet.broadcast_address):
+            raise DockerError(f"--ip {requested[0]} is the network, gateway or broadcast "
+                              f"address of {subnet}, which no container gets")
         mac = fields.mac(options[MAC_OPTION], "the endpoint's MAC")
         net = self._networks.by_pool(subnet)
         owner = owner_of(container_id_for(mac), IFNAME)
@@ -107,12 +111,10 @@ class IpamDriver:
     def release_address(self, request: dict[str, Any]) -> dict[str, Any]:
         subnet = fields.ipv4_network(fields.text(request, "PoolID"), "PoolID")
         ip = fields.ipv4_interface(fields.text(request, "Address"), "Address").ip
-        if ip == subnet.network_address + 1:
-            return {}  # the gateway was never allocated
         net = self._networks.by_pool(subnet)
         holder = self._holders.allocation(net.name, ipaddress.ip_address(ip))
-        # Only an address that an endpoint of this host's Docker holds: Leave may have freed
-        # it already, and then it may belong to someone else.
+        # Only an address that an endpoint of this host's Docker holds (not the gateway, never
+        # allocated): Leave may have freed it already, and then it may belong to someone else.
         if holder is not None and holder.host == self._host and \
                 holder.owner.startswith(OWNER_PREFIX):
             self._allocator.release(net.name, holder.owner)

@@ -75,9 +75,25 @@ def _rules(comment: str, ip: str, binding: tuple[str, int, str, int]) -> list[li
     return [["PREROUTING", *match, *target], ["OUTPUT", *match, *target]]
 
 
+def _saved_rules() -> list[list[str]]:
+    saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True,
+                           timeout=30)
+    return [shlex.split(line) for line in saved.stdout.splitlines() if line.startswith("-A ")]
+
+
 class Publisher:
+    """Which endpoints have rules is read from iptables once (the first call after the agent
+    starts: rules of an earlier run count) and then kept here: Leave, DeleteEndpoint and
+    Revoke each ask, and an iptables-save per call cost tens of ms on a loaded host."""
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # one iptables-save/edit at a time
+        self._lock = threading.Lock()  # one iptables edit at a time
+        self._tagged: set[str] | None = None  # comments of the rules in place
+
+    def _present(self) -> set[str]:
+        if self._tagged is None:
+            self._tagged = {w for rule in _saved_rules() for w in rule if w.startswith(TAG)}
+        return self._tagged
 
     def program(self, endpoint_id: str, ip: str, options: dict[str, Any]) -> None:
         """All of the endpoint's bindings, or none (a failure removes those added)."""
@@ -85,6 +101,8 @@ class Publisher:
         comment = tag(endpoint_id)
         with self._lock:
             self._revoke(comment)
+            if bindings:
+                self._present().add(comment)
             for binding in bindings:
                 for rule in _rules(comment, ip, binding):
                     proc = _iptables("-t", "nat", "-A", *rule)
@@ -98,15 +116,12 @@ class Publisher:
             self._revoke(tag(endpoint_id))
 
     def _revoke(self, comment: str) -> None:
-        saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True,
-                               timeout=30)
-        for line in saved.stdout.splitlines():
-            if line.startswith("-A ") and comment in shlex.split(line):
-                _iptables("-t", "nat", "-D", *shlex.split(line)[1:])
-
-
-def leftovers() -> list[str]:
-    """Rules of endpoints this host no longer has are the doctor's business: every tagged rule."""
-    saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True,
-                           timeout=30)
-    return [line for line in saved.stdout.splitlines() if TAG in line]
+        if comment not in self._present():
+            return
+        for rule in _saved_rules():
+            if comment in rule:
+                proc = _iptables("-t", "nat", "-D", *rule[1:])
+                if proc.returncode != 0:  # kept as present: the next revoke tries again
+                    raise DockerError(f"cannot remove rule {' '.join(rule)}: "
+                                      f"{proc.stderr.strip()}")
+        self._present().discard(comment)

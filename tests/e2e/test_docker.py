@@ -148,6 +148,44 @@ def test_the_same_name_with_another_vni_is_refused_naming_the_difference(lab: La
     assert_clean(lab, h1)
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (("--subnet", "10.0.7.0/24", "-o", "vxlanID=77"), "create it with --ipam-driver ovs"),
+    (("--ipam-driver", "ovs", "--subnet", "10.0.7.0/24", "-o", "vxlanID=77", "--ipv6",
+      "--subnet", "fd00:7::/64"), "IPv6"),
+    (("--ipam-driver", "ovs", "--subnet", "10.0.7.0/24", "-o", "vxlanID=77", "--internal"),
+     "--internal"),
+    (("--ipam-driver", "ovs", "--subnet", "10.0.7.0/24", "--ip-range", "10.0.7.0/25",
+      "-o", "vxlanID=77"), "--ip-range"),
+    (("--ipam-driver", "ovs", "--subnet", "10.0.7.0/24", "--ipam-opt", "a=b",
+      "-o", "vxlanID=77"), "--ipam-opt"),
+    (("--ipam-driver", "ovs", "--subnet", "10.0.7.0/24", "--aux-address", "a=10.0.7.5",
+      "-o", "vxlanID=77"), "--aux-address"),
+    (("--ipam-driver", "ovs", "--subnet", "10.0.7.0/24", "--gateway", "10.0.7.254",
+      "-o", "vxlanID=77"), "gateway is its subnet's first address, 10.0.7.1"),
+    (("--ipam-driver", "ovs", "--subnet", "10.0.7.0/24", "-o", "vxlanID=77", "-o", "mtu=1400"),
+     "unsupported driver option(s) mtu"),
+    (("--ipam-driver", "ovs", "--subnet", "10.0.7.0/24"), "-o vxlanID=<1-16777215> is required"),
+])
+def test_what_the_driver_cannot_do_is_refused_saying_why(lab: Lab, args: tuple[str, ...],
+                                                        says: str) -> None:
+    h0 = lab.host("host0")
+    refused = dk(h0, "network", "create", "-d", "ovs", *args, "bad", check=False)
+    assert refused.returncode != 0 and says in refused.stderr, refused.stderr
+    assert "bad" not in dk(h0, "network", "ls", "--format", "{{.Name}}").stdout.split()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("-p", "80"), "give the host port too, as -p HOSTPORT:80"),
+    (("--ip", "10.0.0.1"), "--ip 10.0.0.1 is the network, gateway or broadcast address"),
+])
+def test_a_container_the_driver_cannot_attach_is_refused_and_leaves_nothing(
+        lab: Lab, args: tuple[str, ...], says: str) -> None:
+    h0 = lab.host("host0")
+    refused = dk(h0, "run", "--rm", "--net", "my-net", *args, IMAGE, "true", check=False)
+    assert refused.returncode != 0 and says in refused.stderr, refused.stderr
+    assert_clean(lab, h0)
+
+
 def test_containers_on_two_hosts_ping_each_other(lab: Lab) -> None:
     h0, h1 = lab.hosts
     a0 = run_detached(h0, "c0")

@@ -282,6 +282,22 @@ def test_join_of_an_unknown_endpoint_is_refused(plugin: Plugin) -> None:
     assert "recreate the container" in err
 
 
+@pytest.mark.parametrize("ip", ["10.0.0.0", "10.0.0.1", "10.0.0.255"])
+def test_an_address_no_container_gets_is_refused_before_it_is_allocated(plugin: Plugin,
+                                                                        ip: str) -> None:
+    err = plugin.err("IpamDriver.RequestAddress", {
+        "PoolID": "10.0.0.0/24", "Address": ip,
+        "Options": {"com.docker.network.endpoint.macaddress": MAC}})
+    assert f"--ip {ip} is the network, gateway or broadcast address" in err
+    assert not plugin.host.allocator.held.get("my-net")
+
+
+def test_an_aux_address_is_refused(plugin: Plugin) -> None:
+    err = plugin.err("IpamDriver.RequestAddress", {"PoolID": "10.0.0.0/24",
+                                                   "Address": "10.0.0.5", "Options": {}})
+    assert "--aux-address" in err
+
+
 def test_a_gateway_other_than_the_first_address_is_refused(plugin: Plugin) -> None:
     err = plugin.err("IpamDriver.RequestAddress", {
         "PoolID": "10.0.0.0/24", "Address": "10.0.0.254",
