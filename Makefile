@@ -63,12 +63,14 @@ test-vm: vm-deps
 	OVERLAY_VM_TESTS=1 $(PY) -m pytest tests/vm --durations=0
 
 ## make bench: CNI ADD/DEL latency, ours vs bridge+host-local through libcni (root; < 3 min),
+## then pod sandbox start through containerd's CRI, ours vs bridge+host-local (bench/cri_sandbox.py),
 ## then egress through the gateway vs the host and east-west (bench/egress.py),
 ## then 20 ovs-vswitchd restarts: time until the flows are back (bench/ovs_restart.py),
 ## then the control plane at scale (SCALE_SIZES remote endpoints; bench/scale.py)
 SCALE_SIZES ?= 1000,10000,50000
 bench: deps
 	$(PY) bench/cni_latency.py
+	$(PY) bench/cri_sandbox.py
 	$(PY) bench/egress.py
 	$(PY) bench/ovs_restart.py
 	$(PY) bench/docker_run.py
@@ -82,7 +84,7 @@ bench-scale: deps
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench scripts
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py tests/libcni/build.py scripts/check_layers.py
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py bench/cri_sandbox.py tests/libcni/build.py scripts/check_layers.py
 	$(PY) scripts/check_layers.py
 
 proto: deps
