@@ -22,16 +22,27 @@ _DNS_LABEL = r"[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?"
 _PREFIX = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 
 
+def short(value: object, limit: int = 60) -> str:
+    """repr(value) cut to about `limit` characters: messages quote untrusted input, not all of it."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit - 3]) + "..."
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python will print
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def key_problem(key: object) -> str | None:
     """Why `key` is not a label key, or None when it is one."""
     if not isinstance(key, str):
         return f"a label key must be a string, got {type(key).__name__}"
     prefix, slash, name = key.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not _PREFIX.fullmatch(prefix)):
-        return (f"label key {key!r}: the prefix before '/' must be a DNS subdomain "
+        return (f"label key {short(key)}: the prefix before '/' must be a DNS subdomain "
                 f"(lower case, at most 253 characters)")
     if not _NAME.fullmatch(name):
-        return (f"label key {key!r}: the name must be 1-63 characters of A-Z a-z 0-9 _ . -, "
+        return (f"label key {short(key)}: the name must be 1-63 characters of A-Z a-z 0-9 _ . -, "
                 f"beginning and ending with a letter or digit")
     return None
 
@@ -41,7 +52,7 @@ def value_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return f"a label value must be a string, got {type(value).__name__}"
     if value and not _NAME.fullmatch(value):
-        return (f"label value {value!r}: at most 63 characters of A-Z a-z 0-9 _ . -, "
+        return (f"label value {short(value)}: at most 63 characters of A-Z a-z 0-9 _ . -, "
                 f"beginning and ending with a letter or digit")
     return None
 

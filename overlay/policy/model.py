@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal, cast
 
-from overlay.policy.labels import Labels, key_problem, value_problem
+from overlay.policy.labels import Labels, key_problem, short, value_problem
 
 __all__ = ["Action", "CidrPeer", "Labels", "Operator", "Peer", "Policy", "PolicyError",
            "PortRange", "Protocol", "Requirement", "Rule", "Selector", "parse_policy",
@@ -138,13 +138,12 @@ def _int(value: object, field: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PolicyError(field, f"must be an integer {low}-{high}, got {_kind(value)}")
     if not low <= value <= high:
-        raise PolicyError(field, f"must be {low}-{high}, got {value}")
+        raise PolicyError(field, f"must be {low}-{high}, got {short(value)}")
     return value
 
 
 def _kind(value: object) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+    return f"{type(value).__name__} {short(value, 40)}"
 
 
 def _selector(value: object, field: str) -> Selector:
@@ -173,7 +172,7 @@ def _requirement(value: object, field: str) -> Requirement:
     operator = doc.get("operator")
     if operator not in OPERATORS:
         raise PolicyError(f"{field}.operator", f"must be one of {', '.join(OPERATORS)}, "
-                                               f"got {operator!r}")
+                                               f"got {short(operator)}")
     values = _list(doc.get("values", []), f"{field}.values")
     for i, val in enumerate(values):
         problem = value_problem(val)
@@ -193,7 +192,8 @@ def _network(value: object, field: str) -> IPv4Network | IPv6Network:
     try:
         return ipaddress.ip_network(value)
     except ValueError as exc:
-        raise PolicyError(field, f"{value!r} is not a CIDR with its host bits zero ({exc})") \
+        raise PolicyError(field, f"{short(value)} is not a CIDR with its host bits zero "
+                                 f"({str(exc)[:80]})") \
             from None
 
 
@@ -230,11 +230,11 @@ def _port_range(value: object, field: str) -> PortRange:
     protocol = doc.get("protocol", "TCP")
     if protocol not in PROTOCOLS:
         raise PolicyError(f"{field}.protocol", f"must be one of {', '.join(PROTOCOLS)}, "
-                                               f"got {protocol!r} (ICMP: a rule without ports)")
+                                               f"got {short(protocol)} (ICMP: a rule without ports)")
     port = doc.get("port")
     if isinstance(port, str):
         raise PolicyError(f"{field}.port", f"named ports are not supported; give a number, "
-                                           f"got {port!r}")
+                                           f"got {short(port)}")
     port = None if port is None else _int(port, f"{field}.port", 1, 65535)
     end = doc.get("endPort")
     end = None if end is None else _int(end, f"{field}.endPort", 1, 65535)
@@ -251,7 +251,7 @@ def _rule(value: object, field: str, peers_key: str) -> Rule:
     ports = _list(doc.get("ports", []), f"{field}.ports")
     action = doc.get("action", "allow")
     if not isinstance(action, str) or action.lower() not in ACTIONS:
-        raise PolicyError(f"{field}.action", f"must be one of {', '.join(ACTIONS)}, got {action!r}")
+        raise PolicyError(f"{field}.action", f"must be one of {', '.join(ACTIONS)}, got {short(action)}")
     log = doc.get("log", False)
     if not isinstance(log, bool):
         raise PolicyError(f"{field}.log", f"must be true or false, got {_kind(log)}")
@@ -281,7 +281,7 @@ def _policy_types(doc: Mapping[str, object]) -> tuple[bool, bool]:
     types = _list(doc["policyTypes"], "policyTypes")
     for i, kind in enumerate(types):
         if kind not in ("Ingress", "Egress"):
-            raise PolicyError(f"policyTypes[{i}]", f"must be Ingress or Egress, got {kind!r}")
+            raise PolicyError(f"policyTypes[{i}]", f"must be Ingress or Egress, got {short(kind)}")
     if not types:
         raise PolicyError("policyTypes", "must name Ingress, Egress or both")
     return "Ingress" in types, "Egress" in types
@@ -298,31 +298,39 @@ def _names(doc: Mapping[str, object], network: str | None) -> tuple[str, str]:
     name = doc.get("name", meta.get("name"))
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise PolicyError("name", f"must be 1-253 characters of a-z 0-9 . - beginning and "
-                                  f"ending with a letter or digit, got {name!r}")
+                                  f"ending with a letter or digit, got {short(name)}")
     net = doc.get("network", meta.get("network"))
     if net is None:
         net = network
     elif network is not None and net != network:
-        raise PolicyError("network", f"the document names {net!r} but {network!r} was asked for")
+        raise PolicyError("network", f"the document names {short(net)} but {short(network)} was asked for")
     if net is None:
         raise PolicyError("network", "required: name the network in the document or with "
                                      "--network")
     if not isinstance(net, str) or not _NETWORK_RE.fullmatch(net):
         raise PolicyError("network", f"must be a network name ({_NETWORK_RE.pattern}), "
-                                     f"got {net!r}")
+                                     f"got {short(net)}")
     return net, name
 
 
 def parse_policy(doc: object, *, network: str | None = None) -> Policy:
-    """A decoded JSON/YAML document -> Policy, or PolicyError naming the field refused.
+    """A decoded JSON/YAML document -> Policy, or PolicyError naming the field refused (and
+    no other exception, whatever the document: it comes from a file or from etcd).
 
     `network` is used when the document names none (overlayctl's --network); a document that
     names another one is refused rather than silently moved.
     """
+    try:
+        return _parse(doc, network)
+    except RecursionError:  # a document nested deeper than the checks recurse
+        raise PolicyError("", "nested too deeply") from None
+
+
+def _parse(doc: object, network: str | None) -> Policy:
     top = _mapping(doc, "", _TOP)
     kind = top.get("kind", "NetworkPolicy")
     if kind != "NetworkPolicy":
-        raise PolicyError("kind", f"must be NetworkPolicy, got {kind!r}")
+        raise PolicyError("kind", f"must be NetworkPolicy, got {short(kind)}")
     body = _mapping(top["spec"], "spec", _BODY) if "spec" in top else top
     net, name = _names(top, network)
     key = "endpointSelector" if "endpointSelector" in body else "podSelector"

@@ -44,10 +44,7 @@ def decode_policy(key: str, value: bytes) -> Policy:
         doc = json.loads(value.decode())
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise PolicyError("", f"not JSON ({type(exc).__name__})") from None
-    try:
-        policy = parse_policy(doc)
-    except RecursionError:
-        raise PolicyError("", "nested too deeply") from None
+    policy = parse_policy(doc)
     if key != policy_key(policy.network, policy.name):
         # One network's record must not pose as another's policy (or shadow another name).
         raise PolicyError("name", f"the record says {policy.network}/{policy.name}, its key "

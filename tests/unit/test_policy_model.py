@@ -239,3 +239,16 @@ _policy = st.builds(Policy, _names, _names, _selector, _rules, _rules,
 @given(_policy)
 def test_round_trip_through_json(policy: Policy) -> None:
     assert parse_policy(json.loads(json.dumps(policy_to_dict(policy)))) == policy
+
+
+def test_the_example_of_docs_policy_md_is_a_valid_policy() -> None:
+    import pathlib
+
+    import yaml
+
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "policy.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy(yaml.safe_load(block))
+    assert (policy.network, policy.name, policy.priority) == ("my-net", "web", 100)
+    assert policy.ingress is not None and policy.egress is not None
+    assert policy.ingress[0].ports[2] == PortRange("UDP") and policy.ingress[0].log
