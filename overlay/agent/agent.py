@@ -25,7 +25,7 @@ import threading
 import time
 
 from overlay import __version__
-from overlay.agent import encryption, memory, observe, peers, startup
+from overlay.agent import encryption, memory, observe, peers, policies, startup
 from overlay.agent.config import AgentConfig
 from overlay.agent.doctor import HostDoctor
 from overlay.agent.encryption import Encryption
@@ -241,10 +241,11 @@ class Agent:
         watch_metrics = observe.WatchMetrics(self._metrics)
         # Network records (each network's VNI and subnet) first: endpoints are checked against them.
         self._network_records = PrefixWatch(store=store, prefix=records.NETWORKS,
-                                            on_changes=self._reconciler.on_networks,
-                                            observer=watch_metrics)
+                                            on_changes=self._reconciler.on_networks, observer=watch_metrics)
         self._network_records.start()
         self._closing.callback(self._network_records.stop)
+        self._policies = policies.follow(store, self._dataplane, self._metrics.record_rejected, watch_metrics)
+        self._closing.callback(self._policies.stop)
 
         def on_hosts(changes: list[Change]) -> None:
             self._reconciler.on_hosts(changes)
@@ -270,8 +271,7 @@ class Agent:
             self._ovs.record_verified(self._cfg.bridge, self._generation)
         except CniError as err:
             log.warning("could not record the verified flow generation: %s", err)
-        log.info("flows installed: %d local and %d remote endpoints, %d rules",
-                 *dataplane.counts())
+        log.info("flows installed: %d local and %d remote endpoints, %d rules", *dataplane.counts())
         self._table_in.set()
         self._save_peers()
         self._prime_new(self._reconciler.vteps)
@@ -337,7 +337,7 @@ class Agent:
 
     def _etcd_synced(self, timeout: float) -> bool:
         return (self._network_records.wait_synced(timeout) and self._hosts.wait_synced(timeout)
-                and self._networks.wait_synced(timeout))
+                and self._networks.wait_synced(timeout) and self._policies.wait_synced(timeout))
 
     def _save_peers(self) -> None:
         """Every resync round calls this: the file is written only when the VTEPs changed."""

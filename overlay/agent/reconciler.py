@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from overlay.agent import verify
 from overlay.agent.claims import Claims, claimed_values
+from overlay.agent.policies import peer_infos
 from overlay.agent.timers import Cancellable, start_timer
 from overlay.agent.verify import Endpoint, NetworkFacts, Rejected
 from overlay.dataplane.dataplane import Dataplane
@@ -335,15 +336,13 @@ class Reconciler:
         return endpoint is not None and (endpoint.host == self._host
                                          or endpoint.host in self._vteps)
 
-    def _remember(self, key: str, endpoint: Endpoint, touched: set[str],
-                  before: tuple[str, ...]) -> None:
+    def _remember(self, key: str, endpoint: Endpoint, touched: set[str], before: tuple[str, ...]) -> None:
         self._endpoints[key] = endpoint
         self._by_host.setdefault(endpoint.host, set()).add(key)
         if endpoint.network in self._networks:
             self._claim(key, endpoint, touched, before)
 
-    def _claim(self, key: str, endpoint: Endpoint, touched: set[str],
-               before: tuple[str, ...]) -> None:
+    def _claim(self, key: str, endpoint: Endpoint, touched: set[str], before: tuple[str, ...]) -> None:
         claimed = claimed_values(endpoint.ips, endpoint.mac)
         others, contested = self._claims.add(key, endpoint.network, claimed)
         touched.update(others)
@@ -396,5 +395,6 @@ class Reconciler:
                 self._on_new_vteps(set(new_vteps))
             if updates:
                 self._dataplane.update_remote(updates)
+                self._dataplane.update_peers(peer_infos(updates, self._endpoints, self._host))
         except Exception:  # the dataplane marks itself for a full push; verify() repairs
             log.exception("could not apply %d remote endpoint changes", len(updates))

@@ -5,14 +5,16 @@ Pipeline (tables in overlay/model.py). Endpoints no policy selects keep the fast
 flows.py untouched; only a policed port's IPv4 traffic takes a detour through conntrack:
 
   table 0  CLASSIFY   (priority 105, above the port's admission rule and with the same match)
-                      a port policed for egress: reg0 = VNI, then ct(zone, table=EGRESS).
+                      a policed port: reg0 = VNI, then ct(zone, table=EGRESS).
   table 12 EGRESS     established or related: on to FORWARD; invalid: dropped; new: the rules,
                       tried in the order of the reference evaluator (overlay/policy/evaluate.py)
                       as OpenFlow priorities; allow -> EGRESS_COMMIT; drop, or no rule: dropped.
   table 13 EGRESS_COMMIT  ct(commit, zone) and on to FORWARD.
   tables 20 FORWARD / 30 DELIVER  (priority 105, above the delivery rule to the port) a port
-                      policed for ingress: ct(zone, table=INGRESS), whichever way the packet
-                      came (a local port, a tunnel, the gateway).
+                      policed: ct(zone, table=INGRESS), whichever way the packet came (a local
+                      port, a tunnel, the gateway). A port policed in one direction only is
+                      allowed everything in the other, but through conntrack all the same
+                      (subject_flows says why).
   table 90 INGRESS    as EGRESS, for the destination; allow -> INGRESS_COMMIT.
   table 91 INGRESS_COMMIT ct(commit, zone) and on to INGRESS_OUT.
   table 92 INGRESS_OUT    out of the destination's port.
@@ -70,6 +72,7 @@ from overlay.ovs.flow import (
 from overlay.policy.model import PROTOCOL_NUMBERS, CidrPeer, PortRange, Rule
 
 REDIRECT = 105       # above the fast path's admission and delivery rules (100)
+UNPOLICED = 1        # a policed port's other direction: allowed, below every rule
 ESTABLISHED = 65000  # replies and later packets, before any rule
 TOP, BOTTOM = 64000, 10  # the range of rule priorities (policy_state.PriorityRange)
 
@@ -169,6 +172,7 @@ def policy_base_flows() -> list[Flow]:
         for state in ("+trk+est-inv", "+trk+rel-inv"):
             flows.append(flow(table, ESTABLISHED, match(ct_state=state), (GotoTable(onward),)))
         flows.append(flow(table, ESTABLISHED - 1, match(ct_state="+trk+inv"), DROP))
+        flows.append(flow(table, 0, match(), DROP))  # no rule allowed it: default deny
     return flows
 
 
@@ -183,19 +187,25 @@ def network_policy_flows(vni: int, zone: int) -> list[Flow]:
 
 
 def subject_flows(port: LocalPort, zone: int, *, ingress: bool, egress: bool) -> list[Flow]:
-    """The detours of one policed local port (see the top)."""
-    flows = []
-    if egress:
-        to_ct: tuple[Action, ...] = (Load("reg0", port.vni), Ct(zone=zone, table=EGRESS))
-        for ip in port.ips:
-            if ":" not in ip:
-                flows.append(flow(CLASSIFY, REDIRECT, match(in_port=port.ofport,
-                                                            eth_src=port.mac, **IP,
-                                                            ipv4_src=ip), to_ct))
-    if ingress:
-        at = match(reg0=port.vni, eth_dst=port.mac, **IP)
-        flows += [flow(FORWARD, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
-                  flow(DELIVER, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
-                  flow(INGRESS_OUT, 100, match(reg0=port.vni, eth_dst=port.mac),
-                       (Output(port.ofport),))]
+    """The detours of one policed local port (see the top).
+
+    A port policed in one direction takes both detours: conntrack must see its connections
+    either way, or the replies to what it may do in the unpoliced direction would be judged
+    as new connections by the policed one (a reply to its own ping, refused as incoming ICMP).
+    The unpoliced direction allows everything, below every rule."""
+    v4 = [ip for ip in port.ips if ":" not in ip]
+    to_ct: tuple[Action, ...] = (Load("reg0", port.vni), Ct(zone=zone, table=EGRESS))
+    flows = [flow(CLASSIFY, REDIRECT, match(in_port=port.ofport, eth_src=port.mac, **IP,
+                                            ipv4_src=ip), to_ct) for ip in v4]
+    at = match(reg0=port.vni, eth_dst=port.mac, **IP)
+    flows += [flow(FORWARD, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
+              flow(DELIVER, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
+              flow(INGRESS_OUT, 100, match(reg0=port.vni, eth_dst=port.mac),
+                   (Output(port.ofport),))]
+    if not egress:
+        flows += [flow(EGRESS, UNPOLICED, match(reg0=port.vni, **IP, ipv4_src=ip),
+                       (GotoTable(EGRESS_COMMIT),)) for ip in v4]
+    if not ingress:
+        flows += [flow(INGRESS, UNPOLICED, match(reg0=port.vni, **IP, ipv4_dst=ip),
+                       (GotoTable(INGRESS_COMMIT),)) for ip in v4]
     return flows

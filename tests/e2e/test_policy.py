@@ -1,0 +1,197 @@
+"""Network policy end to end, through the real plugin, agents and switches of a two-host lab:
+who may talk to whom by labels and ports, enforced in OVS at the destination (ingress) and
+at the source (egress), with live changes and deletion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from overlay.lab import containers as ctr
+from overlay.lab import host as steps
+from overlay.lab.shell import run
+from overlay.lab.topology import Lab
+from overlay_fixtures import eventually
+
+# Each container serves these TCP ports (one line, "ok", per connection) and UDP 53 (echo).
+PORTS = (22, 80, 5432)
+SERVER = """
+import socket, sys, threading
+def tcp(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, _ = s.accept(); c.sendall(b"ok\\n"); c.close()
+for p in sys.argv[1:]:
+    threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
+threading.Event().wait()
+"""
+CLIENT = """
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)
+    sys.exit(0 if c.recv(3) == b"ok\\n" else 1)
+except OSError:
+    sys.exit(1)
+"""
+
+DB = {"name": "db", "endpointSelector": {"matchLabels": {"app": "db"}},
+      "ingress": [{"from": [{"endpointSelector": {"matchLabels": {"app": "web"}}}],
+                   "ports": [{"protocol": "TCP", "port": 5432}]}]}
+
+
+SERVERS: dict[str, subprocess.Popen[bytes]] = {}  # container -> its server, while the module runs
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:
+    lab = lab_factory(hosts=2)
+    ctr.define_network(lab, "blue-net", 43, "10.0.0.0/24")
+    for name, host, net, labels in (("db0", "host0", "my-net", {"app": "db"}),
+                                    ("web1", "host1", "my-net", {"app": "web"}),
+                                    ("other1", "host1", "my-net", {"app": "other"}),
+                                    ("blue0", "host0", "blue-net", {"app": "db"}),
+                                    ("blue1", "host1", "blue-net", {"app": "web"})):
+        out = ctr.add_container(lab, name, host, net, labels=labels)
+        assert out.returncode == 0, out.stdout
+        serve(lab, name)
+    ctr.wait_converged(lab)
+    yield lab
+    for proc in SERVERS.values():
+        proc.kill()
+        proc.wait()
+
+
+def serve(lab: Lab, name: str) -> None:
+    """(Re)start the servers of container `name` (after it was re-added, in a new netns)."""
+    old = SERVERS.pop(name, None)
+    if old is not None:
+        old.kill()
+        old.wait()
+    netns = lab.containers[name]["netns"]
+    SERVERS[name] = subprocess.Popen(["ip", "netns", "exec", netns, "python3", "-c", SERVER,
+                                      *map(str, PORTS)])
+
+
+def readd(lab: Lab, name: str, host: str, labels: dict[str, str]) -> None:
+    """DEL and ADD again with other labels: how a container's labels change."""
+    assert ctr.del_container(lab, name).returncode == 0
+    out = ctr.add_container(lab, name, host, labels=labels)
+    assert out.returncode == 0, out.stdout
+    serve(lab, name)
+    ctr.wait_converged(lab)
+
+
+def tcp(lab: Lab, src: str, dst: str, port: int) -> bool:
+    c = lab.containers
+    return run(["python3", "-c", CLIENT, c[dst]["ip"], str(port)], netns=c[src]["netns"],
+               check=False).returncode == 0
+
+
+def ping(lab: Lab, src: str, dst: str) -> bool:
+    c = lab.containers
+    return run(["ping", "-c", "1", "-W", "1", c[dst]["ip"]], netns=c[src]["netns"],
+               check=False).returncode == 0
+
+
+def policy(lab: Lab, *args: str, doc: dict[str, object] | None = None) -> None:
+    out = run([os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(),
+               "policy", *args], netns=lab.underlay_ns, check=False,
+              input=json.dumps(doc).encode() if doc is not None else None)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def apply(lab: Lab, doc: dict[str, object], network: str = "my-net") -> None:
+    policy(lab, "apply", "-f", "-", "--network", network, doc=doc)
+
+
+def delete(lab: Lab, name: str, network: str = "my-net") -> None:
+    policy(lab, "delete", name, "--network", network)
+
+
+def test_1_allow_by_label_and_port_across_hosts_everything_else_denied(lab: Lab) -> None:
+    assert tcp(lab, "other1", "db0", 5432) and ping(lab, "web1", "db0")  # no policy: open
+    apply(lab, DB)
+    assert eventually(lambda: not tcp(lab, "other1", "db0", 5432))
+    assert tcp(lab, "web1", "db0", 5432)        # the label and the port
+    assert not tcp(lab, "web1", "db0", 22)      # the label, another port
+    assert not ping(lab, "web1", "db0")         # ICMP is no port of the rule
+    assert not ping(lab, "other1", "db0")
+    # db0 polices its ingress only: what it starts itself passes, and so do the replies.
+    assert ping(lab, "db0", "web1") and tcp(lab, "db0", "other1", 80)
+    # Nobody selects web1 and other1: they still talk freely.
+    assert tcp(lab, "other1", "web1", 80) and ping(lab, "web1", "other1")
+
+
+def test_2_isolation_between_networks_is_unchanged(lab: Lab) -> None:
+    # blue-net has the same subnet and the same labels but no policy: my-net's db policy does
+    # not reach it (port 22 is open there), while it holds in my-net meanwhile.
+    assert lab.containers["blue0"]["ip"] == lab.containers["db0"]["ip"]
+    assert tcp(lab, "blue1", "blue0", 22) and ping(lab, "blue1", "blue0")
+    assert not tcp(lab, "web1", "db0", 22) and tcp(lab, "web1", "db0", 5432)
+
+
+def test_3_priority_and_a_drop_rule_beat_an_allow(lab: Lab) -> None:
+    deny_web = {"name": "deny-web", "priority": 10,
+                "endpointSelector": {"matchLabels": {"app": "db"}},
+                "ingress": [{"from": [{"endpointSelector": {"matchLabels": {"app": "web"}}}],
+                             "action": "drop"}]}
+    apply(lab, deny_web)
+    assert eventually(lambda: not tcp(lab, "web1", "db0", 5432))
+    # Same priority as db's allow (1000): drop still ranks first at equal priority.
+    apply(lab, {**deny_web, "priority": 1000})
+    assert not tcp(lab, "web1", "db0", 5432)
+    # Below the allow (a larger number is evaluated later): the allow decides again.
+    apply(lab, {**deny_web, "priority": 2000})
+    assert eventually(lambda: tcp(lab, "web1", "db0", 5432))
+    delete(lab, "deny-web")
+
+
+def test_4_egress_to_a_cidr(lab: Lab) -> None:
+    web1 = lab.containers["web1"]["ip"]
+    egress = {"name": "web-out", "endpointSelector": {"matchLabels": {"app": "web"}},
+              "policyTypes": ["Egress"],
+              "egress": [{"to": [{"ipBlock": {"cidr": lab.containers["db0"]["ip"] + "/32"}}],
+                          "ports": [{"protocol": "TCP", "port": 5432}]}]}
+    apply(lab, egress)
+    assert eventually(lambda: not tcp(lab, "web1", "other1", 80))  # same host, not in the CIDR
+    assert tcp(lab, "web1", "db0", 5432)
+    assert not ping(lab, "web1", "db0")
+    assert tcp(lab, "other1", "web1", 80), web1  # web1's ingress is not policed
+    delete(lab, "web-out")
+    assert eventually(lambda: tcp(lab, "web1", "other1", 80))
+
+
+def test_5_a_live_change_policy_edited_and_an_endpoint_readded_with_other_labels(lab: Lab) -> None:
+    apply(lab, {**DB, "ingress": [{"from": [{"endpointSelector": {"matchLabels":
+                                                                  {"app": "other"}}}],
+                                   "ports": [{"protocol": "TCP", "port": 5432}]}]})
+    assert eventually(lambda: tcp(lab, "other1", "db0", 5432))
+    assert eventually(lambda: not tcp(lab, "web1", "db0", 5432))
+    apply(lab, DB)
+    assert eventually(lambda: tcp(lab, "web1", "db0", 5432))
+    assert eventually(lambda: not tcp(lab, "other1", "db0", 5432))
+    # other1 comes back as a web: the same container name, labels app=web.
+    readd(lab, "other1", "host1", {"app": "web"})
+    assert eventually(lambda: tcp(lab, "other1", "db0", 5432))
+    # db0 re-added as something no policy selects: open to all.
+    readd(lab, "db0", "host0", {"app": "cache"})
+    assert eventually(lambda: ping(lab, "web1", "db0") and tcp(lab, "web1", "db0", 22))
+    # ... and selected again: the policy applies to the new port at once.
+    readd(lab, "db0", "host0", {"app": "db"})
+    assert eventually(lambda: tcp(lab, "other1", "db0", 5432))
+    assert not tcp(lab, "web1", "db0", 22)
+    # ... and other1 back as other: denied again, while web1 still passes.
+    readd(lab, "other1", "host1", {"app": "other"})
+    assert eventually(lambda: not tcp(lab, "other1", "db0", 5432))
+    assert tcp(lab, "web1", "db0", 5432)
+
+
+def test_6_deleting_the_policy_restores_access(lab: Lab) -> None:
+    delete(lab, "db")
+    assert eventually(lambda: tcp(lab, "web1", "db0", 22) and ping(lab, "web1", "db0"))
+    assert tcp(lab, "other1", "db0", 5432)
