@@ -1,10 +1,14 @@
 """The plugin's own behaviour: answered locally or mapped from transport failures."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from overlay.cni.netconf import SUPPORTED_VERSIONS
+from overlay_plugin_ovs import launcher
 from overlay_plugin_ovs import main as plugin
 
 
@@ -59,3 +63,15 @@ def test_version_with_an_unsupported_version_still_lists_ours(
     rc, out = run(capsys, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "9.9.9"}')
     assert rc == 0
     assert out == {"cniVersion": "1.1.0", "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def test_the_launcher_prints_its_answer_before_it_exits(tmp_path: Path) -> None:
+    """The launcher leaves with os._exit (no interpreter teardown): what it printed into a
+    pipe must still reach the runtime, with exit status 0 (errors: test_plugin_wire.py)."""
+    exe = tmp_path / "ovs"
+    exe.write_text(launcher.script(sys.executable))
+    exe.chmod(0o755)
+    proc = subprocess.run([str(exe)], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
+                          timeout=30, env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0 and proc.stderr == b"", proc
+    assert json.loads(proc.stdout)["supportedVersions"] == list(SUPPORTED_VERSIONS)

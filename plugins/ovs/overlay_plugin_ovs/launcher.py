@@ -6,7 +6,8 @@ more) before the plugin's first line; on a loaded 2-core machine that was 15-35 
 plugin whose whole start-up is now about 25 ms. The launcher runs the same code with
 `python -IS` (isolated: no PYTHON* variables, no user site, no working directory on the path;
 no site) and puts the directory holding this package on sys.path itself, which is all the
-plugin needs: it imports nothing outside the standard library's C modules (main.py).
+plugin needs: it imports nothing outside the standard library's C modules (main.py). It ends
+with os._exit once the answer is flushed (main.main_and_exit): no interpreter teardown.
 
     python -m overlay_plugin_ovs.launcher     prints the launcher for this interpreter
 """
@@ -27,8 +28,8 @@ def script(python: str, package_parent: str = PACKAGE_PARENT) -> str:
             "# site, for start-up time).\n"
             "import sys\n"
             f"sys.path.append({package_parent!r})\n"
-            "from overlay_plugin_ovs.main import main\n"
-            "sys.exit(main())\n")
+            "from overlay_plugin_ovs.main import main_and_exit\n"
+            "main_and_exit()\n")
 
 
 if __name__ == "__main__":

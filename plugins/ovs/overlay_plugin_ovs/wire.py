@@ -9,13 +9,14 @@ grpcio server, and tests/unit/test_plugin_wire.py checks this client against it.
 HPACK (header compression) is headers.py: grpcio's server Huffman-codes and indexes its
 headers, so they must be decoded, and the `hpack` package cost more start-up than the rest of
 the plugin. The socket is `_socket`, the C module under `socket`: `import socket` brings in
-`enum` and `selectors`, about 20 ms of start-up on a loaded machine, for nothing this needs.
+`enum` and `selectors`, about 20 ms of start-up on a loaded machine, for nothing this needs;
+likewise `_struct` rather than `struct`.
 """
 
 from __future__ import annotations
 
 import _socket
-import struct
+import _struct as struct  # the C module under `struct`: the same functions, no import of struct.py
 import time
 
 from overlay_plugin_ovs.headers import Decoder, HpackError, encode
