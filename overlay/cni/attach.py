@@ -150,22 +150,30 @@ class Attacher:
         if gateway is not None and not conf.ipam.routes_given:
             # README: a default route via the gateway unless the netconf lists its own routes.
             routes = (Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway.address.ip), *routes)
+        mac = mac or mac_for(assigned[0].address.ip)
+        # The endpoint record (one etcd put) needs only what is known now: it is written
+        # beside the veth and the port, and joined before the flows.
+        host_if = veth.hostside_name(env.container_id, env.ifname)
+        rec = self._record(env, conf, mac, host_if, assigned, routes)
+        pending_record = self._beside(undo, lambda: self.endpoints.put_endpoint(rec),
+                                      lambda _: self._unpublish(env, conf))
         link, ofport = self._link_and_port(env, conf, undo, t, mac, assigned, routes)
-        self._publish(env, conf, link, assigned, routes, undo)
-        t.lap("endpoint")
+        pending_record.result()
+        if link.mac != mac:  # the kernel kept another MAC (_link_and_port): record that one
+            self.endpoints.put_endpoint(self._record(env, conf, link.mac, host_if, assigned,
+                                                     routes))
+        t.lap("endpoint (rest)")
         return self._finish(env, conf, owner, link, ofport, assigned, routes, routes, undo, t,
                             pending_gateway)
 
     def _link_and_port(self, env: CniEnv, conf: NetConf, undo: Undo, t: Stopwatch,
-                       mac: str | None, assigned: Sequence[Assigned],
+                       mac: str, assigned: Sequence[Assigned],
                        routes: Sequence[Route]) -> tuple[veth.ContainerLink, int]:
         """The veth pair, configured, and the host end on the bridge.
 
         The OVS port is added (and its ofport awaited) as soon as the host end exists, while
         the container end is configured inside the netns."""
         host_if = veth.hostside_name(env.container_id, env.ifname)
-        if mac is None:
-            mac = mac_for(assigned[0].address.ip)
         port_mac = mac
         pending_port: list[Future[object]] = []
         undo.append(lambda: self.links.delete_host_link(host_if))
@@ -249,22 +257,28 @@ class Attacher:
         return self.ports.ensure_port(self.host.bridge, host_if,
                                       external_ids=portschema.encode(ids))
 
+    def _record(self, env: CniEnv, conf: NetConf, mac: str, port: str,
+                assigned: Sequence[Assigned], routes: Sequence[Route]) -> EndpointRecord:
+        pod = pods.pod_of(env)
+        return EndpointRecord(network=conf.name, container_id=env.container_id,
+                              ifname=env.ifname, host=self.host.name, vni=conf.vni,
+                              ips=[str(a.address) for a in assigned], mac=mac, port=port,
+                              netns=env.netns, mtu=steps.mtu(conf, self.host),
+                              routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes],
+                              ipam=conf.ipam.type, vtep=self.host.vtep,
+                              labels=labels.endpoint_labels(conf, env),
+                              pod_namespace=pod.namespace, pod_name=pod.name)
+
+    def _unpublish(self, env: CniEnv, conf: NetConf) -> None:
+        self.endpoints.delete_endpoint(conf.name, env.container_id, env.ifname,
+                                       host=self.host.name)
+
     def _publish(self, env: CniEnv, conf: NetConf, link: veth.ContainerLink,
                  assigned: Sequence[Assigned], routes: Sequence[Route], undo: Undo, *,
                  registered: bool = False) -> None:
-        pod = pods.pod_of(env)
-        rec = EndpointRecord(network=conf.name, container_id=env.container_id, ifname=env.ifname,
-                             host=self.host.name, vni=conf.vni,
-                             ips=[str(a.address) for a in assigned], mac=link.mac,
-                             port=link.host_ifname, netns=env.netns,
-                             mtu=steps.mtu(conf, self.host),
-                             routes=[{"dst": str(r.dst), "gw": str(r.gw or "")} for r in routes],
-                             ipam=conf.ipam.type, vtep=self.host.vtep,
-                             labels=labels.endpoint_labels(conf, env),
-                             pod_namespace=pod.namespace, pod_name=pod.name)
+        rec = self._record(env, conf, link.mac, link.host_ifname, assigned, routes)
         if not registered:
-            undo.append(lambda: self.endpoints.delete_endpoint(
-                conf.name, env.container_id, env.ifname, host=self.host.name))
+            undo.append(lambda: self._unpublish(env, conf))
         self.endpoints.put_endpoint(rec)
 
     def _finish(self, env: CniEnv, conf: NetConf, owner: str, link: veth.ContainerLink,

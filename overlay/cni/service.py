@@ -47,8 +47,10 @@ class CniService:
         lock = StripedLock()
         # Steps of an ADD or DEL that run beside its others (Attacher._beside; the gateway in
         # Detacher._detach). None waits for another task of this pool, so a full pool only
-        # queues: an ADD submits up to three, a DEL one, and the gRPC pool serves 16 calls.
-        background = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="cni-bg")
+        # queues: an ADD submits up to four (network, port, record, gateway), a DEL one, and
+        # the gRPC pool serves 16 calls. With 8 threads, 10 ADDs at once queued their steps
+        # behind each other's (most of them wait on etcd or ovsdb-server, not on the CPU).
+        background = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="cni-bg")
         self.attacher = Attacher(
             host=host, endpoints=endpoints, network_records=network_records, ports=ports,
             flows=flows, allocator=allocator, gateways=gateways, links=links, networks=networks,
