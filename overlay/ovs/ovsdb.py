@@ -11,7 +11,6 @@ transactions to it and wait, bounded by `timeout`.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from overlay.errors import CniError, Code
+from overlay.ovs.ofportwait import NotifyingIdl, Waiters, wait_for
 
 OWNER_KEY = "overlay-owner"  # marks rows this project created
 OWNER = "overlay"
@@ -44,9 +44,13 @@ class Ovsdb:
     def __init__(self, *, endpoint: str, timeout: float = 10.0) -> None:
         self._timeout = timeout
         try:
-            idl = connection.OvsdbIdl.from_server(endpoint, "Open_vSwitch")
+            idl = NotifyingIdl.from_server(endpoint, "Open_vSwitch")
+            idl.waiters = self._waiters = Waiters()  # before the connection runs the IDL
             self._conn = connection.Connection(idl=idl, timeout=timeout)
-            self.api: Any = impl_idl.OvsdbIdl(self._conn)
+            # ovsdbapp keeps the first connection of a Backend class for every later instance
+            # (a class attribute): a class of its own makes this instance use its own.
+            api_class = type("OvsdbApi", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+            self.api: Any = api_class(self._conn)
         except Exception as exc:
             raise CniError(Code.OVS_FAILURE, f"cannot connect to OVSDB at {endpoint}",
                            str(exc)) from None
@@ -141,20 +145,28 @@ class Ovsdb:
         return self.wait_ofport(name)
 
     def wait_ofport(self, name: str) -> int:
-        # ovs-vswitchd usually attaches a new port within a few ms: look again soon, then
-        # less often (a fixed 20 ms step added 10 ms to every ADD on average).
-        deadline, pause = time.monotonic() + self._timeout, 0.002
-        while True:
-            rows = self._interface_rows(name)
+        """The interface's ofport once ovs-vswitchd has attached it (ofportwait.py: woken by
+        the IDL when the row changes, no polling); a failure if it cannot be attached."""
+        ofport = wait_for(self._waiters, name, lambda: self._attached(name), self._timeout)
+        if ofport is None:
+            raise CniError(Code.OVS_FAILURE, f"OVS could not attach interface {name}",
+                           f"no ofport after {self._timeout:.0f} s")
+        return ofport
+
+    def _attached(self, name: str) -> int | None:
+        """The ofport of interface `name` in the IDL's copy of the database: a number, None
+        while ovs-vswitchd has not attached it yet, CniError if it refused to."""
+        with self._conn.lock:  # the IDL thread changes rows only while it holds this lock
+            rows = [r for r in self._conn.idl.tables["Interface"].rows.values()
+                    if r.name == name]
             ofport = rows[0].ofport[0] if rows and rows[0].ofport else None
             error = rows[0].error[0] if rows and rows[0].error else ""
-            if isinstance(ofport, int) and ofport > 0:
-                return ofport
-            if error or ofport == -1 or time.monotonic() > deadline:
-                raise CniError(Code.OVS_FAILURE, f"OVS could not attach interface {name}",
-                               error or f"ofport is {ofport}")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
+        if isinstance(ofport, int) and ofport > 0:
+            return ofport
+        if error or ofport == -1:
+            raise CniError(Code.OVS_FAILURE, f"OVS could not attach interface {name}",
+                           error or f"ofport is {ofport}")
+        return None
 
     def delete_port(self, name: str) -> None:
         self._execute(f"delete port {name}", self.api.del_port(name, if_exists=True))
