@@ -291,8 +291,11 @@ def load() -> str:
 def profile(ours: Subject, agent_log: str, plugin: str, served: ServedTime) -> dict[str, Any]:
     """Print where our ADD's time went (cni_profile.py); return the medians (for --json)."""
     with open(agent_log, errors="replace") as fh:
-        by_mode = cni_profile.agent_steps(fh, ours.mode_of, ours.add_ms)
+        lines = fh.readlines()
+    by_mode = cni_profile.agent_steps(lines, ours.mode_of, ours.add_ms)
     cni_profile.print_steps(by_mode, MODES, served.mean_ms)
+    gateway = cni_profile.gateway_steps(lines)
+    cni_profile.print_gateway(gateway)
     with open(plugin) as fh:  # the interpreter of the launcher's shebang: "#!python -IS"
         python = fh.readline()[2:].split()[0]
     start = cni_profile.plugin_start(plugin, python)
@@ -301,6 +304,9 @@ def profile(ours: Subject, agent_log: str, plugin: str, served: ServedTime) -> d
                     "outside": statistics.median(st.outside) if st.outside else None,
                     "laps": {n: statistics.median(v) for n, v in st.laps.items()}}
              for mode, st in by_mode.items() if st.totals}
+    if gateway.totals:
+        steps["gateway"] = {"agent": statistics.median(gateway.totals), "outside": None,
+                            "laps": {n: statistics.median(v) for n, v in gateway.laps.items()}}
     return {"steps": steps, "plugin_start": start, "served_mean": served.mean_ms}
 
 

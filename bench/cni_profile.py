@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 # attach.py's log line; laps are "name ms" pairs, names may hold spaces ("network (rest)").
 ADD_LINE = re.compile(r"^ADD (\S+) (\S+) -> .* \((\d+(?:\.\d+)?) ms: (.*)\)$")
 LAP = re.compile(r"(.+?) (\d+(?:\.\d+)?)(?: |$)")
+# gateway/manager.py's line for every gateway it installs (a first container on the host)
+GATEWAY_LINE = re.compile(r"^gateway (\S+) installed \((\d+(?:\.\d+)?) ms: (.*)\)$")
 
 
 @dataclass
@@ -68,6 +70,25 @@ def agent_steps(log_lines: Iterable[str], mode_of: Mapping[str, str],
         if container in libcni_ms:
             steps.outside.append(libcni_ms[container] - total)
     return out
+
+
+def gateway_steps(log_lines: Iterable[str]) -> Steps:
+    """The steps of every gateway installed (port, kernel, iptables, flows), from the log."""
+    out = Steps()
+    for line in log_lines:
+        m = GATEWAY_LINE.match(_message(line))
+        if m:
+            out.totals.append(float(m.group(2)))
+            for name, ms in LAP.findall(m.group(3)):
+                out.laps.setdefault(name, []).append(float(ms))
+    return out
+
+
+def print_gateway(steps: Steps) -> None:
+    if steps.totals:
+        laps = "  ".join(f"{n} {statistics.median(v):.1f}" for n, v in steps.laps.items())
+        print(f"  the gateway, when a first ADD installs it (n={len(steps.totals)}): "
+              f"{statistics.median(steps.totals):.1f} = {laps}")
 
 
 def print_steps(by_mode: Mapping[str, Steps], labels: Mapping[str, str],
