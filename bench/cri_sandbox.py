@@ -45,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the containerd and CRI helpers are the tests'
 
+import cni_profile  # noqa: E402  (bench/, beside this script)
 from containerd.cri import (  # noqa: E402
     PAUSE_ENTRYPOINT,
     PAUSE_IMAGE,
@@ -90,6 +91,7 @@ class Bench:
         self.run_id = uuid.uuid4().hex[:6]
         self.count = 0
         self.lock = threading.Lock()
+        self.mode_of: dict[str, str] = {}  # our sandboxes (their CNI container ids) -> mode
 
     def use(self, subject: Subject, timeout: float = 30) -> None:
         """Make `subject`'s conflist the one containerd uses, and wait until it does."""
@@ -121,6 +123,8 @@ class Bench:
             subject.failures.append(f"{mode} {name}: {str(exc)[:300]}")
             return
         ms = (time.monotonic() - start) * 1000
+        if subject.name == OURS:
+            self.mode_of[pod] = mode
         if self.cri.pod_status(pod).state != 0:  # SANDBOX_READY
             subject.failures.append(f"{mode} {name}: not ready after RunPodSandbox")
         elif mode != "warmup":
@@ -192,6 +196,21 @@ def report(subjects: list[Subject], args: argparse.Namespace) -> None:
                   f"first: {s.failures[0]}")
 
 
+def agent_share(bench: Bench, agent_log: str, subjects: list[Subject]) -> None:
+    """How much of our sandbox start is the agent's ADD (its own log line of each ADD)."""
+    with open(agent_log, errors="replace") as fh:
+        by_mode = cni_profile.agent_steps(fh, bench.mode_of, {})
+    print("\nof our RunPodSandbox p50, the agent's ADD (its steps, from its log; p50):")
+    for mode in ("serial", "parallel"):
+        ours = subjects[0].ms.get(mode, [])
+        steps = by_mode.get(mode)
+        if not ours or steps is None or not steps.totals:
+            print(f"  {mode}: no samples")
+            continue
+        print(f"  {mode:<9} agent ADD {statistics.median(steps.totals):6.1f} ms of "
+              f"{percentile(ours, 50):6.1f} ms")
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -233,9 +252,11 @@ def main() -> int:
         ctr.define_network(lab, NETWORK, VNI, SUBNET)
         daemon, conf_dir = start_containerd(lab, tmp)
         subjects = conflists(lab, tmp)
-        measure(Bench(daemon, conf_dir), subjects, args)
+        bench = Bench(daemon, conf_dir)
+        measure(bench, subjects, args)
         print(f"load average at the end: {load()} (2 cores shared)\n")
         report(subjects, args)
+        agent_share(bench, lab.hosts[0].agent_log, subjects)
     finally:
         if daemon is not None:
             daemon.stop()
