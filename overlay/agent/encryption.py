@@ -67,7 +67,7 @@ def start(cfg: AgentConfig, node: Node, metrics: Metrics) -> Encryption:
     enc = Encryption(cfg=cfg, device=dev, unavailable=reason)
     try:
         enc.start()
-    except (CniError, keys.KeyFileError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 (whatever netlink or the key file raise)
         # Unencrypted networks still run here; encrypted ones are refused and get nothing.
         log.error("encrypted networks are not available on this host: WireGuard could not "
                   "be set up: %s", err)
@@ -260,7 +260,7 @@ class Encryption:
     def peers(self) -> list[PeerView]:
         if self._device is None:
             return []
-        by_key = {p.public_key: p for p in self._on_device.values()}
+        by_key = {p.public_key: p for p in list(self._on_device.values())}
         out = []
         for stats in self._stats():
             peer = by_key.get(stats.public_key)

@@ -155,6 +155,30 @@ def test_the_underlay_sees_only_wireguard_for_the_encrypted_network(
         f"VNI 42, {vxlan.count(f'vni {SECRET_VNI}')} VXLAN VNI {SECRET_VNI}")
 
 
+def guard_drops(vm: Vm) -> int:
+    out = vm.sh("iptables -w 5 -t raw -L PREROUTING -v -x -n").stdout
+    line = next(ln for ln in out.splitlines() if "VXLAN from WireGuard addresses" in ln)
+    return int(line.split()[0])
+
+
+def test_forged_vxlan_from_the_underlay_never_reaches_the_encrypted_network(
+        lab: VagrantLab, secret: dict[str, str]) -> None:
+    """Anyone on the underlay can send VXLAN with VNI 44: from a VTEP it finds no admission
+    rule (table 0 drops it); with the peer's WireGuard address as outer source, which the
+    flows do admit, the raw-table guard drops it before it reaches OVS (wireguard/guard.py)."""
+    forge = f"{VENV} /vagrant-src/tests/vm/forge_vxlan.py"
+    sniff = lab.node1.popen("timeout 20 ip netns exec s1 tcpdump -l -nn -c 1 "
+                            "'icmp and icmp[4:2] = 0x4f56' 2>&1")
+    time.sleep(3)
+    before = guard_drops(lab.node1)
+    for outer_src in (WG_ADDRESS["node2"], "192.168.56.12"):
+        lab.node2.sh(f"{forge} {outer_src} 192.168.56.11 {SECRET_VNI} {secret['s2']} "
+                     f"{secret['s1']} 5")
+    out, _ = sniff.communicate(timeout=60)
+    assert guard_drops(lab.node1) - before >= 5  # the five with a WireGuard source
+    assert "forged" not in out and "ICMP echo request" not in out, out
+
+
 def cpu_jiffies(vm: Vm) -> int:
     fields = vm.sh("head -1 /proc/stat").stdout.split()[1:]
     return sum(int(f) for f in fields) - int(fields[3]) - int(fields[4])  # busy: all - idle - iowait
