@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "openssl) and limits each host's etcd user to /overlay/v1/ (default: "
                          "on, or what the lab already runs; TLS=0 or --no-tls: plain http)")
     up.add_argument("--bridge", default="br-int", help="the bridge every host's agent manages")
+    up.add_argument("--prefix", default="ovl",
+                    help="of every namespace and link the lab makes (another lab beside this one)")
     up.add_argument("--no-network", action="store_true",
                     help="do not define my-net (VNI 42, 10.0.0.0/24), e.g. to give VNI 42 to pci")
     sub.add_parser("demo")
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _up(args: argparse.Namespace) -> int:
     lab = Lab.load(args.workdir) if os.path.exists(f"{args.workdir}/lab.json") else Lab(
-        workdir=args.workdir, tls=args.tls is not False, bridge=args.bridge)
+        workdir=args.workdir, tls=args.tls is not False, bridge=args.bridge, prefix=args.prefix)
     if args.tls is not None and args.tls != lab.tls:  # unsaid, the lab stays as it is
         raise SystemExit(f"the lab in {args.workdir} runs etcd {'with' if lab.tls else 'without'}"
                          f" TLS; remove it first (make lab-down) to bring it up "

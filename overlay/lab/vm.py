@@ -11,7 +11,7 @@ overlay.lab.containers), so what the netns lab tests is what the VMs run.
                                        https, client certificates, an etcd user per host H
                                        (--no-tls: plain http, no users)
     host --etcd URL (--underlay-ip IP | --underlay-interface IF) [--name N] [--no-tls]
-                                       system OVS, `python -m overlay.install` (the shipped
+                                       system OVS, `overlay.install` (the shipped
                                        overlay-agent.service, the plugin in /opt/cni/bin),
                                        /etc/overlay/agent.toml for this lab, the agent started,
                                        network my-net (VNI 42, 10.0.0.0/24) recorded in etcd,
@@ -173,7 +173,7 @@ def start_system_ovs() -> None:
 
 
 def start_agent_unit(timeout: float) -> None:
-    # The unit is the shipped one (packaging/), put in place by install() in cmd_host.
+    # The unit is the shipped one (overlay/install/), put in place by install() in cmd_host.
     # Restarted whether or not the unit changed: the configuration may have.
     systemctl("stop", AGENT_UNIT, check=False)
     if os.path.exists(AGENT_SOCKET):  # so that its appearance means the new agent is serving

@@ -1,0 +1,7 @@
+"""python -m overlay.install: the same as the overlay-install command."""
+
+import sys
+
+from overlay.install.cli import main
+
+sys.exit(main())
