@@ -5,7 +5,7 @@ HOSTS  ?= 2
 LABDIR ?= /run/overlay-lab
 export OVERLAY_LAB_DIR := $(LABDIR)
 
-.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e lint proto clean bench \
+.PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e test-package image lint proto clean bench \
         bench-scale vm-deps box vagrant-lab vagrant-lab-down test-vm
 
 deps:
@@ -32,6 +32,15 @@ test-integration: deps
 
 test-e2e: deps
 	$(PY) -m pytest tests/e2e
+
+## make test-package: the wheel and sdist built, installed in a clean venv, a lab run from it
+## (tests/package; OVERLAY_IMAGE=1 also builds the agent's image and runs it in containerd)
+test-package: deps
+	$(PY) -m pytest tests/package
+
+## make image: the agent's container image from Debian packages (deploy/image/build.sh; root)
+image:
+	deploy/image/build.sh
 
 ## The Vagrant lab (root, libvirt). OVERLAY_BOX=debian/bookworm64 uses the public box instead of
 ## the one `make box` builds offline from Debian packages (cached in BOX_CACHE).
@@ -82,9 +91,10 @@ bench-scale: deps
 
 ## make lint also checks the floors (no import up a floor) and the sizes: scripts/check_layers.py.
 lint: deps
-	$(VENV)/bin/ruff check overlay plugins tests bench scripts
+	$(VENV)/bin/ruff check overlay plugins tests bench scripts deploy
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py bench/cri_sandbox.py tests/libcni/build.py scripts/check_layers.py
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py bench/cri_sandbox.py tests/libcni/build.py scripts/check_layers.py \
+	    deploy/image/oci_archive.py
 	$(PY) scripts/check_layers.py
 
 proto: deps
