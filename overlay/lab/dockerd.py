@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -83,17 +84,53 @@ def _daemon_command(h: LabHost) -> list[str]:
             "-H", "unix://" + api_socket(h), "--exec-opt", "native.cgroupdriver=cgroupfs"]
 
 
+def _answers(h: LabHost) -> bool:
+    try:
+        return docker(h, "version", timeout=10, check=False).returncode == 0
+    except subprocess.TimeoutExpired:  # busy restoring its containers after a crash
+        return False
+
+
 def start_daemon(h: LabHost) -> None:
     os.makedirs(os.path.join(home(h), "plugins"), exist_ok=True)
     os.makedirs(PLUGINS, exist_ok=True)  # the mount point (empty on the machine itself)
     log = os.path.join(home(h), "dockerd.log")
     steps.spawn(_daemon_command(h), netns=None, log=log, pidfile=_pidfile(h))
-    steps.wait_for(lambda: docker(h, "version", timeout=10, check=False).returncode == 0,
-                   f"dockerd of {h.name}", timeout=60, log=log)
+    steps.wait_for(lambda: _answers(h), f"dockerd of {h.name}", timeout=90, log=log)
 
 
 def stop_daemon(h: LabHost) -> None:
+    """SIGTERM: dockerd stops its containers (through the driver) and exits."""
     steps.stop_pidfile(_pidfile(h), timeout=30.0)
+
+
+def _stray_shims(h: LabHost) -> list[int]:
+    """containerd shims of this host's daemon still running (a daemon that died left them)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and \
+                any(a.startswith(home(h).encode() + b"/") for a in argv):
+            found.append(int(pid))
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        _kill_tree(child)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def load_image(h: LabHost) -> None:
@@ -145,6 +182,8 @@ def down(lab: Lab) -> None:
             if ids:
                 docker(h, "rm", "-f", *ids, check=False)
             stop_daemon(h)
+        for shim in _stray_shims(h):  # and their containers
+            _kill_tree(shim)
         # vfs layers and the exec root's mounts are under here (the mounts went with the
         # daemon's mount namespace).
         shutil.rmtree(home(h), ignore_errors=True)
