@@ -214,7 +214,7 @@ def test_a_pod_namespace_kubernetes_would_refuse_fails_with_the_cni_error_and_le
         lab: Lab, runtimes: dict[str, Any], pods: dict[str, Pod]) -> None:
     h = lab.host("host1")
     client = runtimes["host1"].client()
-    before, pods_before = ovs_ports(h), set(client.list_pods())
+    before, pods_before, held = ovs_ports(h), set(client.list_pods()), allocations(lab)
     with pytest.raises(grpc.RpcError) as info:
         client.run_pod(client.sandbox_config("bad-0", "Not_A_Namespace"))
     message = info.value.details() or ""
@@ -222,7 +222,7 @@ def test_a_pod_namespace_kubernetes_would_refuse_fails_with_the_cni_error_and_le
     # containerd ran DEL after the failed ADD and removed the sandbox: ours made nothing.
     assert set(client.list_pods()) == pods_before
     assert not any(rec.get("pod_name") == "bad-0" for rec in records(lab))
-    assert ovs_ports(h) == before
+    assert ovs_ports(h) == before and allocations(lab) == held
 
 
 def test_stop_and_remove_run_del_and_leave_nothing_behind(lab: Lab, runtimes: dict[str, Any],
