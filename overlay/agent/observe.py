@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 from overlay.agent.metrics import Metrics
 from overlay.agent.metrics_server import MetricsServer, Readiness
+from overlay.agent.policy_stats import PolicyStats
 from overlay.dataplane.dataplane import Dataplane
 from overlay.errors import CniError
 from overlay.ovs import portschema
@@ -141,6 +142,10 @@ def watch_agent(metrics: Metrics, readiness: Readiness, *, dataplane: Dataplane,
     metrics.set_flow_table_source(dataplane.flows_per_table)
     metrics.set_ip_usage_source(IpUsage(ovs=ovs, store=store, bridge=bridge,
                                         on_etcd_error=metrics.etcd_request_error))
+    # Per-rule policy counters and the audit log of denied connections (policy_stats.py).
+    stats = PolicyStats(dataplane=dataplane)
+    metrics.registry.register(stats)
+    stats.start()
     readiness.add("etcd-synced", etcd_synced)
     readiness.add("ovsdb-connected", ovs.connected)
     readiness.add("vswitchd-answers", dataplane.switch_answers)

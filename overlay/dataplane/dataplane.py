@@ -45,7 +45,7 @@ from overlay.dataplane.flows import (
 )
 from overlay.dataplane.intent import Intent
 from overlay.dataplane.policy_flows import CompiledRule
-from overlay.dataplane.policy_state import PeerInfo
+from overlay.dataplane.policy_state import PeerInfo, StatsIndex
 from overlay.dataplane.wholetable import WholeTable
 from overlay.errors import CniError
 from overlay.model import CLASSIFY, FORWARD
@@ -68,6 +68,7 @@ class Dataplane:
                  on_bundle: OnBundle = lambda adds, mods, dels, seconds, ok: None,
                  channel: Channel | None = None) -> None:
         self._switch: Switch = ofctl.on(bridge)  # ovs-ofctl's: every rule, at a process a call
+        self._ofctl, self._bridge = ofctl, bridge
         self._channel = channel  # a persistent OpenFlow connection for bundles, if given
         self._on_bundle = on_bundle
         self._cookie = cookie(generation)
@@ -135,6 +136,14 @@ class Dataplane:
         """(network, policy) -> its rules as placed in the switch (trace, metrics)."""
         with self._state_lock:
             return self._intent.policy.placed()
+
+    def flow_stats(self, match: str) -> list[str]:
+        """The switch's rules `match` selects, with their counters (as ovs-ofctl writes them)."""
+        return self._ofctl.dump_flow_stats(self._bridge, match)
+
+    def policy_stats_index(self) -> StatsIndex:
+        with self._state_lock:
+            return self._intent.policy.stats_index()
 
     def load_local(self, ports: dict[str, LocalPort]) -> None:
         """Add many local endpoints at once (start-up), pushed with the next push."""

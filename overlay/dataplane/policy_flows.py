@@ -72,7 +72,8 @@ from overlay.ovs.flow import (
 from overlay.policy.model import PROTOCOL_NUMBERS, CidrPeer, PortRange, Rule
 
 REDIRECT = 105       # above the fast path's admission and delivery rules (100)
-UNPOLICED = 1        # a policed port's other direction: allowed, below every rule
+UNPOLICED = 2        # a policed port's other direction: allowed, below every rule
+DENIED = 1           # a policed port's default deny, per port: its counters say who was denied
 ESTABLISHED = 65000  # replies and later packets, before any rule
 TOP, BOTTOM = 64000, 10  # the range of rule priorities (policy_state.PriorityRange)
 
@@ -85,6 +86,7 @@ class CompiledRule:
     of its subjects and of its peers (None: any peer)."""
 
     direction: str         # "ingress" or "egress"
+    index: int             # in the policy's list of that direction
     rule: Rule
     priority: int
     conj_id: int
@@ -202,10 +204,9 @@ def subject_flows(port: LocalPort, zone: int, *, ingress: bool, egress: bool) ->
               flow(DELIVER, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
               flow(INGRESS_OUT, 100, match(reg0=port.vni, eth_dst=port.mac),
                    (Output(port.ofport),))]
-    if not egress:
-        flows += [flow(EGRESS, UNPOLICED, match(reg0=port.vni, **IP, ipv4_src=ip),
-                       (GotoTable(EGRESS_COMMIT),)) for ip in v4]
-    if not ingress:
-        flows += [flow(INGRESS, UNPOLICED, match(reg0=port.vni, **IP, ipv4_dst=ip),
-                       (GotoTable(INGRESS_COMMIT),)) for ip in v4]
+    for table, policed, field, onward in ((EGRESS, egress, "ipv4_src", EGRESS_COMMIT),
+                                          (INGRESS, ingress, "ipv4_dst", INGRESS_COMMIT)):
+        flows += [flow(table, DENIED if policed else UNPOLICED,
+                       match(reg0=port.vni, **IP, **{field: ip}),  # type: ignore[arg-type]
+                       DROP if policed else (GotoTable(onward),)) for ip in v4]
     return flows

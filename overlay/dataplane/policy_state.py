@@ -22,16 +22,12 @@ Not thread-safe: the dataplane's state lock covers it, as it covers intent.py.
 
 from __future__ import annotations
 
-import bisect
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from overlay.dataplane.flows import LocalPort
 from overlay.dataplane.flowtable import FlowTable, OwnerId
 from overlay.dataplane.policy_flows import (
-    BOTTOM,
-    TOP,
     CompiledRule,
     cidr_prefixes,
     network_policy_flows,
@@ -39,15 +35,33 @@ from overlay.dataplane.policy_flows import (
     rule_flows,
     subject_flows,
 )
+from overlay.dataplane.policy_places import PriorityRange, RuleKey, Zones
+from overlay.model import EGRESS, INGRESS
 from overlay.ovs.flow import Flow, Op
 from overlay.policy.evaluate import ACTION_RANK
 from overlay.policy.labels import Labels
 from overlay.policy.model import Policy, Selector
 
-log = logging.getLogger(__name__)
-
-RuleKey = tuple[int, int, str, int]  # (policy priority, action rank, policy name, rule index)
 BASE_OWNER: OwnerId = (0, "policy-base")
+
+
+@dataclass(frozen=True)
+class RuleLabel:
+    """A rule as an operator names it: network, policy, direction, index in that list."""
+
+    network: str
+    policy: str
+    direction: str
+    index: int
+    action: str
+    log: bool
+
+
+@dataclass
+class StatsIndex:
+    conj: dict[int, RuleLabel] = field(default_factory=dict)                   # conj_id ->
+    plain: dict[tuple[int, int, int], RuleLabel] = field(default_factory=dict)  # (table, prio, vni)
+    denied: dict[tuple[int, int, str], str] = field(default_factory=dict)       # (table, vni, ip)
 
 
 @dataclass(frozen=True)
@@ -58,61 +72,6 @@ class PeerInfo:
     network: str
     ips: tuple[str, ...]
     labels: Labels = field(default_factory=dict)
-
-
-class PriorityRange:
-    """OpenFlow priorities for the rules of one network and direction, in the evaluator's
-    order (RuleKey), each its own. A new rule takes the middle of the gap between its
-    neighbours, so the rules already in place keep theirs; only when no gap is left are all
-    spread out again (place() then says so, and every rule is recompiled)."""
-
-    def __init__(self) -> None:
-        self._keys: list[RuleKey] = []
-        self._prio: dict[RuleKey, int] = {}
-
-    def place(self, key: RuleKey) -> bool:
-        if key in self._prio:
-            return False
-        i = bisect.bisect(self._keys, key)
-        high = self._prio[self._keys[i - 1]] if i > 0 else TOP + 1
-        low = self._prio[self._keys[i]] if i < len(self._keys) else BOTTOM - 1
-        self._keys.insert(i, key)
-        if high - low >= 2:
-            self._prio[key] = (high + low) // 2
-            return False
-        step = max(1, (TOP - BOTTOM) // (len(self._keys) + 1))
-        for n, k in enumerate(self._keys):
-            self._prio[k] = TOP - n * step
-        return True
-
-    def remove(self, key: RuleKey) -> None:
-        if self._prio.pop(key, None) is not None:
-            self._keys.remove(key)
-
-    def __getitem__(self, key: RuleKey) -> int:
-        return self._prio[key]
-
-
-class Zones:
-    """A conntrack zone per network (VNI) on this host. A zone has 16 bits and a VNI 24, so a
-    VNI's own number is used where it fits and is free, else the next free zone: two networks
-    never share one (their connections would mix)."""
-
-    def __init__(self) -> None:
-        self._zone: dict[int, int] = {}
-        self._taken: set[int] = set()
-
-    def of(self, vni: int) -> int:
-        zone = self._zone.get(vni)
-        if zone is None:
-            zone = vni if 0 < vni <= 0xFFFF else (vni % 0xFFFF) + 1
-            while zone in self._taken:
-                zone = zone % 0xFFFF + 1
-            if zone != vni:
-                log.info("network VNI %d uses conntrack zone %d", vni, zone)
-            self._zone[vni] = zone
-            self._taken.add(zone)
-        return zone
 
 
 class PolicyState:
@@ -210,6 +169,26 @@ class PolicyState:
     def placed(self) -> dict[tuple[str, str], list[CompiledRule]]:
         """(network, policy name) -> its rules as placed in the switch."""
         return {k: list(v) for k, v in self._placed.items()}
+
+    def stats_index(self) -> StatsIndex:
+        """How to read the switch's counters of the policy tables (agent/policy_stats.py)."""
+        index = StatsIndex()
+        for (network, name), rules in self._placed.items():
+            vni = self._vni(network)
+            for rule in rules:
+                label = RuleLabel(network, name, rule.direction, rule.index, rule.rule.action,
+                                  rule.rule.log)
+                index.conj[rule.conj_id] = label
+                table = EGRESS if rule.direction == "egress" else INGRESS
+                if vni is not None:
+                    index.plain[(table, rule.priority, vni)] = label
+        for key, (ingress, egress) in self._policed.items():
+            port = self._local[key]
+            for table, policed in ((INGRESS, ingress), (EGRESS, egress)):
+                if policed:
+                    for ip in port.ips:
+                        index.denied[(table, port.vni, ip)] = key
+        return index
 
     def policed(self) -> dict[str, tuple[bool, bool]]:
         return dict(self._policed)
@@ -337,7 +316,7 @@ class PolicyState:
                     else:
                         found.update(cidr_prefixes(peer))
                 peers = tuple(sorted(found))
-            placed.append(CompiledRule(direction, rule, self._ranges[(network, direction)][key],
+            placed.append(CompiledRule(direction, key[3], rule, self._ranges[(network, direction)][key],
                                        self._conj[(network, policy.name, direction, key[3])],
                                        subjects, peers))
         return placed

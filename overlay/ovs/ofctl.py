@@ -70,6 +70,11 @@ class Ofctl:
         out = self._run("--no-stats", "dump-flows", self._target(bridge), *([match] if match else []))
         return [line.strip() for line in out.splitlines() if line.strip() and "reply" not in line]
 
+    def dump_flow_stats(self, bridge: str, match: str) -> list[str]:
+        """The rules `match` selects, with their counters (n_packets, n_bytes)."""
+        out = self._run("dump-flows", self._target(bridge), match)
+        return [line.strip() for line in out.splitlines() if "n_packets=" in line]
+
     def canonical(self, rule: str) -> str:
         """A rule as ovs-vswitchd itself writes it ("reg0=0x2a", "load:0x2a->..."), from its
         priority on: what a dump of the switch says of the same rule, so the two compare."""

@@ -127,6 +127,32 @@ def test_1_allow_by_label_and_port_across_hosts_everything_else_denied(lab: Lab)
     assert tcp(lab, "other1", "web1", 80) and ping(lab, "web1", "other1")
 
 
+def metric(lab: Lab, host: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels` (0 if none)."""
+    status, body = lab.agent_http(lab.host(host))
+    assert status == 200
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_1b_rule_counters_and_the_audit_log_of_denied_connections(lab: Lab) -> None:
+    c = lab.containers
+    db0_key = f"my-net/{c['db0']['container_id']}/eth0"
+    assert tcp(lab, "web1", "db0", 5432) and not tcp(lab, "other1", "db0", 5432)
+    assert eventually(lambda: metric(lab, "host0", "overlay_policy_rule_packets_total",
+                                     policy="db", direction="ingress", rule="0",
+                                     action="allow") >= 1)
+    assert eventually(lambda: metric(lab, "host0", "overlay_policy_denied_packets_total",
+                                     direction="ingress", endpoint=db0_key) >= 1)
+    # Nothing was denied on host1 (web1 and other1 are not policed).
+    assert metric(lab, "host1", "overlay_policy_denied_packets_total") == 0
+    with open(lab.host("host0").agent_log) as f:
+        assert eventually(lambda: any(f"denied ingress {db0_key}" in line for line in f))
+
+
 def test_2_isolation_between_networks_is_unchanged(lab: Lab) -> None:
     # blue-net has the same subnet and the same labels but no policy: my-net's db policy does
     # not reach it (port 22 is open there), while it holds in my-net meanwhile.

@@ -14,7 +14,8 @@ from overlay.dataplane.flows import LocalPort, RemoteEndpoint
 from overlay.dataplane.intent import Intent
 from overlay.dataplane.interpret import walk
 from overlay.dataplane.policy_flows import cidr_prefixes, port_masks
-from overlay.dataplane.policy_state import PeerInfo, PriorityRange, Zones
+from overlay.dataplane.policy_places import PriorityRange, Zones
+from overlay.dataplane.policy_state import PeerInfo
 from overlay.model import EGRESS, INGRESS
 from overlay.ovs.flow import ETH_IP
 from overlay.policy.evaluate import verdict
@@ -59,10 +60,13 @@ def test_priorities_keep_their_order_and_their_values() -> None:
 
 def test_zones_are_never_shared() -> None:
     z = Zones()
-    assert z.of(42) == 42
-    assert z.of(42 + 0xFFFF) != 42 and z.of(42 + 0xFFFF) == z.of(42 + 0xFFFF)
-    zones = {z.of(v) for v in (1, 0xFFFF, 0x10000, 0x1FFFE, 16_777_215, 65536 * 3)}
-    assert len(zones) == 6 and all(0 < zone <= 0xFFFF for zone in zones)
+    assert z.of(42) == 42 | 0x8000  # never the gateway's iptables zone (42)
+    assert z.of(42 + 0xFFFF) != z.of(42) and z.of(42 + 0xFFFF) == z.of(42 + 0xFFFF)
+    assert z.of(0x8000) not in (0, 0x8000)
+    vnis = (1, 0xFFFF, 0x10000, 0x1FFFE, 16_777_215, 65536 * 3)
+    zones = {z.of(v) for v in vnis}
+    assert len(zones) == 6 and all(z.of(v) != 1 + (v - 1) % 0xFFFF for v in vnis)
+    assert all(0 < zone <= 0xFFFF for zone in zones)
 
 
 def local(i: int) -> LocalPort:
@@ -88,8 +92,9 @@ def test_a_rule_costs_the_sum_of_its_sets_not_the_product() -> None:
                                                ingress=(rule,), egress=None))
     in_ingress = [i for i in intent.rules() if i.table == INGRESS]
     # 20 subjects + 30 peers + 2 port rules (8000-8015 is one masked rule) + conj_id,
-    # the conntrack verdicts (est, rel, inv) of the table and its default deny.
-    assert len(in_ingress) == 20 + 30 + 2 + 1 + 4
+    # the conntrack verdicts (est, rel, inv) of the table and its default deny, and each
+    # subject's own default deny (its counters say who was denied).
+    assert len(in_ingress) == 20 + 30 + 2 + 1 + 4 + 20
     naive = 20 * 30 * 17
     assert len(intent.rules()) - before < naive / 50
     # Each policed port: two detours (FORWARD, DELIVER) and its delivery once allowed.
