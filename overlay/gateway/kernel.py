@@ -42,7 +42,7 @@ from overlay.errors import CniError, Code
 from overlay.gateway.isolation import ISOLATION_BASE, isolation_table
 from overlay.gateway.spec import MARK_MASK, PORT_PREFIX, TABLE_BASE, GatewaySpec
 from overlay.netlink.offload import disable_tx_checksum
-from overlay.netlink.rtnl import RTPROT_OVERLAY
+from overlay.netlink.rtnl import RTPROT_OVERLAY, RouteEntry, Rtnl
 from overlay.netlink.veth import if_index, netlink_session
 
 IFA_F_NOPREFIXROUTE = 0x200
@@ -76,26 +76,29 @@ def _gateway_ports() -> dict[int, str]:
             if name.startswith(PORT_PREFIX)}
 
 
-def _subnet_routes(ipr: Any, table: int) -> dict[ipaddress.IPv4Network, int]:
+def _ipv4_routes() -> list[RouteEntry]:
+    """Every IPv4 route of every table, in one dump on the raw rtnetlink socket: pyroute2
+    decoded a dump in 1.5-2 ms of Python on this machine, and a new gateway read four
+    (rtnl.py has why)."""
+    with Rtnl() as rtnl:
+        return rtnl.routes(socket.AF_INET)
+
+
+def _subnet_routes(routes: list[RouteEntry], table: int) -> dict[ipaddress.IPv4Network, int]:
     """dst -> oif of the routes of `table` that go out of a gateway port."""
     ports = _gateway_ports()
-    out = {}
-    for r in ipr.get_routes(family=2, table=table):
-        oif, dst = r.get_attr("RTA_OIF"), r.get_attr("RTA_DST")
-        if oif in ports and dst:
-            out[ipaddress.IPv4Network(f"{dst}/{r['dst_len']}")] = oif
-    return out
+    return {r.dst: r.oif for r in routes if isinstance(r.dst, ipaddress.IPv4Network)
+            and r.table == table and r.oif in ports and r.dst.prefixlen}
 
 
 def main_route_conflict(spec: GatewaySpec) -> str | None:
     """The gateway port that holds an overlapping subnet in the main table, if not ours."""
-    with netlink_session() as ipr:
-        return _main_route_holder(ipr, spec)
+    return _main_route_holder(_ipv4_routes(), spec)
 
 
-def _main_route_holder(ipr: Any, spec: GatewaySpec) -> str | None:
-    mine = _index(ipr, spec.port)
-    for dst, oif in _subnet_routes(ipr, MAIN).items():
+def _main_route_holder(routes: list[RouteEntry], spec: GatewaySpec) -> str | None:
+    mine = if_index(spec.port)
+    for dst, oif in _subnet_routes(routes, MAIN).items():
         if oif != mine and dst.overlaps(spec.subnet):
             return _gateway_ports().get(oif, str(oif))
     return None
@@ -116,10 +119,11 @@ def ensure(spec: GatewaySpec) -> str | None:
                 raise CniError(Code.NETLINK_FAILURE, f"gateway port {spec.port} is missing")
             ipr.link("set", index=idx, state="up")
             _ensure_address(ipr, spec, idx)
-            _ensure_route(ipr, spec, idx, spec.table)
-            holder = _main_route_holder(ipr, spec)
+            routes = _ipv4_routes()  # what follows adds only to spec.table, then to main
+            _ensure_route(ipr, spec, idx, spec.table, routes)
+            holder = _main_route_holder(routes, spec)
             if holder is None:
-                _ensure_route(ipr, spec, idx, MAIN)
+                _ensure_route(ipr, spec, idx, MAIN, routes)
             if not _has_rule(ipr, spec):
                 ipr.rule("add", fwmark=spec.mark, fwmask=MARK_MASK, table=spec.table,
                          priority=RULE_PRIORITY, family=2)
@@ -132,15 +136,17 @@ def ensure(spec: GatewaySpec) -> str | None:
 def _ensure_address(ipr: Any, spec: GatewaySpec, idx: int) -> None:
     want = (str(spec.address.ip), spec.address.network.prefixlen)
     have: set[tuple[str, int]] = set()
-    for a in ipr.get_addr(family=2):
-        found = (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-        if a["index"] == idx:
+    with Rtnl() as rtnl:  # one dump, decoded in microseconds (pyroute2: ~2 ms)
+        addresses = [a for a in rtnl.addresses() if a.address.version == 4]
+    for a in addresses:
+        found = (str(a.address.ip), a.address.network.prefixlen)
+        if a.index == idx:
             have.add(found)
-        elif found[0] == want[0] and not _name(a["index"]).startswith(PORT_PREFIX):
+        elif found[0] == want[0] and not _name(a.index).startswith(PORT_PREFIX):
             # (Another gateway port may hold it: networks can share a subnet and gateway.)
             raise CniError(Code.INVALID_NETCONF,
                            f"gateway address {want[0]} of network {spec.network} is an address "
-                           f"of interface {_name(a['index'])} on this host; the agent leaves it "
+                           f"of interface {_name(a.index)} on this host; the agent leaves it "
                            "alone; choose a subnet or gateway the host does not use")
     for addr, plen in have - {want}:  # a gateway address from an older netconf
         ipr.addr("del", index=idx, address=addr, prefixlen=plen)
@@ -156,19 +162,18 @@ def _name(index: int) -> str:
         return str(index)
 
 
-def _same_routes(ipr: Any, subnet: ipaddress.IPv4Network, table: int) -> list[Any]:
+def _same_routes(routes: list[RouteEntry], subnet: ipaddress.IPv4Network,
+                 table: int) -> list[RouteEntry]:
     """The routes of `table` that a replace of `subnet` (metric 0, tos 0) would hit."""
-    return [r for r in ipr.get_routes(family=2, table=table)
-            if r["dst_len"] == subnet.prefixlen and r["tos"] == 0
-            and (r.get_attr("RTA_DST") or "0.0.0.0") == str(subnet.network_address)
-            and not r.get_attr("RTA_PRIORITY")]
+    return [r for r in routes
+            if r.table == table and r.dst == subnet and r.tos == 0 and not r.priority]
 
 
-def _ensure_route(ipr: Any, spec: GatewaySpec, idx: int, table: int) -> None:
+def _ensure_route(ipr: Any, spec: GatewaySpec, idx: int, table: int,
+                  routes: list[RouteEntry]) -> None:
     """`spec.subnet dev <port>` in `table`, marked ours. Replaces only a route of ours."""
-    existing = _same_routes(ipr, spec.subnet, table)
-    foreign = [r for r in existing
-               if r["proto"] != RTPROT_OVERLAY and r.get_attr("RTA_OIF") != idx]
+    existing = _same_routes(routes, spec.subnet, table)
+    foreign = [r for r in existing if r.protocol != RTPROT_OVERLAY and r.oif != idx]
     if foreign:
         raise _not_ours(spec, table, foreign[0])
     try:
@@ -181,12 +186,11 @@ def _ensure_route(ipr: Any, spec: GatewaySpec, idx: int, table: int) -> None:
         raise _not_ours(spec, table, None) from None
 
 
-def _not_ours(spec: GatewaySpec, table: int, route: Any) -> CniError:
+def _not_ours(spec: GatewaySpec, table: int, route: RouteEntry | None) -> CniError:
     via = ""
     if route is not None:
-        gw, oif = route.get_attr("RTA_GATEWAY"), route.get_attr("RTA_OIF")
-        via = (f" via {gw}" if gw else "") + (f" dev {_name(oif)}" if oif else "") + \
-            f" proto {route['proto']}"
+        via = "".join(f" via {gw}" for gw in route.gateways[:1]) + \
+            (f" dev {_name(route.oif)}" if route.oif else "") + f" proto {route.protocol}"
     where = "main table" if table == MAIN else f"table {table}"
     return CniError(Code.INVALID_NETCONF,
                     f"the host has a route {spec.subnet}{via} in its {where} that the overlay "
@@ -240,7 +244,7 @@ def problems(spec: GatewaySpec) -> list[str]:
         addrs = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
         if (str(spec.address.ip), spec.address.network.prefixlen) not in addrs:
             out.append(f"{spec.port} lacks the gateway address {spec.address}")
-        if spec.subnet not in _subnet_routes(ipr, spec.table):
+        if spec.subnet not in _subnet_routes(_ipv4_routes(), spec.table):
             out.append(f"route table {spec.table} lacks {spec.subnet} via {spec.port}")
         if not _has_rule(ipr, spec):
             out.append(f"no rule 'fwmark {spec.mark:#x}/{MARK_MASK:#x} lookup {spec.table}'")
