@@ -12,16 +12,22 @@ creates its bridge there rather than in the root namespace. A sample is the libc
 are reported separately, since a runtime pays neither.
 
     python bench/cni_latency.py [--serial 30] [--parallel 10] [--rounds 3] [--budget 150]
+                                [--json PATH]
 
 First on host: one container at a time (ADD, then DEL) in a network with no other container on
 the host, so every ADD creates what the network needs there (our gateway) and every DEL removes
 it. Serial: the same while the host keeps one resident container in the network, the common
 case (only the attachment is made and undone). Parallel (resident kept too): `--parallel` ADDs
-at once, then as many DELs at once, `--rounds` times. Prints p50/p95/p99 per plugin, the ratio ours/reference
-and the target checks (ours, serial ADD: p50 <= 120 ms, p99 <= 300 ms, and at most 4x the plain
-bridge + host-local, issue 7) as PASS or MISS; the exit
-status does not depend on it. Needs root. Everything it makes (lab, namespaces, temp dirs) is
-removed at the end, also after an error or Ctrl-C; `--budget` bounds the measuring in seconds.
+at once, then as many DELs at once, `--rounds` times. The plugins take turns call by call (or
+round by round), so a burst of load elsewhere hits them alike.
+
+Prints p50/p95/p99 per plugin, the ratios ours/reference, the targets as PASS or MISS (issue
+7: serial ADD p50 <= 120 ms, p99 <= 300 ms, <= 4x the plain bridge + host-local; issue 19: ADD
+<= 2x serial and 10 at once, <= 3x first on host), and where our ADD's time went (cni_profile.py:
+the agent's steps from its log, its servicer's time, the plugin alone). The exit status does
+not depend on the targets. `--json` writes the figures for bench/cni_compare.py. Needs root.
+Everything it makes (lab, namespaces, temp dirs) is removed at the end, also after an error or
+Ctrl-C; `--budget` bounds the measuring in seconds.
 """
 
 from __future__ import annotations
