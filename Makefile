@@ -6,7 +6,7 @@ LABDIR ?= /run/overlay-lab
 export OVERLAY_LAB_DIR := $(LABDIR)
 
 .PHONY: deps lab lab-up lab-down test test-unit test-integration test-e2e test-package image lint proto clean bench \
-        bench-scale vm-deps box vagrant-lab vagrant-lab-down test-vm
+        bench-scale bench-policy vm-deps box vagrant-lab vagrant-lab-down test-vm
 
 deps:
 	@VENV=$(abspath $(VENV)) WITH_TEST_DEPS=1 scripts/install-deps.sh
@@ -89,11 +89,16 @@ bench: deps
 bench-scale: deps
 	$(PY) bench/scale.py --sizes $(SCALE_SIZES)
 
+## make bench-policy: 10,000 remote and 100 local endpoints, 500 policies: flows, policy and
+## label changes -> switch, RSS; TCP through a policed pair vs an unpoliced one (bench/policy.py)
+bench-policy: deps
+	$(PY) bench/policy.py
+
 ## make lint also checks the floors (no import up a floor) and the sizes: scripts/check_layers.py.
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench scripts deploy
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py bench/cri_sandbox.py tests/libcni/build.py scripts/check_layers.py \
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/policy.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py bench/cri_sandbox.py tests/libcni/build.py scripts/check_layers.py \
 	    deploy/image/oci_archive.py
 	$(PY) scripts/check_layers.py
 
