@@ -36,7 +36,7 @@ class Stopwatch:
 
     def __str__(self) -> str:
         total = sum(ms for _, ms in self._laps)
-        return f"{total:.0f} ms: " + " ".join(f"{n} {ms:.0f}" for n, ms in self._laps)
+        return f"{total:.1f} ms: " + " ".join(f"{n} {ms:.1f}" for n, ms in self._laps)
 
 
 class StripedLock:
