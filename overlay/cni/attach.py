@@ -300,7 +300,8 @@ class Attacher:
             undo.append(lambda: self.flows.remove_endpoint(key))
         self.flows.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport,
                                                    leases.is_dhcp(conf),
-                                                   is_dhcp_server(conf, assigned)))
+                                                   is_dhcp_server(conf, assigned)),
+                                    labels.endpoint_labels(conf, env))
         t.lap("flows")
         result = build_result(conf.cni_version, Attachment(
             host_ifname=link.host_ifname, host_mac=link.host_mac, ifname=env.ifname,

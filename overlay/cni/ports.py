@@ -24,6 +24,7 @@ from overlay.model import Address, IpamConfig, Route
 from overlay.netlink import veth
 from overlay.ovs import portschema
 from overlay.ovs.ovsdb import PortInfo
+from overlay.policy.labels import Labels
 from overlay.store.records import EndpointRecord, Holder, NetworkRecord
 
 
@@ -76,7 +77,8 @@ class PortStore(Protocol):
 class Flows(Protocol):
     """The local endpoints' flows (dataplane/): install and remove are idempotent."""
 
-    def install_endpoint(self, key: str, port: LocalPort) -> None: ...
+    def install_endpoint(self, key: str, port: LocalPort,
+                         labels: Labels | None = None) -> None: ...
     def remove_endpoint(self, key: str) -> None: ...
     def local_keys(self) -> set[str]: ...
     def switch_has(self, port: LocalPort) -> bool: ...

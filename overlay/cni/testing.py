@@ -25,6 +25,7 @@ from overlay.ipam.pool import candidates
 from overlay.model import Address, IpamConfig, Route
 from overlay.netlink import veth
 from overlay.ovs.ovsdb import PortInfo
+from overlay.policy.labels import Labels
 from overlay.store.records import EndpointRecord, Holder, NetworkRecord, encryption_differs
 
 
@@ -165,7 +166,8 @@ class FakeFlows(Faulty):
         self.removed: list[str] = []  # every key remove_endpoint was called for
         self.answers = True
 
-    def install_endpoint(self, key: str, port: LocalPort) -> None:
+    def install_endpoint(self, key: str, port: LocalPort,
+                         labels: Labels | None = None) -> None:
         self._before("install_endpoint")
         self.local[key] = port
         self.in_switch[key] = port

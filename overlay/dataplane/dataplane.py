@@ -53,6 +53,7 @@ from overlay.ovs.flow import ADD, DELETE, MODIFY, Actions, Identity, Op
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel, Unsupported
 from overlay.ovs.switch import Switch
+from overlay.policy.labels import Labels
 from overlay.policy.model import Policy
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,14 @@ class Dataplane:
 
     # --- intent -----------------------------------------------------------------------------
 
-    def install_endpoint(self, key: str, port: LocalPort) -> None:
+    def install_endpoint(self, key: str, port: LocalPort, labels: Labels | None = None) -> None:
+        """`labels`: the endpoint's own (the CNI ADD has them), so that policies select it
+        from its first rules, not only once its record comes back through the etcd watch."""
         with self._state_lock:
-            mine = self._queue(self._intent.set_local(key, port, want_ops=self._ops_wanted()))
+            ops = [] if labels is None else self._intent.policy.set_peers(
+                {key: PeerInfo(key.split("/", 1)[0], port.ips, labels)})
+            ops += self._intent.set_local(key, port, want_ops=self._ops_wanted())
+            mine = self._queue(ops)
         self._push(mine)
 
     def remove_endpoint(self, key: str) -> None:

@@ -211,3 +211,28 @@ def test_deltas_leave_the_table_a_fresh_compile_builds_and_undo_leaves_none(
         live.policy.set_policy(NET, p.name, None)
     assert live.rules() == fresh(moved, False).rules()
     assert not live.policy.policed()
+
+
+def test_a_port_added_with_its_labels_is_policed_by_its_first_rules() -> None:
+    """The CNI ADD hands the endpoint's labels with its port: no window in which a selected
+    container is open until its record comes back through the etcd watch."""
+    from typing import Any, cast
+
+    from overlay.dataplane.dataplane import Dataplane
+    from overlay.ovs.testing import FakeOfctl
+
+    dp = Dataplane(ofctl=cast(Any, FakeOfctl()), bridge="br-int", tunnel_ofport=TUNNEL)
+    dp.update_policies({(NET, "db"): Policy(NET, "db", Selector((("app", "db"),)),
+                                            ingress=(), egress=None)})
+    dp.update_remote({f"{NET}/r1/eth0": remote(1)})  # the tunnel admits its host
+    dp.install_endpoint(f"{NET}/c1/eth0", local(1), {"app": "db"})
+    rules = dp.wanted()
+    got = walk(rules, {"in_port": TUNNEL, "tun_src": "172.31.0.9", "tun_id": VNI,
+                       "eth_dst": local(1).mac, "eth_type": ETH_IP, "ipv4_src": "10.0.1.1",
+                       "ipv4_dst": local(1).ips[0], "ip_proto": 1})
+    assert INGRESS in got.tables and got.outputs == []  # deny-all ingress, from the start
+    dp.install_endpoint(f"{NET}/c2/eth0", local(2))  # no labels given: not selected
+    assert walk(dp.wanted(), {"in_port": TUNNEL, "tun_src": "172.31.0.9", "tun_id": VNI,
+                              "eth_dst": local(2).mac, "eth_type": ETH_IP,
+                              "ipv4_src": "10.0.1.1", "ipv4_dst": local(2).ips[0],
+                              "ip_proto": 1}).outputs == [local(2).ofport]
