@@ -130,13 +130,17 @@ class CriContainerd(Containerd):
     def stop(self) -> None:
         """Every pod stopped and removed (their CNI DEL, their mounts), then containerd."""
         if self._proc is not None:
+            client = self.client()
             try:
-                client = self.client()
-                for pod in client.list_pods():
+                pods = client.list_pods()
+            except grpc.RpcError:
+                pods = []  # containerd is gone already: nothing it could still clean up
+            for pod in pods:
+                try:
                     client.stop_pod(pod)
                     client.remove_pod(pod)
-            except grpc.RpcError:
-                pass  # containerd is gone already: nothing it could still clean up
+                except grpc.RpcError as err:  # say so, and go on with the others
+                    print(f"containerd could not remove pod {pod}: {err}")
         super().stop()
 
 
@@ -172,6 +176,14 @@ class Cri:
     def pod_status(self, pod_id: str) -> Any:
         return self.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id),
                                              timeout=self.timeout).status
+
+    def pod_netns(self, pod_id: str) -> str:
+        """The path of the pod's network namespace (CNI_NETNS), from the verbose status."""
+        reply = self.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True), timeout=self.timeout)
+        spec = json.loads(reply.info["info"])["runtimeSpec"]
+        return next(str(ns["path"]) for ns in spec["linux"]["namespaces"]
+                    if ns["type"] == "network")
 
     def pod_ips(self, pod_id: str) -> list[str]:
         network = self.pod_status(pod_id).network

@@ -232,8 +232,9 @@ def test_stop_and_remove_run_del_and_leave_nothing_behind(lab: Lab, runtimes: di
     before = ovs_ports(h)
     sandbox = client.sandbox_config("gone-0", POD_NAMESPACE, (PortMapping(80, 30081),))
     pod_id = client.run_pod(sandbox)
+    netns = client.pod_netns(pod_id)
     rec = record_of(lab, pod_id)
-    assert rec is not None and rec["pod_name"] == "gone-0"
+    assert rec is not None and rec["pod_name"] == "gone-0" and rec["netns"] == netns
     assert len(ovs_ports(h)) == len(before) + 1 and pod_id in allocations(lab)
     assert pod_id in run(["iptables-save"], netns=h.netns).stdout  # portmap's DNAT, by sandbox
     client.stop_pod(pod_id)  # the kubelet's order: Stop (CNI DEL) ...
@@ -242,6 +243,7 @@ def test_stop_and_remove_run_del_and_leave_nothing_behind(lab: Lab, runtimes: di
     client.remove_pod(pod_id)  # ... then Remove
     assert pod_id not in client.list_pods()
     nothing_of(lab, h, pod_id, before)
+    assert not os.path.exists(netns)  # the pod's network namespace, unmounted and removed
     with open(h.agent_log) as fh:
         assert f"DEL {NETWORK} {pod_id}/eth0" in fh.read()
     doctor = overlayctl(lab, "doctor", "--socket", lab.host("host0").socket,
