@@ -21,6 +21,7 @@ there (tun_id, tun_src), which the verdict's "continue on" line spells out.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import subprocess
@@ -28,11 +29,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlay.cli import trace_egress, trace_explain, trace_route
+from overlay.cli import trace_egress, trace_explain, trace_policy, trace_route
 from overlay.cli import trace_walk as walk
 from overlay.gateway.spec import PORT_PREFIX, gateway_mac
 from overlay.model import mac_for
+from overlay.policy.model import Policy, PolicyError
 from overlay.store import records as r
+from overlay.store.policies import POLICIES, decode_policy
 
 PROTOCOLS = ("icmp", "tcp", "udp", "arp")
 
@@ -53,6 +56,7 @@ class Endpoint:
     port: str
     prefixes: tuple[str, ...] = ()              # the addresses with prefix: "10.0.0.2/24"
     routes: tuple[tuple[str, str], ...] = ()    # (dst, gw) as the endpoint record has them
+    labels: tuple[tuple[str, str], ...] = ()    # what policies select it by
 
     @property
     def ip(self) -> str:
@@ -70,6 +74,7 @@ class Cluster:
     vteps: dict[str, str]  # host -> vtep
     sealed: dict[str, str] = field(default_factory=dict)  # host -> WireGuard address
     encrypted: set[str] = field(default_factory=set)      # networks
+    policies: list[Policy] = field(default_factory=list)  # the valid ones (trace_policy.py)
 
     @classmethod
     def from_state(cls, state: Mapping[str, bytes]) -> Cluster:
@@ -81,7 +86,10 @@ class Cluster:
                                for rt in rec.routes)
                 eps.append(Endpoint(rec.network, rec.container_id, rec.ifname, rec.host, rec.vni,
                                     rec.mac, tuple(rec.addresses), rec.port, tuple(rec.ips),
-                                    routes))
+                                    routes, tuple(sorted(rec.labels.items()))))
+            elif key.startswith(POLICIES):
+                with contextlib.suppress(PolicyError):  # as agents do: an invalid one is absent
+                    cluster.policies.append(decode_policy(key, value))
             elif key.startswith(r.HOSTS):
                 host = r.HostRecord.from_json(value)
                 vteps[host.host] = host.vtep
@@ -335,6 +343,7 @@ def trace_hop(req: Request, cluster: Cluster, switch: Switch, *, arriving: bool 
             raise TraceError(str(exc)) from None
     trace_explain.explain(hop, req, cluster, {number: name for name, number in ports.items()},
                           arriving)
+    trace_policy.annotate(hop, req, cluster)
     return hop
 
 

@@ -153,6 +153,20 @@ def test_1b_rule_counters_and_the_audit_log_of_denied_connections(lab: Lab) -> N
         assert eventually(lambda: any(f"denied ingress {db0_key}" in line for line in f))
 
 
+def test_1c_trace_names_the_policy_and_rule_that_decided(lab: Lab) -> None:
+    from overlay.lab.trace import lab_trace
+
+    tcp5432 = ["--proto", "tcp", "--dport", "5432"]
+    allowed = lab_trace(lab, "web1", "db0", tcp5432)
+    assert allowed["kind"] == "delivered", allowed["verdict"]
+    assert "ingress policy of" in allowed["verdict"]
+    assert "allowed by policy db, ingress rule 0" in allowed["verdict"]
+    assert any(s["table"] == 90 for s in allowed["hops"][-1]["steps"])
+    denied = lab_trace(lab, "other1", "db0", tcp5432)
+    assert denied["kind"] == "dropped", denied["verdict"]
+    assert "default deny" in denied["verdict"] and "table 90" in denied["verdict"]
+
+
 def test_2_isolation_between_networks_is_unchanged(lab: Lab) -> None:
     # blue-net has the same subnet and the same labels but no policy: my-net's db policy does
     # not reach it (port 22 is open there), while it holds in my-net meanwhile.
