@@ -4,9 +4,10 @@ dataplane (overlay/dataplane/policy_state.py compiles and installs them).
 Policies come from their own watch of /overlay/v1/policies/ (store/watch.py: snapshot, watch,
 resync after compaction). Each record is untrusted: one that fails store/policies.py's
 decode_policy (too large, not JSON, not a valid policy, another network or name than its key)
-is logged, counted (overlay_records_rejected{kind="policy",reason="bad_policy"}) and enforced
-as if absent, and the rest of its batch carries on. Only hosts' reads reach it: their etcd
-role may not write policies (docs/security.md).
+is logged, counted (overlay_records_rejected{kind="policy",reason="bad_policy"}) and ignored:
+a valid version of that key read earlier stays in force (a corrupted update must not open
+what the policy closed), none if there was none; the rest of its batch carries on. Hosts only
+read policies: their etcd role may not write them (docs/security.md).
 
 Endpoints' labels come with the endpoint records the reconciler already follows: every batch
 it applies also tells the dataplane what policies know of each endpoint touched (peer_infos).
@@ -75,6 +76,7 @@ class PolicyWatch:
                     log.warning("ignoring policy record %s: %s", change.key[:200],
                                 str(exc)[:200] or type(exc).__name__)
                     self._on_reject("policy", "bad_policy")
+                    continue  # ignored: a valid version read earlier stays in force
             updates[(network, name)] = policy
         try:
             self._dataplane.update_policies(updates)
