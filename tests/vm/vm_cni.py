@@ -1,7 +1,7 @@
 """Runs inside a lab VM (synced to /vagrant-src): one CNI command for a namespace, the way a
 runtime execs /opt/cni/bin/ovs, keeping the ADD result for CHECK's prevResult.
 
-    python vm_cni.py ADD|CHECK|DEL NAME [--network my-net]
+    python vm_cni.py ADD|CHECK|DEL NAME [--network my-net] [--label KEY=VALUE ...]
 
 Prints the plugin's exit status on the first line, then its stdout and stderr.
 """
@@ -25,10 +25,13 @@ def main() -> int:
     parser.add_argument("command", choices=("ADD", "CHECK", "DEL"))
     parser.add_argument("name")
     parser.add_argument("--network", default=ctr.DEFAULT_NETWORK)
+    parser.add_argument("--label", action="append", default=[])
     args = parser.parse_args()
     os.makedirs(STATE, exist_ok=True)
     saved = os.path.join(STATE, f"{args.name}.json")
     netconf = ctr.plugin_netconf(vm.read_conflist(args.network))
+    if args.label:
+        netconf = ctr.with_labels(netconf, dict(lab.split("=", 1) for lab in args.label))
     if args.command == "ADD" and not netns_exists(args.name):
         add_netns(args.name)
     if args.command == "CHECK" and os.path.exists(saved):
