@@ -33,7 +33,9 @@ Each network has its own conntrack zone (16 bits, while a VNI has 24: policy_sta
 them out and never lets two networks share one). Replies and later packets of an allowed
 connection pass by ct_state; the first packet is judged. reject is enforced as drop (no TCP
 reset or ICMP error is sent yet: docs/policy.md). Broadcast and multicast (flooded by table
-20's replication rule) and IPv6 are not policed yet.
+20's replication rule) are not policed yet. IPv6 rules are not compiled yet, so a port's IPv6
+is denied in each direction a policy polices (it fails closed: a dual-stack endpoint a policy
+isolates is not reachable around the policy over IPv6).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from overlay.ovs.flow import (
     DROP,
     ETH_IP,
     IP,
+    IPV6,
     Action,
     Actions,
     Conjunction,
@@ -209,4 +212,11 @@ def subject_flows(port: LocalPort, zone: int, *, ingress: bool, egress: bool) ->
         flows += [flow(table, DENIED if policed else UNPOLICED,
                        match(reg0=port.vni, **IP, **{field: ip}),  # type: ignore[arg-type]
                        DROP if policed else (GotoTable(onward),)) for ip in v4]
+    # IPv6 is not compiled yet: denied outright where the port is policed, never let around
+    # the policy (the same priority as the IPv4 detours, which match IPv4 only).
+    if egress:
+        flows.append(flow(CLASSIFY, REDIRECT, match(in_port=port.ofport, **IPV6), DROP))
+    if ingress:
+        at6 = match(reg0=port.vni, eth_dst=port.mac, **IPV6)
+        flows += [flow(FORWARD, REDIRECT, at6, DROP), flow(DELIVER, REDIRECT, at6, DROP)]
     return flows

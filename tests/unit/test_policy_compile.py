@@ -96,7 +96,8 @@ def test_a_rule_costs_the_sum_of_its_sets_not_the_product() -> None:
     # subject's own default deny (its counters say who was denied).
     assert len(in_ingress) == 20 + 30 + 2 + 1 + 4 + 20
     naive = 20 * 30 * 17
-    assert len(intent.rules()) - before < naive / 50
+    # Beside the table: per policed port its detours, its delivery and its IPv6 drops.
+    assert len(intent.rules()) - before < naive / 40
     # Each policed port: two detours (FORWARD, DELIVER) and its delivery once allowed.
     assert len(intent.policy.policed()) == 20
 
