@@ -147,7 +147,14 @@ def rotate_key(etcd: str, action: list[str], tls: TlsFiles) -> int:
         print("overlayctl: usage: overlayctl hosts rotate-key HOST", file=sys.stderr)
         return 2
     request = f"{time.time():.6f}"  # a new value: each request is served once
-    _with_store(etcd, tls, lambda store: store.client.put(r.rotation_key(action[1]), request))
+
+    def put(store: Store) -> None:
+        try:
+            store.client.put(r.rotation_key(action[1]), request)
+        except Exception as exc:  # noqa: BLE001 (pyetcd's own errors): _with_store tries again
+            raise CniError(Code.TRY_AGAIN_LATER, "etcd is not reachable; try again later",
+                           str(exc)[:200]) from None
+    _with_store(etcd, tls, put)
     print(f"asked host {action[1]} for a new WireGuard key pair (request {request}); its "
           "peers follow its host record")
     return 0

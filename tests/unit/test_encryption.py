@@ -365,3 +365,35 @@ def test_trace_says_when_a_packet_is_encrypted() -> None:
     assert hop.summary.startswith("encrypted: tunneled with VNI 44 to WireGuard address "
                                   "100.64.0.2, sent inside WireGuard to host h1 (VTEP 172.31.0.2)")
     assert hop.continue_on == "h1"
+
+
+def test_rotate_key_tries_again_when_etcd_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VM tier saw one TLS connection attempt fail ("Handshaker shutdown"): pyetcd's own
+    error must be tried again by overlayctl's patience, not end in a traceback."""
+    from overlay.cli import overlayctl
+
+    class Client:
+        def __init__(self) -> None:
+            self.puts: list[tuple[str, str]] = []
+
+        def put(self, key: str, value: str) -> None:
+            if not self.puts:
+                self.puts.append(("failed", ""))
+                raise ConnectionError("etcd connection failed")
+            self.puts.append((key, value))
+
+    class Store:
+        client = Client()
+
+        def tls_rejection(self) -> None:
+            return None
+
+        def close(self) -> None:
+            pass
+
+    store = Store()
+    monkeypatch.setattr(overlayctl, "_store", lambda etcd, tls: store)
+    monkeypatch.setattr(overlayctl.time, "sleep", lambda s: None)
+    assert overlayctl.main(["hosts", "rotate-key", "node1"]) == 0
+    assert store.client.puts[-1][0] == r.rotation_key("node1")
+    assert overlayctl.main(["hosts", "rotate-key"]) == 2
