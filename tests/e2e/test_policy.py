@@ -127,6 +127,18 @@ def test_1_allow_by_label_and_port_across_hosts_everything_else_denied(lab: Lab)
     assert tcp(lab, "other1", "web1", 80) and ping(lab, "web1", "other1")
 
 
+def state(lab: Lab) -> str:
+    """For a failure message: each agent's last log lines and host0's ingress policy table."""
+    out = []
+    for h in lab.hosts:
+        with open(h.agent_log, errors="replace") as fh:
+            out.append(f"--- {h.name} agent log\n" + "".join(fh.readlines()[-30:]))
+    dump = run(["ovs-ofctl", "-O", "OpenFlow14", "dump-flows", "br-int", "table=90"],
+               netns=lab.host("host0").netns, check=False,
+               env={**os.environ, "OVS_RUNDIR": lab.host("host0").ovs_dir})
+    return "\n".join(out) + "\n--- host0 table 90\n" + dump.stdout + dump.stderr
+
+
 def metric(lab: Lab, host: str, name: str, **labels: str) -> float:
     """The sum of the samples of `name` whose labels include `labels` (0 if none)."""
     status, body = lab.agent_http(lab.host(host))
@@ -213,8 +225,8 @@ def test_5_a_live_change_policy_edited_and_an_endpoint_readded_with_other_labels
     assert eventually(lambda: tcp(lab, "other1", "db0", 5432))
     assert eventually(lambda: not tcp(lab, "web1", "db0", 5432))
     apply(lab, DB)
-    assert eventually(lambda: tcp(lab, "web1", "db0", 5432))
-    assert eventually(lambda: not tcp(lab, "other1", "db0", 5432))
+    assert eventually(lambda: tcp(lab, "web1", "db0", 5432)), state(lab)
+    assert eventually(lambda: not tcp(lab, "other1", "db0", 5432)), state(lab)
     # other1 comes back as a web: the same container name, labels app=web.
     readd(lab, "other1", "host1", {"app": "web"})
     assert eventually(lambda: tcp(lab, "other1", "db0", 5432))
@@ -233,5 +245,5 @@ def test_5_a_live_change_policy_edited_and_an_endpoint_readded_with_other_labels
 
 def test_6_deleting_the_policy_restores_access(lab: Lab) -> None:
     delete(lab, "db")
-    assert eventually(lambda: tcp(lab, "web1", "db0", 22) and ping(lab, "web1", "db0"))
+    assert eventually(lambda: tcp(lab, "web1", "db0", 22) and ping(lab, "web1", "db0")), state(lab)
     assert tcp(lab, "other1", "db0", 5432)
