@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -150,6 +151,16 @@ def etcd_member_command(name: str, data_dir: str, ip: str, members: dict[str, st
             "--initial-cluster-state", "new"]
 
 
+def accepts(path: str) -> bool:
+    """Whether a unix socket at `path` accepts a connection now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def start_ovs(directory: str, netns: str | None) -> OvsPaths:
     """Start ovsdb-server and ovs-vswitchd whose every file lives under `directory`."""
     paths = OvsPaths(directory)
@@ -161,7 +172,10 @@ def start_ovs(directory: str, netns: str | None) -> OvsPaths:
            f"--unixctl={directory}/ovsdb-server.ctl", f"--log-file={directory}/ovsdb-server.log"],
           netns=None, log=f"{directory}/ovsdb-server.out", pidfile=f"{directory}/ovsdb-server.pid",
           env=env)
-    wait_for(lambda: os.path.exists(paths.sock), "ovsdb-server socket")
+    # The socket file appears at bind(), before listen(): a client in between is refused (seen
+    # under load), so wait until a connection is accepted, not until the file exists.
+    wait_for(lambda: accepts(paths.sock), "ovsdb-server to accept on its socket",
+             log=f"{directory}/ovsdb-server.log")
     run(["ovs-vsctl", f"--db={paths.endpoint}", "--no-wait", "init"])
     start_vswitchd(directory, netns)
     return paths
