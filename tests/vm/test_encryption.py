@@ -125,9 +125,19 @@ def test_encrypted_ping_across_hosts(lab: VagrantLab, secret: dict[str, str]) ->
         assert re.search(rf"tun_src={re.escape(WG_ADDRESS['node1'])}\b", line), line
 
 
-def capture(vm: Vm, iface: str, seconds: int, path: str) -> None:
-    vm.sh(f"rm -f {path}; (timeout {seconds} tcpdump -nn -U -i {iface} -w {path} "
+def capture(vm: Vm, iface: str, path: str) -> None:
+    """tcpdump on `iface` into `path` until stop_capture (at most 5 min). Not for a fixed time:
+    under TCG, 20 pings took longer than a 12 s window and the count came up short."""
+    vm.sh(f"rm -f {path}; (timeout 300 tcpdump -nn -U -i {iface} -w {path} "
           f"'udp port 4789 or udp port 51820' >/dev/null 2>&1 &)")
+    time.sleep(3)  # tcpdump attaches
+
+
+def stop_capture(vm: Vm, path: str) -> None:
+    """Stop the capture into `path` and wait until tcpdump has written it out."""
+    vm.sh(f"pkill -INT -f 'tcpdump -nn -U -i [^ ]* -w {path}'; "
+          f"for i in $(seq 100); do pgrep -f 'tcpdump -nn -U -i [^ ]* -w {path}' >/dev/null "
+          "|| break; sleep 0.1; done", check=False)
 
 
 def read_capture(vm: Vm, path: str, expr: str) -> str:
@@ -136,12 +146,13 @@ def read_capture(vm: Vm, path: str, expr: str) -> str:
 
 def test_the_underlay_sees_only_wireguard_for_the_encrypted_network(
         lab: VagrantLab, secret: dict[str, str]) -> None:
-    capture(lab.node1, "eth1", 12, "/tmp/underlay.pcap")
-    capture(lab.node1, "wg-ovl", 12, "/tmp/wg.pcap")
-    time.sleep(3)  # tcpdump attaches
+    capture(lab.node1, "eth1", "/tmp/underlay.pcap")
+    capture(lab.node1, "wg-ovl", "/tmp/wg.pcap")
     assert ping(lab.node2, "s2", secret["s1"], count=10)[1] == 10
     assert ping(lab.node2, "c2", secret["c1"], count=10)[1] == 10
-    time.sleep(10)  # both captures end
+    time.sleep(1)  # the last replies cross node1's underlay
+    stop_capture(lab.node1, "/tmp/underlay.pcap")
+    stop_capture(lab.node1, "/tmp/wg.pcap")
     vxlan = read_capture(lab.node1, "/tmp/underlay.pcap", "udp port 4789")
     wireguard = read_capture(lab.node1, "/tmp/underlay.pcap", "udp port 51820")
     inside = read_capture(lab.node1, "/tmp/wg.pcap", "udp port 4789")
@@ -272,11 +283,11 @@ def test_a_host_whose_key_is_removed_gets_nothing(lab: VagrantLab, secret: dict[
         lab.node1.sh(f"{ETCDCTL} put /overlay/v1/hosts/node1 {shlex.quote(json.dumps(rec))}")
         until("node2 drops secret-net's flows to node1", lambda: f"set_field:{WG_ADDRESS['node1']}"
               not in lab.node2.sh("ovs-ofctl -O OpenFlow14 dump-flows br-int").stdout, 60)
-        capture(lab.node2, "eth1", 10, "/tmp/closed.pcap")
-        time.sleep(3)
+        capture(lab.node2, "eth1", "/tmp/closed.pcap")
         assert ping(lab.node2, "s2", secret["s1"], count=5)[1] == 0
         assert ping(lab.node2, "c2", secret["c1"]) == (3, 3)
-        time.sleep(8)
+        time.sleep(1)
+        stop_capture(lab.node2, "/tmp/closed.pcap")
         vxlan = read_capture(lab.node2, "/tmp/closed.pcap", "udp port 4789")
         assert f"vni {SECRET_VNI}" not in vxlan and "vni 42" in vxlan, vxlan
         assert "192.168.56.12.51820 > 192.168.56.11.51820" not in \
