@@ -79,6 +79,32 @@ def write_conflist(vm: Vm) -> None:
     vm.sh(f"cat > /etc/cni/net.d/10-{SECRET}.conflist <<'EOF'\n{json.dumps(conflist)}\nEOF")
 
 
+def diagnose(lab: VagrantLab) -> str:
+    """What each host holds of the encrypted network: WireGuard, routes, the guard, the flows
+    that name WireGuard addresses or VNI 44, the host records, the agent's last log lines."""
+    out = []
+    for vm in (lab.node1, lab.node2):
+        for what, cmd in (
+                ("WireGuard (no `wg` in the box: pyroute2)", f"{VENV} -c 'from pyroute2 import "
+                 "WireGuard; print(list(WireGuard().info(\"wg-ovl\")))' 2>&1; "
+                 "ip -s -d link show wg-ovl 2>&1"),
+                ("addresses", "ip -o addr show 2>&1"),
+                ("routes", "ip route 2>&1; ip route get 100.64.56.11 2>&1; "
+                           "ip route get 100.64.56.12 2>&1"),
+                ("raw PREROUTING", "iptables -w 5 -t raw -S PREROUTING -v 2>&1"),
+                ("flows (VNI 44, WireGuard)", "ovs-ofctl -O OpenFlow14 dump-flows br-int | "
+                 f"grep -E 'tun_id=0x{SECRET_VNI:x}|100\\.64\\.' 2>&1"),
+                ("tunnel ports", "ovs-vsctl --columns=name,options,ofport list Interface 2>&1 | "
+                 "grep -B1 -A1 vxlan"),
+                ("host records", f"{ETCDCTL} get --prefix /overlay/v1/hosts/ 2>&1"),
+                ("endpoint records", f"{ETCDCTL} get --prefix --keys-only /overlay/v1/ 2>&1 | "
+                 "grep -v '^$' | head -40"),
+                ("agent log", "journalctl -u overlay-agent --no-pager -n 80 2>&1")):
+            result = vm.sh(cmd, check=False)
+            out.append(f"--- {vm.name}: {what}\n{result.stdout}{result.stderr}")
+    return "\n".join(out)
+
+
 @pytest.fixture(scope="module")
 def secret(lab: VagrantLab) -> Iterator[dict[str, str]]:
     """s1 on node1 and s2 on node2 in secret-net; their addresses."""
@@ -90,8 +116,12 @@ def secret(lab: VagrantLab) -> Iterator[dict[str, str]]:
         assert code == 0, out
     addresses = {"s1": address_of(lab.node1, "s1"), "s2": address_of(lab.node2, "s2"),
                  "c1": address_of(lab.node1, "c1"), "c2": address_of(lab.node2, "c2")}
-    took = until("first encrypted ping s2 -> s1",
-                 lambda: ping(lab.node2, "s2", addresses["s1"], count=1)[1] == 1)
+    try:
+        took = until("first encrypted ping s2 -> s1",
+                     lambda: ping(lab.node2, "s2", addresses["s1"], count=1)[1] == 1)
+    except BaseException:
+        print(diagnose(lab))  # CI saw this fail once; what each host then held
+        raise
     lab.figures["encrypted: both ADDs done -> first encrypted ping answered"] = \
         f"{took:.2f} s after the second ADD ({time.monotonic() - started:.1f} s from the first)"
     yield addresses
