@@ -235,7 +235,8 @@ class Agent:
             host=self._cfg.host, dataplane=self._dataplane, on_new_vteps=self._prime_new,
             host_grace=self._cfg.host_grace, remembered_vteps=peers.load(self._peers_file),
             on_reject=self._metrics.record_rejected, on_conflict=self._metrics.record_conflict,
-            sealed=self._encryption.sealed)
+            sealed=self._encryption.sealed,
+            encrypted_networks=startup.encrypted_networks(self._ovs, self._cfg.bridge))
         self._encryption.set_on_peer_changed(self._reconciler.peer_changed)
         self._closing.callback(self._save_peers)  # once the watches are stopped
         watch_metrics = observe.WatchMetrics(self._metrics)

@@ -12,16 +12,14 @@ The grace: an agent that restarts more slowly than its lease TTL (a big table, a
 its key lapse although its switch never stopped forwarding; if it comes back within the grace
 with the same VTEP, no flow changes at all.
 
-Records are verified before they reach the flow table (overlay/agent/verify.py): a record
-that is malformed, disagrees with its key, has another VNI than its network's, addresses
-outside the network's subnet or a MAC that is not unicast is skipped alone, logged and counted
-(on_reject). An endpoint is forwarded to the VTEP of its host's record, never to an address its
-own record names; for an encrypted network, to its host's WireGuard address (`sealed`, agent/
-encryption.py), or nowhere. Two records claiming one address or MAC are settled by creation
-revision (agent/claims.py). Records naming this host are kept whole (`own_records`: the
-janitor's view). Network records (`on_networks`) say each network's VNI, subnet and encryption;
-their facts stay after the record is deleted (until the agent restarts): a network's record
-goes only with its last endpoint, and a racing ADD may just have written one.
+Records are verified first (agent/verify.py): a malformed one, or one that disagrees with its
+key, its network's VNI or subnet, is skipped alone, logged and counted (on_reject). An endpoint
+goes to the VTEP of its host's record, never to one its own record names; for an encrypted
+network, to the host's WireGuard address (`sealed`, agent/encryption.py) or nowhere, and a
+network once encrypted here stays so (agent/encryption_pins.py). Claims of one address or MAC
+are settled by creation revision (agent/claims.py); records naming this host are kept whole
+(`own_records`, the janitor's view). Network facts (`on_networks`) outlive their record until
+a restart: a racing ADD may just have written one.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from overlay.agent import verify
 from overlay.agent.claims import Claims, claimed_values
+from overlay.agent.encryption_pins import EncryptionPins
 from overlay.agent.policies import peer_infos
 from overlay.agent.timers import Cancellable, start_timer
 from overlay.agent.verify import Endpoint, NetworkFacts, Rejected
@@ -53,7 +52,8 @@ class Reconciler:
                  remembered_vteps: Mapping[str, str] | None = None,
                  on_reject: Callable[[str, str], None] = lambda kind, reason: None,
                  on_conflict: Callable[[], None] = lambda: None,
-                 sealed: Callable[[str], str | None] = lambda host: None) -> None:
+                 sealed: Callable[[str], str | None] = lambda host: None,
+                 encrypted_networks: Iterable[str] = ()) -> None:
         self._host = host
         self._dataplane = dataplane
         self._on_new_vteps = on_new_vteps
@@ -62,6 +62,7 @@ class Reconciler:
         self._on_reject = on_reject
         self._on_conflict = on_conflict
         self._sealed = sealed  # host -> WireGuard address; None: no traffic of encrypted networks
+        self._pins = EncryptionPins(encrypted_networks, lambda key, exc: self._reject("network", key, exc))
         self._lock = threading.Lock()  # watches of several prefixes call in on their threads
         self._vteps: dict[str, str] = {}                  # live host -> VTEP (departing ones too)
         self._departing: dict[str, Cancellable] = {}      # host whose key went -> its expiry
@@ -171,11 +172,10 @@ class Reconciler:
             self._retouch(host)
 
     def _adopt(self, host: str) -> bool:
-        """(Under the lock.) An endpoint record names `host`, whose key this agent never saw:
-        most likely its agent was restarting and its key had lapsed. If an earlier run of this
-        agent learnt the host's VTEP from its host record, forward there for the grace period
-        only. Never to a VTEP an endpoint record names (one forged record would redirect
-        traffic). True if adopted."""
+        """(Under the lock.) An endpoint record names `host`, whose key this agent never saw
+        (its agent restarting, its key lapsed?). If an earlier run of this agent learnt its VTEP
+        from its host record, forward there for the grace period only; never to a VTEP an
+        endpoint record names (a forged record would redirect traffic). True if adopted."""
         if self._grace <= 0 or host == self._host or host in self._seen:
             return False
         self._seen.add(host)
@@ -236,8 +236,7 @@ class Reconciler:
         with self._lock:
             for change in changes:
                 if change.value is None:
-                    log.info("network record %s deleted; what it said stays until this agent "
-                             "restarts", change.key)
+                    log.info("network record %s deleted; its facts stay until a restart", change.key)
                     continue
                 try:
                     name, facts = verify.parse_network(change.key, change.value)
@@ -245,6 +244,7 @@ class Reconciler:
                     self._reject("network", change.key, exc)
                     continue
                 self._rejected.pop(change.key, None)
+                facts = self._pins.hold(change.key, name, facts)  # rejects a downgrade
                 known = self._network_records.get(name)
                 created = change.create_revision or (known[0] if known else 0)
                 self._network_records[name] = (created, facts)

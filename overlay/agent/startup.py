@@ -50,6 +50,25 @@ def local_endpoints(ovs: Ovsdb, bridge: str) -> dict[str, LocalPort]:
     return found
 
 
+def encrypted_networks(ovs: Ovsdb, bridge: str) -> set[str]:
+    """Networks whose ports here were attached encrypted: they stay encrypted whatever a
+    network record says later (agent/encryption_pins.py)."""
+    found: set[str] = set()
+    try:
+        ports = ovs.ports(bridge)
+    except CniError as err:  # read a moment ago by local_endpoints; records still pin
+        log.warning("cannot read which local networks are encrypted: %s", err)
+        return found
+    for port in ports:
+        try:
+            ids = portschema.decode(port.external_ids)
+        except ValueError:
+            continue
+        if ids is not None and ids.encrypted:
+            found.add(ids.owner.network)
+    return found
+
+
 def local_networks(dataplane: Dataplane) -> set[str]:
     """Networks with an endpoint on this host (local keys are network/container/ifname)."""
     return {key.split("/", 1)[0] for key in dataplane.local_keys()}

@@ -43,7 +43,8 @@ MAX_ADDRESSES = 16            # per endpoint (a dual-stack container has 2)
 MAX_NAME = 253                # a host name; container ids and interfaces are shorter still
 
 REASONS = ("too_large", "malformed", "key_mismatch", "vni", "mac", "address",
-           "too_many_addresses", "subnet", "vtep", "labels", "pod", "bad_policy")
+           "too_many_addresses", "subnet", "vtep", "labels", "pod", "bad_policy",
+           "encryption_downgrade")
 
 _ENDPOINTS_LEN = len(r.ENDPOINTS)
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")

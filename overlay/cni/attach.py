@@ -253,7 +253,7 @@ class Attacher:
         ids = portschema.PortIds(
             portschema.PortOwner(conf.name, env.container_id, env.ifname, env.netns), conf.vni,
             tuple(str(a.address.ip) for a in assigned), mac, conf.ipam.type,
-            is_dhcp_server(conf, assigned))
+            is_dhcp_server(conf, assigned), steps.encrypted(conf, self.host))
         return self.ports.ensure_port(self.host.bridge, host_if,
                                       external_ids=portschema.encode(ids))
 

@@ -16,6 +16,7 @@ CONTAINER, IFNAME, NETNS, NETWORK = (
 VNI, IP, MAC = "overlay-vni", "overlay-ip", "overlay-mac"
 IPAM = "overlay-ipam"  # "dhcp": the port's flows also admit DHCP from 0.0.0.0
 DHCP_SERVER = "overlay-dhcp-server"  # "true": named in dhcpServers, may answer DHCP clients
+ENCRYPTED = "overlay-encrypted"  # "true": its network was encrypted at ADD (agent/encryption_pins.py)
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,14 @@ class PortIds:
     mac: str
     ipam: str
     dhcp_server: bool = False
+    encrypted: bool = False
 
 
 def encode(ids: PortIds) -> dict[str, str]:
     return {CONTAINER: ids.owner.container_id, IFNAME: ids.owner.ifname,
             NETNS: ids.owner.netns, NETWORK: ids.owner.network, VNI: str(ids.vni),
             IP: ",".join(ids.ips), MAC: ids.mac, IPAM: ids.ipam,
-            DHCP_SERVER: str(ids.dhcp_server).lower()}
+            DHCP_SERVER: str(ids.dhcp_server).lower(), ENCRYPTED: str(ids.encrypted).lower()}
 
 
 def owner(ext: Mapping[str, str]) -> PortOwner | None:
@@ -70,6 +72,7 @@ def decode(ext: Mapping[str, str]) -> PortIds | None:
         if found is None:
             raise KeyError(IFNAME if NETWORK in ext else NETWORK)
         return PortIds(found, int(ext[VNI]), tuple(filter(None, ext[IP].split(","))), ext[MAC],
-                       ext.get(IPAM, ""), ext.get(DHCP_SERVER) == "true")
+                       ext.get(IPAM, ""), ext.get(DHCP_SERVER) == "true",
+                       ext.get(ENCRYPTED) == "true")
     except KeyError as missing:
         raise ValueError(f"external_ids lack {missing}") from None

@@ -397,3 +397,46 @@ def test_rotate_key_tries_again_when_etcd_does_not_answer(monkeypatch: pytest.Mo
     assert overlayctl.main(["hosts", "rotate-key", "node1"]) == 0
     assert store.client.puts[-1][0] == r.rotation_key("node1")
     assert overlayctl.main(["hosts", "rotate-key"]) == 2
+
+
+def test_a_record_cannot_turn_an_encrypted_network_to_clear_text(tmp_path: Path) -> None:
+    """Any host may write network records: a stray or hostile "encrypted": false must not send
+    the network's VXLAN in clear, nor admit it from VTEPs (agent/encryption_pins.py)."""
+    enc, dev, rec, dp = agent_parts(tmp_path)
+    rejected: list[tuple[str, str]] = []
+    rec._on_reject = lambda kind, reason: rejected.append((kind, reason))
+    hosts(enc, rec, [host_change("h1", host_obj("h1", "172.31.0.2"))])
+    rec.on_endpoints([endpoint("h1", "10.4.0.2", "02:00:00:00:00:12", "secret", 44)])
+    sealed = {RemoteEndpoint(44, "02:00:00:00:00:12", ("10.4.0.2",), "100.64.0.2")}
+    assert remote(dp) == sealed
+    downgrade = r.NetworkRecord("secret", 44, "10.4.0.0/24", False)
+    rec.on_networks([Change(r.network_key("secret"), downgrade.to_json().encode(), 2, 3)])
+    assert remote(dp) == sealed  # still to the WireGuard address, never to 172.31.0.2
+    assert rejected == [("network", "encryption_downgrade")]
+    assert any("encryption_downgrade" in p and "stays encrypted here" in p for p in rec.problems())
+    # The key withdrawn meanwhile: nothing at all to h1, as for any encrypted network.
+    hosts(enc, rec, [host_change("h1", {**host_obj("h1", "172.31.0.2"), "wg_public_key": ""})])
+    assert remote(dp) == set()
+
+
+def test_after_a_restart_the_ports_pin_encryption_before_any_record_is_read(
+        tmp_path: Path) -> None:
+    """An agent restarted after the forged record was written learns the truth from its own
+    ports' external_ids (what ADD recorded), not from the record."""
+    cfg = AgentConfig(host="h0", wireguard_key_file=str(tmp_path / "private.key"))
+    enc = Encryption(cfg=cfg, device=FakeDevice(address="100.64.0.1"),
+                     guard_rule=lambda ifname, subnet: None)
+    enc.start()
+    dp = Dataplane(ofctl=cast(Any, FakeOfctl()), bridge="br-int", tunnel_ofport=1)
+    rec = Reconciler(host="h0", dataplane=dp, sealed=enc.sealed, encrypted_networks={"secret"})
+    enc.set_on_peer_changed(rec.peer_changed)
+    rec.on_networks([Change(r.network_key("secret"), r.NetworkRecord(
+        "secret", 44, "10.4.0.0/24", False).to_json().encode(), 2, 2)])
+    hosts(enc, rec, [host_change("h1", host_obj("h1", "172.31.0.2"))])
+    rec.on_endpoints([endpoint("h1", "10.4.0.2", "02:00:00:00:00:12", "secret", 44)])
+    assert remote(dp) == {RemoteEndpoint(44, "02:00:00:00:00:12", ("10.4.0.2",), "100.64.0.2")}
+    # A network that was never encrypted here follows its record as before.
+    rec.on_networks([Change(r.network_key("clear"), r.NetworkRecord(
+        "clear", 42, "10.0.0.0/24").to_json().encode(), 3, 3)])
+    rec.on_endpoints([endpoint("h1", "10.0.0.2", "02:00:00:00:00:02", "clear", 42)])
+    assert RemoteEndpoint(42, "02:00:00:00:00:02", ("10.0.0.2",), "172.31.0.2") in remote(dp)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
 
 from overlay.agent.observe import local_attachments
-from overlay.agent.startup import local_endpoints
+from overlay.agent.startup import encrypted_networks, local_endpoints
 from overlay.dataplane.flows import LocalPort
 from overlay.ovs import portschema
 from overlay.ovs.ovsdb import Ovsdb, PortInfo
@@ -38,7 +39,7 @@ def test_round_trip() -> None:
                    "overlay-netns": "/run/netns/c0", "overlay-network": "red",
                    "overlay-vni": "42", "overlay-ip": "10.0.0.2,fd00::2",
                    "overlay-mac": "0a:58:0a:00:00:02", "overlay-ipam": "dhcp",
-                   "overlay-dhcp-server": "true"}
+                   "overlay-dhcp-server": "true", "overlay-encrypted": "false"}
 
 
 def test_a_port_that_is_not_an_endpoints() -> None:
@@ -66,3 +67,16 @@ def test_the_agent_rebuilds_local_ports_from_what_add_wrote() -> None:
         "red/c0/eth0": LocalPort(42, "0a:58:0a:00:00:02", ("10.0.0.2", "fd00::2"), 7, True,
                                  True)}
     assert local_attachments(ovs, "br-int") == [("red", "c0", "eth0")] * 3
+
+
+def test_networks_attached_encrypted_are_read_back_from_the_ports() -> None:
+    secret = replace(IDS, owner=replace(IDS.owner, network="secret", container_id="c1"),
+                     encrypted=True)
+    ovs = fake(PortInfo("ovl1", 7, portschema.encode(IDS)),
+               PortInfo("ovl2", 8, portschema.encode(secret)),
+               PortInfo("bad", 9, {**portschema.encode(secret), "overlay-vni": "x"}),
+               PortInfo("vxlan0", 1, {}))
+    assert encrypted_networks(ovs, "br-int") == {"secret"}
+    # A port an older agent wrote (no such key) counts as not encrypted: records still pin.
+    old = {k: v for k, v in portschema.encode(secret).items() if k != portschema.ENCRYPTED}
+    assert portschema.decode(old) == replace(secret, encrypted=False)

@@ -303,6 +303,36 @@ def test_rotation_gives_a_new_key_and_peers_follow(lab: VagrantLab, secret: dict
         assert 'overlay_wireguard_received_bytes_total{peer="node1"}' in metrics
 
 
+def test_a_forged_record_does_not_turn_the_network_to_clear_text(
+        lab: VagrantLab, secret: dict[str, str]) -> None:
+    """Any host may write network records: node1 rewrites secret-net's with "encrypted": false
+    (then restarts node2's agent, which reads it at start). node2 still sends secret-net only
+    through WireGuard, and says why in doctor (agent/encryption_pins.py)."""
+    key = f"/overlay/v1/networks/{SECRET}"
+    good = lab.node1.sh(f"{ETCDCTL} get --print-value-only {key}").stdout.strip()
+    forged = {**json.loads(good), "encrypted": False}
+    lab.node1.sh(f"{ETCDCTL} put {key} {shlex.quote(json.dumps(forged))}")
+    try:
+        lab.node2.sh("systemctl restart overlay-agent", timeout=300)
+        until("node2's agent serving again", lambda: lab.node2.sh(
+            "test -S /run/overlay/agent.sock", check=False).returncode == 0, 180)
+        until("secret-net answers after node2's restart",
+              lambda: ping(lab.node2, "s2", secret["s1"], count=1)[1] == 1, 180)
+        capture(lab.node2, "eth1", "/tmp/forged.pcap")
+        assert ping(lab.node2, "s2", secret["s1"], count=5)[1] == 5
+        stop_capture(lab.node2, "/tmp/forged.pcap")
+        vxlan = read_capture(lab.node2, "/tmp/forged.pcap", "udp port 4789")
+        assert f"vni {SECRET_VNI}" not in vxlan, vxlan
+        assert "192.168.56.12.51820 > 192.168.56.11.51820" in \
+            read_capture(lab.node2, "/tmp/forged.pcap", "udp port 51820")
+        flows = lab.node2.sh("ovs-ofctl -O OpenFlow14 dump-flows br-int").stdout
+        assert f"set_field:{WG_ADDRESS['node1']}->tun_dst" in flows
+        assert "encryption_downgrade" in lab.node2.sh(
+            f"{OVERLAYCTL} doctor --socket /run/overlay/agent.sock", check=False).stdout
+    finally:
+        lab.node1.sh(f"{ETCDCTL} put {key} {shlex.quote(good)}")
+
+
 def test_a_host_whose_key_is_removed_gets_nothing(lab: VagrantLab, secret: dict[str, str]) -> None:
     """node1's agent stopped (its kernel keeps forwarding), its record rewritten without the
     key: node2 stops sending secret-net to node1 at all, in clear or not; my-net goes on."""
