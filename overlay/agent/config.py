@@ -91,6 +91,9 @@ class AgentConfig:
     # (its name is the driver's: ovs.sock -> `-d ovs`) and the daemon's API socket.
     docker_plugin_socket: str = ""
     docker_host: str = "/run/docker.sock"
+    # Which container labels become endpoint labels: those under this prefix, stripped
+    # (`--label overlay.label/app=web` -> app=web); "" takes every label (docs/docker.md).
+    docker_label_prefix: str = "overlay.label/"
 
     @property
     def etcd_tls(self) -> TlsFiles:

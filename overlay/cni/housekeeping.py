@@ -10,6 +10,12 @@ GC removes every attachment of the network on this host that the runtime did not
 valid: flows, OVS port, veth, endpoint record, addresses. It only ever touches attachments this
 host owns (OVS ports here, endpoint records and IP allocations that name this host), keeps going
 when one fails, and reports all failures at the end. It then forwards GC to a delegated IPAM.
+
+It never touches the Docker driver's attachments (container IDs "docker-<MAC>",
+store/records.py): a Docker network is an etcd network like a CNI one, so a runtime that uses
+a conflist of the same name (podman, containerd) would otherwise count Docker's containers as
+stale, since no CNI runtime lists them. Docker removes its own through Leave; the agent's
+janitor removes those whose namespace went without one.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from overlay.cni.detach import Detacher
 from overlay.cni.netconf import CniEnv, NetConf
 from overlay.cni.ports import Allocator, EndpointStore, Flows, HostInfo, PortStore, endpoint_ports
 from overlay.errors import CniError, Code
-from overlay.store.records import owner_of
+from overlay.store.records import docker_owned, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def stale_attachments(conf: NetConf, keep: set[tuple[str, str]], *, host: HostIn
             container_id, _, ifname = holder.owner.rpartition("/")
             if holder.host == host.name and container_id and ifname:
                 found.add((container_id, ifname))
-    return sorted(found - keep)
+    return sorted(a for a in found - keep if not docker_owned(a[0]))
 
 
 def gc(env: CniEnv, conf: NetConf, *, host: HostInfo, ports: PortStore,

@@ -30,7 +30,9 @@ from overlay.cni.ports import (
     SubnetCheck,
 )
 from overlay.cni.ports import HostInfo as HostInfo  # re-exported: the agent builds one
-from overlay.cni.steps import StripedLock
+from overlay.cni.steps import StripedLock, log
+from overlay.errors import CniError, Code
+from overlay.store.records import DOCKER_PREFIX, docker_owned
 
 
 class CniService:
@@ -71,9 +73,17 @@ class CniService:
         return attacher, detacher
 
     def add(self, env: CniEnv, conf: NetConf) -> bytes:
+        if docker_owned(env.container_id):  # the Docker driver's namespace (store/records.py)
+            raise CniError(Code.INVALID_ENV, f"CNI_CONTAINERID {env.container_id!r}: IDs that "
+                           f"begin with {DOCKER_PREFIX!r} are the Docker driver's attachments",
+                           "use another container ID")
         return self.attacher.add(env, conf)
 
     def delete(self, env: CniEnv, conf: NetConf) -> bytes:
+        if docker_owned(env.container_id):  # no CNI ADD made it: not this runtime's to remove
+            log.info("DEL %s %s/%s: the Docker driver's attachment, left to it", conf.name,
+                     env.container_id, env.ifname)
+            return b""
         return self.detacher.delete(env, conf)
 
     def check(self, env: CniEnv, conf: NetConf) -> bytes:

@@ -90,6 +90,15 @@ class FakeEndpoints(Faulty):
         del self.records[(network, container_id, ifname)]
         return None
 
+    def set_endpoint_labels(self, network: str, container_id: str, ifname: str,
+                            labels: dict[str, str], *, host: str, netns: str) -> bool:
+        self._before("set_endpoint_labels")
+        rec = self.records.get((network, container_id, ifname))
+        if rec is None or rec.host != host or rec.netns != netns:
+            return False
+        self.records[(network, container_id, ifname)] = replace(rec, labels=dict(labels))
+        return True
+
     def endpoints(self, network: str) -> list[EndpointRecord]:
         return [r for r in self.records.values() if r.network == network or not network]
 

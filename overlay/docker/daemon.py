@@ -4,6 +4,8 @@ libnetwork tells a driver only a network's ID, and an IPAM driver not even that 
 network's name, its options and its subnet are the daemon's. The name is what the network is
 called in etcd on every host, so the plugin asks the daemon (GET /networks/<id>) once the
 network exists there, and keeps the answer (a network's name and options never change).
+Nor does Join name the container: its labels are asked for after Join (labels.py), through
+the network's list of containers by endpoint, then the container and its image.
 """
 
 from __future__ import annotations
@@ -77,6 +79,37 @@ class DaemonClient:
         if status != 200 or not isinstance(body, list):
             raise DockerError(f"the Docker daemon answered {status} listing its networks")
         return [_parse(item) for item in body if isinstance(item, dict)]
+
+
+    def endpoint_container(self, network_id: str, endpoint_id: str) -> str | None:
+        """The ID of the container that holds the endpoint, once the daemon lists it there."""
+        status, body = self._get(f"/networks/{urllib.parse.quote(network_id)}")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(body, dict):
+            raise DockerError(f"the Docker daemon answered {status} for network {network_id}")
+        for container_id, info in _dict(body.get("Containers")).items():
+            if _dict(info).get("EndpointID") == endpoint_id:
+                return str(container_id)
+        return None
+
+    def container_labels(self, container_id: str) -> tuple[dict[str, str], str]:
+        """A container's labels (its image's included, as Docker merges them) and image ID."""
+        status, body = self._get(f"/containers/{urllib.parse.quote(container_id)}/json")
+        if status != 200 or not isinstance(body, dict):
+            raise DockerError(f"the Docker daemon answered {status} for container "
+                              f"{container_id}")
+        return _labels(_dict(body.get("Config")).get("Labels")), str(body.get("Image", ""))
+
+    def image_labels(self, image: str) -> dict[str, str]:
+        status, body = self._get(f"/images/{urllib.parse.quote(image)}/json")
+        if status != 200 or not isinstance(body, dict):
+            raise DockerError(f"the Docker daemon answered {status} for image {image}")
+        return _labels(_dict(body.get("Config")).get("Labels"))
+
+
+def _labels(value: Any) -> dict[str, str]:
+    return {k: v for k, v in _dict(value).items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _dict(value: Any) -> dict[str, Any]:

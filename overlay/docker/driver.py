@@ -2,8 +2,9 @@
 
 Join runs the CNI service's own ADD steps (cni/attach.py, through an Attacher whose links are
 DockerLinks): the same address (held since RequestAddress, ipam.py), veth host end, OVS port,
-endpoint record, flows and gateway as a CNI container gets. Leave and DeleteEndpoint run DEL's
-(cni/detach.py). Nothing here writes etcd, OVSDB or flows by itself.
+endpoint record, flows and gateway as a CNI container gets; the container's labels follow
+(labels.py). Leave and DeleteEndpoint run DEL's (cni/detach.py). Nothing here writes etcd,
+OVSDB or flows by itself.
 
 The network's name is the daemon's (libnetwork passes only an ID), and the network exists
 there only once CreateNetwork has returned. So CreateNetwork checks what it can at once (the
@@ -27,6 +28,7 @@ from overlay.cni.ports import NetworkStore
 from overlay.docker import fields
 from overlay.docker.endpoints import Endpoint, EndpointFiles
 from overlay.docker.ipam import IFNAME, container_id_for
+from overlay.docker.labels import Attachment, ContainerLabels
 from overlay.docker.links import container_side_name
 from overlay.docker.networks import Networks, create_options
 from overlay.docker.protocol import DockerError, Handler
@@ -47,7 +49,7 @@ class Snapshots(Protocol):
 class NetworkDriver:
     def __init__(self, *, networks: Networks, etcd: Snapshots, network_records: NetworkStore,
                  attacher: Attacher, detacher: Detacher, endpoints: EndpointFiles,
-                 publisher: Publisher, bridge: str) -> None:
+                 publisher: Publisher, labels: ContainerLabels, bridge: str) -> None:
         self._networks = networks
         self._etcd = etcd
         self._records = network_records
@@ -55,6 +57,7 @@ class NetworkDriver:
         self._detacher = detacher
         self._endpoints = endpoints
         self._publisher = publisher
+        self._labels = labels
         self._bridge = bridge
         self._refused: dict[str, str] = {}  # network ID -> why etcd refused its name
 
@@ -171,6 +174,9 @@ class NetworkDriver:
         env = CniEnv("ADD", ep.container_id, sandbox, IFNAME,
                      f"IgnoreUnknown=1;IP={ip};MAC={ep.mac}")
         self._attacher.add(env, net.netconf(self._bridge))
+        # The container's labels come after Join: the daemon names it only once Join is done.
+        self._labels.follow(Attachment(endpoint_id, ep.network_id, ep.network, ep.container_id,
+                                       IFNAME, sandbox))
         return {"InterfaceName": {"SrcName": container_side_name(ep.container_id, IFNAME),
                                   "DstPrefix": "eth"},
                 "Gateway": str(net.gateway)}

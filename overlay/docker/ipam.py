@@ -21,18 +21,17 @@ from overlay.docker import fields
 from overlay.docker.networks import ADDRESS_SPACE, Networks
 from overlay.docker.protocol import DockerError, Handler
 from overlay.model import Address
-from overlay.store.records import Holder, owner_of
+from overlay.store.records import DOCKER_PREFIX, Holder, docker_owned, owner_of
 
 GATEWAY = "com.docker.network.gateway"         # RequestPool's Data; RequestAddressType's value
 MAC_OPTION = "com.docker.network.endpoint.macaddress"
 IFNAME = "eth"                                  # the attachment's name in etcd and OVS
-OWNER_PREFIX = "docker-"
 
 
 def container_id_for(mac: str) -> str:
     """The attachment's container ID in etcd and OVS: the endpoint's MAC, which both the
     IPAM request and CreateEndpoint carry."""
-    return OWNER_PREFIX + mac.replace(":", "")
+    return DOCKER_PREFIX + mac.replace(":", "")
 
 
 class Holders(Protocol):
@@ -116,6 +115,6 @@ class IpamDriver:
         # Only an address that an endpoint of this host's Docker holds (not the gateway, never
         # allocated): Leave may have freed it already, and then it may belong to someone else.
         if holder is not None and holder.host == self._host and \
-                holder.owner.startswith(OWNER_PREFIX):
+                docker_owned(holder.owner):
             self._allocator.release(net.name, holder.owner)
         return {}

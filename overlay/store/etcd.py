@@ -272,6 +272,13 @@ class Store:
         return None if value is None else r.EndpointRecord.from_json(value)
 
     @_translate
+    def set_endpoint_labels(self, network: str, container_id: str, ifname: str,
+                            labels: dict[str, str], *, host: str, netns: str) -> bool:
+        """Replace the record's labels if it is still that attachment (ownership.py)."""
+        return ownership.set_labels(self._client, r.endpoint_key(network, container_id, ifname),
+                                    labels, host=host, netns=netns)
+
+    @_translate
     def delete_endpoint(self, network: str, container_id: str, ifname: str, *,
                         host: str) -> str | None:
         """Delete the record if it names `host` (idempotent). Returns None when it is gone,
@@ -285,7 +292,7 @@ class Store:
     def endpoints(self, network: str) -> list[r.EndpointRecord]:
         """Endpoint records of one network ("" for all networks)."""
         prefix = f"{r.ENDPOINTS}{network}/" if network else r.ENDPOINTS
-        return _endpoint_records(self.read_prefix(prefix)[1])
+        return r.endpoint_records((i.key, i.value) for i in self.read_prefix(prefix)[1])
 
     def endpoints_outside(self, networks: set[str], *, page: int = PAGE
                           ) -> list[r.EndpointRecord]:
@@ -304,7 +311,7 @@ class Store:
             start = pyetcd.utils.prefix_range_end(prefix)
         items += self._read_range(start, pyetcd.utils.prefix_range_end(r.ENDPOINTS.encode()),
                                   page)
-        return _endpoint_records(items)
+        return r.endpoint_records((i.key, i.value) for i in items)
 
     # --- IP allocations ----------------------------------------------------------------------
 
@@ -386,13 +393,3 @@ class Store:
     def channel(self) -> Any:
         """The gRPC channel to the member in use (watch streams are opened on it)."""
         return self._client.channel
-
-
-def _endpoint_records(items: list[Item]) -> list[r.EndpointRecord]:
-    out = []
-    for item in items:
-        try:
-            out.append(r.EndpointRecord.from_json(item.value))
-        except (ValueError, TypeError, KeyError, RecursionError):  # any shape: another host's
-            log.warning("ignoring malformed endpoint record %s", item.key)
-    return out

@@ -6,9 +6,9 @@ parsed, and writes in a transaction that compares the mod revision it read: if a
 the key in between, the transaction fails and the decision is taken again on what is there now.
 "Read, decide, write if unchanged" is the compare-and-swap flannel uses for its subnet leases.
 
-- Endpoint records (put_endpoint, delete_endpoint): only the host the record names writes or
-  deletes it. A DEL on another host (a runtime's DEL after its ADD was refused because the
-  container ID is attached elsewhere) deletes nothing and succeeds, as CNI DEL must.
+- Endpoint records (put_endpoint, delete_endpoint, set_labels): only the host the record
+  names writes or deletes it. A DEL on another host (a runtime's DEL after its ADD was refused
+  because the container ID is attached elsewhere) deletes nothing and succeeds, as CNI DEL must.
 - The host record (claim_host): a host name belongs to one agent installation, identified by
   HostRecord.agent_id (a random id kept in the host's OVSDB, so it survives restarts and
   upgrades). A live record (one that has a lease) of another installation refuses the claim.
@@ -21,6 +21,7 @@ them (overlay/store/etcd.py, _translate).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -105,6 +106,33 @@ def delete_endpoint(client: Any, key: str, host: str) -> str | None:
                                    success=[tx.delete(key)], failure=[])
         if ok:
             return None
+    raise CniError(Code.TRY_AGAIN_LATER, f"endpoint record {key} keeps changing; try again")
+
+
+def set_labels(client: Any, key: str, labels: dict[str, str], *, host: str,
+               netns: str) -> bool:
+    """Replace the labels of the endpoint record at `key`, nothing else, if it still is the
+    attachment they were read for: it names `host` and the network namespace `netns`.
+
+    False when it is not (gone, another host's, unreadable, or a new attachment under the same
+    key: the Docker driver's keys come back with an address). A label writer that runs after
+    the attachment was made must never bring back a deleted record or label another one."""
+    tx = client.transactions
+    for _ in range(ATTEMPTS):
+        value, meta = client.get(key)
+        if value is None:
+            return False
+        try:
+            rec = r.EndpointRecord.from_json(value)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return False
+        if rec.host != host or rec.netns != netns:
+            return False
+        new = dataclasses.replace(rec, labels=dict(labels)).to_json()
+        ok, _ = client.transaction(compare=[tx.mod(key) == meta.mod_revision],
+                                   success=[tx.put(key, new)], failure=[])
+        if ok:
+            return True
     raise CniError(Code.TRY_AGAIN_LATER, f"endpoint record {key} keeps changing; try again")
 
 

@@ -18,8 +18,12 @@ Every name in a key was validated by overlay.cni.netconf (no '/'), so keys canno
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 ROOT = "/overlay/v1/"
 HOSTS = ROOT + "hosts/"
@@ -58,6 +62,17 @@ def ipam_prefix(network: str) -> str:
 
 def owner_of(container_id: str, ifname: str) -> str:
     return f"{container_id}/{ifname}"
+
+
+# The Docker driver's attachments (overlay/docker/) have container IDs "docker-<MAC>": the
+# container ID is the only field every trace of an attachment carries (OVS port, endpoint
+# record, address holder, even before Join wrote the first two). They belong to the driver, not
+# to any CNI runtime: CNI ADD refuses such IDs, and CNI DEL and GC leave them alone.
+DOCKER_PREFIX = "docker-"
+
+
+def docker_owned(container_id: str) -> bool:
+    return container_id.startswith(DOCKER_PREFIX)
 
 
 class Record:
@@ -166,3 +181,14 @@ class EndpointRecord(Record):
     @property
     def addresses(self) -> list[str]:
         return [ip.split("/")[0] for ip in self.ips]
+
+
+def endpoint_records(items: Iterable[tuple[str, bytes]]) -> list[EndpointRecord]:
+    """The records of (key, value) pairs read from etcd; a malformed one is skipped."""
+    out = []
+    for key, value in items:
+        try:
+            out.append(EndpointRecord.from_json(value))
+        except (ValueError, TypeError, KeyError, RecursionError):  # any shape: another host's
+            log.warning("ignoring malformed endpoint record %s", key)
+    return out

@@ -309,3 +309,33 @@ def test_gc_keeps_going_and_reports_every_failure() -> None:
         host.service.gc(env(command="GC"), gc_conf())
     assert err.value.msg == "GC of net failed for 2 of 2 stale attachments"
     assert not host.flows.local  # both were tried
+
+
+# --- the Docker driver's attachments: no CNI runtime's ------------------------------------------
+
+DOCKER_ID = "docker-02420a000063"  # what overlay/docker/ipam.py names a Docker endpoint
+
+
+def test_gc_leaves_the_docker_drivers_attachments_alone() -> None:
+    host = FakeHost()
+    add(host, "c1")
+    host.service.attacher.add(env(DOCKER_ID), CONF)  # as the driver's Join does
+    # An address the driver holds between RequestAddress and Join: nothing else of it yet.
+    waiting = ipaddress.ip_address("10.7.0.99")
+    host.allocator.held["net"][waiting] = Holder("docker-02420a000099/eth", "host1")
+    assert host.service.gc(env(command="GC"), gc_conf()) == b""  # no attachment is valid
+    attachment_gone(host, "c1")
+    assert host.service.check(env(DOCKER_ID), CONF) == b""  # record, port, flows, address
+    assert host.allocator.held["net"][waiting] == Holder("docker-02420a000099/eth", "host1")
+
+
+def test_cni_add_refuses_and_del_leaves_the_docker_drivers_container_ids() -> None:
+    host = FakeHost()
+    with pytest.raises(CniError) as err:
+        add(host, "docker-1234")
+    assert err.value.code is Code.INVALID_ENV
+    assert "are the Docker driver's attachments" in err.value.msg
+    assert not host.endpoints.records and not host.ports.ports_  # refused before anything
+    host.service.attacher.add(env(DOCKER_ID), CONF)
+    assert host.service.delete(env(DOCKER_ID, "DEL"), CONF) == b""
+    assert host.service.check(env(DOCKER_ID), CONF) == b""  # still all there

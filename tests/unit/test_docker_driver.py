@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from overlay.docker.daemon import DockerNetwork
 from overlay.docker.driver import NetworkDriver
 from overlay.docker.endpoints import EndpointFiles
 from overlay.docker.ipam import IpamDriver, container_id_for
+from overlay.docker.labels import ContainerLabels
 from overlay.docker.networks import Networks
 from overlay.docker.publish import Publisher
 from overlay.errors import CniError, Code
@@ -57,6 +59,10 @@ class OwnerAllocator(FakeAllocator):
 class FakeDaemon:
     def __init__(self) -> None:
         self.nets: dict[str, DockerNetwork] = {}
+        self.holders: dict[str, str] = {}  # endpoint ID -> container ID, once listed
+        self.labels: dict[str, dict[str, str]] = {}  # container ID -> its labels
+        self.answer = threading.Event()  # cleared: the label questions wait (a busy daemon)
+        self.answer.set()
 
     def add(self, name: str, vni: int, subnet: str, net_id: str = NET_ID) -> None:
         self.nets[net_id] = DockerNetwork(net_id, name, "ovs", "ovs", (subnet,),
@@ -67,6 +73,16 @@ class FakeDaemon:
 
     def networks(self, driver: str) -> list[DockerNetwork]:
         return [n for n in self.nets.values() if n.driver == driver]
+
+    def endpoint_container(self, network_id: str, endpoint_id: str) -> str | None:
+        self.answer.wait()
+        return self.holders.get(endpoint_id)
+
+    def container_labels(self, container_id: str) -> tuple[dict[str, str], str]:
+        return self.labels[container_id], ""
+
+    def image_labels(self, image: str) -> dict[str, str]:
+        return {}
 
 
 class FakeEtcd:
@@ -105,13 +121,17 @@ class Plugin:
         networks = Networks(self.daemon, "ovs")  # type: ignore[arg-type]
         attacher, detacher = host.service.attacher_for(host.links)
         self.ports = NoPorts()
+        endpoints = EndpointFiles(tmp)
+        labels = ContainerLabels(daemon=self.daemon, store=host.endpoints, host="host1",
+                                 prefix="overlay.label/", wait=5,
+                                 joined=lambda endpoint_id: endpoints.get(endpoint_id) is not None)
         self.routes = {
             **IpamDriver(networks=networks, allocator=allocator, holders=allocator,
                          host="host1", bridge="br-int").routes(),
             **NetworkDriver(networks=networks, etcd=FakeEtcd(self.host),
                             network_records=self.host.endpoints, attacher=attacher,
-                            detacher=detacher, endpoints=EndpointFiles(tmp),
-                            publisher=self.ports, bridge="br-int").routes()}
+                            detacher=detacher, endpoints=endpoints, publisher=self.ports,
+                            labels=labels, bridge="br-int").routes()}
 
     def call(self, verb: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         raw = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
@@ -250,6 +270,28 @@ def test_join_attaches_with_the_cni_steps_and_leave_removes_everything(plugin: P
     left.pop("networks")  # the network record stays while Docker has the network
     assert not any(left.values()), left
     assert not plugin.ports.programmed
+
+
+def test_join_returns_at_once_and_the_containers_labels_follow(plugin: Plugin) -> None:
+    plugin.daemon.answer.clear()  # the daemon answers nothing until the container runs
+    plugin.attach()
+    started = time.monotonic()
+    plugin.ok("NetworkDriver.Join", {"NetworkID": NET_ID, "EndpointID": EP_ID,
+                                     "SandboxKey": SANDBOX, "Options": {}})
+    assert time.monotonic() - started < 2  # Join does not wait for the labels
+    [rec] = plugin.host.endpoints.records.values()
+    assert rec.labels == {}
+    plugin.daemon.holders[EP_ID] = "c" * 64
+    plugin.daemon.labels["c" * 64] = {"overlay.label/app": "web", "maintainer": "me"}
+    plugin.daemon.answer.set()
+
+    def labels() -> dict[str, str]:
+        [rec] = plugin.host.endpoints.records.values()
+        return rec.labels
+    deadline = time.monotonic() + 5
+    while labels() != {"app": "web"} and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert labels() == {"app": "web"}
 
 
 def test_a_static_address_is_the_one_requested(plugin: Plugin) -> None:

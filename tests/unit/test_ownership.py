@@ -83,6 +83,40 @@ def test_put_endpoint_loses_to_a_create_between_its_read_and_write() -> None:
     assert err.value.code is Code.ALREADY_ATTACHED and host_of(etcd) == "host0"
 
 
+def labels_of(etcd: FakeEtcd) -> dict[str, str] | None:
+    value, _ = etcd.get(KEY)
+    return None if value is None else dict(json.loads(value)["labels"])
+
+
+def test_set_endpoint_labels_changes_only_the_labels_of_that_attachment() -> None:
+    etcd = FakeEtcd()
+    store = fake_store(etcd)
+    store.put_endpoint(record("host1"))
+    assert store.set_endpoint_labels("net", "c0", "eth0", {"app": "web"}, host="host1",
+                                     netns="/x")
+    assert labels_of(etcd) == {"app": "web"}
+    assert json.loads(etcd.get(KEY)[0] or b"")["ips"] == ["10.7.0.2/24"]
+    # Another host's record, or a later attachment under the same key (another netns): no.
+    assert not store.set_endpoint_labels("net", "c0", "eth0", {"app": "db"}, host="host0",
+                                         netns="/x")
+    assert not store.set_endpoint_labels("net", "c0", "eth0", {"app": "db"}, host="host1",
+                                         netns="/y")
+    assert labels_of(etcd) == {"app": "web"}
+
+
+def test_set_endpoint_labels_never_brings_back_a_deleted_record() -> None:
+    etcd = FakeEtcd()
+    store = fake_store(etcd)
+    assert not store.set_endpoint_labels("net", "c0", "eth0", {"app": "web"}, host="host1",
+                                         netns="/x")
+    store.put_endpoint(record("host1"))
+    # Deleted between the read and the write (a Leave): the write fails, the read says gone.
+    etcd.before_txn = lambda: etcd.delete(KEY)
+    assert not store.set_endpoint_labels("net", "c0", "eth0", {"app": "web"}, host="host1",
+                                         netns="/x")
+    assert etcd.get(KEY)[0] is None
+
+
 def host(agent_id: str, vtep: str = "172.31.0.1") -> r.HostRecord:
     return r.HostRecord("host0", vtep, "netdev", agent_id)
 
