@@ -25,7 +25,7 @@ import threading
 import time
 
 from overlay import __version__
-from overlay.agent import encryption, memory, observe, peers, policies, startup
+from overlay.agent import encryption, memory, observe, peers, policies, rejects, startup
 from overlay.agent.config import AgentConfig
 from overlay.agent.doctor import HostDoctor
 from overlay.agent.encryption import Encryption
@@ -207,7 +207,7 @@ class Agent:
             ofctl=Ofctl(rundir=cfg.rundir), bridge=cfg.bridge,
             tunnel_ofport=self._node.tunnel_ofport, held=True, generation=self._generation,
             on_bundle=self._metrics.flow_bundle,
-            channel=Channel(rundir=cfg.rundir, bridge=cfg.bridge))
+            channel=Channel(rundir=cfg.rundir, bridge=cfg.bridge, meters=rejects.METERS))
         self._dataplane.load_local(restored)
         # Gateways of networks with local endpoints come back (flows held with the rest); those
         # whose last container went while no agent ran are removed.
@@ -274,6 +274,7 @@ class Agent:
             log.warning("could not record the verified flow generation: %s", err)
         log.info("flows installed: %d local and %d remote endpoints, %d rules", *dataplane.counts())
         self._table_in.set()
+        self._closing.callback(rejects.start(cfg=self._cfg, registry=self._metrics.registry))
         self._save_peers()
         self._prime_new(self._reconciler.vteps)
 
@@ -285,10 +286,9 @@ class Agent:
         self._service = svc.CniService(
             host=host, endpoints=store, network_records=store, ports=self._ovs,
             flows=self._dataplane, allocator=ipam, links=links, networks=self._networks,
-            gateways=self._gateways,
-            subnets=SubnetGuard(read_host=read_host_networks,
-                                vteps=lambda: {**reconciler.host_vteps(), cfg.host: node.vtep},
-                                etcd_endpoints=cfg.etcd_endpoints))
+            gateways=self._gateways, subnets=SubnetGuard(
+                read_host=read_host_networks, etcd_endpoints=cfg.etcd_endpoints,
+                vteps=lambda: {**reconciler.host_vteps(), cfg.host: node.vtep}))
         self._janitor = Janitor(host=host, ports=self._ovs, endpoints=store, links=links,
                                 detacher=self._service.detacher)
         self._doctor = HostDoctor(host=host, ports=self._ovs, endpoints=store,

@@ -6,9 +6,10 @@ the rule decided; each policed port's default-deny rule counts what no rule allo
 the first packet of a connection is judged by a rule (the rest pass by conntrack), so the
 figures are new connections' first packets and bytes, and denied attempts.
 
-Why counters and not a packet-in per denied packet (a `controller` action with a meter): the
-agent would have to serve an OpenFlow connection's asynchronous messages, and a flood of
-denied packets would become a flood to the agent, however metered. A counter costs the switch
+Why counters and not a packet-in per denied packet (a `controller` action with a meter): a
+flood of denied packets would become a flood to the agent, however metered (reject rules
+take that price for their answers, within their meter: agent/rejects.py; a log line needs no
+packet). A counter costs the switch
 nothing, and reading it every INTERVAL seconds rate-limits the audit log by construction: at
 most one line per rule or port per interval, and at most MAX_LINES lines per interval (the
 rest are summed into one line). The price: a line names the rule and the local port, and how

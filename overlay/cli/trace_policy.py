@@ -54,9 +54,11 @@ def annotate(hop: Hop, req: Request, cluster: Cluster) -> None:
     notes = [n for n in notes if n]
     if not notes:
         return
-    if hop.verdict.kind == "dropped" and hop.verdict.table in (EGRESS, INGRESS):
+    if hop.verdict.kind in ("dropped", "rejected") and hop.verdict.table in (EGRESS, INGRESS):
         hop.verdict.reason = notes[-1]
-        hop.summary = f"dropped at table {hop.verdict.table} ({hop.verdict.table_name}): " \
-                      f"{notes[-1]}"
+        answered = "; the agent answers the sender with a TCP reset or an ICMP unreachable" \
+            if hop.verdict.kind == "rejected" else ""
+        hop.summary = f"{hop.verdict.kind} at table {hop.verdict.table} " \
+                      f"({hop.verdict.table_name}): {notes[-1]}{answered}"
         return
     hop.summary += "; " + "; ".join(notes)

@@ -70,7 +70,7 @@ def parse_steps(text: str, bridge: str) -> list[Step]:
 
 @dataclass
 class Verdict:
-    kind: str                       # delivered | tunneled | gateway | arp-reply | dropped
+    kind: str                       # delivered | tunneled | gateway | arp-reply | dropped | rejected
     table: int = -1
     table_name: str = ""
     ports: list[int] = field(default_factory=list)   # delivered, gateway: local ofports
@@ -115,4 +115,6 @@ def verdict(steps: list[Step], tunnel_ofport: int,
         return Verdict("gateway", last.table, name, ports=to_gateway)
     if outputs:
         return Verdict("delivered", last.table, name, ports=outputs)
+    if any(a.startswith("controller(") for a in last.actions):  # a reject rule: to the agent
+        return Verdict("rejected", last.table, name)
     return Verdict("dropped", last.table, name)

@@ -19,6 +19,7 @@ from overlay.ovs.flow import (
     CT_FLAGS,
     Actions,
     Conjunction,
+    Controller,
     Ct,
     GotoTable,
     Identity,
@@ -37,6 +38,7 @@ class Walk:
     tables: list[int] = field(default_factory=list)   # every lookup, in order
     rules: list[Identity] = field(default_factory=list)  # the rule that decided each lookup
     committed: bool = False
+    to_controller: bool = False  # sent to the agent (a reject rule)
     set_fields: dict[str, Value] = field(default_factory=dict)
 
 
@@ -121,6 +123,8 @@ def walk(rules: Mapping[Identity, Actions], packet: Packet, table: int = 0,
                 result.outputs.append(action.port)
             elif isinstance(action, GotoTable):
                 next_table = action.table
+            elif isinstance(action, Controller):
+                result.to_controller = True
             elif isinstance(action, Ct):
                 result.committed |= action.commit
                 if action.table is not None:

@@ -31,11 +31,14 @@ rule's conj_id rule count that rule alone.
 
 Each network has its own conntrack zone (16 bits, while a VNI has 24: policy_state.py hands
 them out and never lets two networks share one). Replies and later packets of an allowed
-connection pass by ct_state; the first packet is judged. reject is enforced as drop (no TCP
-reset or ICMP error is sent yet: docs/policy.md). Broadcast and multicast (flooded by table
-20's replication rule) are not policed yet. IPv6 rules are not compiled yet, so a port's IPv6
-is denied in each direction a policy polices (it fails closed: a dual-stack endpoint a policy
-isolates is not reachable around the policy over IPv6).
+connection pass by ct_state; the first packet is judged. reject sends that packet to the
+agent (a `controller` action) through REJECT_METER, and the agent answers with a TCP reset or
+an ICMP unreachable (agent/rejects.py, policy/reject.py); what the meter does not let
+through is dropped, as `drop` would.
+Broadcast and multicast (flooded by table 20's replication rule) are not policed yet. IPv6
+rules are not compiled yet, so a port's IPv6 is denied in each direction a policy polices (it
+fails closed: a dual-stack endpoint a policy isolates is not reachable around the policy over
+IPv6).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from overlay.ovs.flow import (
     Action,
     Actions,
     Conjunction,
+    Controller,
     Ct,
     Flow,
     GotoTable,
@@ -72,6 +76,7 @@ from overlay.ovs.flow import (
     flow,
     match,
 )
+from overlay.ovs.meters import Meter
 from overlay.policy.model import PROTOCOL_NUMBERS, CidrPeer, PortRange, Rule
 
 REDIRECT = 105       # above the fast path's admission and delivery rules (100)
@@ -81,6 +86,11 @@ ESTABLISHED = 65000  # replies and later packets, before any rule
 TOP, BOTTOM = 64000, 10  # the range of rule priorities (policy_state.PriorityRange)
 
 _PORT_FIELD = {6: "tcp_dst", 17: "tp_dst", 132: "sctp_dst"}
+
+# reject: how many refused packets per second reach the agent, host-wide (one meter: a
+# container that floods uses up the others' answers, never the agent's time).
+REJECT_METER = Meter(meter_id=20, rate=100, burst=100)
+REJECT: Actions = (Controller(meter_id=REJECT_METER.meter_id),)
 
 
 @dataclass(frozen=True)
@@ -161,7 +171,7 @@ def rule_flows(vni: int, placed: CompiledRule) -> list[Flow]:
     if rule.ports:
         clauses.append(_port_matches(vni, rule.ports))
     verdict: Actions = (GotoTable(EGRESS_COMMIT if egress else INGRESS_COMMIT),) \
-        if rule.action == "allow" else DROP
+        if rule.action == "allow" else REJECT if rule.action == "reject" else DROP
     if len(clauses) == 1:
         return [flow(table, prio, m, verdict) for m in subjects]
     n = len(clauses)

@@ -182,7 +182,18 @@ class Conjunction:
     clauses: int
 
 
-Action = Output | GotoTable | Resubmit | Load | SetField | Move | ArpReply | Ct | Conjunction
+@dataclass(frozen=True, slots=True)
+class Controller:
+    """Send the packet to the controllers (a packet-in: the agent's reject answerer,
+    agent/rejects.py) through meter `meter_id`: the meter bounds how many packets per second
+    reach the agent, and drops the rest in the datapath. The whole packet: ovs-vswitchd does
+    not buffer packets, and then sends all of it whatever a max_len says (seen on 3.1)."""
+
+    meter_id: int
+
+
+Action = (Output | GotoTable | Resubmit | Load | SetField | Move | ArpReply | Ct | Conjunction
+          | Controller)
 Actions = tuple[Action, ...]
 DROP: Actions = ()
 

@@ -12,6 +12,7 @@ from overlay.ovs.flow import (
     Action,
     Actions,
     Conjunction,
+    Controller,
     Ct,
     Flow,
     GotoTable,
@@ -92,6 +93,8 @@ def action_text(action: Action) -> str:
         return f"ct({','.join(parts)})"
     if isinstance(action, Conjunction):
         return f"conjunction({action.id},{action.clause}/{action.clauses})"
+    if isinstance(action, Controller):
+        return f"controller(meter_id={action.meter_id})"
     return ",".join(action_text(a) for a in action.expand())
 
 

@@ -33,6 +33,7 @@ from overlay.ovs.flow import (
     Actions,
     ArpReply,
     Conjunction,
+    Controller,
     Ct,
     GotoTable,
     Identity,
@@ -83,6 +84,8 @@ NO_BUFFER = ANY = 0xFFFFFFFF
 IN_PORT = 0xFFFFFFF8
 NX_VENDOR, NXAST_REG_MOVE, NXAST_REG_LOAD, NXAST_RESUBMIT_TABLE = 0x00002320, 6, 7, 14
 NXAST_CONJUNCTION, NXAST_CT, NX_CT_F_COMMIT, NX_CT_RECIRC_NONE = 34, 35, 1, 0xFF
+# controller(meter_id=N) is Nicira's controller2: a header, then one property of 8 bytes.
+NXAST_CONTROLLER2, NXAC2PT_METER_ID = 37, 5
 OFPP_IN_PORT_16 = 0xFFF8  # resubmit's in_port is 16 bits wide: "keep the packet's in_port"
 DELETE, ALL_TABLES = 3, 0xFF
 
@@ -164,10 +167,24 @@ def _primitive(action: object) -> tuple[bytes, int | None]:
             raise ValueError("clause k/n needs 1 <= k <= n, 2 <= n <= 64")
         return struct.pack("!HHIHBBI", 0xFFFF, 16, NX_VENDOR, NXAST_CONJUNCTION,
                            action.clause - 1, action.clauses, action.id), None
+    if isinstance(action, Controller):
+        return (struct.pack("!HHIH6x", 0xFFFF, 24, NX_VENDOR, NXAST_CONTROLLER2)
+                + struct.pack("!HHI", NXAC2PT_METER_ID, 8, action.meter_id)), None
     if isinstance(action, Move) and action.src in _NXM and action.dst in _NXM \
             and _NXM[action.src][2] == _NXM[action.dst][2]:
         return _move(_NXM[action.src], _NXM[action.dst]), None
     raise Unsupported(f"action {action!r}")
+
+
+def encode_action_list(actions: Actions) -> bytes:
+    """Actions alone, not in an instruction (a packet-out's); no goto_table among them."""
+    out = b""
+    for action in actions:
+        data, table = _action(action)
+        if table is not None:
+            raise Unsupported("goto_table outside a rule")
+        out += data
+    return out
 
 
 def encode_actions_generic(actions: Actions) -> bytes:

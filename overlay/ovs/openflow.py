@@ -24,6 +24,7 @@ and the switch's table is unchanged either way.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -34,6 +35,8 @@ from typing import TypeVar
 
 from overlay.errors import CniError, Code
 from overlay.ovs.flow import ADD, Actions, Flow, Identity, Match, Op
+from overlay.ovs.meters import ADD as METER_ADD
+from overlay.ovs.meters import METER_EXISTS, METER_MOD_FAILED, MODIFY, Meter, meter_mod
 from overlay.ovs.ofencode import (
     Encoder,
     RuleKey,
@@ -43,6 +46,8 @@ from overlay.ovs.ofencode import (
 )
 
 __all__ = ["Channel", "Unsupported"]
+
+log = logging.getLogger(__name__)
 
 VERSION = 0x05  # OpenFlow 1.4
 HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY = 0, 1, 2, 3
@@ -61,9 +66,11 @@ class Channel:
     """One connection to a bridge; `apply` sends one atomic bundle. Not thread-safe: the
     dataplane calls it under its apply lock."""
 
-    def __init__(self, *, rundir: str, bridge: str, timeout: float = 10.0) -> None:
+    def __init__(self, *, rundir: str, bridge: str, timeout: float = 10.0,
+                 meters: tuple[Meter, ...] = ()) -> None:
         self._path = os.path.join(rundir, bridge + ".mgmt")
         self._timeout = timeout
+        self._meters = meters  # put in on every new connection, before any rule (meters.py)
         self._sock: socket.socket | None = None
         self._xid = 0
         self._bundle = 0
@@ -229,8 +236,36 @@ class Channel:
             if kind != HELLO:
                 sock.close()
                 raise OSError(f"expected HELLO from {self._path}, got type {kind}")
+            for meter in self._meters:
+                self._put_meter(sock, meter)
             self._sock = sock
         return self._sock
+
+    def _put_meter(self, sock: socket.socket, meter: Meter) -> None:
+        """Add the meter, or modify it if the switch has it (its rate may have changed). A
+        switch that refuses it (a kernel datapath without meters) is logged, not fatal: the
+        rules must go in all the same."""
+        refused = self._meter_mod(sock, METER_ADD, meter)
+        if refused == (METER_MOD_FAILED, METER_EXISTS):
+            refused = self._meter_mod(sock, MODIFY, meter)
+        if refused is not None:
+            log.error("the switch refused meter %d (OpenFlow error type %d code %d): rules "
+                      "that name it send to the controller unmetered", meter.meter_id, *refused)
+
+    def _meter_mod(self, sock: socket.socket, command: int, meter: Meter
+                   ) -> tuple[int, int] | None:
+        """Send one meter mod and a barrier; the error (type, code) it got, if any."""
+        xid, barrier = self._next_xid(), self._next_xid()
+        sock.sendall(meter_mod(command, meter, xid)
+                     + struct.pack("!BBHI", VERSION, BARRIER_REQUEST, 8, barrier))
+        refused: list[tuple[int, int]] = []
+
+        def done(kind: int, reply_xid: int, body: bytes) -> bool:
+            if kind == ERROR and reply_xid == xid:
+                refused.append(struct.unpack_from("!HH", body))
+            return kind == BARRIER_REPLY and reply_xid == barrier
+        self._until(sock, done)
+        return refused[0] if refused else None
 
     def _chunks(self, ops: Iterable[Op], cookie: int,
                 delete_cookies: tuple[int, ...]) -> Iterator[bytes]:

@@ -4,7 +4,6 @@ at the source (egress), with live changes and deletion."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -12,24 +11,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from overlay.lab import containers as ctr
-from overlay.lab import host as steps
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 from overlay_fixtures import eventually
+from policy_lab import SERVER, apply, delete, metric
 
 # Each container serves these TCP ports (one line, "ok", per connection) and UDP 53 (echo).
 PORTS = (22, 80, 5432)
-SERVER = """
-import socket, sys, threading
-def tcp(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
-    while True:
-        c, _ = s.accept(); c.sendall(b"ok\\n"); c.close()
-for p in sys.argv[1:]:
-    threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
-threading.Event().wait()
-"""
 CLIENT = """
 import socket, sys
 try:
@@ -98,21 +86,6 @@ def ping(lab: Lab, src: str, dst: str) -> bool:
                check=False).returncode == 0
 
 
-def policy(lab: Lab, *args: str, doc: dict[str, object] | None = None) -> None:
-    out = run([os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(),
-               "policy", *args], netns=lab.underlay_ns, check=False,
-              input=json.dumps(doc).encode() if doc is not None else None)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
-def apply(lab: Lab, doc: dict[str, object], network: str = "my-net") -> None:
-    policy(lab, "apply", "-f", "-", "--network", network, doc=doc)
-
-
-def delete(lab: Lab, name: str, network: str = "my-net") -> None:
-    policy(lab, "delete", name, "--network", network)
-
-
 def test_1_allow_by_label_and_port_across_hosts_everything_else_denied(lab: Lab) -> None:
     assert tcp(lab, "other1", "db0", 5432) and ping(lab, "web1", "db0")  # no policy: open
     apply(lab, DB)
@@ -137,17 +110,6 @@ def state(lab: Lab) -> str:
                netns=lab.host("host0").netns, check=False,
                env={**os.environ, "OVS_RUNDIR": lab.host("host0").ovs_dir})
     return "\n".join(out) + "\n--- host0 table 90\n" + dump.stdout + dump.stderr
-
-
-def metric(lab: Lab, host: str, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels` (0 if none)."""
-    status, body = lab.agent_http(lab.host(host))
-    assert status == 200
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_1b_rule_counters_and_the_audit_log_of_denied_connections(lab: Lab) -> None:

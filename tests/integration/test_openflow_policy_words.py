@@ -15,6 +15,7 @@ from overlay.ovs.flow import (
     IP,
     IPV6,
     Conjunction,
+    Controller,
     Ct,
     GotoTable,
     Load,
@@ -43,6 +44,7 @@ RULES = [
     flow(12, 900, match(eth_type=0x0800, ip_proto=132, sctp_dst="0x1000/0xfc00"),
          (Conjunction(7, 3, 3),)),
     flow(12, 900, match(conj_id=7), (GotoTable(13),)),
+    flow(12, 800, match(conj_id=8), (Controller(meter_id=20),)),
     flow(13, 100, match(reg0=42, **IP), (Ct(zone=3, commit=True), GotoTable(20))),
     flow(90, 100, match(reg0=42, ct_zone=3, eth_type=0x0800), (Output(5),)),
 ]
@@ -77,7 +79,9 @@ def test_policy_words_install_as_ovs_ofctl_installs_them(host: LabHost) -> None:
     # What the switch shows is what the rules say (a sample of each new word).
     joined = "\n".join(dumped)
     for word in ("ct(table=12,zone=3)", "ct(commit,zone=3)", "conjunction(7,3/3)", "conj_id=7",
-                 "ct_state=+est-inv+trk", "tp_dst=0x50/0xfff0", "nw_dst=10.0.0.0/24", "ct_zone=3"):
+                 "ct_state=+est-inv+trk",
+                 "controller(meter_id=20)", "tp_dst=0x50/0xfff0",
+                 "nw_dst=10.0.0.0/24", "ct_zone=3"):
         assert word in joined, word
 
 

@@ -174,6 +174,7 @@ def test_compiled_rules_decide_as_the_reference_evaluator(
                                "eth_dst": remote(j).mac, "ipv4_src": me.ips[0],
                                "ipv4_dst": dst, **l4})
             assert (got.outputs == [TUNNEL]) == (not denied(expect.action)), (expect, got)
+            assert got.to_controller == (expect.action == "reject"), (expect, got)
             assert (EGRESS in got.tables) == policed(pols, lab)
         # Ingress from each remote endpoint through the tunnel, and from outside.
         for j, peer_labels in [*enumerate(remotes, 1), (1, None)]:
@@ -184,6 +185,7 @@ def test_compiled_rules_decide_as_the_reference_evaluator(
                                "eth_src": remote(j).mac, "eth_dst": me.mac, "eth_type": ETH_IP,
                                "ipv4_src": src, "ipv4_dst": me.ips[0], **l4})
             assert (got.outputs == [me.ofport]) == (not denied(expect.action)), (expect, got)
+            assert got.to_controller == (expect.action == "reject"), (expect, got)
             assert (INGRESS in got.tables) == policed(pols, lab)
 
 

@@ -59,3 +59,23 @@ def test_packets_in_ofproto_trace_syntax() -> None:
                                       "00:00:02,nw_src=10.0.0.1,nw_dst=10.0.0.2,udp_src=5,udp_dst=53")
     arp = Packet("arp", "0a:58:0a:00:00:01", "", "10.0.0.1", "10.0.0.2")
     assert "arp_op=1,arp_spa=10.0.0.1,arp_tpa=10.0.0.2" in arp.flow("in_port=p1")
+
+
+REJECTED = """bridge("br-int")
+----------------
+ 0. ip,in_port=3,dl_src=0a:58:0a:00:00:05,nw_src=10.0.0.5, priority 105, cookie 0xfe1a70000000001
+    load:0x2a->NXM_NX_REG0[]
+    ct(table=12,zone=42)
+    drop
+     -> A clone of the packet is forked to recirculate. The forked pipeline will be resumed at table 12.
+
+bridge("br-int")
+----------------
+12. conj_id=4,ip,reg0=0x2a, priority 900, cookie 0xfe1a70000000001
+    controller(meter_id=20)
+"""
+
+
+def test_a_reject_rule_sends_the_packet_to_the_agent_not_to_a_drop() -> None:
+    v = verdict(parse_steps(REJECTED, "br-int"), tunnel_ofport=1)
+    assert (v.kind, v.table, v.table_name) == ("rejected", 12, "egress_policy")
