@@ -10,12 +10,20 @@ from overlay.lab import host as steps
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 
-# A container's servers: the TCP ports given (one line, "ok", per connection) and UDP 53 (echo).
+# A container's servers: the TCP ports given (one line, "ok", per connection; IPv4 and, where
+# the netns has it, IPv6 on one socket) and UDP 53 (echo, IPv4).
 SERVER = """
 import socket, sys, threading
+def listener(port):
+    try:
+        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("::", port))
+    except OSError:
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+    return s
 def tcp(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+    s = listener(port); s.listen(64)
     while True:
         c, _ = s.accept(); c.sendall(b"ok\\n"); c.close()
 def udp(port):
@@ -28,6 +36,15 @@ threading.Thread(target=udp, args=(53,), daemon=True).start()
 threading.Event().wait()
 """
 
+# Exit 0 when `python3 -c CLIENT ADDRESS PORT` got the server's "ok" within 1.5 s.
+CLIENT = """
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)
+    sys.exit(0 if c.recv(3) == b"ok\\n" else 1)
+except OSError:
+    sys.exit(1)
+"""
 
 def policy(lab: Lab, *args: str, doc: dict[str, object] | None = None) -> None:
     out = run([os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(),

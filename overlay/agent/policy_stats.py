@@ -40,7 +40,8 @@ audit = logging.getLogger("overlay.policy.audit")
 
 INTERVAL = 2.0
 MAX_LINES = 50
-_FIELD = re.compile(r"(n_packets|n_bytes|priority|conj_id|reg0|nw_src|nw_dst|table)=([^, ]+)")
+_FIELD = re.compile(r"(n_packets|n_bytes|priority|conj_id|reg0|nw_src|nw_dst|ipv6_src|ipv6_dst"
+                    r"|table)=([^, ]+)")
 RuleCounts = dict[RuleLabel, tuple[int, int]]
 
 
@@ -66,7 +67,8 @@ def attribute(lines: list[str], index: StatsIndex) -> tuple[RuleCounts, dict[tup
             old = rules.get(label, (0, 0))
             rules[label] = (old[0] + packets, old[1] + size)
             continue
-        ip = f.get("nw_src" if table == EGRESS else "nw_dst")
+        side = "src" if table == EGRESS else "dst"
+        ip = f.get(f"nw_{side}") or f.get(f"ipv6_{side}")
         key = index.denied.get((table, vni, ip)) if vni is not None and ip else None
         if key is not None and "actions=drop" in line:
             direction = "egress" if table == EGRESS else "ingress"

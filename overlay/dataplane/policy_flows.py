@@ -2,11 +2,14 @@
 select and the local ports it polices, to rules. policy_state.py decides what to recompute.
 
 Pipeline (tables in overlay/model.py). Endpoints no policy selects keep the fast path of
-flows.py untouched; only a policed port's IPv4 traffic takes a detour through conntrack:
+flows.py untouched; only a policed port's IP traffic (IPv4 and IPv6) takes a detour through
+conntrack:
 
   table 0  CLASSIFY   (priority 105, above the port's admission rule and with the same match)
-                      a policed port: reg0 = VNI, then ct(zone, table=EGRESS).
-  table 12 EGRESS     established or related: on to FORWARD; invalid: dropped; new: the rules,
+                      a policed port: reg0 = VNI, then ct(zone, table=EGRESS). Neighbour
+                      solicitations and advertisements keep table 0's own rules (120): no detour.
+  table 12 EGRESS     neighbour discovery (ICMPv6 133-136): on, untracked, as ARP never meets
+                      a policy; established or related: on to FORWARD; invalid: dropped; new: the rules,
                       tried in the order of the reference evaluator (overlay/policy/evaluate.py)
                       as OpenFlow priorities; allow -> EGRESS_COMMIT; drop, or no rule: dropped.
   table 13 EGRESS_COMMIT  ct(commit, zone) and on to FORWARD.
@@ -35,10 +38,14 @@ connection pass by ct_state; the first packet is judged. reject sends that packe
 agent (a `controller` action) through REJECT_METER, and the agent answers with a TCP reset or
 an ICMP unreachable (agent/rejects.py, policy/reject.py); what the meter does not let
 through is dropped, as `drop` would.
-Broadcast and multicast (flooded by table 20's replication rule) are not policed yet. IPv6
-rules are not compiled yet, so a port's IPv6 is denied in each direction a policy polices (it
-fails closed: a dual-stack endpoint a policy isolates is not reachable around the policy over
-IPv6).
+Broadcast and multicast (flooded by table 20's replication rule) are not policed yet.
+
+IPv6 is policed as IPv4 is: a port is known by its addresses of both families, plus the
+link-local address of its MAC once it has IPv6 (table 0 admits it as a source); CIDRs of
+either family, less their exceptions, become prefixes; a rule gets rules only for the families
+both its subjects and its peers have. Selectors select an endpoint's addresses from its record,
+never its link-local one: link-local traffic is allowed by an ipBlock (fe80::/10) or a rule
+without peers only.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from overlay.dataplane.flows import LocalPort
+from overlay.dataplane.flows import ND_NA, ND_NS, ND_RA, LocalPort, link_local
 from overlay.model import (
     CLASSIFY,
     DELIVER,
@@ -61,6 +68,8 @@ from overlay.model import (
 from overlay.ovs.flow import (
     DROP,
     ETH_IP,
+    ETH_IPV6,
+    ICMP6,
     IP,
     IPV6,
     Action,
@@ -83,6 +92,9 @@ REDIRECT = 105       # above the fast path's admission and delivery rules (100)
 UNPOLICED = 2        # a policed port's other direction: allowed, below every rule
 DENIED = 1           # a policed port's default deny, per port: its counters say who was denied
 ESTABLISHED = 65000  # replies and later packets, before any rule
+NEIGHBOUR = 65001    # neighbour discovery, before conntrack's verdicts (ND is not tracked)
+ND_RS = 133          # router solicitation (flows.py names the types that speak for someone)
+ND_TYPES = (ND_RS, ND_RA, ND_NS, ND_NA)
 TOP, BOTTOM = 64000, 10  # the range of rule priorities (policy_state.PriorityRange)
 
 _PORT_FIELD = {6: "tcp_dst", 17: "tp_dst", 132: "sctp_dst"}
@@ -120,56 +132,72 @@ def port_masks(low: int, high: int) -> list[tuple[int, int]]:
 
 
 def cidr_prefixes(peer: CidrPeer) -> list[str]:
-    """The CIDR less its exceptions, as prefixes (IPv4 only: IPv6 is not policed yet)."""
-    if peer.cidr.version != 4:
-        return []
-    nets: list[ipaddress.IPv4Network] = [peer.cidr]
+    """The CIDR less its exceptions, as prefixes (of the CIDR's family, IPv4 or IPv6)."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [peer.cidr]
     for hole in peer.except_:
-        if hole.version != 4:
+        if hole.version != peer.cidr.version:
             continue
-        rest: list[ipaddress.IPv4Network] = []
+        rest: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for net in nets:
-            if hole.subnet_of(net):
-                rest += net.address_exclude(hole)
-            elif not net.subnet_of(hole):
+            if hole.subnet_of(net):  # type: ignore[arg-type]
+                rest += net.address_exclude(hole)  # type: ignore[arg-type]
+            elif not net.subnet_of(hole):  # type: ignore[arg-type]
                 rest.append(net)
         nets = rest
-    return [str(n) for n in sorted(nets)]
+    return [str(n) for n in sorted(nets, key=lambda n: (n.version, n))]
 
 
-def _port_matches(vni: int, ports: Iterable[PortRange]) -> list[Match]:
+def family(address: str) -> int:
+    """4 or 6: the family of an address or prefix in its canonical text."""
+    return 6 if ":" in address else 4
+
+
+def _port_matches(vni: int, ports: Iterable[PortRange], families: set[int]) -> list[Match]:
     out: list[Match] = []
-    for p in ports:
-        proto = PROTOCOL_NUMBERS[p.protocol]
-        if p.port is None:
-            out.append(match(reg0=vni, eth_type=ETH_IP, ip_proto=proto))
+    for eth_type in (ETH_IP, ETH_IPV6):
+        if (4 if eth_type == ETH_IP else 6) not in families:
             continue
-        field = _PORT_FIELD[proto]
-        for value, mask in port_masks(p.port, p.end_port or p.port):
-            text: int | str = value if mask == 0xFFFF else f"{value:#x}/{mask:#x}"
-            out.append(match(reg0=vni, eth_type=ETH_IP, ip_proto=proto,
-                             **{field: text}))  # type: ignore[arg-type]
+        for p in ports:
+            proto = PROTOCOL_NUMBERS[p.protocol]
+            if p.port is None:
+                out.append(match(reg0=vni, eth_type=eth_type, ip_proto=proto))
+                continue
+            field = _PORT_FIELD[proto]
+            for value, mask in port_masks(p.port, p.end_port or p.port):
+                text: int | str = value if mask == 0xFFFF else f"{value:#x}/{mask:#x}"
+                out.append(match(reg0=vni, eth_type=eth_type, ip_proto=proto,
+                                 **{field: text}))  # type: ignore[arg-type]
     return out
 
 
-def _addr_match(vni: int, field: str, address: str) -> Match:
-    return match(reg0=vni, **IP, **{field: address})  # type: ignore[arg-type]
+def _addr_match(vni: int, side: str, address: str) -> Match:
+    """reg0 and one address (or prefix) as the packet's source or destination ("src"/"dst")."""
+    if family(address) == 6:
+        return match(reg0=vni, **IPV6, **{f"ipv6_{side}": address})  # type: ignore[arg-type]
+    return match(reg0=vni, **IP, **{f"ipv4_{side}": address})  # type: ignore[arg-type]
 
 
 def rule_flows(vni: int, placed: CompiledRule) -> list[Flow]:
-    """The rules of one policy rule: its clauses and its conj_id rule, or plain rules."""
+    """The rules of one policy rule: its clauses and its conj_id rule, or plain rules.
+
+    Only the families (IPv4, IPv6) that both its subjects and its peers have get rules: an
+    IPv4 packet can never complete an IPv6 clause, so one conjunction serves both."""
     egress = placed.direction == "egress"
     table = EGRESS if egress else INGRESS
-    mine, theirs = ("ipv4_src", "ipv4_dst") if egress else ("ipv4_dst", "ipv4_src")
+    mine, theirs = ("src", "dst") if egress else ("dst", "src")
     rule, prio = placed.rule, placed.priority
-    subjects = [_addr_match(vni, mine, a) for a in placed.subjects if ":" not in a]
-    if not subjects or (placed.peers is not None and not placed.peers):
+    families = {family(a) for a in placed.subjects}
+    if placed.peers is not None:
+        families &= {family(a) for a in placed.peers}
+    if not families:
         return []  # nobody to police, or a peer set that selects nobody: never matches
+    subjects = [_addr_match(vni, mine, a) for a in placed.subjects if family(a) in families]
     clauses = [subjects]
     if placed.peers is not None:
-        clauses.append([_addr_match(vni, theirs, a) for a in placed.peers])
+        clauses.append([_addr_match(vni, theirs, a) for a in placed.peers
+                        if family(a) in families])
     if rule.ports:
-        clauses.append(_port_matches(vni, rule.ports))
+        clauses.append(_port_matches(vni, rule.ports, families))
     verdict: Actions = (GotoTable(EGRESS_COMMIT if egress else INGRESS_COMMIT),) \
         if rule.action == "allow" else REJECT if rule.action == "reject" else DROP
     if len(clauses) == 1:
@@ -181,9 +209,13 @@ def rule_flows(vni: int, placed: CompiledRule) -> list[Flow]:
 
 
 def policy_base_flows() -> list[Flow]:
-    """Conntrack's verdicts, the same for every network: replies pass, invalid drops."""
+    """Conntrack's verdicts, the same for every network: replies pass, invalid drops; and
+    neighbour discovery as table 0 admits it passes, as ARP does (table 10 answers ARP before
+    any policy): without it a policed dual-stack port would lose IPv6 altogether."""
     flows = []
     for table, onward in ((EGRESS, FORWARD), (INGRESS, INGRESS_OUT)):
+        flows += [flow(table, NEIGHBOUR, match(**ICMP6, icmp_type=kind), (GotoTable(onward),))
+                  for kind in ND_TYPES]
         for state in ("+trk+est-inv", "+trk+rel-inv"):
             flows.append(flow(table, ESTABLISHED, match(ct_state=state), (GotoTable(onward),)))
         flows.append(flow(table, ESTABLISHED - 1, match(ct_state="+trk+inv"), DROP))
@@ -192,13 +224,18 @@ def policy_base_flows() -> list[Flow]:
 
 
 def network_policy_flows(vni: int, zone: int) -> list[Flow]:
-    """A network with policed ports: its commits, in its zone."""
-    return [
-        flow(EGRESS_COMMIT, 100, match(reg0=vni, **IP),
-             (Ct(zone=zone, commit=True), GotoTable(FORWARD))),
-        flow(INGRESS_COMMIT, 100, match(reg0=vni, **IP),
-             (Ct(zone=zone, commit=True), GotoTable(INGRESS_OUT))),
-    ]
+    """A network with policed ports: its commits, in its zone, for IPv4 and IPv6."""
+    return [flow(table, 100, match(reg0=vni, **proto), (Ct(zone=zone, commit=True),
+                                                        GotoTable(onward)))
+            for table, onward in ((EGRESS_COMMIT, FORWARD), (INGRESS_COMMIT, INGRESS_OUT))
+            for proto in (IP, IPV6)]
+
+
+def subject_addresses(port: LocalPort) -> list[str]:
+    """The addresses a policed port is known by in the policy tables: its own, and with IPv6
+    the link-local address of its MAC, which table 0 admits as a source too."""
+    v6 = [ip for ip in port.ips if ":" in ip]
+    return [*(ip for ip in port.ips if ":" not in ip), *v6, *([link_local(port.mac)] if v6 else [])]
 
 
 def subject_flows(port: LocalPort, zone: int, *, ingress: bool, egress: bool) -> list[Flow]:
@@ -207,26 +244,28 @@ def subject_flows(port: LocalPort, zone: int, *, ingress: bool, egress: bool) ->
     A port policed in one direction takes both detours: conntrack must see its connections
     either way, or the replies to what it may do in the unpoliced direction would be judged
     as new connections by the policed one (a reply to its own ping, refused as incoming ICMP).
-    The unpoliced direction allows everything, below every rule."""
-    v4 = [ip for ip in port.ips if ":" not in ip]
+    The unpoliced direction allows everything, below every rule.
+
+    A port without IPv6 addresses sends none (table 0), and what IPv6 comes to it takes the
+    detour only when its ingress is policed: there is no rule for it, so it is denied."""
+    addresses = subject_addresses(port)
     to_ct: tuple[Action, ...] = (Load("reg0", port.vni), Ct(zone=zone, table=EGRESS))
-    flows = [flow(CLASSIFY, REDIRECT, match(in_port=port.ofport, eth_src=port.mac, **IP,
-                                            ipv4_src=ip), to_ct) for ip in v4]
-    at = match(reg0=port.vni, eth_dst=port.mac, **IP)
-    flows += [flow(FORWARD, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
-              flow(DELIVER, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
-              flow(INGRESS_OUT, 100, match(reg0=port.vni, eth_dst=port.mac),
-                   (Output(port.ofport),))]
-    for table, policed, field, onward in ((EGRESS, egress, "ipv4_src", EGRESS_COMMIT),
-                                          (INGRESS, ingress, "ipv4_dst", INGRESS_COMMIT)):
-        flows += [flow(table, DENIED if policed else UNPOLICED,
-                       match(reg0=port.vni, **IP, **{field: ip}),  # type: ignore[arg-type]
-                       DROP if policed else (GotoTable(onward),)) for ip in v4]
-    # IPv6 is not compiled yet: denied outright where the port is policed, never let around
-    # the policy (the same priority as the IPv4 detours, which match IPv4 only).
-    if egress:
-        flows.append(flow(CLASSIFY, REDIRECT, match(in_port=port.ofport, **IPV6), DROP))
-    if ingress:
-        at6 = match(reg0=port.vni, eth_dst=port.mac, **IPV6)
-        flows += [flow(FORWARD, REDIRECT, at6, DROP), flow(DELIVER, REDIRECT, at6, DROP)]
+    flows = [flow(CLASSIFY, REDIRECT, _source(port, ip), to_ct) for ip in addresses]
+    has_v6 = any(family(ip) == 6 for ip in addresses)
+    for proto in (IP, IPV6) if has_v6 or ingress else (IP,):
+        at = match(reg0=port.vni, eth_dst=port.mac, **proto)
+        flows += [flow(FORWARD, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
+                  flow(DELIVER, REDIRECT, at, (Ct(zone=zone, table=INGRESS),))]
+    flows.append(flow(INGRESS_OUT, 100, match(reg0=port.vni, eth_dst=port.mac),
+                      (Output(port.ofport),)))
+    for table, policed, side, onward in ((EGRESS, egress, "src", EGRESS_COMMIT),
+                                         (INGRESS, ingress, "dst", INGRESS_COMMIT)):
+        flows += [flow(table, DENIED if policed else UNPOLICED, _addr_match(port.vni, side, ip),
+                       DROP if policed else (GotoTable(onward),)) for ip in addresses]
     return flows
+
+
+def _source(port: LocalPort, address: str) -> Match:
+    if family(address) == 6:
+        return match(in_port=port.ofport, eth_src=port.mac, **IPV6, ipv6_src=address)
+    return match(in_port=port.ofport, eth_src=port.mac, **IP, ipv4_src=address)

@@ -33,6 +33,7 @@ from overlay.dataplane.policy_flows import (
     network_policy_flows,
     policy_base_flows,
     rule_flows,
+    subject_addresses,
     subject_flows,
 )
 from overlay.dataplane.policy_places import PriorityRange, RuleKey, Zones
@@ -186,7 +187,7 @@ class PolicyState:
             port = self._local[key]
             for table, policed in ((INGRESS, ingress), (EGRESS, egress)):
                 if policed:
-                    for ip in port.ips:
+                    for ip in subject_addresses(port):
                         index.denied[(table, port.vni, ip)] = key
         return index
 
@@ -300,7 +301,7 @@ class PolicyState:
     def _compile_policy(self, network: str, policy: Policy) -> list[CompiledRule]:
         subjects = tuple(sorted(ip for k in self._local_keys.get(network, ())
                                 if policy.selector.matches(self._labels(k))
-                                for ip in self._local[k].ips))
+                                for ip in subject_addresses(self._local[k])))
         placed = []
         for direction, key in self._rule_keys(policy):
             rules = policy.ingress if direction == "ingress" else policy.egress

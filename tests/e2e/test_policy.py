@@ -14,18 +14,10 @@ from overlay.lab import containers as ctr
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 from overlay_fixtures import eventually
-from policy_lab import SERVER, apply, delete, metric
+from policy_lab import CLIENT, SERVER, apply, delete, metric
 
 # Each container serves these TCP ports (one line, "ok", per connection) and UDP 53 (echo).
 PORTS = (22, 80, 5432)
-CLIENT = """
-import socket, sys
-try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)
-    sys.exit(0 if c.recv(3) == b"ok\\n" else 1)
-except OSError:
-    sys.exit(1)
-"""
 
 DB = {"name": "db", "endpointSelector": {"matchLabels": {"app": "db"}},
       "ingress": [{"from": [{"endpointSelector": {"matchLabels": {"app": "web"}}}],

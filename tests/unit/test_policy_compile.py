@@ -10,14 +10,14 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.dataplane.flows import LocalPort, RemoteEndpoint
+from overlay.dataplane.flows import LocalPort, RemoteEndpoint, link_local
 from overlay.dataplane.intent import Intent
 from overlay.dataplane.interpret import walk
 from overlay.dataplane.policy_flows import cidr_prefixes, port_masks
 from overlay.dataplane.policy_places import PriorityRange, Zones
 from overlay.dataplane.policy_state import PeerInfo
 from overlay.model import EGRESS, INGRESS
-from overlay.ovs.flow import ETH_IP
+from overlay.ovs.flow import ETH_IP, ETH_IPV6
 from overlay.policy.evaluate import verdict
 from overlay.policy.model import CidrPeer, Policy, PortRange, Requirement, Rule, Selector
 
@@ -40,6 +40,9 @@ def test_cidr_less_its_exceptions() -> None:
     assert cidr_prefixes(peer) == ["10.0.0.64/26", "10.0.0.128/25"]
     whole = CidrPeer(ipaddress.ip_network("10.0.0.0/24"), (ipaddress.ip_network("10.0.0.0/16"),))
     assert cidr_prefixes(whole) == []
+    v6 = CidrPeer(ipaddress.ip_network("fd00::/62"), (ipaddress.ip_network("fd00::/64"),
+                                                      ipaddress.ip_network("fd00:0:0:3::/64")))
+    assert cidr_prefixes(v6) == ["fd00:0:0:1::/64", "fd00:0:0:2::/64"]
 
 
 def test_priorities_keep_their_order_and_their_values() -> None:
@@ -92,14 +95,25 @@ def test_a_rule_costs_the_sum_of_its_sets_not_the_product() -> None:
                                                ingress=(rule,), egress=None))
     in_ingress = [i for i in intent.rules() if i.table == INGRESS]
     # 20 subjects + 30 peers + 2 port rules (8000-8015 is one masked rule) + conj_id,
-    # the conntrack verdicts (est, rel, inv) of the table and its default deny, and each
-    # subject's own default deny (its counters say who was denied).
-    assert len(in_ingress) == 20 + 30 + 2 + 1 + 4 + 20
+    # the conntrack verdicts (est, rel, inv) of the table and its default deny, neighbour
+    # discovery (ICMPv6 133-136), and each subject's own default deny (its counters say who
+    # was denied). IPv4 only: no IPv6 rule for a rule whose subjects have no IPv6.
+    assert len(in_ingress) == 20 + 30 + 2 + 1 + 4 + 4 + 20
     naive = 20 * 30 * 17
-    # Beside the table: per policed port its detours, its delivery and its IPv6 drops.
+    # Beside the table: per policed port its detours (IPv4 and IPv6) and its delivery.
     assert len(intent.rules()) - before < naive / 40
     # Each policed port: two detours (FORWARD, DELIVER) and its delivery once allowed.
     assert len(intent.policy.policed()) == 20
+
+
+def local6(i: int) -> LocalPort:
+    """A dual-stack local port."""
+    return LocalPort(VNI, f"0a:58:0a:00:00:{i:02x}", (f"10.0.0.{i}", f"fd00::{i:x}"), 10 + i)
+
+
+def remote6(i: int) -> RemoteEndpoint:
+    return RemoteEndpoint(VNI, f"0a:58:0a:00:01:{i:02x}", (f"10.0.1.{i}", f"fd00::1:{i:x}"),
+                          "172.31.0.9")
 
 
 labels = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=2)
@@ -115,7 +129,12 @@ selectors = st.builds(
 cidrs = st.sampled_from([CidrPeer(ipaddress.ip_network("10.0.1.0/24")),
                          CidrPeer(ipaddress.ip_network("10.0.0.0/16"),
                                   (ipaddress.ip_network("10.0.1.0/30"),)),
-                         CidrPeer(ipaddress.ip_network("192.168.0.0/24"))])
+                         CidrPeer(ipaddress.ip_network("192.168.0.0/24")),
+                         CidrPeer(ipaddress.ip_network("fd00::1:0/112")),
+                         CidrPeer(ipaddress.ip_network("fd00::/64"),
+                                  (ipaddress.ip_network("fd00::1:0/126"),)),
+                         CidrPeer(ipaddress.ip_network("2001:db8::/32")),
+                         CidrPeer(ipaddress.ip_network("fe80::/10"))])
 ports = st.builds(PortRange, st.sampled_from(("TCP", "UDP")),
                   st.sampled_from((None, 80, 443)), st.just(None)) | \
     st.just(PortRange("TCP", 80, 90))
@@ -128,6 +147,10 @@ policies = st.lists(st.builds(
     st.none() | st.lists(rules, max_size=3).map(tuple),
     st.sampled_from((10, 1000))), max_size=3, unique_by=lambda p: p.name)
 packets = st.tuples(st.sampled_from((6, 17, 1)), st.sampled_from((80, 85, 443, 22)))
+# Which addresses a packet is between: IPv4, IPv6 (the ends' own), or IPv6 link-local (the
+# ends' MACs' EUI-64 addresses, which no record names: no selector selects them).
+FAMILIES = ("ipv4", "ipv6", "link-local")
+OUTSIDE = {"ipv4": "192.168.0.7", "ipv6": "2001:db8::7", "link-local": "fe80::99"}
 
 
 def policed(pols: list[Policy], lab: dict[str, str]) -> bool:
@@ -139,51 +162,74 @@ def denied(action: str) -> bool:
     return action != "allow"
 
 
+def ends(kind: str, me: LocalPort, peer: RemoteEndpoint) -> tuple[str, str]:
+    """(my address, the peer's) for a packet of this kind."""
+    if kind == "link-local":
+        return link_local(me.mac), link_local(peer.mac)
+    index = 0 if kind == "ipv4" else 1
+    return me.ips[index], peer.ips[index]
+
+
+def l3(kind: str, src: str, dst: str, proto: int, port: int) -> dict[str, str | int]:
+    """The packet's fields from eth_type on (ICMP is ICMPv6's echo over IPv6)."""
+    if kind == "ipv4":
+        head: dict[str, str | int] = {"eth_type": ETH_IP, "ipv4_src": src, "ipv4_dst": dst}
+    else:
+        head = {"eth_type": ETH_IPV6, "ipv6_src": src, "ipv6_dst": dst}
+        proto = 58 if proto == 1 else proto
+    return {**head, "ip_proto": proto, **({"tcp_dst": port} if proto == 6 else
+                                          {"tp_dst": port} if proto == 17 else
+                                          {"icmp_type": 128 if kind != "ipv4" else 8})}
+
+
 @settings(max_examples=300, deadline=None)
 @given(locals_=st.lists(labels, min_size=2, max_size=3),
        remotes=st.lists(labels, min_size=1, max_size=3), pols=policies, packet=packets,
-       order=st.booleans())
+       order=st.booleans(), kind=st.sampled_from(FAMILIES))
 def test_compiled_rules_decide_as_the_reference_evaluator(
         locals_: list[dict[str, str]], remotes: list[dict[str, str]], pols: list[Policy],
-        packet: tuple[int, int], order: bool) -> None:
+        packet: tuple[int, int], order: bool, kind: str) -> None:
+    """Dual-stack ports, packets of either family (and IPv6 link-local): the switch decides
+    as the evaluator, which knows the peer's labels when the peer's address is in its record."""
     intent = Intent(tunnel_ofport=TUNNEL)
-    infos = {f"{NET}/c{i}/eth0": PeerInfo(NET, local(i).ips, lab)
+    infos = {f"{NET}/c{i}/eth0": PeerInfo(NET, local6(i).ips, lab)
              for i, lab in enumerate(locals_, 1)}
-    infos.update({f"{NET}/r{i}/eth0": PeerInfo(NET, remote(i).ips, lab)
+    infos.update({f"{NET}/r{i}/eth0": PeerInfo(NET, remote6(i).ips, lab)
                   for i, lab in enumerate(remotes, 1)})
-    steps = [lambda: [intent.set_local(f"{NET}/c{i}/eth0", local(i), want_ops=True)
+    steps = [lambda: [intent.set_local(f"{NET}/c{i}/eth0", local6(i), want_ops=True)
                       for i in range(1, len(locals_) + 1)],
              lambda: intent.policy.set_peers(infos),
              lambda: [intent.policy.set_policy(NET, p.name, p) for p in pols]]
     for step in (steps if order else reversed(steps)):  # the deltas, in either order
         step()
-    intent.set_remote({f"{NET}/r{i}/eth0": remote(i) for i in range(1, len(remotes) + 1)},
+    intent.set_remote({f"{NET}/r{i}/eth0": remote6(i) for i in range(1, len(remotes) + 1)},
                       want_ops=True)
     rules = intent.rules()
     proto, port = packet
-    l4 = {"ip_proto": proto, **({"tcp_dst": port} if proto == 6 else
-                                {"tp_dst": port} if proto == 17 else {})}
     for i, lab in enumerate(locals_, 1):
-        me = local(i)
+        me = local6(i)
         # Egress to each remote endpoint, and to an address outside the network.
         for j, peer_labels in [*enumerate(remotes, 1), (1, None)]:
-            dst = remote(j).ips[0] if peer_labels is not None else "192.168.0.7"
-            expect = verdict(pols, direction="egress", subject=lab, peer_labels=peer_labels,
+            mine, theirs = ends(kind, me, remote6(j))
+            dst = theirs if peer_labels is not None else OUTSIDE[kind]
+            known = peer_labels if kind != "link-local" else None
+            expect = verdict(pols, direction="egress", subject=lab, peer_labels=known,
                              peer_ip=ipaddress.ip_address(dst), protocol=proto, port=port)
-            got = walk(rules, {"in_port": me.ofport, "eth_src": me.mac, "eth_type": ETH_IP,
-                               "eth_dst": remote(j).mac, "ipv4_src": me.ips[0],
-                               "ipv4_dst": dst, **l4})
+            got = walk(rules, {"in_port": me.ofport, "eth_src": me.mac,
+                               "eth_dst": remote6(j).mac, **l3(kind, mine, dst, proto, port)})
             assert (got.outputs == [TUNNEL]) == (not denied(expect.action)), (expect, got)
             assert got.to_controller == (expect.action == "reject"), (expect, got)
             assert (EGRESS in got.tables) == policed(pols, lab)
         # Ingress from each remote endpoint through the tunnel, and from outside.
         for j, peer_labels in [*enumerate(remotes, 1), (1, None)]:
-            src = remote(j).ips[0] if peer_labels is not None else "192.168.0.7"
-            expect = verdict(pols, direction="ingress", subject=lab, peer_labels=peer_labels,
+            mine, theirs = ends(kind, me, remote6(j))
+            src = theirs if peer_labels is not None else OUTSIDE[kind]
+            known = peer_labels if kind != "link-local" else None
+            expect = verdict(pols, direction="ingress", subject=lab, peer_labels=known,
                              peer_ip=ipaddress.ip_address(src), protocol=proto, port=port)
             got = walk(rules, {"in_port": TUNNEL, "tun_src": "172.31.0.9", "tun_id": VNI,
-                               "eth_src": remote(j).mac, "eth_dst": me.mac, "eth_type": ETH_IP,
-                               "ipv4_src": src, "ipv4_dst": me.ips[0], **l4})
+                               "eth_src": remote6(j).mac, "eth_dst": me.mac,
+                               **l3(kind, src, mine, proto, port)})
             assert (got.outputs == [me.ofport]) == (not denied(expect.action)), (expect, got)
             assert got.to_controller == (expect.action == "reject"), (expect, got)
             assert (INGRESS in got.tables) == policed(pols, lab)
@@ -304,3 +350,38 @@ def test_edits_back_and_forth_sent_as_deltas_leave_the_switch_deciding_as_the_ev
                                     "eth_type": ETH_IP, "ipv4_src": remote(j).ips[0],
                                     "ipv4_dst": local(1).ips[0], "ip_proto": 6, "tcp_dst": port})
                 assert (got.outputs == [local(1).ofport]) == (expect.action == "allow"), expect
+
+
+def test_neighbour_discovery_passes_a_policed_port_and_the_rest_of_ipv6_is_judged() -> None:
+    """A port denied everything still answers and asks neighbour discovery (or its IPv6 would
+    die altogether), while ICMPv6 echo is denied; a port with no IPv6 address that a policy
+    polices for ingress gets no IPv6 around it (no rule can allow any: denied)."""
+    intent = Intent(tunnel_ofport=TUNNEL)
+    me, v4_only, peer = local6(1), local(2), remote6(1)
+    intent.set_local(f"{NET}/c1/eth0", me, want_ops=True)
+    intent.set_local(f"{NET}/c2/eth0", v4_only, want_ops=True)
+    intent.set_remote({f"{NET}/r1/eth0": peer}, want_ops=True)
+    intent.policy.set_peers({f"{NET}/c1/eth0": PeerInfo(NET, me.ips, {"app": "db"}),
+                             f"{NET}/c2/eth0": PeerInfo(NET, v4_only.ips, {"app": "db"})})
+    intent.policy.set_policy(NET, "deny", Policy(NET, "deny", Selector((("app", "db"),)),
+                                                 ingress=(), egress=()))
+    rules = intent.rules()
+    tunnel = {"in_port": TUNNEL, "tun_src": "172.31.0.9", "tun_id": VNI, "eth_src": peer.mac,
+              "eth_type": ETH_IPV6, "ip_proto": 58, "ipv6_src": peer.ips[1]}
+    for kind in (135, 136):  # unicast solicitation (reachability) and advertisement
+        got = walk(rules, {**tunnel, "eth_dst": me.mac, "ipv6_dst": me.ips[1], "icmp_type": kind})
+        assert got.outputs == [me.ofport] and INGRESS in got.tables, got
+    echo = {**tunnel, "eth_dst": me.mac, "ipv6_dst": me.ips[1], "icmp_type": 128}
+    assert walk(rules, echo).outputs == []
+    assert walk(rules, {**echo, "eth_dst": v4_only.mac, "ipv6_dst": "fe80::1"}).outputs == []
+    # Out: its solicitations keep table 0's own rule (no detour), a router solicitation from
+    # its link-local address passes the egress table, an echo does not.
+    sent = {"in_port": me.ofport, "eth_src": me.mac, "eth_type": ETH_IPV6, "ip_proto": 58}
+    ns = walk(rules, {**sent, "eth_dst": peer.mac, "ipv6_src": me.ips[1], "icmp_type": 135,
+                      "icmp_code": 0, "nd_sll": me.mac, "ipv6_dst": peer.ips[1]})
+    assert ns.outputs == [TUNNEL] and EGRESS not in ns.tables
+    rs = walk(rules, {**sent, "eth_dst": peer.mac, "ipv6_src": link_local(me.mac),
+                      "ipv6_dst": peer.ips[1], "icmp_type": 133})
+    assert rs.outputs == [TUNNEL] and EGRESS in rs.tables
+    assert walk(rules, {**sent, "eth_dst": peer.mac, "ipv6_src": me.ips[1],
+                        "ipv6_dst": peer.ips[1], "icmp_type": 128}).outputs == []
