@@ -79,7 +79,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
     driver = libvirt.stdout.split()[-1]
     ENV["OVERLAY_LIBVIRT_DRIVER"] = driver
     up = timed(f"vagrant up (domain type {driver})", ["vagrant", "up", "--provider=libvirt"],
-               1500, VAGRANT_DIR)
+               2400, VAGRANT_DIR)  # boot_timeout (TCG) 1200 s, then provisioning
     try:
         if up.returncode != 0:
             pytest.fail(f"vagrant up failed ({up.returncode}):\n{tail(up.stdout)}\n{tail(up.stderr)}")
