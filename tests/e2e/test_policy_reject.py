@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from overlay.lab import containers as ctr
+from overlay.lab import faults
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 from overlay_fixtures import eventually
@@ -218,5 +219,21 @@ def test_4_the_meter_bounds_the_answers_to_a_flood(lab: Lab) -> None:
           f"{answers:.0f} answers in {elapsed:.2f} s (bound {bound:.0f} = {burst} + {rate}/s)")
     assert metered - metered_before > bound  # more reached the meter than it lets through
     assert 0 < passed <= bound and answers <= bound
+
+
+def test_5_after_an_ovs_vswitchd_restart_the_meter_is_back_before_the_rules(lab: Lab) -> None:
+    h0 = lab.host("host0")
+    log = os.path.join(h0.ovs_dir, "ovs-vswitchd.log")
+    with open(log) as f:
+        skip = len(f.readlines())
+    faults.restart_vswitchd(h0)
+    assert eventually(lambda: connect(lab, "web1", "db0", "tcp", 80) == REFUSED)  # answered again
+    # The new ovs-vswitchd bound the reject rules to the meter: none was added without it, and
+    # the refused packets go through it.
+    with open(log) as f:
+        unknown = [line for line in f.readlines()[skip:] if "unknown meter id" in line]
+    assert unknown == []
+    _, _, metered, _ = meter_stats(lab, "host0")
+    assert metered >= 1
     delete(lab, "db-deny")
     delete(lab, "db-allow")

@@ -5,6 +5,7 @@ many reach it."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -93,5 +94,29 @@ def test_packet_ins_reach_the_listener_only_and_the_meter_bounds_them(host: LabH
     print(f"{sent} sent in {elapsed:.2f} s: {len(got)} packet-ins (bound {bound:.0f})")
     assert 0 < len(got) <= bound
     assert band_drops(host) - drops_before >= sent - len(got) - rate * (elapsed + 0.5)
+    listener.close()
+    sender.close()
+
+
+def test_a_rule_added_before_its_meter_stays_unmetered(host: LabHost) -> None:
+    """Why the flow channel puts its meters in first (ovs/meters.py): ovs-vswitchd binds a
+    controller action to its meter when the rule is added, not when the packet comes."""
+    rule = flow(13, 10, match(in_port=OFPP_CONTROLLER), (Controller(meter_id=21),))
+    Channel(rundir=host.ovs_dir, bridge=BRIDGE).apply([Op("add", rule.identity, rule.actions)],
+                                                      cookie=7)
+    with open(os.path.join(host.ovs_dir, "ovs-vswitchd.log")) as f:
+        assert "controller action specified an unknown meter id: 21" in f.read()  # its only sign
+    Channel(rundir=host.ovs_dir, bridge=BRIDGE, meters=(Meter(21, 10, 10),)).count()
+    assert "meter=21" in meters(host)
+    listener, sender = PacketIns(rundir=host.ovs_dir, bridge=BRIDGE), \
+        PacketIns(rundir=host.ovs_dir, bridge=BRIDGE)
+    listener.connect()
+    sender.connect()
+    started = time.monotonic()
+    for _ in range(200):
+        sender.send((Resubmit(13),), FRAME)
+    got = receive_all(listener)
+    elapsed = time.monotonic() - started
+    assert len(got) > 10 + 10 * elapsed, (len(got), elapsed)  # more than meter 21 lets through
     listener.close()
     sender.close()
