@@ -181,6 +181,21 @@ class NetworkDriver:
                                   "DstPrefix": "eth"},
                 "Gateway": str(net.gateway)}
 
+    def label_joined(self) -> None:
+        """At the plugin's start: the labels of endpoints joined before it (labels.py)."""
+        self._labels.follow_all(self._joined)
+
+    def _joined(self) -> list[Attachment]:
+        out = []
+        for endpoint_id in self._endpoints.ids():
+            ep = self._endpoints.get(endpoint_id)
+            rec = None if ep is None else self._attacher.endpoints.get_endpoint(
+                ep.network, ep.container_id, IFNAME)
+            if ep is not None and rec is not None and rec.host == self._attacher.host.name:
+                out.append(Attachment(endpoint_id, ep.network_id, ep.network, ep.container_id,
+                                      IFNAME, rec.netns))
+        return out
+
     def _detach(self, ep: Endpoint, verb: str) -> None:
         started = time.perf_counter()
         with self._detacher.lock(owner_of(ep.container_id, IFNAME)):

@@ -104,6 +104,21 @@ class ContainerLabels:
         threading.Thread(target=self.label, args=(att,), daemon=True,
                          name=f"docker-labels:{att.endpoint_id[:12]}").start()
 
+    def follow_all(self, joined: Callable[[], list[Attachment]]) -> None:
+        """Label, one after the other on a thread of their own, the attachments `joined()`
+        finds: those joined before the agent started (it restarted inside a label's window,
+        or was upgraded from a version without labels). Labels already there are not
+        written again."""
+        def run() -> None:
+            try:
+                attachments = joined()
+            except (DockerError, CniError, OSError) as err:
+                log.warning("Docker endpoints joined before this start: not labelled (%s)", err)
+                return
+            for att in attachments:
+                self.label(att)
+        threading.Thread(target=run, daemon=True, name="docker-labels:joined").start()
+
     def label(self, att: Attachment) -> bool:
         """Find the container, write its labels; True once written (or none to write)."""
         deadline = time.monotonic() + self._wait

@@ -44,6 +44,7 @@ def routes(*, name: str, daemon_socket: str, state_dir: str, service: CniService
     driver = NetworkDriver(networks=networks, etcd=store, network_records=store,
                            attacher=attacher, detacher=detacher, endpoints=endpoints,
                            publisher=Publisher(), labels=labels, bridge=bridge)
+    driver.label_joined()  # endpoints of containers that ran before this start
     activate: Handler = lambda _: {"Implements": ["NetworkDriver", "IpamDriver"]}  # noqa: E731
     return {"/Plugin.Activate": activate, **ipam.routes(), **driver.routes()}
 

@@ -128,6 +128,8 @@ def set_labels(client: Any, key: str, labels: dict[str, str], *, host: str,
             return False
         if rec.host != host or rec.netns != netns:
             return False
+        if rec.labels == labels:
+            return True  # already so (labelled again after a restart): no write, no watch event
         new = dataclasses.replace(rec, labels=dict(labels)).to_json()
         ok, _ = client.transaction(compare=[tx.mod(key) == meta.mod_revision],
                                    success=[tx.put(key, new)], failure=[])

@@ -110,7 +110,7 @@ class NoPorts(Publisher):
 
 
 class Plugin:
-    def __init__(self, tmp: str) -> None:
+    def __init__(self, tmp: str, label_wait: float = 5) -> None:
         host = self.host = FakeHost()
         allocator = host.allocator = OwnerAllocator(host.info.name)
         host.service = CniService(
@@ -123,15 +123,16 @@ class Plugin:
         self.ports = NoPorts()
         endpoints = EndpointFiles(tmp)
         labels = ContainerLabels(daemon=self.daemon, store=host.endpoints, host="host1",
-                                 prefix="overlay.label/", wait=5,
+                                 prefix="overlay.label/", wait=label_wait,
                                  joined=lambda endpoint_id: endpoints.get(endpoint_id) is not None)
+        self.driver = NetworkDriver(networks=networks, etcd=FakeEtcd(self.host),
+                                    network_records=self.host.endpoints, attacher=attacher,
+                                    detacher=detacher, endpoints=endpoints,
+                                    publisher=self.ports, labels=labels, bridge="br-int")
         self.routes = {
             **IpamDriver(networks=networks, allocator=allocator, holders=allocator,
                          host="host1", bridge="br-int").routes(),
-            **NetworkDriver(networks=networks, etcd=FakeEtcd(self.host),
-                            network_records=self.host.endpoints, attacher=attacher,
-                            detacher=detacher, endpoints=endpoints, publisher=self.ports,
-                            labels=labels, bridge="br-int").routes()}
+            **self.driver.routes()}
 
     def call(self, verb: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         raw = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
@@ -292,6 +293,25 @@ def test_join_returns_at_once_and_the_containers_labels_follow(plugin: Plugin) -
     while labels() != {"app": "web"} and time.monotonic() < deadline:
         time.sleep(0.02)
     assert labels() == {"app": "web"}
+
+
+def test_endpoints_joined_before_a_restart_are_labelled_at_start(tmp_path: Any) -> None:
+    plugin = Plugin(str(tmp_path), label_wait=0.2)
+    plugin.daemon.add("my-net", 42, "10.0.0.0/24")
+    plugin.attach()
+    plugin.ok("NetworkDriver.Join", {"NetworkID": NET_ID, "EndpointID": EP_ID,
+                                     "SandboxKey": SANDBOX, "Options": {}})
+    time.sleep(0.5)  # the daemon never listed the container: Join's labeller gave up
+    [rec] = plugin.host.endpoints.records.values()
+    assert rec.labels == {}
+    plugin.daemon.holders[EP_ID] = "c" * 64  # the daemon answers again, after an agent restart
+    plugin.daemon.labels["c" * 64] = {"overlay.label/app": "web"}
+    plugin.driver.label_joined()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and \
+            next(iter(plugin.host.endpoints.records.values())).labels != {"app": "web"}:
+        time.sleep(0.02)
+    assert next(iter(plugin.host.endpoints.records.values())).labels == {"app": "web"}
 
 
 def test_a_static_address_is_the_one_requested(plugin: Plugin) -> None:

@@ -96,6 +96,10 @@ def test_set_endpoint_labels_changes_only_the_labels_of_that_attachment() -> Non
                                      netns="/x")
     assert labels_of(etcd) == {"app": "web"}
     assert json.loads(etcd.get(KEY)[0] or b"")["ips"] == ["10.7.0.2/24"]
+    revision = etcd.get(KEY)[1]
+    assert store.set_endpoint_labels("net", "c0", "eth0", {"app": "web"}, host="host1",
+                                     netns="/x")
+    assert etcd.get(KEY)[1] == revision  # the same labels again: not written (no watch event)
     # Another host's record, or a later attachment under the same key (another netns): no.
     assert not store.set_endpoint_labels("net", "c0", "eth0", {"app": "db"}, host="host0",
                                          netns="/x")
