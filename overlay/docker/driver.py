@@ -152,8 +152,9 @@ class NetworkDriver:
         if address.ip not in held:
             raise DockerError(f"address {address.ip} was not given to this endpoint by the ovs "
                               "IPAM driver: create the network with --ipam-driver ovs")
+        given = self._labels.given_labels(fields.mapping(request, "Options"), endpoint_id)
         self._endpoints.put(endpoint_id, Endpoint(network_id, net.name, container_id,
-                                                  str(address), mac))
+                                                  str(address), mac, given))
         return {}
 
     def _endpoint(self, request: dict[str, Any]) -> tuple[str, Endpoint | None]:
@@ -173,10 +174,10 @@ class NetworkDriver:
         ip = ep.address.split("/")[0]
         env = CniEnv("ADD", ep.container_id, sandbox, IFNAME,
                      f"IgnoreUnknown=1;IP={ip};MAC={ep.mac}")
-        self._attacher.add(env, net.netconf(self._bridge))
+        self._attacher.add(env, net.netconf(self._bridge, ep.labels))
         # The container's labels come after Join: the daemon names it only once Join is done.
         self._labels.follow(Attachment(endpoint_id, ep.network_id, ep.network, ep.container_id,
-                                       IFNAME, sandbox))
+                                       IFNAME, sandbox, ep.labels))
         return {"InterfaceName": {"SrcName": container_side_name(ep.container_id, IFNAME),
                                   "DstPrefix": "eth"},
                 "Gateway": str(net.gateway)}
@@ -193,7 +194,7 @@ class NetworkDriver:
                 ep.network, ep.container_id, IFNAME)
             if ep is not None and rec is not None and rec.host == self._attacher.host.name:
                 out.append(Attachment(endpoint_id, ep.network_id, ep.network, ep.container_id,
-                                      IFNAME, rec.netns))
+                                      IFNAME, rec.netns, ep.labels))
         return out
 
     def _detach(self, ep: Endpoint, verb: str) -> None:

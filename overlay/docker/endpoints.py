@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Endpoint:
     container_id: str   # the attachment's container ID in etcd and OVS (ipam.container_id_for)
     address: str        # with prefix, e.g. 10.0.0.2/24
     mac: str
+    labels: dict[str, str] = field(default_factory=dict)  # given as driver options (labels.py)
 
 
 class EndpointFiles:

@@ -11,6 +11,10 @@ with a bound (LABEL_WAIT); a daemon that does not answer or a container that nev
 leaves the endpoint without labels, logged, and never fails or delays the container. Calico's
 libnetwork plugin did the same (its org.projectcalico.label. prefix); this is our own take.
 
+`docker network connect --driver-opt overlay.label/app=web` gives labels the driver sees at
+CreateEndpoint: those are on the record and in the flows from Join on, with no window, and win
+over the container's labels of the same key.
+
 Which labels: only those the operator opted in, under a prefix that is stripped
 (`docker run --label overlay.label/app=web` is app=web; the agent's docker_label_prefix, ""
 for every label). A prefix because a container carries many labels that are no identity
@@ -29,8 +33,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from overlay.docker.protocol import DockerError
 from overlay.errors import CniError
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 LABEL_WAIT = 60.0   # seconds to find the container after Join (a loaded daemon starts it slowly)
 FIRST_POLL = 0.05   # seconds between questions, doubling up to LAST_POLL
 LAST_POLL = 1.0
+LIBNETWORK_OPTIONS = "com.docker.network."  # CreateEndpoint options that are libnetwork's own
 
 
 class LabelDaemon(Protocol):
@@ -64,6 +69,9 @@ class Attachment:
     container_id: str   # the attachment's, docker-<MAC> (ipam.container_id_for)
     ifname: str
     netns: str          # Join's SandboxKey: tells this attachment from a later one of the key
+    # Labels given as driver options (`docker network connect --driver-opt`): on the record
+    # from Join, and they win over the container's of the same key.
+    given: dict[str, str] = field(default_factory=dict)
 
 
 def chosen_labels(container: Mapping[str, str], image: Mapping[str, str],
@@ -89,6 +97,21 @@ def chosen_labels(container: Mapping[str, str], image: Mapping[str, str],
     return out, skipped
 
 
+def with_given(given: Mapping[str, str],
+               container: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The driver options' labels, then the container's up to MAX_LABELS (a record carries no
+    more): (the labels, the container's keys left out)."""
+    out, dropped = dict(given), []
+    for key, value in container.items():
+        if key in out:
+            continue  # the driver option wins
+        if len(out) < MAX_LABELS:
+            out[key] = value
+        else:
+            dropped.append(key)
+    return out, dropped
+
+
 class ContainerLabels:
     def __init__(self, *, daemon: LabelDaemon, store: LabelStore, host: str, prefix: str,
                  joined: Callable[[str], bool], wait: float = LABEL_WAIT) -> None:
@@ -98,6 +121,16 @@ class ContainerLabels:
         self._prefix = prefix
         self._joined = joined   # is the endpoint still there (no Leave or DeleteEndpoint yet)
         self._wait = wait
+
+    def given_labels(self, options: Mapping[str, Any], endpoint_id: str) -> dict[str, str]:
+        """The labels among CreateEndpoint's options: `--driver-opt overlay.label/app=web` of
+        `docker network connect` (libnetwork's own options, com.docker.network.*, are not)."""
+        given = {k: v for k, v in options.items() if isinstance(v, str)
+                 and not k.startswith(LIBNETWORK_OPTIONS)}
+        chosen, skipped = chosen_labels(given, {}, self._prefix)
+        for why in skipped:
+            log.warning("Docker endpoint %s: driver option %s skipped", endpoint_id[:12], why)
+        return chosen
 
     def follow(self, att: Attachment) -> None:
         """Label the endpoint from a thread of its own: Join returns at once."""
@@ -148,8 +181,12 @@ class ContainerLabels:
         chosen, skipped = chosen_labels(labels, image_labels, self._prefix)
         for why in skipped:
             log.warning("Docker container %s: label %s skipped", container[:12], why)
-        if not chosen:
-            return True
+        chosen, dropped = with_given(att.given, chosen)
+        for key in dropped:
+            log.warning("Docker container %s: label %s%s skipped: more than %d labels with the "
+                        "driver options'", container[:12], self._prefix, key, MAX_LABELS)
+        if chosen == att.given:
+            return True  # nothing beyond what Join put on the record
         if not self._store.set_endpoint_labels(att.network, att.container_id, att.ifname,
                                                chosen, host=self._host, netns=att.netns):
             log.info("Docker endpoint %s left before its labels were written",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +40,15 @@ class OvsNetwork:
         """The network's distributed gateway: the subnet's first address, on every host."""
         return self.subnet.network_address + 1
 
-    def netconf(self, bridge: str) -> NetConf:
-        """The network as the CNI service takes it: Join and Leave are its ADD and DEL."""
+    def netconf(self, bridge: str, labels: Mapping[str, str] | None = None) -> NetConf:
+        """The network as the CNI service takes it: Join and Leave are its ADD and DEL.
+        `labels` go in as a CNI runtime's do, in args.cni.labels (cni/labels.py)."""
+        args = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}} \
+            if labels else {}
         return parse_netconf(json.dumps({
             "cniVersion": "1.0.0", "name": self.name, "type": "ovs", "bridge": bridge,
             "vxlanID": self.vni, "ipam": {"type": "overlay", "subnet": str(self.subnet)},
+            **({"args": args} if args else {}),
         }).encode())
 
 

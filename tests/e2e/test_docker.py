@@ -292,9 +292,8 @@ def test_policies_select_docker_containers_by_their_labels(lab: Lab) -> None:
     ips = {name: address_of(h, name) for h, name in ((h0, web), (h0, other), (h1, "api"))}
 
     def labels() -> dict[str, dict[str, str]]:
-        rows = json.loads(overlayctl(lab, "endpoints", "--json"))
-        return {name: row["labels"] for row in rows for name, ip in ips.items()
-                if row["ips"] == [f"{ip}/24"]}
+        found = labels_by_ip(lab)
+        return {name: found[ip] for name, ip in ips.items() if ip in found}
     assert eventually(lambda: labels() == {"web": {"app": "web"}, "other": {"app": "other"},
                                            "api": {"app": "api"}}, timeout=10), labels()
     table = overlayctl(lab, "endpoints")
@@ -310,6 +309,26 @@ def test_policies_select_docker_containers_by_their_labels(lab: Lab) -> None:
     assert eventually(lambda: fetches("other"), timeout=10)
     for h, name in ((h1, "api"), (h0, web), (h0, other)):
         dk(h, "rm", "-f", name)
+
+
+def labels_by_ip(lab: Lab, network: str = "my-net") -> dict[str, dict[str, str]]:
+    """Endpoint labels as `overlayctl endpoints` shows them, by address."""
+    return {ip.split("/")[0]: row["labels"] for row in json.loads(overlayctl(
+        lab, "endpoints", "--json")) if row["network"] == network for ip in row["ips"]}
+
+
+def test_labels_given_to_network_connect_are_on_the_record_from_join(lab: Lab) -> None:
+    h0 = lab.host("host0")
+    dk(h0, *CREATE, "--subnet", "10.0.61.0/24", "-o", "vxlanID=61", "side2")
+    dk(h0, "run", "-d", "--name", "conn", "--net", "side2", "--label", "overlay.label/tier=front",
+       IMAGE, "sleep", "600")
+    dk(h0, "network", "connect", "--driver-opt", "overlay.label/app=web", "my-net", "conn")
+    ip = address_of(h0, "conn")
+    assert labels_by_ip(lab)[ip].get("app") == "web"  # at once: Join wrote it, no window
+    assert eventually(lambda: labels_by_ip(lab)[ip] == {"app": "web", "tier": "front"},
+                      timeout=10), labels_by_ip(lab)[ip]
+    dk(h0, "rm", "-f", "conn")
+    dk(h0, "network", "rm", "side2")
 
 
 def run_detached_with(h: LabHost, name: str, *labels: str) -> str:

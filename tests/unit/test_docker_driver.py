@@ -295,6 +295,30 @@ def test_join_returns_at_once_and_the_containers_labels_follow(plugin: Plugin) -
     assert labels() == {"app": "web"}
 
 
+def test_driver_option_labels_are_on_the_record_from_join_and_win(plugin: Plugin) -> None:
+    got = plugin.ok("IpamDriver.RequestAddress", {
+        "PoolID": "10.0.0.0/24", "Options": {"com.docker.network.endpoint.macaddress": MAC}})
+    plugin.daemon.answer.clear()  # the container's labels come later
+    plugin.ok("NetworkDriver.CreateEndpoint", {
+        "NetworkID": NET_ID, "EndpointID": EP_ID,
+        "Interface": {"Address": got["Address"], "MacAddress": MAC},
+        "Options": {"overlay.label/app": "web", "overlay.label/Bad_": "x",
+                    "com.docker.network.endpoint.macaddress": MAC}})
+    plugin.ok("NetworkDriver.Join", {"NetworkID": NET_ID, "EndpointID": EP_ID,
+                                     "SandboxKey": SANDBOX, "Options": {}})
+    [rec] = plugin.host.endpoints.records.values()
+    assert rec.labels == {"app": "web"}  # at Join: no window
+    plugin.daemon.holders[EP_ID] = "c" * 64
+    plugin.daemon.labels["c" * 64] = {"overlay.label/app": "db", "overlay.label/tier": "front"}
+    plugin.daemon.answer.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and \
+            next(iter(plugin.host.endpoints.records.values())).labels == {"app": "web"}:
+        time.sleep(0.02)
+    assert next(iter(plugin.host.endpoints.records.values())).labels == {"app": "web",
+                                                                        "tier": "front"}
+
+
 def test_endpoints_joined_before_a_restart_are_labelled_at_start(tmp_path: Any) -> None:
     plugin = Plugin(str(tmp_path), label_wait=0.2)
     plugin.daemon.add("my-net", 42, "10.0.0.0/24")

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from overlay.docker import labels as docker_labels
-from overlay.docker.labels import Attachment, ContainerLabels, chosen_labels
+from overlay.docker.labels import Attachment, ContainerLabels, chosen_labels, with_given
 from overlay.docker.protocol import DockerError
 from overlay.policy.labels import MAX_LABELS
 
@@ -55,6 +55,23 @@ def test_no_more_labels_than_a_record_may_carry() -> None:
     many = {f"{P}k{i:03}": "v" for i in range(MAX_LABELS + 2)}
     got, skipped = chosen_labels(many, {}, P)
     assert len(got) == MAX_LABELS and len(skipped) == 2
+
+
+def test_driver_options_win_and_the_container_fills_up_to_the_bound() -> None:
+    got, dropped = with_given({"app": "web"}, {"app": "db", "tier": "front"})
+    assert got == {"app": "web", "tier": "front"} and dropped == []
+    given = {f"k{i:03}": "v" for i in range(MAX_LABELS - 1)}
+    got, dropped = with_given(given, {"a": "1", "b": "2", "k000": "x"})
+    assert len(got) == MAX_LABELS and got["a"] == "1" and got["k000"] == "v"
+    assert dropped == ["b"]
+
+
+def test_labels_among_create_endpoints_options() -> None:
+    labeller = ContainerLabels(daemon=Daemon(), store=Store(), host="host0", prefix="",
+                               joined=lambda _: True)
+    options = {"app": "web", "com.docker.network.endpoint.macaddress": "02:42:0a:00:00:02",
+               "com.docker.network.portmap": [], "bad key": "x"}
+    assert labeller.given_labels(options, "e" * 64) == {"app": "web"}
 
 
 class Daemon:
