@@ -98,7 +98,7 @@ bench-policy: deps
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench scripts deploy
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
-	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/policy.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py bench/cri_sandbox.py tests/libcni/build.py scripts/check_layers.py \
+	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/policy.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py bench/cri_sandbox.py bench/port_add.py tests/libcni/build.py scripts/check_layers.py \
 	    deploy/image/oci_archive.py
 	$(PY) scripts/check_layers.py
 

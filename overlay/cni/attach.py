@@ -1,7 +1,8 @@
 """ADD: the steps of attaching a container, in order, each undone on failure.
 
 validate -> record the network (etcd) -> addresses (etcd transactions) -> veth into the netns
--> port on br-int (waits for its ofport) -> endpoint record (etcd) -> local flows; the
+-> port on br-int (with an ofport asked for) -> endpoint record (etcd) -> local flows (with that
+ofport, while OVS attaches the port; then the port is awaited); the
 network's gateway on this host (overlay/gateway/, the first container of a network creates it)
 is made on another thread beside these steps, and the flows wait for it. With a delegated IPAM
 plugin the link comes first, as in the reference `bridge` plugin: veth (up, no address) ->
@@ -157,24 +158,29 @@ class Attacher:
         rec = self._record(env, conf, mac, host_if, assigned, routes)
         pending_record = self._beside(undo, lambda: self.endpoints.put_endpoint(rec),
                                       lambda _: self._unpublish(env, conf))
-        link, ofport = self._link_and_port(env, conf, undo, t, mac, assigned, routes)
+        link, ofport, pending_port = self._link_and_port(env, conf, undo, t, mac, assigned,
+                                                         routes)
         pending_record.result()
         if link.mac != mac:  # the kernel kept another MAC (_link_and_port): record that one
             self.endpoints.put_endpoint(self._record(env, conf, link.mac, host_if, assigned,
                                                      routes))
         t.lap("endpoint (rest)")
         return self._finish(env, conf, owner, link, ofport, assigned, routes, routes, undo, t,
-                            pending_gateway)
+                            pending_gateway, pending_port)
 
     def _link_and_port(self, env: CniEnv, conf: NetConf, undo: Undo, t: Stopwatch,
-                       mac: str, assigned: Sequence[Assigned],
-                       routes: Sequence[Route]) -> tuple[veth.ContainerLink, int]:
+                       mac: str, assigned: Sequence[Assigned], routes: Sequence[Route]
+                       ) -> tuple[veth.ContainerLink, int, Future[object] | None]:
         """The veth pair, configured, and the host end on the bridge.
 
-        The OVS port is added (and its ofport awaited) as soon as the host end exists, while
-        the container end is configured inside the netns."""
+        The OVS port is added as soon as the host end exists, while the container end is
+        configured inside the netns. It asks for an OpenFlow port number chosen now
+        (request_ofport), so that the flows can go in while ovs-vswitchd attaches the port
+        (its reconfiguration was the longest wait of a serial ADD): the port is then returned
+        still pending, with the number asked for, and _finish joins it."""
         host_if = veth.hostside_name(env.container_id, env.ifname)
         port_mac = mac
+        requested = self.ports.request_ofport()
         pending_port: list[Future[object]] = []
         undo.append(lambda: self.links.delete_host_link(host_if))
         link = self.links.create_container_link(
@@ -182,14 +188,17 @@ class Attacher:
             mtu=steps.mtu(conf, self.host), addresses=[a.address for a in assigned],
             routes=routes, mac=mac,
             host_end_ready=lambda: pending_port.append(self._beside(
-                undo, lambda: self._ensure_port(env, conf, host_if, port_mac, assigned),
+                undo, lambda: self._ensure_port(env, conf, host_if, port_mac, assigned,
+                                                requested),
                 lambda _: self.ports.delete_port(host_if))))
         t.lap("veth")
+        if pending_port and link.mac == mac:
+            return link, requested, pending_port[0]
         ofport = pending_port[0].result() if pending_port else None
         if not isinstance(ofport, int) or link.mac != mac:  # the kernel kept another MAC
             ofport = self._port(env, conf, link, assigned, undo)
         t.lap("ovs-port (rest)")
-        return link, ofport
+        return link, ofport, None
 
     def _add_link_first(self, env: CniEnv, conf: NetConf, owner: str, undo: Undo,
                         t: Stopwatch, mac: str | None,
@@ -248,14 +257,16 @@ class Attacher:
         return self._ensure_port(env, conf, link.host_ifname, link.mac, assigned)
 
     def _ensure_port(self, env: CniEnv, conf: NetConf, host_if: str, mac: str,
-                     assigned: Sequence[Assigned]) -> int:
+                     assigned: Sequence[Assigned], ofport_request: int | None = None) -> int:
         # Enough to rebuild local flows from OVSDB alone when etcd is unreachable at agent start.
         ids = portschema.PortIds(
             portschema.PortOwner(conf.name, env.container_id, env.ifname, env.netns), conf.vni,
             tuple(str(a.address.ip) for a in assigned), mac, conf.ipam.type,
             is_dhcp_server(conf, assigned), steps.encrypted(conf, self.host))
         return self.ports.ensure_port(self.host.bridge, host_if,
-                                      external_ids=portschema.encode(ids))
+                                      external_ids=portschema.encode(ids),
+                                      ofport_request=ofport_request,
+                                      vswitchd_applied=False)  # a veth: its ofport says it all
 
     def _record(self, env: CniEnv, conf: NetConf, mac: str, port: str,
                 assigned: Sequence[Assigned], routes: Sequence[Route]) -> EndpointRecord:
@@ -284,9 +295,12 @@ class Attacher:
     def _finish(self, env: CniEnv, conf: NetConf, owner: str, link: veth.ContainerLink,
                 ofport: int, assigned: Sequence[Assigned], routes: Sequence[Route],
                 installed: Sequence[Route], undo: Undo, t: Stopwatch,
-                pending_gateway: Future[object] | None) -> bytes:
+                pending_gateway: Future[object] | None,
+                pending_port: Future[object] | None = None) -> bytes:
         """Gateway and local flows, then the result. `routes` as the result shows them,
-        `installed` as they are in the container."""
+        `installed` as they are in the container. `pending_port`: the port, still being
+        attached with `ofport` asked for; the flows go in meanwhile, and follow the number
+        OVS gave if it is another."""
         # The network's remote endpoints are read before the local flows go in, so that the
         # container's rules and the rules to reach the rest of its network land in one bundle.
         self.networks.join(conf.name)
@@ -298,11 +312,21 @@ class Attacher:
         ips = tuple(str(a.address.ip) for a in assigned)
         if not leases.is_dhcp(conf):  # dhcp: registered before the lease, to run after its DEL
             undo.append(lambda: self.flows.remove_endpoint(key))
-        self.flows.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport,
-                                                   leases.is_dhcp(conf),
-                                                   is_dhcp_server(conf, assigned)),
-                                    labels.endpoint_labels(conf, env))
+        def install(ofport: int) -> None:
+            self.flows.install_endpoint(key, LocalPort(conf.vni, link.mac, ips, ofport,
+                                                       leases.is_dhcp(conf),
+                                                       is_dhcp_server(conf, assigned)),
+                                        labels.endpoint_labels(conf, env))
+        install(ofport)
         t.lap("flows")
+        if pending_port is not None:
+            attached = pending_port.result()
+            t.lap("ovs-port (rest)")
+            if attached != ofport and isinstance(attached, int):
+                log.warning("OVS gave port %s ofport %s, not the %s asked for: its flows follow",
+                            link.host_ifname, attached, ofport)
+                ofport = attached
+                install(ofport)
         result = build_result(conf.cni_version, Attachment(
             host_ifname=link.host_ifname, host_mac=link.host_mac, ifname=env.ifname,
             mac=link.mac, netns=env.netns, addresses=assigned, routes=routes,

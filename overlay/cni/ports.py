@@ -65,8 +65,11 @@ class NetworkStore(Protocol):
 class PortStore(Protocol):
     """The containers' ports on the bridge, in OVSDB, with the external_ids of portschema."""
 
+    def request_ofport(self) -> int: ...  # a free number, to ask for in ensure_port
     def ensure_port(self, bridge: str, name: str, *,
-                    external_ids: dict[str, str] | None = None) -> int: ...  # its ofport
+                    external_ids: dict[str, str] | None = None,
+                    ofport_request: int | None = None,
+                    vswitchd_applied: bool = True) -> int: ...  # its ofport
     def delete_port(self, name: str) -> None: ...
     def ofport(self, name: str) -> int | None: ...
     def port_external_ids(self, name: str) -> dict[str, str]: ...

@@ -134,13 +134,23 @@ class FakePorts(Faulty):
         self.bridge_of: dict[str, str] = {}
         self.next_ofport = 1
         self.is_connected = True
+        # A number OVS gives instead of the one asked for (as when it cannot honour it).
+        self.instead_of_request: int | None = None
+
+    def request_ofport(self) -> int:
+        self.next_ofport += 1
+        return self.next_ofport - 1
 
     def ensure_port(self, bridge: str, name: str, *,
-                    external_ids: dict[str, str] | None = None) -> int:
+                    external_ids: dict[str, str] | None = None,
+                    ofport_request: int | None = None, vswitchd_applied: bool = True) -> int:
         self._before("ensure_port")
         old = self.ports_.get(name)
-        ofport = old.ofport if old else self.next_ofport
-        self.next_ofport += old is None
+        if ofport_request is not None:
+            ofport = self.instead_of_request or ofport_request
+        else:
+            ofport = old.ofport if old else self.next_ofport
+            self.next_ofport += old is None
         self.ports_[name] = PortInfo(name, ofport, dict(external_ids or {}))
         self.bridge_of[name] = bridge
         self._after("ensure_port")  # as an interface OVS could not attach: the row is there

@@ -43,9 +43,9 @@ class GatewayManager:
         self._specs: dict[int, GatewaySpec] = {}
         self._users: dict[int, set[str]] = {}
         self._vni_of: dict[str, int] = {}
-        # nat.ensure beside the port and the kernel side (_install); installs are serialised
-        # by self._lock, so one thread is enough.
-        self._beside = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gw-nat")
+        # nat.ensure beside the port and the kernel side, the flows beside the kernel side
+        # (_install); installs are serialised by self._lock, so two threads are enough.
+        self._beside = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-beside")
 
     # --- intent ---------------------------------------------------------------------------
 
@@ -221,28 +221,30 @@ class GatewayManager:
         The iptables rules (two iptables processes, nat.py) need neither the port nor its
         addresses (they name the interface), so they are written while OVS attaches the port
         and the kernel side is configured: on a first ADD they were a third of the gateway's
-        time, in a row with the rest. Both are done, or failed, before this returns, so a
-        caller's rollback (_uninstall) never races a rule still being written."""
+        time, in a row with the rest. The flows need only the port's number, so they go in
+        while the kernel side is configured. All are done, or failed, before this returns, so
+        a caller's rollback (_uninstall) never races a rule or flow still being written."""
         laps = [time.perf_counter()]
-        rules = self._beside.submit(nat.ensure, spec)
+        pending = [self._beside.submit(nat.ensure, spec)]
         try:
             ofport = self._ovs.ensure_port(
                 self._bridge, spec.port,
                 iface={"type": "internal", "mac": spec.mac, "mtu_request": spec.mtu},
                 external_ids=spec.external_ids())
             laps.append(time.perf_counter())
+            pending.append(self._beside.submit(
+                self._dataplane.set_gateway, spec.vni,
+                Gateway(spec.vni, spec.mac, str(spec.address.ip), ofport)))
             holder = kernel.ensure(spec)
             laps.append(time.perf_counter())
         finally:
-            futures.wait([rules])
-        rules.result()  # its failure is the install's
-        laps.append(time.perf_counter())
-        self._dataplane.set_gateway(spec.vni, Gateway(spec.vni, spec.mac, str(spec.address.ip),
-                                                      ofport))
+            futures.wait(pending)
+        for step in pending:
+            step.result()  # its failure is the install's
         laps.append(time.perf_counter())
         log.info("gateway %s installed (%.0f ms: %s)", spec.port, (laps[-1] - laps[0]) * 1000,
                  " ".join(f"{step} {(b - a) * 1000:.0f}" for step, a, b in
-                          zip(("port", "kernel", "iptables (rest)", "flows"), laps, laps[1:],
+                          zip(("port", "kernel", "iptables and flows (rest)"), laps, laps[1:],
                               strict=False)))
         return holder
 

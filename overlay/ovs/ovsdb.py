@@ -11,11 +11,12 @@ transactions to it and wait, bounded by `timeout`.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp.backend.ovs_idl import connection, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from overlay.errors import CniError, Code
@@ -31,6 +32,7 @@ VERIFIED_KEY = "overlay-flow-verified"
 # start). It outlives agent restarts and upgrades with the OVS database, and another machine
 # (another database) has another: the host record carries it (store/ownership.py).
 AGENT_ID_KEY = "overlay-agent-id"
+MAX_OFPORT = 0xFEFF  # the highest number ofport_request takes (OpenFlow's OFPP_MAX - 1)
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,25 @@ class PortInfo:
     external_ids: dict[str, str]
 
 
+class _PortTransaction(transaction.Transaction):  # type: ignore[misc]
+    """A transaction that returns once ovsdb-server has committed it (untyped base, hence the
+    ignore). ovsdbapp's Open_vSwitch transactions, like ovs-vsctl without --no-wait, then also
+    wait on the IDL's one thread until ovs-vswitchd has applied the whole configuration
+    (next_cfg): every other transaction of the agent queued behind that wait (10-25 ms per port
+    serially, a port's ADD behind nine others' reconfigurations with 10 at once). The caller of
+    a port waits for what it needs instead, its ofport (wait_ofport), on its own thread
+    (ensure_port's `vswitchd_applied`).
+    """
+
+    def pre_commit(self, txn: Any) -> None:
+        txn.expected_ifaces = set()  # add_port records its new interface there
+
+
 class Ovsdb:
     def __init__(self, *, endpoint: str, timeout: float = 10.0) -> None:
         self._timeout = timeout
+        self._request_lock = threading.Lock()
+        self._last_request: int | None = None  # request_ofport's last number
         try:
             idl = NotifyingIdl.from_server(endpoint, "Open_vSwitch")
             idl.waiters = self._waiters = Waiters()  # before the connection runs the IDL
@@ -58,11 +76,17 @@ class Ovsdb:
     def close(self) -> None:
         self._conn.stop(timeout=self._timeout)
 
-    def _execute(self, what: str, *commands: Any) -> list[Any]:
+    def _execute(self, what: str, *commands: Any, vswitchd_applied: bool = True) -> list[Any]:
+        """Commit `commands` in one transaction. `vswitchd_applied`: also wait until
+        ovs-vswitchd has applied it (ovs-vsctl's default), else only for ovsdb-server."""
         try:
-            with self.api.transaction(check_error=True) as txn:
-                for command in commands:
-                    txn.add(command)
+            if vswitchd_applied:
+                with self.api.transaction(check_error=True) as txn:
+                    txn.extend(commands)
+            else:
+                with _PortTransaction(self.api, self._conn, self._timeout,
+                                      check_error=True) as txn:
+                    txn.extend(commands)
             return list(txn.result or [])
         except CniError:
             raise
@@ -129,19 +153,51 @@ class Ovsdb:
 
     # --- ports --------------------------------------------------------------------------------
 
+    def request_ofport(self) -> int:
+        """An OpenFlow port number for ensure_port's `ofport_request`, so that a caller knows
+        it before ovs-vswitchd has attached the port (ADD installs the container's flows
+        while it waits for that). No interface has it or asked for it, and the numbers go
+        round from the highest in use: one this run handed out, or a port just deleted had,
+        is not given again before the other 65,000 (nor can two calls get the same). OVS
+        gives another number if it cannot honour the request: ensure_port returns the one
+        it gave, which the caller compares."""
+        with self._conn.lock:  # the IDL thread changes rows only while it holds this lock
+            taken = {n for row in self._conn.idl.tables["Interface"].rows.values()
+                     for n in (*row.ofport, *row.ofport_request) if isinstance(n, int)}
+        with self._request_lock:
+            last = self._last_request
+            if last is None:
+                last = max((n for n in taken if n <= MAX_OFPORT), default=0)
+            for _ in range(MAX_OFPORT):
+                last = last % MAX_OFPORT + 1
+                if last not in taken:
+                    self._last_request = last
+                    return last
+        raise CniError(Code.OVS_FAILURE, "no OpenFlow port number is free")
+
     def ensure_port(self, bridge: str, name: str, *, iface: dict[str, Any] | None = None,
-                    external_ids: dict[str, str] | None = None) -> int:
-        """Add port `name` to `bridge` (or update it) and return its OpenFlow port number.
+                    external_ids: dict[str, str] | None = None,
+                    ofport_request: int | None = None, vswitchd_applied: bool = True) -> int:
+        """Add port `name` to `bridge` (or update it) and return its OpenFlow port number
+        (`ofport_request`, from request_ofport, if OVS could honour it).
 
         Waits until ovs-vswitchd has attached the interface: a port without a valid ofport
         is a failure (the interface is missing or the datapath refused it), not a success.
+        `vswitchd_applied` False: only that, not also until ovs-vswitchd has applied the whole
+        configuration (_PortTransaction). Enough for a device the caller made (a container's
+        veth); not for an internal port, whose device ovs-vswitchd makes and configures: with
+        only its ofport awaited, a gateway's kernel side failed now and then with ENODEV (2 of
+        ~60 first ADDs).
         """
         ids = {OWNER_KEY: OWNER, **(external_ids or {})}
         iface_cols: dict[str, Any] = {"external_ids": ids, **(iface or {})}
+        if ofport_request is not None:
+            iface_cols["ofport_request"] = ofport_request
         self._execute(f"add port {name} to {bridge}",
                       self.api.add_port(bridge, name, may_exist=True),
                       self.api.db_set("Interface", name, *iface_cols.items()),
-                      self.api.db_set("Port", name, ("external_ids", ids)))
+                      self.api.db_set("Port", name, ("external_ids", ids)),
+                      vswitchd_applied=vswitchd_applied)
         return self.wait_ofport(name)
 
     def wait_ofport(self, name: str) -> int:

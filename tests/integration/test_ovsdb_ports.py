@@ -85,3 +85,25 @@ def test_ports_added_at_once_from_many_threads_each_get_their_own(lab: Lab, ovs:
     finally:
         for n in names:
             ovs.delete_port(n)
+
+
+def test_a_requested_ofport_is_the_one_the_port_gets_and_is_not_handed_out_again(
+        lab: Lab, ovs: Ovsdb) -> None:
+    # ADD installs a container's flows with the number it asked for while ovs-vswitchd
+    # attaches the port (overlay/cni/attach.py): the switch must give exactly that number,
+    # and a number just freed must not come back at once (flows of the port that had it).
+    names = [f"{lab.prefix}r{i}"[:15] for i in range(3)]
+    try:
+        first = ovs.request_ofport()
+        assert ovs.ensure_port(lab.bridge, names[0], iface={"type": "internal"},
+                               ofport_request=first) == first
+        ovs.delete_port(names[0])
+        again = [ovs.request_ofport() for _ in names[1:]]
+        assert first not in again and len(set(again)) == len(again)
+        for name, number in zip(names[1:], again, strict=True):
+            assert ovs.ensure_port(lab.bridge, name, iface={"type": "internal"},
+                                   ofport_request=number) == number
+            assert ovs.ofport(name) == number
+    finally:
+        for n in names:
+            ovs.delete_port(n)

@@ -113,6 +113,27 @@ def test_a_failed_add_leaves_the_other_containers_of_its_network_alone() -> None
     assert host.service.check(env("c1"), CONF) == b""
 
 
+def test_the_flows_follow_the_ofport_ovs_gave_when_not_the_one_asked_for() -> None:
+    # ADD installs the flows with the number it asked for while OVS attaches the port
+    # (Attacher._link_and_port); OVS may give another one, which the flows must then use.
+    host = FakeHost()
+    host.ports.instead_of_request = 4242
+    add(host)
+    port = veth.hostside_name("c0", "eth0")
+    assert host.ports.ports_[port].ofport == 4242
+    assert host.flows.in_switch["net/c0/eth0"].ofport == 4242
+
+
+def test_each_add_asks_for_an_ofport_of_its_own() -> None:
+    host = FakeHost()
+    add(host, "c0")
+    add(host, "c1")
+    ofports = {host.flows.local[f"net/{c}/eth0"].ofport for c in ("c0", "c1")}
+    assert len(ofports) == 2
+    assert ofports == {host.ports.ports_[veth.hostside_name(c, "eth0")].ofport
+                       for c in ("c0", "c1")}
+
+
 def test_add_of_an_attached_container_is_refused_and_keeps_it() -> None:
     host = FakeHost()
     add(host)
