@@ -47,6 +47,7 @@ from overlay.lab import containers as ctr  # noqa: E402
 from overlay.lab import host as steps  # noqa: E402
 from overlay.lab.shell import run  # noqa: E402
 from overlay.lab.topology import Lab  # noqa: E402
+from overlay.ovs.flow import Resubmit  # noqa: E402
 from overlay.ovs.ofctl import Ofctl  # noqa: E402
 from overlay.ovs.openflow import Channel  # noqa: E402
 from overlay.policy.model import Policy, Selector, parse_policy  # noqa: E402
@@ -143,6 +144,11 @@ def part1(args: argparse.Namespace) -> None:
         log(f"[1] flows per host: {rules} in all ({in_switch} in the switch); policy tables "
             f"(12, 13, 90-92): {policy_flows}; the naive product would be {naive} "
             f"({naive / max(policy_flows, 1):.1f}x)")
+        floods = [a for i, a in dp.wanted().items() if i.table in (20, 30) and i.priority == 50]
+        policed = max(sum(isinstance(x, Resubmit) for x in a) for a in floods)
+        log(f"[1] broadcast replication: {len(floods)} rules, "
+            f"{max(len(a) for a in floods)} actions at most; {policed} of {args.local} local "
+            "ports get their copies through their ingress rules (one more action each)")
         puts = []
         for k in range(args.events):
             i = k % args.policies

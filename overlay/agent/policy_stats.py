@@ -40,7 +40,7 @@ audit = logging.getLogger("overlay.policy.audit")
 
 INTERVAL = 2.0
 MAX_LINES = 50
-_FIELD = re.compile(r"(n_packets|n_bytes|priority|conj_id|reg0|nw_src|nw_dst|ipv6_src|ipv6_dst"
+_FIELD = re.compile(r"(n_packets|n_bytes|priority|conj_id|reg0|nw_src|nw_dst|ipv6_src|ipv6_dst|reg1"
                     r"|table)=([^, ]+)")
 RuleCounts = dict[RuleLabel, tuple[int, int]]
 
@@ -67,8 +67,9 @@ def attribute(lines: list[str], index: StatsIndex) -> tuple[RuleCounts, dict[tup
             old = rules.get(label, (0, 0))
             rules[label] = (old[0] + packets, old[1] + size)
             continue
-        side = "src" if table == EGRESS else "dst"
-        ip = f.get(f"nw_{side}") or f.get(f"ipv6_{side}")
+        # Egress knows its port by source address, ingress by reg1 (policy_flows.py).
+        ip = (f.get("nw_src") or f.get("ipv6_src")) if table == EGRESS else \
+            str(int(f["reg1"], 0)) if "reg1" in f else None
         key = index.denied.get((table, vni, ip)) if vni is not None and ip else None
         if key is not None and "actions=drop" in line:
             direction = "egress" if table == EGRESS else "ingress"
@@ -122,7 +123,7 @@ class PolicyStats(Collector):
         for (direction, key), packets in sorted(denied.items()):
             new = packets - before_denied.get((direction, key), 0)
             if new > 0:
-                ips = ",".join(ip for (_, _, ip), k in index.denied.items() if k == key)
+                ips = index.addresses.get(key, "")
                 out.append(f"denied {direction} {key} ({ips}): {new} packets, no rule allowed "
                            "them")
         for label, (packets, size) in sorted(rules.items(), key=lambda kv: repr(kv[0])):

@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from overlay.model import ARP, CLASSIFY, DELIVER, FORWARD
+from overlay.model import ARP, CLASSIFY, DELIVER, FORWARD, INGRESS
 from overlay.ovs.flow import (
     ARP as P_ARP,
 )
@@ -281,12 +281,19 @@ def _tunnel_admission(vtep: str, vni: int, tunnel_ofport: int) -> Flow:
 
 
 def network_flows(vni: int, ofports: Iterable[int], vteps: Iterable[str],
-                  tunnel_ofport: int) -> list[Flow]:
+                  tunnel_ofport: int, policed: Collection[int] = ()) -> list[Flow]:
     """A network present on this host: tunnel admission from the hosts that have it, and
-    head-end replication of broadcast to its local ports and those hosts."""
+    head-end replication of broadcast to its local ports and those hosts.
+
+    A port in `policed` (its ingress is policed: policy_flows.py) gets its copy through its
+    ingress rules rather than straight: reg1 names it, and the rules judge the copy as they
+    judge unicast to it. A resubmit is a call, so a copy the rules deny ends there and the
+    replication goes on; each policed port costs two actions here, and nothing for the others."""
     ports, hosts = sorted(set(ofports)), sorted(set(vteps))
     flows = [_tunnel_admission(vtep, vni, tunnel_ofport) for vtep in hosts]
-    outputs: list[Action] = [Output(p) for p in ports]
+    outputs: list[Action] = [a for p in ports for a in
+                             ((Load("reg1", p), Resubmit(INGRESS)) if p in policed else
+                              (Output(p),))]
     floods = [_to_vtep(v, vni, tunnel_ofport) for v in hosts]
     # Long lists go on in tables 40, 41, ...: each rule replicates to FLOOD_CHUNK VTEPs and
     # resubmits to the next table, which comes back and carries on (resubmit is a call).

@@ -46,6 +46,8 @@ class Intent:
         # Network policy's rules live in the same table (policy_state.py), so that a policy's
         # operations go out in the same bundles as the endpoints'.
         self.policy = PolicyState(self._table)
+        # Whose ingress is policed changes the network's broadcast replication (flows.py).
+        self.policy.on_flood_change = self._refresh_flood
 
     # --- changes: each returns the operations for the switch ---------------------------------
 
@@ -190,4 +192,10 @@ class Intent:
 
     def _network_flows(self, vni: int) -> list[Flow]:
         return network_flows(vni, self._ports_by_vni[vni].values(),
-                             self._vteps_by_vni.get(vni, Counter()).keys(), self._tunnel_ofport)
+                             self._vteps_by_vni.get(vni, Counter()).keys(), self._tunnel_ofport,
+                             self.policy.ingress_policed(vni))
+
+    def _refresh_flood(self, vni: int) -> list[Op]:
+        if vni not in self._ports_by_vni or not self._table.owns(Owner.network(vni)):
+            return []
+        return self._table.set(Owner.network(vni), self._network_flows(vni))

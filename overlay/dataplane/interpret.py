@@ -25,6 +25,7 @@ from overlay.ovs.flow import (
     Identity,
     Load,
     Output,
+    Resubmit,
     SetField,
     Value,
 )
@@ -106,12 +107,20 @@ def walk(rules: Mapping[Identity, Actions], packet: Packet, table: int = 0,
          limit: int = 32) -> Walk:
     """Follow `packet` from `table` until it is output or dropped."""
     result = Walk()
-    packet = dict(packet)
-    for _ in range(limit):
+    _follow(rules, dict(packet), table, result, [limit])
+    return result
+
+
+def _follow(rules: Mapping[Identity, Actions], packet: Packet, table: int, result: Walk,
+            budget: list[int]) -> None:
+    """The lookups from `table` on; a resubmit is a call (the packet, registers and all, is
+    the caller's: OVS shares them too), and every lookup spends one of `budget`."""
+    while budget[0] > 0:
+        budget[0] -= 1
         result.tables.append(table)
         decided = lookup(rules, table, packet)
         if decided is None:
-            return result
+            return
         result.rules.append(decided[0])
         next_table = None
         for action in decided[1]:
@@ -123,6 +132,8 @@ def walk(rules: Mapping[Identity, Actions], packet: Packet, table: int = 0,
                 result.outputs.append(action.port)
             elif isinstance(action, GotoTable):
                 next_table = action.table
+            elif isinstance(action, Resubmit):
+                _follow(rules, packet, action.table, result, budget)
             elif isinstance(action, Controller):
                 result.to_controller = True
             elif isinstance(action, Ct):
@@ -132,6 +143,6 @@ def walk(rules: Mapping[Identity, Actions], packet: Packet, table: int = 0,
                     packet["ct_zone"] = action.zone
                     next_table = action.table
         if next_table is None:
-            return result
+            return
         table = next_table
-    raise RuntimeError(f"more than {limit} lookups: a loop in the rules?")
+    raise RuntimeError("too many lookups: a loop in the rules?")

@@ -14,19 +14,23 @@ conntrack:
                       as OpenFlow priorities; allow -> EGRESS_COMMIT; drop, or no rule: dropped.
   table 13 EGRESS_COMMIT  ct(commit, zone) and on to FORWARD.
   tables 20 FORWARD / 30 DELIVER  (priority 105, above the delivery rule to the port) a port
-                      policed: ct(zone, table=INGRESS), whichever way the packet came (a local
-                      port, a tunnel, the gateway). A port policed in one direction only is
-                      allowed everything in the other, but through conntrack all the same
-                      (subject_flows says why).
-  table 90 INGRESS    as EGRESS, for the destination; allow -> INGRESS_COMMIT.
-  table 91 INGRESS_COMMIT ct(commit, zone) and on to INGRESS_OUT.
-  table 92 INGRESS_OUT    out of the destination's port.
+                      policed: reg1 = its port, ct(zone, table=INGRESS), whichever way the
+                      packet came (a local port, a tunnel, the gateway). A port policed in one
+                      direction only is allowed everything in the other, but through conntrack
+                      all the same (subject_flows says why). Broadcast and multicast: the
+                      network's replication rule (flows.network_flows) sends the copy for a
+                      port whose ingress is policed to INGRESS with reg1 = that port, without
+                      conntrack (policy_base_flows says why).
+  table 90 INGRESS    as EGRESS, for the destination (known by reg1); allow -> INGRESS_COMMIT.
+  table 91 INGRESS_COMMIT ct(commit, zone) and on to INGRESS_OUT (broadcast: no commit).
+  table 92 INGRESS_OUT    out of the port reg1 names.
 
 A rule is a conjunctive match (Antrea's design): one clause of rules for its subjects (the
-local ports the policy selects, by address), one for its peers (addresses of the endpoints its
-selectors select, and CIDR prefixes less their exceptions), one for its ports (masked
-TCP/UDP/SCTP destination ports). So it costs |subjects| + |peers| + |ports| rules plus one
-for `conj_id`, not their product. A rule with only one clause (any peer, any port) is plain.
+local ports the policy selects: by source address for egress, by port for ingress), one for
+its peers (addresses of the endpoints its selectors select, and CIDR prefixes less their
+exceptions), one for its ports (masked TCP/UDP/SCTP destination ports). So it costs
+|subjects| + |peers| + |ports| rules plus one for `conj_id`, not their product. A rule with
+only one clause (any peer, any port) is plain.
 
 Every rule of a network and direction has its own OpenFlow priority (policy_state.py keeps them
 in the evaluator's order), so two rules never share an identity and the switch's counters of a
@@ -38,7 +42,6 @@ connection pass by ct_state; the first packet is judged. reject sends that packe
 agent (a `controller` action) through REJECT_METER, and the agent answers with a TCP reset or
 an ICMP unreachable (agent/rejects.py, policy/reject.py); what the meter does not let
 through is dropped, as `drop` would.
-Broadcast and multicast (flooded by table 20's replication rule) are not policed yet.
 
 IPv6 is policed as IPv4 is: a port is known by its addresses of both families, plus the
 link-local address of its MAC once it has IPv6 (table 0 admits it as a source); CIDRs of
@@ -54,7 +57,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from overlay.dataplane.flows import ND_NA, ND_NS, ND_RA, LocalPort, link_local
+from overlay.dataplane.flows import MULTICAST, ND_NA, ND_NS, ND_RA, LocalPort, link_local
 from overlay.model import (
     CLASSIFY,
     DELIVER,
@@ -95,6 +98,8 @@ ESTABLISHED = 65000  # replies and later packets, before any rule
 NEIGHBOUR = 65001    # neighbour discovery, before conntrack's verdicts (ND is not tracked)
 ND_RS = 133          # router solicitation (flows.py names the types that speak for someone)
 ND_TYPES = (ND_RS, ND_RA, ND_NS, ND_NA)
+FLOOD_COPY = 110     # ingress_commit: an allowed broadcast or multicast copy, not committed
+UNICAST = "00:00:00:00:00:00/01:00:00:00:00:00"
 TOP, BOTTOM = 64000, 10  # the range of rule priorities (policy_state.PriorityRange)
 
 _PORT_FIELD = {6: "tcp_dst", 17: "tp_dst", 132: "sctp_dst"}
@@ -107,8 +112,9 @@ REJECT: Actions = (Controller(meter_id=REJECT_METER.meter_id),)
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """One rule of a policy, placed: its OpenFlow priority and conjunction id, the addresses
-    of its subjects and of its peers (None: any peer)."""
+    """One rule of a policy, placed: its OpenFlow priority and conjunction id, its subjects
+    (by address for egress; by port and family for ingress, see subject_flows) and the
+    addresses of its peers (None: any peer)."""
 
     direction: str         # "ingress" or "egress"
     index: int             # in the policy's list of that direction
@@ -117,6 +123,7 @@ class CompiledRule:
     conj_id: int
     subjects: tuple[str, ...]
     peers: tuple[str, ...] | None
+    subject_ports: tuple[tuple[int, int], ...] = ()  # (ofport, 4 or 6)
 
 
 def port_masks(low: int, high: int) -> list[tuple[int, int]]:
@@ -186,12 +193,15 @@ def rule_flows(vni: int, placed: CompiledRule) -> list[Flow]:
     table = EGRESS if egress else INGRESS
     mine, theirs = ("src", "dst") if egress else ("dst", "src")
     rule, prio = placed.rule, placed.priority
-    families = {family(a) for a in placed.subjects}
+    families = {family(a) for a in placed.subjects} if egress else \
+        {fam for _, fam in placed.subject_ports}
     if placed.peers is not None:
         families &= {family(a) for a in placed.peers}
     if not families:
         return []  # nobody to police, or a peer set that selects nobody: never matches
-    subjects = [_addr_match(vni, mine, a) for a in placed.subjects if family(a) in families]
+    subjects = [_addr_match(vni, mine, a) for a in placed.subjects if family(a) in families] \
+        if egress else [delivered_to(vni, port, fam) for port, fam in placed.subject_ports
+                        if fam in families]
     clauses = [subjects]
     if placed.peers is not None:
         clauses.append([_addr_match(vni, theirs, a) for a in placed.peers
@@ -216,10 +226,19 @@ def policy_base_flows() -> list[Flow]:
     for table, onward in ((EGRESS, FORWARD), (INGRESS, INGRESS_OUT)):
         flows += [flow(table, NEIGHBOUR, match(**ICMP6, icmp_type=kind), (GotoTable(onward),))
                   for kind in ND_TYPES]
+        # A broadcast or multicast copy is judged by the receiver's rules every time (never
+        # "established"): conntrack may know its sender's connection from the sender's own
+        # egress check on this host, and that says nothing of what this receiver accepts.
+        to = UNICAST if table == INGRESS else None
         for state in ("+trk+est-inv", "+trk+rel-inv"):
-            flows.append(flow(table, ESTABLISHED, match(ct_state=state), (GotoTable(onward),)))
+            flows.append(flow(table, ESTABLISHED, match(ct_state=state, eth_dst=to),
+                              (GotoTable(onward),)))
         flows.append(flow(table, ESTABLISHED - 1, match(ct_state="+trk+inv"), DROP))
         flows.append(flow(table, 0, match(), DROP))  # no rule allowed it: default deny
+    # An allowed broadcast or multicast copy opens no connection (nobody answers from a
+    # broadcast address): delivered without a commit.
+    flows.append(flow(INGRESS_COMMIT, FLOOD_COPY, match(eth_dst=MULTICAST),
+                      (GotoTable(INGRESS_OUT),)))
     return flows
 
 
@@ -238,6 +257,18 @@ def subject_addresses(port: LocalPort) -> list[str]:
     return [*(ip for ip in port.ips if ":" not in ip), *v6, *([link_local(port.mac)] if v6 else [])]
 
 
+def families(port: LocalPort) -> list[int]:
+    """The families of the port's addresses (4, 6)."""
+    return sorted({family(ip) for ip in port.ips})
+
+
+def delivered_to(vni: int, ofport: int, fam: int) -> Match:
+    """A packet on its way to this port, of this family: ingress knows its subject by port
+    (reg1, loaded by the detour or by the flood's copy), not by destination address, which a
+    broadcast or multicast copy does not carry."""
+    return match(reg0=vni, reg1=ofport, eth_type=ETH_IP if fam == 4 else ETH_IPV6)
+
+
 def subject_flows(port: LocalPort, zone: int, *, ingress: bool, egress: bool) -> list[Flow]:
     """The detours of one policed local port (see the top).
 
@@ -251,17 +282,20 @@ def subject_flows(port: LocalPort, zone: int, *, ingress: bool, egress: bool) ->
     addresses = subject_addresses(port)
     to_ct: tuple[Action, ...] = (Load("reg0", port.vni), Ct(zone=zone, table=EGRESS))
     flows = [flow(CLASSIFY, REDIRECT, _source(port, ip), to_ct) for ip in addresses]
-    has_v6 = any(family(ip) == 6 for ip in addresses)
-    for proto in (IP, IPV6) if has_v6 or ingress else (IP,):
-        at = match(reg0=port.vni, eth_dst=port.mac, **proto)
-        flows += [flow(FORWARD, REDIRECT, at, (Ct(zone=zone, table=INGRESS),)),
-                  flow(DELIVER, REDIRECT, at, (Ct(zone=zone, table=INGRESS),))]
-    flows.append(flow(INGRESS_OUT, 100, match(reg0=port.vni, eth_dst=port.mac),
+    flows += [flow(EGRESS, DENIED if egress else UNPOLICED, _addr_match(port.vni, "src", ip),
+                   DROP if egress else (GotoTable(EGRESS_COMMIT),)) for ip in addresses]
+    # IPv4 always (the detour as it was before IPv6); IPv6 where it has some, or where the
+    # port's ingress is policed (then denied: no rule names a family it does not have).
+    arriving = sorted({4, *families(port), *([6] if ingress else [])})
+    detour: tuple[Action, ...] = (Load("reg1", port.ofport), Ct(zone=zone, table=INGRESS))
+    for fam in arriving:
+        at = match(reg0=port.vni, eth_dst=port.mac, eth_type=ETH_IP if fam == 4 else ETH_IPV6)
+        flows += [flow(FORWARD, REDIRECT, at, detour), flow(DELIVER, REDIRECT, at, detour),
+                  flow(INGRESS, DENIED if ingress else UNPOLICED,
+                       delivered_to(port.vni, port.ofport, fam),
+                       DROP if ingress else (GotoTable(INGRESS_COMMIT),))]
+    flows.append(flow(INGRESS_OUT, 100, match(reg0=port.vni, reg1=port.ofport),
                       (Output(port.ofport),)))
-    for table, policed, side, onward in ((EGRESS, egress, "src", EGRESS_COMMIT),
-                                         (INGRESS, ingress, "dst", INGRESS_COMMIT)):
-        flows += [flow(table, DENIED if policed else UNPOLICED, _addr_match(port.vni, side, ip),
-                       DROP if policed else (GotoTable(onward),)) for ip in addresses]
     return flows
 
 

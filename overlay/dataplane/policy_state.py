@@ -22,7 +22,7 @@ Not thread-safe: the dataplane's state lock covers it, as it covers intent.py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from overlay.dataplane.flows import LocalPort
@@ -30,6 +30,7 @@ from overlay.dataplane.flowtable import FlowTable, OwnerId
 from overlay.dataplane.policy_flows import (
     CompiledRule,
     cidr_prefixes,
+    families,
     network_policy_flows,
     policy_base_flows,
     rule_flows,
@@ -62,7 +63,9 @@ class RuleLabel:
 class StatsIndex:
     conj: dict[int, RuleLabel] = field(default_factory=dict)                   # conj_id ->
     plain: dict[tuple[int, int, int], RuleLabel] = field(default_factory=dict)  # (table, prio, vni)
-    denied: dict[tuple[int, int, str], str] = field(default_factory=dict)       # (table, vni, ip)
+    # (table, vni, source address for egress or ofport (reg1) for ingress) -> port key
+    denied: dict[tuple[int, int, str], str] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)  # port key -> "ip,ip"
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ class PolicyState:
         self._next_conj = 1
         self._placed: dict[tuple[str, str], list[CompiledRule]] = {}
         self._policed: dict[str, tuple[bool, bool]] = {}    # local key -> (ingress, egress)
+        # The network's broadcast replication, when a port's ingress becomes policed or no
+        # longer is (intent.py sets it: the replication rule is the network's, not policy's).
+        self.on_flood_change: Callable[[int], list[Op]] = lambda vni: []
         self.zones = Zones()
 
     # --- changes ------------------------------------------------------------------------------
@@ -185,11 +191,18 @@ class PolicyState:
                     index.plain[(table, rule.priority, vni)] = label
         for key, (ingress, egress) in self._policed.items():
             port = self._local[key]
-            for table, policed in ((INGRESS, ingress), (EGRESS, egress)):
-                if policed:
-                    for ip in subject_addresses(port):
-                        index.denied[(table, port.vni, ip)] = key
+            index.addresses[key] = ",".join(subject_addresses(port))
+            if egress:
+                for ip in subject_addresses(port):
+                    index.denied[(EGRESS, port.vni, ip)] = key
+            if ingress:
+                index.denied[(INGRESS, port.vni, str(port.ofport))] = key
         return index
+
+    def ingress_policed(self, vni: int) -> frozenset[int]:
+        """The ofports of network `vni` whose ingress a policy polices."""
+        return frozenset(self._local[k].ofport for k, (ingress, _) in self._policed.items()
+                         if ingress and self._local[k].vni == vni)
 
     def policed(self) -> dict[str, tuple[bool, bool]]:
         return dict(self._policed)
@@ -299,9 +312,11 @@ class PolicyState:
         return ops
 
     def _compile_policy(self, network: str, policy: Policy) -> list[CompiledRule]:
-        subjects = tuple(sorted(ip for k in self._local_keys.get(network, ())
-                                if policy.selector.matches(self._labels(k))
-                                for ip in subject_addresses(self._local[k])))
+        ports = [self._local[k] for k in self._local_keys.get(network, ())
+                 if policy.selector.matches(self._labels(k))]
+        subjects = tuple(sorted(ip for port in ports for ip in subject_addresses(port)))
+        subject_ports = tuple(sorted((port.ofport, fam) for port in ports
+                                     for fam in families(port)))
         placed = []
         for direction, key in self._rule_keys(policy):
             rules = policy.ingress if direction == "ingress" else policy.egress
@@ -319,7 +334,7 @@ class PolicyState:
                 peers = tuple(sorted(found))
             placed.append(CompiledRule(direction, key[3], rule, self._ranges[(network, direction)][key],
                                        self._conj[(network, policy.name, direction, key[3])],
-                                       subjects, peers))
+                                       subjects, peers, subject_ports))
         return placed
 
     def _refresh_subjects(self, network: str) -> list[Op]:
@@ -349,8 +364,11 @@ class PolicyState:
             self._policed[key] = (ingress, egress)
             ops = self._table.set(owner, subject_flows(port, self.zones.of(port.vni),
                                                        ingress=ingress, egress=egress))
-        return ops + self._refresh_network(port.vni if port is not None else
-                                           (old.vni if old is not None else None))
+        vni = port.vni if port is not None else (old.vni if old is not None else None)
+        ops += self._refresh_network(vni)
+        if vni is not None and (ingress != before[0] or (old is not None and before[0])):
+            ops += self.on_flood_change(vni)
+        return ops
 
     def _refresh_network(self, vni: int | None) -> list[Op]:
         if vni is None:

@@ -29,7 +29,7 @@ from typing import NamedTuple, TypedDict
 # Every match field, in the order a match holds (and the text writes) them. eth_type and
 # ip_proto are written as one protocol keyword (ip, arp, ipv6, icmp6, udp, udp6).
 FIELDS = (
-    "conj_id", "in_port", "reg0", "ct_state", "ct_zone", "eth_src", "eth_dst", "tun_src",
+    "conj_id", "in_port", "reg0", "reg1", "ct_state", "ct_zone", "eth_src", "eth_dst", "tun_src",
     "tun_dst", "tun_id", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst",
     "tp_src", "tp_dst", "tcp_dst", "sctp_dst", "icmp_type", "icmp_code", "nd_target", "nd_sll",
     "nd_tll", "arp_op", "arp_spa", "arp_tpa", "arp_sha",
@@ -85,7 +85,8 @@ class Match(tuple[str | Value, ...]):
 
 
 def match(*, conj_id: int | None = None, in_port: int | None = None, reg0: int | None = None,
-          ct_state: str | None = None, ct_zone: int | None = None, eth_src: str | None = None,
+          reg1: int | None = None, ct_state: str | None = None, ct_zone: int | None = None,
+          eth_src: str | None = None,
           eth_dst: str | None = None, tun_src: str | None = None, tun_dst: str | None = None,
           tun_id: int | None = None, eth_type: int | None = None, ip_proto: int | None = None,
           ipv4_src: str | None = None, ipv4_dst: str | None = None,
@@ -130,7 +131,7 @@ class Resubmit:
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    field: str  # "reg0" or "arp_op"
+    field: str  # "reg0", "reg1" or "arp_op"
     value: int
 
 

@@ -34,7 +34,8 @@ _PROTOCOL = {(0x0800, None): "ip", (0x0806, None): "arp", (0x86DD, None): "ipv6"
              (0x86DD, 58): "icmp6", (0x0800, 17): "udp", (0x86DD, 17): "udp6",
              (0x0800, 6): "tcp", (0x86DD, 6): "tcp6", (0x0800, 1): "icmp",
              (0x0800, 132): "sctp", (0x86DD, 132): "sctp6"}
-_NXM = {"reg0": "NXM_NX_REG0[]", "eth_src": "NXM_OF_ETH_SRC[]", "eth_dst": "NXM_OF_ETH_DST[]",
+_NXM = {"reg0": "NXM_NX_REG0[]", "reg1": "NXM_NX_REG1[]", "eth_src": "NXM_OF_ETH_SRC[]",
+        "eth_dst": "NXM_OF_ETH_DST[]",
         "arp_sha": "NXM_NX_ARP_SHA[]", "arp_tha": "NXM_NX_ARP_THA[]",
         "arp_spa": "NXM_OF_ARP_SPA[]", "arp_tpa": "NXM_OF_ARP_TPA[]",
         "arp_op": "NXM_OF_ARP_OP[]"}

@@ -60,6 +60,7 @@ from overlay.ovs.oxm import (
     NXM_ETH_DST,
     NXM_ETH_SRC,
     REG0,
+    REG1,
     TUN_DST,
     TUNNEL_ID,
     Encoded,
@@ -91,7 +92,7 @@ DELETE, ALL_TABLES = 3, 0xFF
 
 _SET_FIELD = {"tun_dst": TUN_DST, "tun_id": TUNNEL_ID, "arp_sha": ARP_SHA, "arp_spa": ARP_SPA,
               "eth_src": ETH_SRC}
-_NXM = {"reg0": REG0, "eth_src": NXM_ETH_SRC, "eth_dst": NXM_ETH_DST, "arp_sha": NXM_ARP_SHA,
+_NXM = {"reg0": REG0, "reg1": REG1, "eth_src": NXM_ETH_SRC, "eth_dst": NXM_ETH_DST, "arp_sha": NXM_ARP_SHA,
         "arp_tha": NXM_ARP_THA, "arp_spa": NXM_ARP_SPA, "arp_tpa": NXM_ARP_TPA,
         "arp_op": NXM_ARP_OP}
 
@@ -150,7 +151,7 @@ def _primitive(action: object) -> tuple[bytes, int | None]:
     if isinstance(action, SetField) and action.field in _SET_FIELD:
         field = _SET_FIELD[action.field]
         return _set_field_action(field, _value(field, action.value)[0]), None
-    if isinstance(action, Load) and action.field in ("reg0", "arp_op"):
+    if isinstance(action, Load) and action.field in ("reg0", "reg1", "arp_op"):
         return _load(_NXM[action.field], action.value), None
     if isinstance(action, Resubmit):
         # ovs-ofctl sends resubmit(,T) as Nicira resubmit_table with in_port IN_PORT.

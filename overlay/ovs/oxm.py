@@ -31,7 +31,7 @@ ARP_OP, ARP_SPA, ARP_TPA, ARP_SHA = (BASIC, 21, 2), (BASIC, 22, 4), (BASIC, 23, 
 IPV6_SRC, ICMPV6_TYPE, TUNNEL_ID = (BASIC, 26, 16), (BASIC, 29, 1), (BASIC, 38, 8)
 IPV6_DST, ICMPV6_CODE, ND_TARGET = (BASIC, 27, 16), (BASIC, 30, 1), (BASIC, 31, 16)
 ND_SLL, ND_TLL = (BASIC, 32, 6), (BASIC, 33, 6)
-REG0, TUN_SRC, TUN_DST = (NXM1, 0, 4), (NXM1, 31, 4), (NXM1, 32, 4)
+REG0, REG1, TUN_SRC, TUN_DST = (NXM1, 0, 4), (NXM1, 1, 4), (NXM1, 31, 4), (NXM1, 32, 4)
 TCP_SRC, TCP_DST, SCTP_DST = (BASIC, 13, 2), (BASIC, 14, 2), (BASIC, 18, 2)
 CONJ_ID, CT_STATE, CT_ZONE = (NXM1, 37, 4), (NXM1, 105, 4), (NXM1, 106, 2)
 NXM_ETH_DST, NXM_ETH_SRC = (NXM0, 1, 6), (NXM0, 2, 6)
@@ -44,7 +44,7 @@ Field = tuple[int, int, int]
 
 # Match fields by their names in flow.FIELDS.
 _MATCH: dict[str, Field] = {
-    "in_port": IN_PORT_F, "reg0": REG0, "eth_src": ETH_SRC, "eth_dst": ETH_DST,
+    "in_port": IN_PORT_F, "reg0": REG0, "reg1": REG1, "eth_src": ETH_SRC, "eth_dst": ETH_DST,
     "tun_src": TUN_SRC, "tun_dst": TUN_DST, "tun_id": TUNNEL_ID, "eth_type": ETH_TYPE,
     "ip_proto": IP_PROTO, "ipv4_src": IPV4_SRC, "ipv4_dst": IPV4_DST, "ipv6_src": IPV6_SRC,
     "ipv6_dst": IPV6_DST, "tp_src": UDP_SRC, "tp_dst": UDP_DST,  # tp_*: with udp only
@@ -137,7 +137,7 @@ def _oxm(field: Field, value: bytes, mask: bytes | None = None) -> bytes:
 _RANK: dict[Field, int] = {field: rank for rank, field in enumerate((
     CONJ_ID, IN_PORT_F, ETH_SRC, ETH_DST, ETH_TYPE, IPV4_SRC, IPV4_DST, IPV6_SRC, IPV6_DST,
     IP_PROTO, TCP_SRC, TCP_DST, UDP_SRC, UDP_DST, SCTP_DST, ICMPV6_TYPE, ICMPV6_CODE, ND_TARGET,
-    ND_SLL, ND_TLL, ARP_OP, ARP_SPA, ARP_TPA, ARP_SHA, TUNNEL_ID, TUN_SRC, TUN_DST, REG0,
+    ND_SLL, ND_TLL, ARP_OP, ARP_SPA, ARP_TPA, ARP_SHA, TUNNEL_ID, TUN_SRC, TUN_DST, REG0, REG1,
     CT_STATE, CT_ZONE))}
 _UDP_PORTS = (_RANK[UDP_SRC], _RANK[UDP_DST])
 _UDP_PROTO = _oxm(IP_PROTO, bytes([17]))

@@ -21,6 +21,7 @@ from overlay.ovs.flow import (
     Load,
     Op,
     Output,
+    Resubmit,
     flow,
     match,
 )
@@ -52,6 +53,15 @@ RULES = [
     flow(12, 65001, match(eth_type=0x86DD, ip_proto=58, icmp_type=135), (GotoTable(20),)),
     flow(13, 100, match(reg0=42, **IPV6), (Ct(zone=3, commit=True), GotoTable(20))),
     flow(13, 100, match(reg0=42, **IP), (Ct(zone=3, commit=True), GotoTable(20))),
+    # Broadcast and multicast under ingress policy: reg1 names the port a copy is for.
+    flow(20, 105, match(reg0=42, eth_dst="0a:58:0a:00:00:01", **IP),
+         (Load("reg1", 5), Ct(zone=3, table=90))),
+    flow(20, 50, match(reg0=42, eth_dst="01:00:00:00:00:00/01:00:00:00:00:00"),
+         (Output(6), Load("reg1", 5), Resubmit(90), Output(7))),
+    flow(90, 65000, match(ct_state="+trk+est-inv", eth_dst="00:00:00:00:00:00/01:00:00:00:00:00"),
+         (GotoTable(92),)),
+    flow(90, 1, match(reg0=42, reg1=5, **IPV6), ()),
+    flow(92, 100, match(reg0=42, reg1=5), (Output(5),)),
     flow(90, 100, match(reg0=42, ct_zone=3, eth_type=0x0800), (Output(5),)),
 ]
 

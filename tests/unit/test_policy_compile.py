@@ -17,7 +17,7 @@ from overlay.dataplane.policy_flows import cidr_prefixes, port_masks
 from overlay.dataplane.policy_places import PriorityRange, Zones
 from overlay.dataplane.policy_state import PeerInfo
 from overlay.model import EGRESS, INGRESS
-from overlay.ovs.flow import ETH_IP, ETH_IPV6
+from overlay.ovs.flow import ETH_IP, ETH_IPV6, Actions, Identity
 from overlay.policy.evaluate import verdict
 from overlay.policy.model import CidrPeer, Policy, PortRange, Requirement, Rule, Selector
 
@@ -96,14 +96,46 @@ def test_a_rule_costs_the_sum_of_its_sets_not_the_product() -> None:
     in_ingress = [i for i in intent.rules() if i.table == INGRESS]
     # 20 subjects + 30 peers + 2 port rules (8000-8015 is one masked rule) + conj_id,
     # the conntrack verdicts (est, rel, inv) of the table and its default deny, neighbour
-    # discovery (ICMPv6 133-136), and each subject's own default deny (its counters say who
-    # was denied). IPv4 only: no IPv6 rule for a rule whose subjects have no IPv6.
-    assert len(in_ingress) == 20 + 30 + 2 + 1 + 4 + 4 + 20
+    # discovery (ICMPv6 133-136), and each subject's own default deny, IPv4 and IPv6 (its
+    # counters say who was denied; IPv6 to a port without IPv6 is denied). IPv4 only: no IPv6
+    # rule for a rule whose subjects have no IPv6.
+    assert len(in_ingress) == 20 + 30 + 2 + 1 + 4 + 4 + 20 * 2
     naive = 20 * 30 * 17
     # Beside the table: per policed port its detours (IPv4 and IPv6) and its delivery.
     assert len(intent.rules()) - before < naive / 40
     # Each policed port: two detours (FORWARD, DELIVER) and its delivery once allowed.
     assert len(intent.policy.policed()) == 20
+
+
+def test_policing_broadcast_costs_two_actions_per_policed_port_and_no_rule() -> None:
+    """The flood's copy to a port whose ingress is policed goes through its rules: the
+    network's replication rules stay as many, each policed port costs one more action in
+    them (load reg1, resubmit instead of output), whatever the number of rules or peers."""
+    from overlay.model import DELIVER, FORWARD
+
+    def floods(intent: Intent) -> dict[int, int]:
+        return {i.table: len(a) for i, a in intent.rules().items()
+                if i.table in (FORWARD, DELIVER) and i.priority == 50}
+
+    for policed_ports in (1, 5, 20):
+        intent = Intent(tunnel_ofport=TUNNEL)
+        for i in range(1, 21):
+            intent.set_local(f"{NET}/c{i}/eth0", local(i), want_ops=True)
+            app = "db" if i <= policed_ports else "free"
+            intent.policy.set_peers({f"{NET}/c{i}/eth0": PeerInfo(NET, local(i).ips,
+                                                                    {"app": app})})
+        intent.set_remote({f"{NET}/r{i}/eth0": remote(i) for i in range(1, 31)}, want_ops=True)
+        before, rules_before = floods(intent), len(intent.rules())
+        intent.policy.set_policy(NET, "db", Policy(NET, "db", Selector((("app", "db"),)),
+                                                   ingress=(Rule(),), egress=None))
+        assert floods(intent) == {t: n + policed_ports for t, n in before.items()}
+        rules_after = len(intent.rules())
+        # The rest: the tables' shared rules (17) and the network's commits (4), then per
+        # policed port its egress detour and allowance, its ingress detours (tables 20 and
+        # 30, IPv4 and IPv6) and default denies, its delivery, and its rule (any peer): 10.
+        assert rules_after - rules_before == 17 + 4 + 10 * policed_ports
+        intent.policy.set_policy(NET, "db", None)
+        assert floods(intent) == before and len(intent.rules()) == rules_before
 
 
 def local6(i: int) -> LocalPort:
@@ -233,6 +265,48 @@ def test_compiled_rules_decide_as_the_reference_evaluator(
             assert (got.outputs == [me.ofport]) == (not denied(expect.action)), (expect, got)
             assert got.to_controller == (expect.action == "reject"), (expect, got)
             assert (INGRESS in got.tables) == policed(pols, lab)
+    broadcasts_decide_as_the_evaluator(rules, locals_, remotes, pols, packet, kind)
+
+
+BROADCAST = {"ipv4": ("ff:ff:ff:ff:ff:ff", "255.255.255.255"),
+             "ipv6": ("33:33:00:00:00:01", "ff02::1"),
+             "link-local": ("33:33:00:00:00:01", "ff02::1")}
+
+
+def broadcasts_decide_as_the_evaluator(rules: dict[Identity, Actions],
+                                       locals_: list[dict[str, str]],
+                                       remotes: list[dict[str, str]], pols: list[Policy],
+                                       packet: tuple[int, int], kind: str) -> None:
+    """A broadcast (IPv6: all-nodes multicast) reaches each local port as the evaluator decides
+    its ingress from the sender; one a local port sends leaves as its egress decides (to the
+    group's address, no endpoint's), then reaches each other local port as above."""
+    proto, port = packet
+    mac, group = BROADCAST[kind]
+    for j, peer_labels in enumerate(remotes, 1):
+        src = ends(kind, local6(1), remote6(j))[1]
+        got = walk(rules, {"in_port": TUNNEL, "tun_src": "172.31.0.9", "tun_id": VNI,
+                           "eth_src": remote6(j).mac, "eth_dst": mac,
+                           **l3(kind, src, group, proto, port)})
+        for i, lab in enumerate(locals_, 1):
+            expect = verdict(pols, direction="ingress", subject=lab,
+                             peer_labels=peer_labels if kind != "link-local" else None,
+                             peer_ip=ipaddress.ip_address(src), protocol=proto, port=port)
+            assert (local6(i).ofport in got.outputs) == (not denied(expect.action)), (i, expect)
+    for k, sender in enumerate(locals_, 1):
+        src = ends(kind, local6(k), remote6(1))[0]
+        got = walk(rules, {"in_port": local6(k).ofport, "eth_src": local6(k).mac,
+                           "eth_dst": mac, **l3(kind, src, group, proto, port)})
+        out = verdict(pols, direction="egress", subject=sender, peer_labels=None,
+                      peer_ip=ipaddress.ip_address(group), protocol=proto, port=port)
+        assert (TUNNEL in got.outputs) == (not denied(out.action)), out
+        for i, lab in enumerate(locals_, 1):
+            if i == k:
+                continue  # OVS never sends a packet back out of the port it came in on
+            expect = verdict(pols, direction="ingress", subject=lab,
+                             peer_labels=sender if kind != "link-local" else None,
+                             peer_ip=ipaddress.ip_address(src), protocol=proto, port=port)
+            wanted = not denied(out.action) and not denied(expect.action)
+            assert (local6(i).ofport in got.outputs) == wanted, (k, i, out, expect)
 
 
 @settings(max_examples=100, deadline=None)

@@ -12,7 +12,8 @@ from overlay.dataplane.policy_state import RuleLabel, StatsIndex
 ALLOW = RuleLabel("my-net", "db", "ingress", 0, "allow", False)
 DROP = RuleLabel("my-net", "deny", "ingress", 1, "drop", False)
 INDEX = StatsIndex(conj={7: ALLOW}, plain={(90, 500, 42): DROP},
-                   denied={(90, 42, "10.0.0.2"): "my-net/c/eth0"})
+                   denied={(90, 42, "5"): "my-net/c/eth0"},
+                   addresses={"my-net/c/eth0": "10.0.0.2"})
 DUMP = [
     "cookie=0x1, duration=1s, table=90, n_packets=5, n_bytes=300, priority=900,conj_id=7 "
     "actions=goto_table:91",
@@ -21,7 +22,7 @@ DUMP = [
     "cookie=0x1, duration=1s, table=90, n_packets=2, n_bytes=120, priority=500,ip,reg0=0x2a,"
     "nw_dst=10.0.0.2 actions=drop",
     "cookie=0x1, duration=1s, table=90, n_packets=3, n_bytes=180, priority=1,ip,reg0=0x2a,"
-    "nw_dst=10.0.0.2 actions=drop",
+    "reg1=0x5 actions=drop",
     "cookie=0x1, duration=1s, table=90, n_packets=4, n_bytes=240, priority=0 actions=drop",
 ]
 
