@@ -1,33 +1,33 @@
 """A 3-member etcd cluster: stopping any one member changes nothing a user can see.
 
 Agents are given all three members. With each member stopped in turn (leader or not), traffic
-between hosts keeps flowing without a gap, ADD and DEL succeed, and a container added while
+between hosts keeps flowing, ADD and DEL succeed, and a container added while
 the member is down is reachable from the other host.
 
 "Changes nothing" is asserted on the mechanism: every host's switch holds exactly the rules it
-held before. The pings and the TCP stream check that on real traffic: no gap of 250 ms, the
-stream survives, and isolated losses stay under 2 %. This machine's userspace datapath loses
-single pings with no fault at all (measured today on a quiet machine with this lab: 0-3 of 400,
-each alone), so a 1 % bound failed about one run in four without any fault to blame; a control
-plane that touched the flows would show as a gap, a changed table, or both.
+held before, and none of them went missing or was deleted and re-added at any moment between
+(sampled all along: overlay/lab/faults.py's TableWatch; the container added meanwhile adds
+rules of its own and changes its network's broadcast rule in place, which is allowed). The
+pings and the TCP stream check that on real traffic: the stream survives and the pings from the
+member's stop on are answered. Losses and gaps are printed, not bounded: this machine's
+userspace datapath loses single pings with no fault at all (0-3 of 400 on a quiet machine, 5-6
+at load 9), so any bound on them fails under load without a fault to blame, while a control
+plane that touched the flows shows in the samples however loaded the machine is.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import pytest
+from traffic import Traffic
 
 from overlay.lab import containers as ctr
-from overlay.lab.faults import switch_table
+from overlay.lab.faults import TableWatch, switch_table
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_faults import Traffic  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,23 @@ def lab(lab_factory: Callable[..., Lab]) -> Lab:
 def test_one_member_down_changes_nothing(lab: Lab, member: int) -> None:
     leader = run(lab.etcdctl("endpoint", "status", "-w", "table"), netns=lab.underlay_ns).stdout
     tables = {h.name: switch_table(h) for h in lab.hosts}
-    traffic = Traffic(lab, 8)
+    with ExitStack() as stack:
+        watches = [stack.enter_context(TableWatch(h, exact=False, pause=0.05))
+                   for h in lab.hosts]
+        traffic = Traffic(lab, 8)
+        stopped = time.time()
+        one_member_down(lab, member)
+        outcome = traffic.finish()
+    row = next(line for line in leader.splitlines() if f"{lab.member_ips[member]}:2379" in line)
+    print(f"  member m{member} stopped ({'leader' if ' true ' in row else 'follower'}); "
+          + "; ".join(w.summary() for w in watches))
+    assert not any(w.problems for w in watches), [w.problems for w in watches]
+    assert {h.name: switch_table(h) for h in lab.hosts} == tables
+    assert outcome.tcp_ok and outcome.mostly_answered_after(stopped)
+
+
+def one_member_down(lab: Lab, member: int) -> None:
+    """Stop `member`, ADD and DEL a container meanwhile, start it again."""
     lab.stop_etcd_member(member)
     try:
         name = f"m{member}-late"
@@ -59,8 +75,3 @@ def test_one_member_down_changes_nothing(lab: Lab, member: int) -> None:
         assert ctr.del_container(lab, name).returncode == 0
     finally:
         lab.start_etcd_member(member)
-    outcome = traffic.finish()
-    row = next(line for line in leader.splitlines() if f"{lab.member_ips[member]}:2379" in line)
-    print(f"  member m{member} stopped ({'leader' if ' true ' in row else 'follower'})")
-    assert {h.name: switch_table(h) for h in lab.hosts} == tables
-    assert outcome.longest_gap_ms < 250 and outcome.lost <= outcome.sent // 50 and outcome.tcp_ok
