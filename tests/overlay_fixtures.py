@@ -6,6 +6,8 @@
                           host (OVERLAY_TEST_TLS=0, or tls=False, for plain http); a cluster
                           (etcd_members > 1) is plain http
     netns                 a fresh, uniquely named network namespace, deleted afterwards
+    two_bridge_host       a one-host lab (no network) whose switch also has the empty bridges
+                          bra and brb, to compare two ways of filling a table (module)
     cni                   runs the real `ovs` plugin executable the way a runtime does
     libcni_driver         tests/libcni/driver.go built against Debian's libcni (session)
     netns_factory         fresh network namespaces on demand, deleted afterwards
@@ -102,6 +104,16 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
             print(f"keeping lab {lab.prefix} in {lab.workdir}")
         else:
             lab.down()
+
+
+@pytest.fixture(scope="module")
+def two_bridge_host(lab_factory: Callable[..., Lab]) -> LabHost:
+    lab = lab_factory(hosts=1, network=None)
+    h = lab.hosts[0]
+    for bridge in ("bra", "brb"):
+        run(["ovs-vsctl", f"--db=unix:{h.ovs_dir}/db.sock", "--may-exist", "add-br", bridge,
+             "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=secure"])
+    return h
 
 
 @pytest.fixture

@@ -294,10 +294,10 @@ class Agent:
         self._doctor = HostDoctor(host=host, ports=self._ovs, endpoints=store,
                                   flows=self._dataplane, allocator=ipam, links=links,
                                   gateways=self._gateways)
-        observe.watch_agent(self._metrics, self._readiness, dataplane=self._dataplane,
-                            ovs=self._ovs, store=store, bridge=cfg.bridge,
-                            etcd_synced=lambda: (self._hosts.wait_synced(0)
-                                                 and self._networks.wait_synced(0)))
+        self._closing.callback(observe.watch_agent(  # stopped: the policy counters' reader
+            self._metrics, self._readiness, dataplane=self._dataplane, ovs=self._ovs,
+            store=store, bridge=cfg.bridge,
+            etcd_synced=lambda: self._hosts.wait_synced(0) and self._networks.wait_synced(0)).stop)
 
     def _clean_leftovers(self) -> None:
         # Containers that vanished while no agent was watching, before serving (a runtime's first
@@ -366,7 +366,7 @@ class Agent:
         try:
             self._prime(self._reconciler.vteps)
             self._networks.sweep()
-            self._dataplane.verify()  # a count of the switch's rules; the whole table only on drift
+            self._dataplane.verify()  # the switch's rules against ours; the whole table only on drift
             self._gateways.repair()   # iptables rules, routes or addresses removed behind our back
             self._encryption.resync(set(self._reconciler.host_vteps()))
         except CniError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 from overlay.agent import config as agent_config
 from overlay.agent import logs
@@ -28,7 +29,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         agent.stop()  # whatever start() reached; the host's lease is left to expire
+        threads_left()
     return 0
+
+
+def threads_left() -> list[str]:
+    """Names of the threads still running after stop(), logged: each is a component whose
+    stop (or close) forgot it, and would go on acting on OVS or etcd in a process meant to be
+    done (the policy counters' reader once did)."""
+    left = sorted(t.name for t in threading.enumerate()
+                  if t is not threading.current_thread() and t.is_alive())
+    if left:
+        log.warning("threads still running after stop: %s", ", ".join(left))
+    else:
+        log.info("stopped: no thread left")
+    return left
 
 
 def check_config(cfg: agent_config.AgentConfig) -> int:

@@ -134,11 +134,12 @@ class WatchMetrics(WatchObserver):
 
 def watch_agent(metrics: Metrics, readiness: Readiness, *, dataplane: Dataplane,
                 ovs: Ovsdb, store: Store, bridge: str,
-                etcd_synced: Callable[[], bool]) -> None:
-    """Register the state gauges and the readiness checks of a running agent."""
+                etcd_synced: Callable[[], bool]) -> PolicyStats:
+    """Register the state gauges and the readiness checks of a running agent. Returns the
+    policy counters' reader, started: the caller stops it."""
     metrics.set_endpoint_source(lambda: dataplane.counts()[:2])
     # From the dataplane's model, not a dump of the switch: at 100,000 rules a dump per scrape
-    # costs seconds. The periodic verify() keeps the switch's rule count equal to the model's.
+    # costs seconds. The periodic verify() keeps the switch's rules equal to the model's.
     metrics.set_flow_table_source(dataplane.flows_per_table)
     metrics.set_ip_usage_source(IpUsage(ovs=ovs, store=store, bridge=bridge,
                                         on_etcd_error=metrics.etcd_request_error))
@@ -152,3 +153,4 @@ def watch_agent(metrics: Metrics, readiness: Readiness, *, dataplane: Dataplane,
     # This run has put its whole table in the switch, or found it there (a restarted agent
     # adopts an identical table: its rules keep the cookies of the runs that wrote them).
     readiness.add("flows-installed", dataplane.table_in_switch)
+    return stats

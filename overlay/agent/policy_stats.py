@@ -95,7 +95,10 @@ class PolicyStats(Collector):
         self._thread.start()
 
     def stop(self) -> None:
+        """Ends the thread (a poll in progress finishes first). Idempotent."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

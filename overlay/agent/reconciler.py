@@ -394,7 +394,7 @@ class Reconciler:
             if new_vteps:
                 self._on_new_vteps(set(new_vteps))
             if updates:
-                self._dataplane.update_remote(updates)
-                self._dataplane.update_peers(peer_infos(updates, self._endpoints, self._host))
+                self._dataplane.update_remote(  # with the peers: one change, one push
+                    updates, peer_infos(updates, self._endpoints, self._host))
         except Exception:  # the dataplane marks itself for a full push; verify() repairs
             log.exception("could not apply %d remote endpoint changes", len(updates))

@@ -10,8 +10,8 @@ and recovers (wholetable.py) when the switch's table is unknown. No call reads t
 table back, so an event costs the same with 10 remote endpoints as with 50,000.
 
 A whole-table push is the recovery path only (wholetable.py): at start-up, after ovs-vswitchd
-restarted, after a bundle failed (the switch's table is then unknown), and when `verify` finds
-that the switch holds a different number of rules than we want.
+restarted, after a bundle or a change of the model failed (the switch's table is then
+unknown), and when `verify` finds that the switch holds other rules than we want.
 
 Flow cookies carry the generation of the agent run that wrote the rule (a counter kept in
 br-int's external_ids, bumped at every start). A restarted agent's first whole table is either
@@ -47,7 +47,6 @@ from overlay.dataplane.intent import Intent
 from overlay.dataplane.policy_flows import CompiledRule
 from overlay.dataplane.policy_state import PeerInfo, StatsIndex
 from overlay.dataplane.wholetable import WholeTable
-from overlay.errors import CniError
 from overlay.model import CLASSIFY, FORWARD
 from overlay.ovs.flow import ADD, DELETE, MODIFY, Actions, Identity, Op
 from overlay.ovs.ofctl import Ofctl
@@ -95,23 +94,24 @@ class Dataplane:
     def install_endpoint(self, key: str, port: LocalPort, labels: Labels | None = None) -> None:
         """`labels`: the endpoint's own (the CNI ADD has them), so that policies select it
         from its first rules, not only once its record comes back through the etcd watch."""
-        with self._state_lock:
+        def change() -> list[Op]:
             ops = [] if labels is None else self._intent.policy.set_peers(
                 {key: PeerInfo(key.split("/", 1)[0], port.ips, labels)})
-            ops += self._intent.set_local(key, port, want_ops=self._ops_wanted())
-            mine = self._queue(ops)
-        self._push(mine)
+            return ops + self._intent.set_local(key, port, want_ops=self._ops_wanted())
+        self._change(change)
 
     def remove_endpoint(self, key: str) -> None:
-        with self._state_lock:
-            mine = self._queue(self._intent.set_local(key, None, want_ops=self._ops_wanted()))
-        self._push(mine)
+        self._change(lambda: self._intent.set_local(key, None, want_ops=self._ops_wanted()))
 
-    def update_remote(self, changes: Mapping[str, RemoteEndpoint | None]) -> None:
-        """Apply a batch of remote endpoint puts (an endpoint) and deletes (None)."""
-        with self._state_lock:
-            mine = self._queue(self._intent.set_remote(changes, want_ops=self._ops_wanted()))
-        self._push(mine)
+    def update_remote(self, changes: Mapping[str, RemoteEndpoint | None],
+                      peers: Mapping[str, PeerInfo | None] | None = None) -> None:
+        """Apply a batch of remote endpoint puts (an endpoint) and deletes (None), and with
+        `peers` what policies know of the same endpoints (update_peers), in one change: a
+        push that fails cannot then leave the policies without what the forwarding has."""
+        def change() -> list[Op]:
+            ops = self._intent.set_remote(changes, want_ops=self._ops_wanted())
+            return ops + (self._intent.policy.set_peers(peers) if peers else [])
+        self._change(change)
 
     def set_gateway(self, vni: int, gateway: Gateway | None) -> None:
         """Install (or with None remove) the gateway rules of network `vni`. Idempotent; the
@@ -125,18 +125,16 @@ class Dataplane:
 
     def update_policies(self, changes: Mapping[tuple[str, str], Policy | None]) -> None:
         """(network, name) -> the policy (None: deleted); see policy_state.py."""
-        with self._state_lock:
+        def change() -> list[Op]:
             ops: list[Op] = []
             for (network, name), policy in changes.items():
                 ops += self._intent.policy.set_policy(network, name, policy)
-            mine = self._queue(ops)
-        self._push(mine)
+            return ops
+        self._change(change)
 
     def update_peers(self, changes: Mapping[str, PeerInfo | None]) -> None:
         """What policies know of endpoints (their labels), local or remote, by intent key."""
-        with self._state_lock:
-            mine = self._queue(self._intent.policy.set_peers(changes))
-        self._push(mine)
+        self._change(lambda: self._intent.policy.set_peers(changes))
 
     def placed_rules(self) -> dict[tuple[str, str], list[CompiledRule]]:
         """(network, policy) -> its rules as placed in the switch (trace, metrics)."""
@@ -185,17 +183,22 @@ class Dataplane:
                 self._dirty = True
 
     def verify(self) -> bool:
-        """Cheap drift check: does the switch hold as many rules as we want? If not, replace
-        the whole table. Returns False when drift was found (and repaired).
+        """Drift check: does the switch hold exactly the rules we want? If not, replace the
+        whole table. Returns False when drift was found (and repaired).
 
-        A table left unknown by a failed push (a bundle the switch refused, a connection cut
-        mid-bundle) is replaced here too: otherwise only the next change would repair it, and
-        a quiet host may have none for hours.
+        Rule for rule (table, priority, match and actions, cookies aside: one dump over the
+        channel, Channel.holds_exactly), not a count: a change lost on its way (a modify, or
+        an add and a delete together) leaves the count as it was and was never repaired.
+        Without a channel, or with a rule the channel cannot encode, the count is all that is
+        compared. A table left unknown by a failed push (a bundle the switch refused, a
+        connection cut mid-bundle, a model change that failed) is replaced here too:
+        otherwise only the next change would repair it, and a quiet host may have none for
+        hours.
 
-        The count is taken without holding the apply lock: at 100,000 rules dump-aggregate
-        takes the switch ~100 ms, and an event that had to wait for it showed as the p99 of
-        event -> switch. A push meanwhile makes the count meaningless, so it is then simply
-        not judged (the next round will)."""
+        The switch is read without holding the apply lock: at 100,000 rules its answer takes
+        it ~0.5 s (a count ~100 ms), and an event that had to wait for it would show as the
+        p99 of event -> switch. A change meanwhile makes the comparison meaningless, so it is
+        then simply not judged (the next round will)."""
         with self._state_lock:
             if self._held or self._pending:
                 return True  # a push is due anyway
@@ -204,21 +207,30 @@ class Dataplane:
                 mine = self._queue([])
             else:
                 mine = 0
-            wanted, applied = len(self._intent), self._applied
+            queued, applied = self._queued, self._applied
+            wanted = self._intent.rules()
         if mine:
             self._push(mine)
             return False
-        found = self._switch.count()
+        same = self._switch_holds(wanted)
         with self._apply_lock, self._state_lock:
-            if (self._applied != applied or self._pending or self._dirty
-                    or len(self._intent) != wanted or found == wanted):
+            if (self._applied != applied or self._queued != queued or self._pending
+                    or self._dirty or same):
                 return True
-            log.warning("switch holds %d rules where %d are wanted; replacing the table",
-                        found, wanted)
+            log.warning("the switch's table is not the %d rules wanted; replacing it",
+                        len(wanted))
             self._dirty = True
             mine = self._queue([])
         self._push(mine)
         return False
+
+    def _switch_holds(self, wanted: dict[Identity, Actions]) -> bool:
+        if self._channel is not None:
+            try:
+                return self._channel.holds_exactly(wanted)[0]
+            except Unsupported as exc:
+                log.debug("drift check by count: %s", exc)
+        return self._switch.count() == len(wanted)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -241,7 +253,7 @@ class Dataplane:
             return self._intent.counts()
 
     def flows_per_table(self) -> dict[int, int]:
-        """Rules per table as we want them (verify() keeps the switch's count equal)."""
+        """Rules per table as we want them (verify() keeps the switch's table equal)."""
         with self._state_lock:
             identities = list(self._intent.rules())
         counts: Counter[int] = Counter(identity.table for identity in identities)
@@ -285,6 +297,26 @@ class Dataplane:
         """Are operations of the model's changes of any use? Not while held or dirty: the
         next push replaces the whole table (a restarted agent's first snapshot)."""
         return not (self._held or self._dirty)
+
+    def _change(self, compute: Callable[[], list[Op]]) -> None:
+        """Change the model (`compute`, under the state lock) and push its operations.
+
+        A change that fails half-way (a bug, an input nobody foresaw) may have changed part
+        of the model and lost the operations of that part: the model and the switch no longer
+        differ by what is queued. The switch's table is then as unknown as after a failed
+        bundle, so the push replaces it whole with what the model holds, and the error is
+        raised after it (the caller logs it)."""
+        failed: Exception | None = None
+        with self._state_lock:
+            try:
+                ops = compute()
+            except Exception as exc:  # noqa: BLE001 (whatever it was, the table is unknown)
+                failed, ops = exc, []
+                self._dirty = True
+            mine = self._queue(ops)
+        self._push(mine)
+        if failed is not None:
+            raise failed
 
     def _queue(self, ops: list[Op]) -> int:
         if self._ops_wanted():  # otherwise a whole-table push will carry these anyway
@@ -330,7 +362,7 @@ class Dataplane:
                 elif ops:
                     self._send(ops)
                     self.bundles += 1
-            except CniError:
+            except Exception:  # CniError, or anything else: the operations are taken
                 with self._state_lock:  # the bundle may or may not have landed: start over
                     self._dirty = True
                     self._pending = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from overlay.errors import CniError, Code
 from overlay.ovs.flow import ADD, DELETE, MODIFY, Actions, Flow, Identity, Match, Op
 
 
@@ -19,6 +20,7 @@ class FakeOfctl:
         self.cookies: dict[Identity, int] = {}
         self.bundles: list[list[Op]] = []
         self.replacements = 0
+        self.refuse = 0  # the next this many bundles are refused, all or nothing, as OVS does
 
     def on(self, bridge: str) -> FakeOfctl:
         return self
@@ -31,6 +33,9 @@ class FakeOfctl:
         self.cookies = dict.fromkeys(rules, cookie)
 
     def apply(self, ops: Sequence[Op], cookie: int) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise CniError(Code.OVS_FAILURE, "the switch refused a flow; nothing was changed")
         self.bundles.append(list(ops))
         table = dict(self.table)  # all or nothing, like a bundle
         for op in ops:
@@ -66,3 +71,26 @@ class FakeOfctl:
         return [Flow(identity, actions) for identity, actions in self.table.items()
                 if (table is None or identity.table == table)
                 and (match is None or identity.match.holds(match))]
+
+
+class FakeChannel:
+    """A persistent OpenFlow channel to a FakeOfctl's table (Dataplane(channel=...)): bundles
+    land in the same table, and holds_exactly compares rule for rule, as the real one does."""
+
+    def __init__(self, switch: FakeOfctl) -> None:
+        self.switch = switch
+        self.compared = 0  # holds_exactly calls
+
+    def apply(self, ops: Sequence[Op], cookie: int, delete_cookies: tuple[int, ...] = ()) -> None:
+        self.switch.apply(ops, cookie)
+
+    def add_all(self, rules: Mapping[Identity, Actions], cookie: int,
+                delete_cookies: tuple[int, ...] = ()) -> None:
+        self.switch.replace(rules, cookie)
+
+    def holds_exactly(self, rules: Mapping[Identity, Actions]) -> tuple[bool, set[int]]:
+        self.compared += 1
+        return self.switch.table == dict(rules), set(self.switch.cookies.values())
+
+    def count(self) -> int:
+        return self.switch.count()

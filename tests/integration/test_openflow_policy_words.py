@@ -5,12 +5,8 @@ it is byte for byte what we encode (holds_exactly)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
-import pytest
-
 from overlay.lab.shell import run
-from overlay.lab.topology import Lab, LabHost
+from overlay.lab.topology import LabHost
 from overlay.ovs.flow import (
     IP,
     IPV6,
@@ -66,31 +62,21 @@ RULES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def host(lab_factory: Callable[..., Lab]) -> Iterator[LabHost]:
-    lab = lab_factory(hosts=1, network=None)
-    h = lab.hosts[0]
-    for bridge in ("bra", "brb"):
-        run(["ovs-vsctl", f"--db=unix:{h.ovs_dir}/db.sock", "--may-exist", "add-br", bridge,
-             "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=secure"])
-    yield h
-
-
 def table(h: LabHost, bridge: str) -> list[str]:
     out = run(["ovs-ofctl", "-O", "OpenFlow14", "--no-stats", "dump-flows",
                f"unix:{h.ovs_dir}/{bridge}.mgmt"], env={"OVS_RUNDIR": h.ovs_dir}).stdout
     return sorted(out.splitlines())
 
 
-def test_policy_words_install_as_ovs_ofctl_installs_them(host: LabHost) -> None:
+def test_policy_words_install_as_ovs_ofctl_installs_them(two_bridge_host: LabHost) -> None:
     text = "\n".join(flow_text(f, COOKIE) for f in RULES) + "\n"
     run(["ovs-ofctl", "-O", "OpenFlow14", "--bundle", "replace-flows",
-         f"unix:{host.ovs_dir}/bra.mgmt", "-"], env={"OVS_RUNDIR": host.ovs_dir},
+         f"unix:{two_bridge_host.ovs_dir}/bra.mgmt", "-"], env={"OVS_RUNDIR": two_bridge_host.ovs_dir},
         input=text.encode())
-    channel = Channel(rundir=host.ovs_dir, bridge="brb")
+    channel = Channel(rundir=two_bridge_host.ovs_dir, bridge="brb")
     channel.apply([Op("add", f.identity, f.actions) for f in RULES], COOKIE)
-    dumped = table(host, "brb")
-    assert dumped == table(host, "bra")
+    dumped = table(two_bridge_host, "brb")
+    assert dumped == table(two_bridge_host, "bra")
     assert len(dumped) == len(RULES)
     # What the switch shows is what the rules say (a sample of each new word).
     joined = "\n".join(dumped)
@@ -101,10 +87,10 @@ def test_policy_words_install_as_ovs_ofctl_installs_them(host: LabHost) -> None:
         assert word in joined, word
 
 
-def test_the_switch_reports_policy_rules_byte_for_byte_as_encoded(host: LabHost) -> None:
-    channel = Channel(rundir=host.ovs_dir, bridge="brb")
-    run(["ovs-ofctl", "-O", "OpenFlow14", "del-flows", f"unix:{host.ovs_dir}/brb.mgmt"],
-        env={"OVS_RUNDIR": host.ovs_dir})
+def test_the_switch_reports_policy_rules_byte_for_byte_as_encoded(two_bridge_host: LabHost) -> None:
+    channel = Channel(rundir=two_bridge_host.ovs_dir, bridge="brb")
+    run(["ovs-ofctl", "-O", "OpenFlow14", "del-flows", f"unix:{two_bridge_host.ovs_dir}/brb.mgmt"],
+        env={"OVS_RUNDIR": two_bridge_host.ovs_dir})
     channel.apply([Op("add", f.identity, f.actions) for f in RULES], COOKIE)
     rules: dict[object, object] = dict(RULES)
     assert channel.holds_exactly(rules) == (True, {COOKIE})  # type: ignore[arg-type]

@@ -123,3 +123,17 @@ def test_run_checks_every_round_and_runs_the_janitor_every_fourth(
     agent.run()
     assert len(rounds) == 9
     assert janitor == [n for n in range(1, 10) if n % agent_mod.JANITOR_EVERY == 0] == [4, 8]
+
+
+def test_threads_left_after_stop_are_named() -> None:
+    from overlay.agent.main import threads_left
+
+    before = set(threads_left())  # other tests of this process may have left some
+    stop = threading.Event()
+    forgotten = threading.Thread(target=stop.wait, name="forgotten", daemon=True)
+    forgotten.start()
+    try:
+        assert set(threads_left()) - before == {"forgotten"}
+    finally:
+        stop.set()
+        forgotten.join()

@@ -4,7 +4,6 @@ going), the switch holds exactly compute_flows(state), and only bundles were sen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from overlay.dataplane.dataplane import Dataplane
 from overlay.dataplane.flows import Gateway, LocalPort, RemoteEndpoint
 from overlay.dataplane.flowtable import compute_rules
-from overlay.errors import CniError, Code
+from overlay.errors import CniError
 from overlay.ovs.flow import Actions, Identity, Op
 from overlay.ovs.flowtext import op_text
 from overlay.ovs.testing import FakeOfctl
@@ -148,25 +147,11 @@ def test_rules_wait_while_held_and_land_in_one_replacement() -> None:
     assert fake.table == oracle(dp) and fake.replacements == 1 and dp.table_in_switch()
 
 
-class RefusingOfctl(FakeOfctl):
-    """Refuses the next `refuse` bundles (all or nothing: the table stays as it was)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refuse = 0
-
-    def apply(self, ops: Sequence[Op], cookie: int) -> None:
-        if self.refuse:
-            self.refuse -= 1
-            raise CniError(Code.OVS_FAILURE, "the switch refused a flow; nothing was changed")
-        super().apply(ops, cookie)
-
-
 def test_the_periodic_check_repairs_a_failed_bundle_without_any_other_change() -> None:
     """A refused bundle leaves the switch without the change; the model has it. The rule
     count is the same (a modify), so only the failure itself says the table is unknown: the
     next verify() must put the table back, with no further event to carry it."""
-    fake = RefusingOfctl()
+    fake = FakeOfctl()
     dp = Dataplane(ofctl=cast(Any, fake), bridge="br-int", tunnel_ofport=1, held=True)
     dp.release()
     dp.install_endpoint("a", LocalPort(42, "0a:58:0a:00:00:01", ("10.0.0.1",), 2))

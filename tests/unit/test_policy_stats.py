@@ -62,3 +62,14 @@ def test_audit_lines_for_what_changed_only_and_at_most_max_lines(monkeypatch: An
     assert len(lines) == 2 and lines[1] == "... and 1 more audit lines this interval"
     exported = {m.name: m.samples for m in stats.collect()}
     assert {s.value for s in exported["overlay_policy_denied_packets"]} == {6}
+
+
+def test_stop_ends_the_reading_thread() -> None:
+    """The agent's stop() stops it (agent.py registers it): no thread reads the switch after."""
+    stats = PolicyStats(dataplane=cast(Any, FakeDataplane(DUMP, INDEX)), interval=0.01,
+                        line=lambda text: None)
+    stats.start()
+    assert stats._thread.is_alive()
+    stats.stop()
+    assert not stats._thread.is_alive()
+    stats.stop()  # idempotent
