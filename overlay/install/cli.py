@@ -44,4 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"installed {path}")
     for path in report.unchanged:
         print(f"unchanged {path}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

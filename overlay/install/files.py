@@ -16,6 +16,7 @@ from pathlib import Path
 class Report:
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the operator still has to do
 
     def note(self, path: Path, changed: bool) -> None:
         (self.changed if changed else self.unchanged).append(str(path))

@@ -13,6 +13,12 @@ Full install (a host that runs the agent from a virtualenv, e.g. /opt/overlay/ve
 the plugin and the conflist alone, and the plugin is standalone (overlay.install.plugin): one
 file run by the node's python3, since the virtualenv stays in the image.
 
+Both: the reference plugins the runtime runs beside ours, `loopback` (containerd's CRI plugin
+runs it for every pod: without it every RunPodSandbox fails) and those the conflist chains
+(`portmap`), linked into /opt/cni/bin from /usr/lib/cni, where Debian's
+containernetworking-plugins puts them, when they are there and /opt/cni/bin has none; when
+neither has one, the report says which is missing and what to install.
+
 Why symlinks into the virtualenv rather than copies: the console scripts' shebangs name the
 venv's Python, so a copy would still depend on the venv and merely go stale after an upgrade.
 
@@ -25,6 +31,7 @@ the unit changed and the root is the running system's. Every conflist is checked
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +48,10 @@ UNIT_PATH = "etc/systemd/system/" + UNIT_NAME
 CONFIG_PATH = "etc/overlay/agent.toml"
 PLUGIN_PATH = "opt/cni/bin/ovs"
 CONFLIST_DIR = "etc/cni/net.d"
+CNI_BIN_DIR = "opt/cni/bin"
+DEBIAN_CNI_DIR = "usr/lib/cni"  # Debian's containernetworking-plugins
+# containerd's CRI plugin runs it for every pod sandbox, from the conflists' bin_dir.
+RUNTIME_PLUGINS = ("loopback",)
 BIN_DIR = "usr/local/bin"
 COMMANDS = ("overlay-agent", "overlayctl")
 NODE_PYTHON = "/usr/bin/python3"  # what runs the standalone plugin on a node (Debian's)
@@ -103,6 +114,24 @@ def _install_cni(base: Path, opts: Options, conflist_text: str, report: Report) 
         report.note(target, write_if_different(target, conflist_text))
     else:
         report.note(target, False)
+    chained = [p.get("type") for p in json.loads(conflist_text).get("plugins", [])]
+    for name in dict.fromkeys([*RUNTIME_PLUGINS, *chained]):
+        if isinstance(name, str) and name != "ovs":
+            _reference_plugin(base, name, report)
+
+
+def _reference_plugin(base: Path, name: str, report: Report) -> None:
+    """/opt/cni/bin/NAME: the operator's if there, else a link to Debian's, else a warning."""
+    path = base / CNI_BIN_DIR / name
+    if path.exists() or path.is_symlink():  # a link may name the node's path, not base's
+        return
+    if (base / DEBIAN_CNI_DIR / name).is_file():
+        report.note(path, link(path, "/" + DEBIAN_CNI_DIR + "/" + name))
+        return
+    why = ("containerd's CRI plugin runs it for every pod" if name in RUNTIME_PLUGINS
+           else "the conflist chains it")
+    report.warnings.append(f"{path} missing ({why}): apt-get install "
+                           "containernetworking-plugins, then run overlay-install again")
 
 
 def install(root: str = "/", prefix: str | None = None, *, reload: bool = True) -> Report:

@@ -71,13 +71,15 @@ def _attempts(members: int) -> int:
     down, all of them can be benched for RETRY_AFTER at once and pyetcd then refuses every call
     (NoServerAvailableError) though two members are serving. So with several members each one
     gets two chances, and a call that finds all of them benched waits out the bench (see
-    _translate). A single member gets one: nothing to fail over to, and "try again later"
+    etcd_call). A single member gets one: nothing to fail over to, and "try again later"
     should come at once. (A call that was never sent, because another thread's failure had
-    benched the member, is not an attempt: see _translate.)"""
+    benched the member, is not an attempt: see etcd_call.)"""
     return 1 if members <= 1 else 2 * members
 
 
-def _translate(fn: Callable[P, T]) -> Callable[P, T]:
+def etcd_call(fn: Callable[P, T]) -> Callable[P, T]:
+    """Decorates a Store verb (first argument: the Store): retried on another member, and
+    etcd's failures said as CniError (TRY_AGAIN_LATER unreachable, STORE_FAILURE refused)."""
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         store = args[0] if args and isinstance(args[0], Store) else None
@@ -181,7 +183,7 @@ class Store:
                     raise tls.TlsRejected(reason) from None
             raise
 
-    @_translate
+    @etcd_call
     def _register_host(self, rec: r.HostRecord, ttl: int) -> None:
         lease = self._client.lease(ttl)
         try:
@@ -202,14 +204,14 @@ class Store:
         """A change the hosts watch saw: our record not as we wrote it is put back at once."""
         self._host_lease.changed(key, value)
 
-    @_translate
+    @etcd_call
     def _put_back(self, rec: r.HostRecord) -> bool:
         """Write our host record again if it is not as we wrote it (value and lease)."""
         return self._host_lease.put_back(self._client, rec)
 
     # --- networks ----------------------------------------------------------------------------
 
-    @_translate
+    @etcd_call
     def ensure_network(self, rec: r.NetworkRecord) -> bool:
         """Record the network and claim its VNI, or fail if either is taken differently.
 
@@ -240,7 +242,7 @@ class Store:
             self._client.put(vkey, rec.name)
         return False
 
-    @_translate
+    @etcd_call
     def drop_network_if_unused(self, rec: r.NetworkRecord) -> None:
         """Undo ensure_network: delete network and VNI records if no endpoint uses them."""
         if self._client.get_prefix_response(f"{r.ENDPOINTS}{rec.name}/", count_only=True).count:
@@ -252,33 +254,33 @@ class Store:
             success=[tx.delete(r.network_key(rec.name)), tx.delete(r.vni_key(rec.vni))],
             failure=[])
 
-    @_translate
+    @etcd_call
     def ping(self) -> None:
         """One cheap read: raises CniError(TRY_AGAIN_LATER) when etcd cannot be reached."""
         self._client.get(r.ROOT + "ping")
 
     # --- endpoints ---------------------------------------------------------------------------
 
-    @_translate
+    @etcd_call
     def put_endpoint(self, rec: r.EndpointRecord) -> None:
         """Create the record, or replace ours; CniError(ALREADY_ATTACHED) naming the host if
         another host holds the key (ownership.py)."""
         ownership.put_endpoint(self._client, rec.key, rec.to_json(), rec.host,
                                f"container {rec.container_id} interface {rec.ifname}")
 
-    @_translate
+    @etcd_call
     def get_endpoint(self, network: str, container_id: str, ifname: str) -> r.EndpointRecord | None:
         value, _ = self._client.get(r.endpoint_key(network, container_id, ifname))
         return None if value is None else r.EndpointRecord.from_json(value)
 
-    @_translate
+    @etcd_call
     def set_endpoint_labels(self, network: str, container_id: str, ifname: str,
                             labels: dict[str, str], *, host: str, netns: str) -> bool:
         """Replace the record's labels if it is still that attachment (ownership.py)."""
         return ownership.set_labels(self._client, r.endpoint_key(network, container_id, ifname),
                                     labels, host=host, netns=netns)
 
-    @_translate
+    @etcd_call
     def delete_endpoint(self, network: str, container_id: str, ifname: str, *,
                         host: str) -> str | None:
         """Delete the record if it names `host` (idempotent). Returns None when it is gone,
@@ -326,19 +328,19 @@ class Store:
             out[ip] = r.Holder.parse(item.value)
         return out
 
-    @_translate
+    @etcd_call
     def allocation(self, network: str, ip: Address) -> r.Holder | None:
         value, _ = self._client.get(r.ipam_prefix(network) + str(ip))
         return None if value is None else r.Holder.parse(value)
 
-    @_translate
+    @etcd_call
     def claim_ip(self, network: str, ip: Address, holder: r.Holder) -> bool:
         key = r.ipam_prefix(network) + str(ip)
         ok, _ = self._client.transaction(compare=[self._tx.version(key) == 0],
                                          success=[self._tx.put(key, holder.to_json())], failure=[])
         return bool(ok)
 
-    @_translate
+    @etcd_call
     def release_ip(self, network: str, ip: Address, holder: r.Holder) -> None:
         key = r.ipam_prefix(network) + str(ip)
         # Only the holder may free an address: a stale DEL must not free a reused one.
@@ -371,20 +373,20 @@ class Store:
                 log.info("paged read of %s restarted (%s)", prefix, err)
         raise AssertionError("unreachable")
 
-    @_translate
+    @etcd_call
     def _read_range(self, start: bytes, end: bytes, page: int) -> list[Item]:
         """Keys in [start, end), paged as read_prefix pages (each page at its own revision:
         for the janitor, which checks every record against the host anyway)."""
         return read_range(self._client, start, end, page, one_revision=False)[1]
 
-    @_translate
+    @etcd_call
     def _read_pages(self, prefix: str, page: int,
                     on_page: OnPage | None) -> tuple[int, list[Item]]:
         return read_range(self._client, prefix.encode(),
                           pyetcd.utils.prefix_range_end(prefix.encode()), page,
                           one_revision=True, on_page=on_page)
 
-    @_translate
+    @etcd_call
     def count(self, prefix: str) -> tuple[int, int]:
         """(keys under `prefix`, etcd's current revision): a probe of a few bytes."""
         resp = self._client.get_prefix_response(prefix, count_only=True)

@@ -16,7 +16,7 @@ the key in between, the transaction fails and the decision is taken again on wha
   restarting has the same one.
 
 These functions take the pyetcd client and let its exceptions through: the Store's verbs wrap
-them (overlay/store/etcd.py, _translate).
+them (overlay/store/etcd.py, etcd_call).
 """
 
 from __future__ import annotations

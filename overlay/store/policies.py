@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from overlay.policy.model import Policy, PolicyError, parse_policy, policy_to_dict
 from overlay.store import records as r
-from overlay.store.etcd import Store, _translate  # the Store's own retry and error mapping
+from overlay.store.etcd import Store, etcd_call
 
 POLICIES = r.ROOT + "policies/"
 MAX_POLICY_BYTES = 256 * 1024  # an etcd record is untrusted: bound what the parser is given
@@ -52,12 +52,12 @@ def decode_policy(key: str, value: bytes) -> Policy:
     return policy
 
 
-@_translate
+@etcd_call
 def put_policy(store: Store, policy: Policy) -> None:
     store.client.put(policy_key(policy.network, policy.name), encode_policy(policy))
 
 
-@_translate
+@etcd_call
 def put_policies(store: Store, policies: list[Policy]) -> None:
     """Every policy written, TXN_OPS to a transaction (a file of a few policies: all or none)."""
     tx = store.client.transactions
@@ -67,13 +67,13 @@ def put_policies(store: Store, policies: list[Policy]) -> None:
         store.client.transaction(compare=[], success=puts, failure=[])
 
 
-@_translate
+@etcd_call
 def delete_policy(store: Store, network: str, name: str) -> bool:
     """True if it existed (deleting one that does not is no error: idempotent)."""
     return bool(store.client.delete(policy_key(network, name)))
 
 
-@_translate
+@etcd_call
 def get_raw(store: Store, network: str, name: str) -> bytes | None:
     value, _ = store.client.get(policy_key(network, name))
     return None if value is None else bytes(value)

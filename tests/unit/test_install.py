@@ -88,6 +88,29 @@ def test_second_run_changes_nothing_and_keeps_the_operators_files(tmp_path: Path
     assert (root / CONFLIST).read_text() == mine
 
 
+def test_loopback_and_portmap_are_linked_from_debians_dir_or_said_missing(
+        tmp_path: Path, prefix: Path) -> None:
+    """containerd's CRI runs `loopback` for every pod, and the conflist chains `portmap`: both
+    from /opt/cni/bin, where Debian's package does not put them (it uses /usr/lib/cni)."""
+    bare = tmp_path / "bare"
+    report = install.install(str(bare), str(prefix))
+    assert [w.split(" missing")[0] for w in report.warnings] == [
+        str(bare / "opt/cni/bin/loopback"), str(bare / "opt/cni/bin/portmap")]
+    assert "containernetworking-plugins" in report.warnings[0]
+    root = tmp_path / "root"
+    for name in ("loopback", "portmap"):
+        (root / "usr/lib/cni").mkdir(parents=True, exist_ok=True)
+        (root / "usr/lib/cni" / name).write_text("#!/bin/sh\n")
+    (root / "opt/cni/bin").mkdir(parents=True)
+    (root / "opt/cni/bin/portmap").write_text("the operator's own\n")
+    report = install.install_with(install.Options(root=str(root), cni_only=True))
+    assert os.readlink(root / "opt/cni/bin/loopback") == "/usr/lib/cni/loopback"
+    assert (root / "opt/cni/bin/portmap").read_text() == "the operator's own\n"
+    assert str(root / "opt/cni/bin/loopback") in report.changed and report.warnings == []
+    again = install.install_with(install.Options(root=str(root), cni_only=True))
+    assert again.changed == [] and again.warnings == []
+
+
 def test_a_wrong_link_and_a_stale_unit_are_replaced(tmp_path: Path, prefix: Path) -> None:
     root = tmp_path / "root"
     (root / "opt/cni/bin").mkdir(parents=True)

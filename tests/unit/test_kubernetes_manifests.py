@@ -168,7 +168,9 @@ def test_the_init_container_runs_overlay_install_as_its_parser_reads_it(tmp_path
     assert init["command"][0] in pyproject["project"]["scripts"]
     args = install_cli.build_parser().parse_args(init["command"][1:])  # SystemExit if unknown
     assert args.cni_only and args.conflist
-    for inside in (os.path.dirname(installer.PLUGIN_PATH), installer.CONFLIST_DIR):
+    # Debian's reference plugins' directory too: loopback and portmap are linked from it.
+    for inside in (os.path.dirname(installer.PLUGIN_PATH), installer.CONFLIST_DIR,
+                   installer.DEBIAN_CNI_DIR):
         assert host_path_of(init, os.path.join(args.root, inside)) == "/" + inside
     text = file_of(init, args.conflist)
     conf = conflists.check(text)  # as the plugin will read it

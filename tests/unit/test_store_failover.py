@@ -7,11 +7,11 @@ import pytest
 
 from overlay.errors import CniError, Code
 from overlay.store import etcd
-from overlay.store.etcd import Store, _translate
+from overlay.store.etcd import Store, etcd_call
 
 
 def _store(members: int) -> Store:
-    store = Store.__new__(Store)  # no channels: only what _translate reads
+    store = Store.__new__(Store)  # no channels: only what etcd_call reads
     store._addresses = [("127.0.0.1", 2379 + i) for i in range(members)]
     store.failed = []
     store.on_error = store.failed.append
@@ -41,7 +41,7 @@ def test_all_members_benched_at_once_is_waited_out(monkeypatch: pytest.MonkeyPat
                     pyetcd.exceptions.NoServerAvailableError("all benched"),
                     pyetcd.exceptions.NoServerAvailableError("all benched"))
     store = _store(3)
-    assert _translate(verb)(store) == "ok"
+    assert etcd_call(verb)(store) == "ok"
     assert verb.calls == 4 and slept == [etcd.RETRY_AFTER] * 2 and store.failed == []
 
 
@@ -51,7 +51,7 @@ def test_cluster_down_is_try_again_later_after_bounded_attempts(
     verb = Scripted(*[pyetcd.exceptions.ConnectionFailedError()] * 20)
     store = _store(3)
     with pytest.raises(CniError) as err:
-        _translate(verb)(store)
+        etcd_call(verb)(store)
     assert err.value.code == Code.TRY_AGAIN_LATER and verb.calls == 6
     assert store.failed == ["get"]
 
@@ -61,7 +61,7 @@ def test_single_member_unreachable_says_try_again_at_once(
     monkeypatch.setattr(etcd.time, "sleep", lambda s: pytest.fail("a refused call never waits"))
     verb = Scripted(pyetcd.exceptions.ConnectionFailedError())
     with pytest.raises(CniError) as err:
-        _translate(verb)(_store(1))
+        etcd_call(verb)(_store(1))
     assert err.value.code == Code.TRY_AGAIN_LATER and verb.calls == 1
 
 
@@ -72,7 +72,7 @@ def test_single_member_benched_by_another_call_is_waited_out_once(
     slept: list[float] = []
     monkeypatch.setattr(etcd.time, "sleep", slept.append)
     verb = Scripted(pyetcd.exceptions.NoServerAvailableError("benched"))
-    assert _translate(verb)(_store(1)) == "ok"
+    assert etcd_call(verb)(_store(1)) == "ok"
     assert verb.calls == 2 and slept == [etcd.RETRY_AFTER]
 
 
@@ -84,7 +84,7 @@ def test_single_member_still_down_after_the_bench_says_try_again(
                     pyetcd.exceptions.ConnectionFailedError(),
                     pyetcd.exceptions.NoServerAvailableError("benched"))
     with pytest.raises(CniError) as err:
-        _translate(verb)(_store(1))
+        etcd_call(verb)(_store(1))
     assert err.value.code == Code.TRY_AGAIN_LATER and verb.calls == 2
     assert slept == [etcd.RETRY_AFTER]
 
@@ -92,5 +92,5 @@ def test_single_member_still_down_after_the_bench_says_try_again(
 def test_refusal_is_not_retried() -> None:
     verb = Scripted(pyetcd.exceptions.PreconditionFailedError())
     with pytest.raises(CniError) as err:
-        _translate(verb)(_store(3))
+        etcd_call(verb)(_store(3))
     assert err.value.code == Code.STORE_FAILURE and verb.calls == 1
