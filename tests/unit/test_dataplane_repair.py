@@ -109,3 +109,21 @@ def test_a_failed_push_of_remote_endpoints_keeps_what_policies_learnt_of_them() 
     assert not dp.verify()  # the failure alone said the table was unknown
     assert fake.table == dp.wanted()
     assert any("10.0.1.5" in str(identity) for identity in fake.table)  # web2 allowed
+
+
+def test_a_large_table_is_compared_rule_for_rule_every_few_rounds(monkeypatch: Any) -> None:
+    """Above CONTENT_RULES rules the comparison costs too much for every round: every
+    ceil(rules / CONTENT_RULES)-th round compares the rules, the others the count."""
+    from overlay.dataplane import dataplane as module
+
+    fake = FakeOfctl()
+    channel = FakeChannel(fake)
+    dp = dataplane(fake, channel)
+    rules = len(dp.wanted())
+    monkeypatch.setattr(module, "CONTENT_RULES", -(-rules // 3))  # every third round
+    identity = next(i for i in dp.wanted() if "10.0.1.3" in str(i))
+    fake.table[identity] = Actions(())
+    compared = channel.compared
+    assert dp.verify() and dp.verify()  # counted: the same
+    assert not dp.verify() and channel.compared == compared + 1  # compared: repaired
+    assert fake.table == dp.wanted()
