@@ -61,8 +61,9 @@ class TableWatch:
 
     This is the load-independent form of "the datapath was not disturbed": a busy machine
     delays ping replies and drops the odd one with no fault at all, but it cannot make a rule
-    vanish from the switch. A gap shorter than one sample (an ovs-ofctl run, ~10-50 ms) is not
-    seen by the samples, but the packet counters show any delete-and-add, however short."""
+    vanish from the switch. A gap shorter than one sample (an ovs-ofctl run: 30 ms at load 5,
+    120 ms at load 19) is not seen by the samples, but the packet counters show any
+    delete-and-add of a rule that had counted packets (the traffic's), however short."""
 
     def __init__(self, h: LabHost, *, concerned: Callable[[str], bool] = lambda rule: True,
                  exact: bool = True, pause: float = 0.02, bridge: str = "br-int") -> None:
