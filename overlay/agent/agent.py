@@ -209,9 +209,9 @@ class Agent:
             on_bundle=self._metrics.flow_bundle,
             channel=Channel(rundir=cfg.rundir, bridge=cfg.bridge, meters=rejects.METERS))
         self._dataplane.load_local(restored)
-        # Gateways of networks with local endpoints come back (flows held with the rest); those
-        # whose last container went while no agent ran are removed.
+        # Gateways come back for networks with local endpoints, and go for those left without.
         self._gateways = GatewayManager(ovs=ovs, dataplane=self._dataplane, bridge=cfg.bridge)
+        self._closing.callback(self._gateways.close)
         self._gateways.restore(self._dataplane.local_vnis())
         log.info("flow generation %d; found %d local endpoints in OVSDB; flows untouched until "
                  "etcd is read", self._generation, len(restored))
@@ -291,9 +291,9 @@ class Agent:
                 vteps=lambda: {**reconciler.host_vteps(), cfg.host: node.vtep}))
         self._janitor = Janitor(host=host, ports=self._ovs, endpoints=store, links=links,
                                 detacher=self._service.detacher)
-        self._doctor = HostDoctor(host=host, ports=self._ovs, endpoints=store,
-                                  flows=self._dataplane, allocator=ipam, links=links,
-                                  gateways=self._gateways)
+        self._doctor = HostDoctor(host=host, ports=self._ovs, endpoints=store, flows=self._dataplane,
+                                  allocator=ipam, links=links, gateways=self._gateways)
+        self._closing.callback(self._service.close)  # its pool, after the gRPC server's stop
         self._closing.callback(observe.watch_agent(  # stopped: the policy counters' reader
             self._metrics, self._readiness, dataplane=self._dataplane, ovs=self._ovs,
             store=store, bridge=cfg.bridge,

@@ -53,6 +53,7 @@ class CniService:
         # the gRPC pool serves 16 calls. With 8 threads, 10 ADDs at once queued their steps
         # behind each other's (most of them wait on etcd or ovsdb-server, not on the CPU).
         background = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="cni-bg")
+        self._background = background
         self.attacher = Attacher(
             host=host, endpoints=endpoints, network_records=network_records, ports=ports,
             flows=flows, allocator=allocator, gateways=gateways, links=links, networks=networks,
@@ -64,6 +65,11 @@ class CniService:
         self._checker = Checker(
             host=host, endpoints=endpoints, ports=ports, flows=flows, allocator=allocator,
             gateways=gateways, links=links, lock=lock)
+
+    def close(self) -> None:
+        """Ends the pool of ADD's and DEL's side steps, once those running are done (after the
+        gRPC server stopped: no call is left to submit one)."""
+        self._background.shutdown(wait=True)
 
     def attacher_for(self, links: Links) -> tuple[Attacher, Detacher]:
         """ADD's and DEL's steps on other links (Docker's, overlay/docker/links.py: libnetwork

@@ -173,6 +173,11 @@ class GatewayManager:
 
     # --- reading --------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Ends the thread that writes NAT rules beside the rest of an install (the agent's
+        stop, once no ADD can come)."""
+        self._beside.shutdown(wait=True)
+
     def spec(self, vni: int) -> GatewaySpec | None:
         with self._lock:
             return self._specs.get(vni)

@@ -87,6 +87,10 @@ def test_agent_restart_loses_nothing(lab: Lab, sig: int) -> None:
     assert not watch.problems, watch.problems
     assert outcome.tcp_ok and outcome.mostly_answered_after(stopped)
     assert (host_snapshot(lab, h0), flows_without_stats(lab, 0)) == before
+    if sig == signal.SIGTERM:  # a graceful stop ends every thread the agent started
+        with open(h0.agent_log, errors="replace") as fh:
+            said = [line for line in fh if "no thread left" in line or "still running" in line]
+        assert said and "no thread left" in said[-1], said[-1:]
 
 
 def test_vswitchd_restart_is_repaired_by_the_agent(lab: Lab) -> None:
