@@ -59,8 +59,13 @@ print(s.makefile().readline().strip())
 
 
 def echo_server(netns: str, ip: str, port: int = PORT) -> subprocess.Popen[bytes]:
+    """Returns once the server listens: a fixed 0.5 s was not enough at load 14 (the first
+    connection was refused)."""
     proc = subprocess.Popen(in_netns(netns, [sys.executable, "-c", ECHO_SERVER, ip, str(port)]))
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while f"{ip}:{port}" not in run(["ss", "-Hltn"], netns=netns).stdout:
+        assert proc.poll() is None and time.monotonic() < deadline, "the echo server did not start"
+        time.sleep(0.05)
     return proc
 
 
