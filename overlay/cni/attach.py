@@ -153,20 +153,20 @@ class Attacher:
             routes = (Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway.address.ip), *routes)
         mac = mac or mac_for(assigned[0].address.ip)
         # The endpoint record (one etcd put) needs only what is known now: it is written
-        # beside the veth and the port, and joined before the flows.
+        # beside the veth, the port and the flows, and joined after the flows.
         host_if = veth.hostside_name(env.container_id, env.ifname)
         rec = self._record(env, conf, mac, host_if, assigned, routes)
         pending_record = self._beside(undo, lambda: self.endpoints.put_endpoint(rec),
                                       lambda _: self._unpublish(env, conf))
         link, ofport, pending_port = self._link_and_port(env, conf, undo, t, mac, assigned,
                                                          routes)
-        pending_record.result()
         if link.mac != mac:  # the kernel kept another MAC (_link_and_port): record that one
+            pending_record.result()
             self.endpoints.put_endpoint(self._record(env, conf, link.mac, host_if, assigned,
                                                      routes))
-        t.lap("endpoint (rest)")
+            t.lap("endpoint")
         return self._finish(env, conf, owner, link, ofport, assigned, routes, routes, undo, t,
-                            pending_gateway, pending_port)
+                            pending_gateway, pending_port, pending_record)
 
     def _link_and_port(self, env: CniEnv, conf: NetConf, undo: Undo, t: Stopwatch,
                        mac: str, assigned: Sequence[Assigned], routes: Sequence[Route]
@@ -296,11 +296,13 @@ class Attacher:
                 ofport: int, assigned: Sequence[Assigned], routes: Sequence[Route],
                 installed: Sequence[Route], undo: Undo, t: Stopwatch,
                 pending_gateway: Future[object] | None,
-                pending_port: Future[object] | None = None) -> bytes:
+                pending_port: Future[object] | None = None,
+                pending_record: Future[object] | None = None) -> bytes:
         """Gateway and local flows, then the result. `routes` as the result shows them,
         `installed` as they are in the container. `pending_port`: the port, still being
         attached with `ofport` asked for; the flows go in meanwhile, and follow the number
-        OVS gave if it is another."""
+        OVS gave if it is another. `pending_record`: the endpoint record's put, joined after
+        the flows too."""
         # The network's remote endpoints are read before the local flows go in, so that the
         # container's rules and the rules to reach the rest of its network land in one bundle.
         self.networks.join(conf.name)
@@ -319,6 +321,9 @@ class Attacher:
                                         labels.endpoint_labels(conf, env))
         install(ofport)
         t.lap("flows")
+        if pending_record is not None:
+            pending_record.result()  # its failure is this ADD's failure
+            t.lap("endpoint (rest)")
         if pending_port is not None:
             attached = pending_port.result()
             t.lap("ovs-port (rest)")
