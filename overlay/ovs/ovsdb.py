@@ -20,6 +20,7 @@ from ovsdbapp.backend.ovs_idl import connection, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from overlay.errors import CniError, Code
+from overlay.ovs import jsonstream
 from overlay.ovs.ofportwait import NotifyingIdl, Waiters, wait_for
 
 OWNER_KEY = "overlay-owner"  # marks rows this project created
@@ -61,6 +62,7 @@ class Ovsdb:
         self._timeout = timeout
         self._request_lock = threading.Lock()
         self._last_request: int | None = None  # request_ofport's last number
+        jsonstream.install()  # python-ovs without its C parser: parse with CPython's (why: there)
         try:
             idl = NotifyingIdl.from_server(endpoint, "Open_vSwitch")
             idl.waiters = self._waiters = Waiters()  # before the connection runs the IDL
