@@ -147,3 +147,23 @@ def test_3_egress_rules_judge_a_policed_ports_broadcast(lab: Lab) -> None:
     policy(lab, "delete", "db", "--network", NET)
     assert eventually(lambda: ping(lab, "web1", "db0"))
     delivered(lab, "other1", "255.255.255.255", expect={"db0": True, "free0": True})
+
+
+def test_4_a_policed_senders_repeated_datagrams_to_a_port_that_denies_it_stay_denied(
+        lab: Lab) -> None:
+    """other0 (host0) is policed (egress: allow everything), db0 (host0) accepts UDP PORT from
+    app=web only: each of other0's datagrams to db0, the third of one socket included (by
+    then conntrack holds the flow other0's egress committed), is judged by db0's rules."""
+    everything = {"name": "other-out", "endpointSelector": {"matchLabels": {"app": "other"}},
+                  "policyTypes": ["Egress"], "egress": [{}]}
+    policy(lab, "apply", "-f", "-", "--network", NET, doc=DB)
+    policy(lab, "apply", "-f", "-", "--network", NET, doc=everything)
+    try:
+        assert eventually(lambda: not ping(lab, "web1", "db0"))
+        db0 = lab.containers["db0"]["ip"]
+        delivered(lab, "web1", db0, expect={"db0": True})
+        delivered(lab, "other0", db0, expect={"db0": False})
+        delivered(lab, "other0", db0, expect={"db0": False})
+    finally:
+        policy(lab, "delete", "other-out", "--network", NET)
+        policy(lab, "delete", "db", "--network", NET)
