@@ -9,7 +9,11 @@ policy and rule behind a verdict. Semantics (docs/policy.md):
   subject and that police this direction; when none applies, everything is allowed;
 - otherwise rules are tried in order of (priority, drop/reject before allow, policy name, rule
   index) and the first whose peer and port both match decides; none matches -> drop;
-- replies of allowed connections pass by conntrack, which is not this function's concern.
+- replies of allowed connections pass by conntrack, which is not this function's concern;
+  neither is neighbour discovery (ICMPv6 133-136), which passes before any policy, as ARP does;
+- addresses of either family: a CIDR peer matches only its own family; a broadcast or
+  multicast packet is judged as any first packet (ingress: the sender is the peer; egress: the
+  group or broadcast address is, with no labels).
 """
 
 from __future__ import annotations
