@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from overlay.dataplane.flows import link_local
 from overlay.lab import containers as ctr
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
@@ -18,6 +19,7 @@ from policy_lab import CLIENT, SERVER, apply, delete
 
 RANGES = [[{"subnet": "10.6.0.0/24"}], [{"subnet": "fd00:6::/64"}]]
 V6: dict[str, str] = {}  # container -> its IPv6 address
+MACS: dict[str, str] = {}  # container -> its MAC
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:
         v6 = [ip["address"] for ip in out.json()["ips"]][1]
         assert v6.startswith("fd00:6::")
         V6[name] = v6.split("/")[0]
+        MACS[name] = next(i["mac"] for i in out.json()["interfaces"] if i.get("sandbox"))
         servers.append(subprocess.Popen(["ip", "netns", "exec", lab.containers[name]["netns"],
                                          "python3", "-c", SERVER, "22", "5432"]))
     ctr.wait_converged(lab)
@@ -103,6 +106,11 @@ def test_a_policy_allows_ipv6_by_label_and_port_and_denies_the_rest(lab: Lab) ->
         assert not ping(lab, "d1", db)            # ICMPv6 echo is no port of the rule
         assert not ping(lab, "d2", db)
         assert ping(lab, "d0", V6["d1"])          # d0's own pings: its egress is not policed
+        # Multicast too: an echo to all nodes (ff02::1) from d2 is answered by d1 (no policy
+        # selects it), never by d0, whose rules judge its copy.
+        out = run(["ping", "-6", "-c", "3", "-i", "0.3", "-w", "3", "-I", "eth0", "ff02::1"],
+                  netns=lab.containers["d2"]["netns"], check=False).stdout
+        assert link_local(MACS["d1"]) in out and link_local(MACS["d0"]) not in out, out
     finally:
         delete(lab, "db6", "dual")
     assert eventually(lambda: tcp(lab, "d2", db, 5432) and ping(lab, "d1", db))
