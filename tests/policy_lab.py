@@ -10,24 +10,25 @@ from overlay.lab import host as steps
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 
-# A container's servers: the TCP ports given (one line, "ok", per connection; IPv4 and, where
-# the netns has it, IPv6 on one socket) and UDP 53 (echo, IPv4).
+# A container's servers: the TCP ports given (one line, "ok", per connection) and UDP 53
+# (echo); IPv4 and, where the netns has it, IPv6 on one socket.
 SERVER = """
 import socket, sys, threading
-def listener(port):
+def listener(port, kind=socket.SOCK_STREAM):
     try:
-        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("::", port))
     except OSError:
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
+        s = socket.socket(socket.AF_INET, kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", port))
     return s
 def tcp(port):
     s = listener(port); s.listen(64)
     while True:
         c, _ = s.accept(); c.sendall(b"ok\\n"); c.close()
 def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+    s = listener(port, socket.SOCK_DGRAM)
     while True:
         data, peer = s.recvfrom(2048); s.sendto(data, peer)
 for p in sys.argv[1:]:
@@ -45,6 +46,31 @@ try:
 except OSError:
     sys.exit(1)
 """
+# `python3 -c OUTCOME tcp|udp ADDRESS PORT` prints "ok" (the server answered), "timeout", or
+# the errno the socket failed with: what a sender sees of a policy.
+OUTCOME = """
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if proto == "tcp":
+        c = socket.create_connection((host, port), timeout=3)
+        print("ok" if c.recv(3) == b"ok\\n" else "bad")
+    else:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][0]
+        c = socket.socket(family, socket.SOCK_DGRAM); c.settimeout(3)
+        c.connect((host, port)); c.send(b"hi")
+        print("ok" if c.recv(16) == b"hi" else "bad")
+except socket.timeout:
+    print("timeout")
+except OSError as e:
+    print(e.errno)
+"""
+
+
+def outcome(lab: Lab, src: str, address: str, proto: str, port: int) -> str:
+    """What container `src` sees of a connection to address:port (OUTCOME)."""
+    return run(["python3", "-c", OUTCOME, proto, address, str(port)],
+               netns=lab.containers[src]["netns"]).stdout.strip()
 
 def policy(lab: Lab, *args: str, doc: dict[str, object] | None = None) -> None:
     out = run([os.path.join(steps.scripts_dir(), "overlayctl"), *lab.overlayctl_etcd_args(),

@@ -4,6 +4,7 @@ an IPv6 CIDR), with neighbour discovery still working for the ports it polices."
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from overlay.lab import containers as ctr
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 from overlay_fixtures import eventually
-from policy_lab import CLIENT, SERVER, apply, delete
+from policy_lab import CLIENT, SERVER, apply, delete, outcome
 
 RANGES = [[{"subnet": "10.6.0.0/24"}], [{"subnet": "fd00:6::/64"}]]
 V6: dict[str, str] = {}  # container -> its IPv6 address
@@ -134,3 +135,26 @@ def test_egress_to_an_ipv6_cidr(lab: Lab) -> None:
     finally:
         delete(lab, "web6-out", "dual")
     assert eventually(lambda: tcp(lab, "d1", V6["d2"], 22))
+
+
+def test_a_reject_rule_answers_over_ipv6_as_over_ipv4(lab: Lab) -> None:
+    """The sender sees the refusal over IPv6 too: ECONNREFUSED for TCP (a reset) and UDP
+    (ICMPv6 port unreachable), "Administratively prohibited" for ping (ICMPv6 1/1). d0 serves
+    TCP 22 and UDP 53 on IPv6: without the answers these would connect, not fail."""
+    refused = str(errno.ECONNREFUSED)
+    doc = {"name": "db6-reject", "endpointSelector": {"matchLabels": {"app": "db"}},
+           "ingress": [{"from": [{"endpointSelector": {"matchLabels": {"app": "web"}}}],
+                        "action": "reject"}]}
+    assert outcome(lab, "d1", V6["d0"], "udp", 53) == "ok"  # no policy: served
+    apply(lab, doc, "dual")
+    try:
+        assert eventually(lambda: outcome(lab, "d1", V6["d0"], "tcp", 22) == refused)
+        assert outcome(lab, "d1", V6["d0"], "udp", 53) == refused
+        proc = run(["ping", "-6", "-c", "1", "-W", "2", V6["d0"]],
+                   netns=lab.containers["d1"]["netns"], check=False)
+        assert "Administratively prohibited" in proc.stdout, proc.stdout
+        assert outcome(lab, "d1", lab.containers["d0"]["ip"], "tcp", 22) == refused  # IPv4
+        assert outcome(lab, "d2", V6["d0"], "tcp", 22) == "timeout"  # default deny: silent
+    finally:
+        delete(lab, "db6-reject", "dual")
+    assert eventually(lambda: outcome(lab, "d1", V6["d0"], "tcp", 22) == "ok")

@@ -21,25 +21,8 @@ from overlay.lab import faults
 from overlay.lab.shell import run
 from overlay.lab.topology import Lab
 from overlay_fixtures import eventually
-from policy_lab import SERVER, apply, delete, metric
+from policy_lab import SERVER, apply, delete, metric, outcome
 
-# Prints "ok", or the errno of the failure ("timeout" for a timeout).
-CLIENT = """
-import socket, sys
-proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-try:
-    if proto == "tcp":
-        c = socket.create_connection((host, port), timeout=3)
-        print("ok" if c.recv(3) == b"ok\\n" else "bad")
-    else:
-        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(3)
-        c.connect((host, port)); c.send(b"hi")
-        print("ok" if c.recv(16) == b"hi" else "bad")
-except socket.timeout:
-    print("timeout")
-except OSError as e:
-    print(e.errno)
-"""
 # Sends N TCP SYNs to host:port from random source ports as fast as it can; prints the seconds.
 FLOOD = """
 import random, socket, struct, sys, time
@@ -93,9 +76,7 @@ def lab(lab_factory: Callable[..., Lab]) -> Iterator[Lab]:
 
 
 def connect(lab: Lab, src: str, dst: str, proto: str, port: int) -> str:
-    c = lab.containers
-    return run(["python3", "-c", CLIENT, proto, c[dst]["ip"], str(port)],
-               netns=c[src]["netns"]).stdout.strip()
+    return outcome(lab, src, lab.containers[dst]["ip"], proto, port)
 
 
 def ping(lab: Lab, src: str, dst: str) -> str:

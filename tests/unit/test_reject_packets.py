@@ -14,7 +14,7 @@ from overlay.agent.rejects import route_back
 from overlay.ovs.flow import Output, SetField
 from overlay.ovs.meters import Meter, meter_mod
 from overlay.ovs.packetin import Malformed, PacketIn, parse_packet_in
-from overlay.policy.reject import ICMP_LIMIT, answer, checksum
+from overlay.policy.reject import LIMIT, answer, checksum
 
 SRC_MAC, DST_MAC = bytes.fromhex("0a580a000002"), bytes.fromhex("0a580a000003")
 SRC_IP, DST_IP = bytes([10, 0, 0, 2]), bytes([10, 0, 0, 3])
@@ -121,8 +121,8 @@ def test_the_quote_stops_at_576_bytes_and_the_ip_header_keeps_its_length() -> No
     _, out = answer(frame(refused))
     assert out is not None
     fields, body = parsed(out)
-    assert 20 + len(body) == ICMP_LIMIT
-    assert icmp(body)[2] == refused[:ICMP_LIMIT - 28]
+    assert 20 + len(body) == LIMIT[4]
+    assert icmp(body)[2] == refused[:LIMIT[4] - 28]
 
 
 def test_a_packet_cut_short_is_quoted_as_far_as_it_goes() -> None:
@@ -141,8 +141,8 @@ def test_a_packet_cut_short_is_quoted_as_far_as_it_goes() -> None:
     (frame(ipv4(17, bytes(8), dst=bytes([224, 0, 0, 251]))), "not_unicast"),
     (frame(ipv4(17, bytes(8), src=bytes(4))), "not_unicast"),
     (frame(ipv4(17, bytes(8)), eth_src=bytes.fromhex("010000000001")), "multicast_source"),
-    (frame(bytes(28), eth_type=0x0806), "not_ipv4"),
-    (frame(bytes(48), eth_type=0x86DD), "not_ipv4"),
+    (frame(bytes(28), eth_type=0x0806), "not_ip"),
+    (frame(bytes(48), eth_type=0x86DD), "malformed"),  # version 0 in an IPv6 frame
     (frame(ipv4(6, tcp(0x02)))[:14 + 20 + 12], "truncated"),
     (frame(ipv4(6, tcp(0x02)))[:20], "truncated"),
     (frame(b"\x4f" + ipv4(6, tcp(0x02))[1:]), "malformed"),  # a header longer than the packet
@@ -156,19 +156,88 @@ def test_a_first_fragment_is_answered() -> None:
     assert answer(frame(ipv4(17, bytes(16), frag=0x2000)))[0] == "port_unreachable"
 
 
+SRC6, DST6 = bytes.fromhex("fd000006" + "0" * 23 + "2"), bytes.fromhex("fd000006" + "0" * 23 + "3")
+
+
+def ipv6(next_header: int, payload: bytes, *, src: bytes = SRC6, dst: bytes = DST6) -> bytes:
+    return struct.pack("!IHBB", 6 << 28 | 0x12345, len(payload), next_header, 61) + src + dst \
+        + payload
+
+
+def parsed6(out: bytes, proto: int) -> bytes:
+    """The answer's IPv6 fields checked (turned around, upper-layer checksum); its payload."""
+    assert out[:14] == SRC_MAC + DST_MAC + b"\x86\xdd"
+    first, length, next_header, hops = struct.unpack_from("!IHBB", out, 14)
+    assert (first, length, next_header, hops) == (6 << 28, len(out) - 54, proto, 64)
+    assert (out[22:38], out[38:54]) == (DST6, SRC6)
+    payload = out[54:]
+    assert checksum(DST6 + SRC6 + struct.pack("!I3xB", len(payload), proto) + payload) == 0
+    return payload
+
+
+def test_ipv6_tcp_gets_a_reset() -> None:
+    kind, out = answer(frame(ipv6(6, tcp(0x02, seq=41)), eth_type=0x86DD))
+    assert kind == "tcp_reset" and out is not None
+    sport, dport, seq, ack, offset, flags, window, _, _ = struct.unpack(
+        "!HHIIBBHHH", parsed6(out, 6))
+    assert (sport, dport, seq, ack, offset, flags, window) == (5432, 40000, 0, 42, 5 << 4,
+                                                               0x14, 0)
+
+
+@pytest.mark.parametrize(("next_header", "payload", "code", "kind"), [
+    (17, struct.pack("!HHHH", 40000, 53, 12, 0) + b"quer", 4, "port_unreachable"),
+    (58, struct.pack("!BBHHH", 128, 0, 0, 1, 1) + b"ping", 1, "admin_prohibited"),   # echo
+    (132, bytes(28), 1, "admin_prohibited"),
+    (44, struct.pack("!BBHI", 17, 0, 0x0001, 9) + bytes(16), 1, "admin_prohibited"),  # 1st frag
+])
+def test_ipv6_other_protocols_get_an_unreachable_that_quotes_the_packet(
+        next_header: int, payload: bytes, code: int, kind: str) -> None:
+    refused = ipv6(next_header, payload)
+    got, out = answer(frame(refused, eth_type=0x86DD))
+    assert got == kind and out is not None
+    body = parsed6(out, 58)
+    icmp_type, icmp_code, _, unused = struct.unpack_from("!BBHI", body)
+    assert (icmp_type, icmp_code, unused) == (1, code, 0) and body[8:] == refused
+
+
+def test_ipv6_quote_stops_at_1280_bytes() -> None:
+    refused = ipv6(17, struct.pack("!HHHH", 40000, 53, 1408, 0) + bytes(1400))
+    _, out = answer(frame(refused, eth_type=0x86DD))
+    assert out is not None and len(out) - 14 == LIMIT[6]
+    assert parsed6(out, 58)[8:] == refused[:LIMIT[6] - 48]
+
+
+@pytest.mark.parametrize(("packet", "reason"), [
+    (ipv6(58, struct.pack("!BBHI", 1, 4, 0, 0) + bytes(40)), "icmp_not_a_query"),  # an error
+    (ipv6(58, struct.pack("!BBHHH", 129, 0, 0, 1, 1)), "icmp_not_a_query"),        # echo reply
+    (ipv6(44, struct.pack("!BBHI", 17, 0, 0x0008, 9) + bytes(16)), "fragment"),    # offset 1
+    (ipv6(17, bytes(8), dst=bytes.fromhex("ff02" + "0" * 27 + "1")), "not_unicast"),
+    (ipv6(17, bytes(8), src=bytes(16)), "not_unicast"),
+    (ipv6(6, tcp(0x04)), "tcp_reset_not_answered"),
+    (ipv6(44, bytes(4)), "truncated"),
+    (ipv6(6, tcp(0x02))[:39], "truncated"),
+])
+def test_what_ipv6_gets_no_answer_for(packet: bytes, reason: str) -> None:
+    assert answer(frame(packet, eth_type=0x86DD)) == (reason, None)
+
+
 @seed(20)
 @settings(max_examples=1000, deadline=None)
 @given(st.one_of(st.binary(max_size=200),
                  st.tuples(st.sampled_from([frame(ipv4(6, tcp(0x02))), frame(ipv4(17, bytes(8))),
-                                            frame(ipv4(1, b"\x08" + bytes(7)))]),
+                                            frame(ipv4(1, b"\x08" + bytes(7))),
+                                            frame(ipv6(6, tcp(0x02)), eth_type=0x86DD),
+                                            frame(ipv6(58, b"\x80" + bytes(7)),
+                                                  eth_type=0x86DD)]),
                            st.integers(0, 59), st.binary(min_size=1, max_size=4))
                  .map(lambda t: t[0][:t[1]] + t[2] + t[0][t[1] + len(t[2]):])))
 def test_any_bytes_get_an_answer_that_parses_or_a_reason_never_an_exception(data: bytes) -> None:
     kind, out = answer(data)
     if out is not None:
-        fields, _ = parsed(out)
-        assert fields["eth_dst"] == data[6:12] and fields["src"] == data[14 + 16:14 + 20]
-        assert len(out) <= 14 + ICMP_LIMIT
+        assert out[:12] == data[6:12] + data[:6] and out[12:14] == data[12:14]
+        if out[12:14] == b"\x08\x00":
+            parsed(out)  # the IPv4 header and its checksum
+        assert len(out) <= 14 + LIMIT[6]
     else:
         assert kind
 
