@@ -203,6 +203,9 @@ def test_4_the_meter_bounds_the_answers_to_a_flood(lab: Lab) -> None:
 
 
 def test_5_after_an_ovs_vswitchd_restart_the_meter_is_back_before_the_rules(lab: Lab) -> None:
+    apply(lab, ALLOW)
+    apply(lab, DENY)
+    assert eventually(lambda: connect(lab, "web1", "db0", "tcp", 80) == REFUSED)
     h0 = lab.host("host0")
     log = os.path.join(h0.ovs_dir, "ovs-vswitchd.log")
     with open(log) as f:
