@@ -73,3 +73,22 @@ def test_stop_ends_the_reading_thread() -> None:
     stats.stop()
     assert not stats._thread.is_alive()
     stats.stop()  # idempotent
+
+
+def test_denied_counters_of_ipv6_egress_and_of_ingress_by_port() -> None:
+    """Egress knows a port by its source address, IPv6 too; ingress by reg1 (its ofport), which
+    also counts the broadcast copies its rules denied."""
+    index = StatsIndex(denied={(12, 42, "fd00::2"): "my-net/c/eth0", (90, 42, "7"): "my-net/d/eth0"},
+                       addresses={"my-net/c/eth0": "10.0.0.2,fd00::2", "my-net/d/eth0": "10.0.0.3"})
+    dump = [
+        "cookie=0x1, duration=1s, table=12, n_packets=4, n_bytes=400, priority=1,ipv6,reg0=0x2a,"
+        "ipv6_src=fd00::2 actions=drop",
+        "cookie=0x1, duration=1s, table=90, n_packets=6, n_bytes=600, priority=1,ipv6,reg0=0x2a,"
+        "reg1=0x7 actions=drop",
+        "cookie=0x1, duration=1s, table=90, n_packets=1, n_bytes=60, priority=1,ip,reg0=0x2a,"
+        "reg1=0x7 actions=drop",
+        "cookie=0x1, duration=1s, table=90, n_packets=9, n_bytes=900, priority=2,ip,reg0=0x2a,"
+        "reg1=0x8 actions=goto_table:91",  # another port's unpoliced direction: not a denial
+    ]
+    assert attribute(dump, index)[1] == {("egress", "my-net/c/eth0"): 4,
+                                         ("ingress", "my-net/d/eth0"): 7}
