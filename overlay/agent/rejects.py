@@ -59,8 +59,8 @@ def route_back(pin: PacketIn) -> Actions | None:
 class RejectAnswers(Collector):
     """start() the thread, stop() it; collect() serves what it answered and what not."""
 
-    def __init__(self, *, rundir: str, bridge: str) -> None:
-        self._connection = PacketIns(rundir=rundir, bridge=bridge)
+    def __init__(self, *, connection: PacketIns, bridge: str) -> None:
+        self._connection = connection
         self._bridge = bridge
         self._lock = threading.Lock()
         self._answered: Counter[tuple[str, str]] = Counter()  # (direction, kind)
@@ -145,7 +145,8 @@ METERS = (REJECT_METER,)
 
 def start(*, cfg: AgentConfig, registry: CollectorRegistry) -> Callable[[], None]:
     """Answer reject rules' packets from now on, counted in `registry`; returns the stop."""
-    answers = RejectAnswers(rundir=cfg.rundir, bridge=cfg.bridge)
+    answers = RejectAnswers(connection=PacketIns(rundir=cfg.rundir, bridge=cfg.bridge),
+                            bridge=cfg.bridge)
     registry.register(answers)
     answers.start()
     return answers.stop
