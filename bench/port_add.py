@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -75,8 +76,8 @@ def main() -> int:
         print("port_add: needs root (network namespaces, OVS)", file=sys.stderr)
         return 1
     prefix = "p" + uuid.uuid4().hex[:5]
-    lab = Lab(workdir=os.path.join(tempfile.mkdtemp(prefix="overlay-bench-"), "lab"),
-              prefix=prefix, tls=False)
+    tmp = tempfile.mkdtemp(prefix="overlay-bench-")
+    lab = Lab(workdir=os.path.join(tmp, "lab"), prefix=prefix, tls=False)
     samples: dict[tuple[str, str], list[float]] = {}
     try:
         lab.up(1)
@@ -106,6 +107,7 @@ def main() -> int:
                   f"mean {statistics.mean(ms):7.1f}  max {max(ms):7.1f}")
     finally:
         lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
