@@ -339,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--network", default=ctr.DEFAULT_NETWORK)
     h.add_argument("--vni", type=int, default=DEFAULT_VNI)
     h.add_argument("--subnet", default=DEFAULT_SUBNET)
-    h.add_argument("--timeout", type=float, default=180.0,
+    # Generous: under TCG on a busy machine the agent's interpreter start alone took 103 s, and
+    # its first bridge creation can time out and be retried by systemd.
+    h.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to wait for the agent, which waits for etcd")
     h.set_defaults(func=cmd_host)
 
@@ -354,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="an IP address, or a container on any host")
     p.add_argument("--etcd", help=f"where containers are recorded (default: from {AGENT_CONFIG})")
     p.add_argument("--count", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=180.0,
+    p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to wait for the target container to appear in etcd")
     p.set_defaults(func=cmd_ping)
     return parser
