@@ -232,10 +232,17 @@ class GatewayManager:
         laps = [time.perf_counter()]
         pending = [self._beside.submit(nat.ensure, spec)]
         try:
+            # A new gateway's number from the same allocator as containers' ports
+            # (request_ofport): left to OVS, it could be given the number a container's port,
+            # added beside it, had just requested; ovs-vswitchd then deleted and re-added the
+            # gateway's internal port to honour the request, and its kernel side failed with
+            # ENODEV. An existing gateway (restore) keeps its number: no request.
+            existing = self._ovs.ofport(spec.port)
             ofport = self._ovs.ensure_port(
                 self._bridge, spec.port,
                 iface={"type": "internal", "mac": spec.mac, "mtu_request": spec.mtu},
-                external_ids=spec.external_ids())
+                external_ids=spec.external_ids(),
+                ofport_request=None if existing else self._ovs.request_ofport())
             laps.append(time.perf_counter())
             pending.append(self._beside.submit(
                 self._dataplane.set_gateway, spec.vni,
