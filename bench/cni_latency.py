@@ -302,9 +302,7 @@ def profile(ours: Subject, agent_log: str, plugin: str, served: ServedTime) -> d
     cni_profile.print_steps(by_mode, MODES, served.mean_ms)
     gateway = cni_profile.gateway_steps(lines)
     cni_profile.print_gateway(gateway)
-    with open(plugin) as fh:  # the interpreter of the launcher's shebang: "#!python -IS"
-        python = fh.readline()[2:].split()[0]
-    start = cni_profile.plugin_start(plugin, python)
+    start = cni_profile.plugin_start(plugin)
     cni_profile.print_plugin_start(start)
     steps = {mode: {"agent": statistics.median(st.totals),
                     "outside": statistics.median(st.outside) if st.outside else None,

@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # attach.py's log line; laps are "name ms" pairs, names may hold spaces ("network (rest)").
 ADD_LINE = re.compile(r"^ADD (\S+) (\S+) -> .* \((\d+(?:\.\d+)?) ms: (.*)\)$")
@@ -119,18 +120,29 @@ def _run_ms(argv: list[str], stdin: bytes, env: Mapping[str, str]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def plugin_start(plugin: str, python: str, n: int = 20) -> dict[str, float]:
-    """p50 of the plugin answering VERSION and of a bare interpreter start, alternated."""
+def plugin_start(plugin: str, n: int = 20) -> dict[str, Any]:
+    """p50 of the plugin answering VERSION and of a bare start, alternated: for the Python
+    plugin (a launcher, "#!python -IS") the interpreter's own start, for the compiled one an
+    exec of /bin/true."""
+    with open(plugin, "rb") as fh:
+        head = fh.readline()
+    if head.startswith(b"#!"):
+        bare = [head[2:].split()[0].decode(), "-IS", "-c", "pass"]
+        form = "python"
+    else:
+        bare, form = ["/bin/true"], "compiled"
     env = {"CNI_COMMAND": "VERSION", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     conf = b'{"cniVersion": "1.0.0"}'
     plugin_ms, bare_ms = [], []
     for _ in range(n):
         plugin_ms.append(_run_ms([plugin], conf, env))
-        bare_ms.append(_run_ms([python, "-IS", "-c", "pass"], b"", env))
-    return {"plugin": statistics.median(plugin_ms), "bare": statistics.median(bare_ms)}
+        bare_ms.append(_run_ms(bare, b"", env))
+    return {"plugin": statistics.median(plugin_ms), "bare": statistics.median(bare_ms),
+            "form": form, "bare_command": " ".join(bare)}
 
 
-def print_plugin_start(figures: Mapping[str, float]) -> None:
-    print(f"\nthe plugin alone (VERSION, no agent; p50, a fork+exec from Python included): "
-          f"{figures['plugin']:.1f} ms; a bare `python -IS -c pass`: {figures['bare']:.1f} ms; "
-          f"the plugin's own share: {figures['plugin'] - figures['bare']:.1f} ms")
+def print_plugin_start(figures: Mapping[str, Any]) -> None:
+    print(f"\nthe plugin alone ({figures['form']}; VERSION, no agent; p50, a fork+exec from "
+          f"Python included): {figures['plugin']:.1f} ms; a bare `{figures['bare_command']}`: "
+          f"{figures['bare']:.1f} ms; the plugin's own share: "
+          f"{figures['plugin'] - figures['bare']:.1f} ms")

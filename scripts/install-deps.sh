@@ -18,6 +18,11 @@ SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 VENV=${VENV:-$SRC/.venv}
 PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2 iputils-ping
           tcpdump ethtool iperf3 python3-venv python3-pip iptables)  # iptables: the gateway's NAT
+# What builds the compiled plugin (scripts/build-plugin.sh); WITH_PLUGIN_BUILD=0 leaves it out,
+# and the plugin is then the Python one (the Vagrant VMs: their box is offline and has no Go).
+if [ "${WITH_PLUGIN_BUILD:-1}" = 1 ]; then
+  PACKAGES+=(golang-go golang-google-grpc-dev golang-google-protobuf-dev)
+fi
 if [ "${WITH_TEST_DEPS:-0}" = 1 ]; then
   PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant
             containerd runc busybox-static
@@ -71,4 +76,10 @@ if [ ! -f "$stamp" ] || [ "$SRC/pyproject.toml" -nt "$stamp" ] || [ "$SRC/setup.
       "$VENV/bin/pip" install -q --no-build-isolation -e "$SRC[test]"
   fi
   touch "$stamp"
+fi
+
+# The compiled `ovs` plugin, beside the console scripts: overlay-install and the lab install it
+# as /opt/cni/bin/ovs when it is there (else the Python plugin's launcher).
+if [ "${WITH_PLUGIN_BUILD:-1}" = 1 ]; then
+  "$SRC/scripts/build-plugin.sh" "$VENV/bin/overlay-cni-ovs"
 fi

@@ -18,14 +18,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", default=sys.prefix,
                         help="the virtualenv holding overlay (default: the one running this)")
     parser.add_argument("--cni-only", action="store_true",
-                        help="only the plugin (standalone, run by the node's python3) and the "
-                             "conflist: what a node needs when the agent runs in a container")
+                        help="only the plugin (compiled if built, else standalone, run by the "
+                             "node's python3) and the conflist: what a node needs when the "
+                             "agent runs in a container")
     parser.add_argument("--conflist", metavar="FILE",
                         help="install this conflist (checked first) instead of the default, "
                              "replacing the one in place")
     parser.add_argument("--plugin-python", metavar="PATH",
-                        help=f"the Python that runs the standalone plugin (default with "
-                             f"--cni-only: {installer.NODE_PYTHON})")
+                        help=f"install the standalone Python plugin, run by this Python, even "
+                             f"if the compiled one is built (without it and with --cni-only "
+                             f"when none is built: {installer.NODE_PYTHON})")
     parser.add_argument("--no-reload", action="store_true", help="skip systemctl daemon-reload")
     return parser
 

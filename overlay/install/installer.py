@@ -2,16 +2,20 @@
 
 Full install (a host that runs the agent from a virtualenv, e.g. /opt/overlay/venv):
 
-    /opt/cni/bin/ovs                    the plugin: a launcher naming VENV/bin/python3 (-IS,
-                                        no site: start-up time; overlay_plugin_ovs/launcher.py)
+    /opt/cni/bin/ovs                    the plugin: a copy of VENV/bin/overlay-cni-ovs, the
+                                        compiled plugin, when `make deps` built it there; else
+                                        a launcher naming VENV/bin/python3 (-IS, no site:
+                                        start-up time; overlay_plugin_ovs/launcher.py)
     /etc/cni/net.d/10-overlay.conflist  overlay.conflist, or --conflist FILE
     /usr/local/bin/overlay-agent, overlayctl -> VENV/bin/..., so operators find them on PATH
     /etc/systemd/system/overlay-agent.service  overlay-agent.service, ExecStart filled in
     /etc/overlay/agent.toml             agent.toml, only if no file is there
 
 --cni-only (the Kubernetes init container, whose root is the node's filesystem mounted in):
-the plugin and the conflist alone, and the plugin is standalone (overlay.install.plugin): one
-file run by the node's python3, since the virtualenv stays in the image.
+the plugin and the conflist alone: the compiled plugin when the image holds it (a static
+binary, nothing of the image needed on the node), else the standalone Python plugin
+(overlay.install.plugin), one file run by the node's python3, since the virtualenv stays in
+the image. --plugin-python PATH asks for the standalone one.
 
 Both: the reference plugins the runtime runs beside ours, `loopback` (containerd's CRI plugin
 runs it for every pod: without it every RunPodSandbox fails) and those the conflist chains
@@ -103,9 +107,12 @@ def _preflight(opts: Options) -> str:
 
 def _install_cni(base: Path, opts: Options, conflist_text: str, report: Report) -> None:
     plugin = base / PLUGIN_PATH
+    binary = None if opts.plugin_python else plugins.compiled(opts.prefix)
     python = opts.plugin_python or (NODE_PYTHON if opts.cni_only else None)
-    if python:
-        content: str | bytes = plugins.standalone(python)
+    if binary:
+        content: str | bytes = binary.read_bytes()
+    elif python:
+        content = plugins.standalone(python)
     else:
         content = plugins.launcher(os.path.join(opts.prefix, "bin", "python3"))
     report.note(plugin, write_if_different(plugin, content, mode=0o755))

@@ -1,5 +1,10 @@
-"""The `ovs` plugin as a runtime executes it, in two forms.
+"""The `ovs` plugin as a runtime executes it, in three forms.
 
+compiled(prefix)       the compiled plugin (plugins/ovs/go, built by scripts/build-plugin.sh
+                       into PREFIX/bin/overlay-cni-ovs by `make deps`), if it is there: a
+                       static binary that answers as the Python plugin does, without an
+                       interpreter's start at every call. What every install gets when it was
+                       built; the two forms below are what is left without Go.
 launcher(python)       a few lines naming a Python environment that holds overlay (the host's
                        virtualenv): `python -IS`, the plugin package's directory on sys.path.
                        What a host that runs the agent from a virtualenv gets.
@@ -21,6 +26,7 @@ bytes and a second install changes nothing.
 from __future__ import annotations
 
 import io
+import os
 import py_compile
 import tempfile
 import zipfile
@@ -32,6 +38,16 @@ from overlay_plugin_ovs import launcher as _launcher
 PACKAGE_DIR = Path(overlay_plugin_ovs.__file__).resolve().parent
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest date: reproducible archives
 MAIN = "import sys\nfrom overlay_plugin_ovs.main import main\nsys.exit(main())\n"
+
+
+COMPILED_NAME = "overlay-cni-ovs"
+FORM_ENV = "OVERLAY_PLUGIN"  # "python": the lab installs the Python plugin even when compiled
+
+
+def compiled(prefix: str) -> Path | None:
+    """PREFIX/bin/overlay-cni-ovs, if it was built there."""
+    path = Path(prefix, "bin", COMPILED_NAME)
+    return path if os.access(path, os.X_OK) else None
 
 
 def launcher(python: str) -> str:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from overlay.install import plugin as plugins
 from overlay.lab.hostmounts import in_host_mounts
 from overlay.lab.shell import in_netns, run
 from overlay_plugin_ovs import launcher
@@ -261,15 +262,21 @@ def write_cni_config(path: str, *, network: str, vni: int, subnet: str, bridge: 
 
 
 def install_plugin(cni_bin: str) -> str:
-    """What a runtime's CNI_PATH holds: an executable named after the netconf's "type" (the
-    plugin's launcher for this environment's Python, as overlay.install writes it)."""
+    """What a runtime's CNI_PATH holds: an executable named after the netconf's "type". The
+    compiled plugin when `make deps` built it into this environment, else the Python plugin's
+    launcher for this environment's Python, as overlay.install writes them; OVERLAY_PLUGIN=python
+    asks for the launcher (tests and benchmarks of the Python form)."""
     os.makedirs(cni_bin, exist_ok=True)
     path = os.path.join(cni_bin, "ovs")
-    text = launcher.script(os.path.join(scripts_dir(), "python3"))
-    if os.path.islink(path) or not os.path.exists(path) or open(path).read() != text:
+    binary = plugins.compiled(os.path.dirname(scripts_dir()))
+    if binary and os.environ.get(plugins.FORM_ENV) != "python":
+        content = binary.read_bytes()
+    else:
+        content = launcher.script(os.path.join(scripts_dir(), "python3")).encode()
+    if os.path.islink(path) or not os.path.exists(path) or open(path, "rb").read() != content:
         tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(content)
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
     return path

@@ -209,3 +209,19 @@ def test_command_line_with_this_environment(tmp_path: Path) -> None:
 def test_parser_knows_every_option_the_docs_use() -> None:
     args = cli.build_parser().parse_args(["--root", "/host", "--cni-only", "--conflist", "f"])
     assert (args.root, args.cni_only, args.conflist) == ("/host", True, "f")
+
+
+def test_the_compiled_plugin_is_installed_when_built_and_python_when_asked(
+        tmp_path: Path, prefix: Path) -> None:
+    compiled = prefix / "bin" / "overlay-cni-ovs"
+    compiled.write_bytes(b"\x7fELF compiled plugin")
+    compiled.chmod(0o755)
+    for cni_only in (False, True):  # a host with the venv, and a Kubernetes node
+        root = tmp_path / f"root-{cni_only}"
+        install.install_with(install.Options(root=str(root), prefix=str(prefix), cni_only=cni_only))
+        plugin = root / "opt/cni/bin/ovs"
+        assert plugin.read_bytes() == compiled.read_bytes() and os.access(plugin, os.X_OK)
+    # --plugin-python: the standalone Python plugin, compiled one or not.
+    install.install_with(install.Options(root=str(tmp_path / "root-py"), prefix=str(prefix),
+                                         cni_only=True, plugin_python="/usr/bin/python3"))
+    assert (tmp_path / "root-py/opt/cni/bin/ovs").read_bytes().startswith(b"#!/usr/bin/python3 -IS\n")
