@@ -263,15 +263,26 @@ def print_targets(p50s: dict[str, float], ratios: dict[str, float]) -> None:
               f"{_verdict(ratio is not None and ratio <= limit)}  (issue {issue})")
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system, all threads) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServedTime:
     """The agent's own figure of how long it took to serve our ADDs, per phase: the mean of
     overlay_cni_request_duration_seconds{command="ADD"} between the phase's start and end
-    (from its gRPC servicer receiving the request to its answer)."""
+    (from its gRPC servicer receiving the request to its answer); and the CPU the agent
+    process used in the phase per ADD (the DEL that follows each ADD included)."""
 
-    def __init__(self, scrape: Callable[[], str]) -> None:
+    def __init__(self, scrape: Callable[[], str], agent_pid: int) -> None:
         self._scrape = scrape
+        self._pid = agent_pid
         self._mode, self._start = "", (0.0, 0.0)
+        self._cpu = 0.0
         self.mean_ms: dict[str, float] = {}
+        self.cpu_ms: dict[str, float] = {}
 
     def _read(self) -> tuple[float, float]:
         total = count = 0.0
@@ -284,10 +295,12 @@ class ServedTime:
         return total, count
 
     def phase(self, mode: str) -> None:
-        now = self._read()
+        now, cpu = self._read(), cpu_seconds(self._pid)
         if self._mode and now[1] > self._start[1]:
-            self.mean_ms[self._mode] = (now[0] - self._start[0]) * 1000 / (now[1] - self._start[1])
-        self._mode, self._start = mode, now
+            adds = now[1] - self._start[1]
+            self.mean_ms[self._mode] = (now[0] - self._start[0]) * 1000 / adds
+            self.cpu_ms[self._mode] = (cpu - self._cpu) * 1000 / adds
+        self._mode, self._start, self._cpu = mode, now, cpu
 
 
 def load() -> str:
@@ -299,7 +312,7 @@ def profile(ours: Subject, agent_log: str, plugin: str, served: ServedTime) -> d
     with open(agent_log, errors="replace") as fh:
         lines = fh.readlines()
     by_mode = cni_profile.agent_steps(lines, ours.mode_of, ours.add_ms)
-    cni_profile.print_steps(by_mode, MODES, served.mean_ms)
+    cni_profile.print_steps(by_mode, MODES, served.mean_ms, served.cpu_ms)
     gateway = cni_profile.gateway_steps(lines)
     cni_profile.print_gateway(gateway)
     start = cni_profile.plugin_start(plugin)
@@ -311,7 +324,8 @@ def profile(ours: Subject, agent_log: str, plugin: str, served: ServedTime) -> d
     if gateway.totals:
         steps["gateway"] = {"agent": statistics.median(gateway.totals), "outside": None,
                             "laps": {n: statistics.median(v) for n, v in gateway.laps.items()}}
-    return {"steps": steps, "plugin_start": start, "served_mean": served.mean_ms}
+    return {"steps": steps, "plugin_start": start, "served_mean": served.mean_ms,
+            "agent_cpu": served.cpu_ms}
 
 
 def why_not_runnable() -> str | None:
@@ -378,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lab up in {time.monotonic() - started:.1f} s; measuring the tree {TREE} "
               f"(load {load()}) ...", flush=True)
         deadline = time.monotonic() + args.budget
-        served = ServedTime(lambda: lab.agent_http(h)[1])
+        with open(h.agent_pidfile) as fh:
+            agent_pid = int(fh.read())
+        served = ServedTime(lambda: lab.agent_http(h)[1], agent_pid)
         complete = measure(subjects, [f"/var/run/netns/{n}" for n in pool], args, deadline,
                            served.phase)
         print(f"measured in {time.monotonic() - deadline + args.budget:.1f} s "

@@ -93,8 +93,9 @@ def print_gateway(steps: Steps) -> None:
 
 
 def print_steps(by_mode: Mapping[str, Steps], labels: Mapping[str, str],
-                served_ms: Mapping[str, float]) -> None:
-    """`served_ms`: per mode, the agent's mean time from receiving an ADD to answering it."""
+                served_ms: Mapping[str, float], cpu_ms: Mapping[str, float]) -> None:
+    """`served_ms`: per mode, the agent's mean time from receiving an ADD to answering it;
+    `cpu_ms`: the agent process's CPU per ADD in that mode, its DEL included."""
     print("\nwhere our ADD's time goes (medians; the agent's steps from its log; ms):")
     for mode, label in labels.items():
         steps = by_mode.get(mode)
@@ -110,6 +111,8 @@ def print_steps(by_mode: Mapping[str, Steps], labels: Mapping[str, str],
         if mode in served_ms:
             print(f"    mean, ADD received -> answered in the agent's gRPC servicer: "
                   f"{served_ms[mode]:.1f}; agent's steps {statistics.mean(steps.totals):.1f}")
+        if mode in cpu_ms:
+            print(f"    the agent's CPU per ADD, its DEL included: {cpu_ms[mode]:.1f}")
     print("  (steps that run beside others show only the wait left when they are joined: "
           "'(rest)')")
 

@@ -122,6 +122,10 @@ class Attacher:
         # step before their join depends on run beside the others (see _beside): on a loaded
         # 2-core host the serial sum was most of an ADD.
         pending_gateway: Future[object] | None = None
+        # The container's OpenFlow port number, chosen before a new gateway's OVSDB
+        # transaction makes the IDL thread busy (choosing it takes that thread's lock).
+        # (A delegated IPAM's ADD does not use it: the number is simply never asked for.)
+        requested = self.ports.request_ofport()
         if gateway is not None:
             # The network's first container here creates the gateway (an OVS port, addresses,
             # routes, iptables rules: tens of ms); only the flows need it.
@@ -159,7 +163,7 @@ class Attacher:
         pending_record = self._beside(undo, lambda: self.endpoints.put_endpoint(rec),
                                       lambda _: self._unpublish(env, conf))
         link, ofport, pending_port = self._link_and_port(env, conf, undo, t, mac, assigned,
-                                                         routes)
+                                                         routes, requested)
         if link.mac != mac:  # the kernel kept another MAC (_link_and_port): record that one
             pending_record.result()
             self.endpoints.put_endpoint(self._record(env, conf, link.mac, host_if, assigned,
@@ -169,18 +173,17 @@ class Attacher:
                             pending_gateway, pending_port, pending_record)
 
     def _link_and_port(self, env: CniEnv, conf: NetConf, undo: Undo, t: Stopwatch,
-                       mac: str, assigned: Sequence[Assigned], routes: Sequence[Route]
-                       ) -> tuple[veth.ContainerLink, int, Future[object] | None]:
+                       mac: str, assigned: Sequence[Assigned], routes: Sequence[Route],
+                       requested: int) -> tuple[veth.ContainerLink, int, Future[object] | None]:
         """The veth pair, configured, and the host end on the bridge.
 
         The OVS port is added as soon as the host end exists, while the container end is
         configured inside the netns. It asks for an OpenFlow port number chosen now
         (request_ofport), so that the flows can go in while ovs-vswitchd attaches the port
         (its reconfiguration was the longest wait of a serial ADD): the port is then returned
-        still pending, with the number asked for, and _finish joins it."""
+        still pending, with the number asked for (`requested`), and _finish joins it."""
         host_if = veth.hostside_name(env.container_id, env.ifname)
         port_mac = mac
-        requested = self.ports.request_ofport()
         pending_port: list[Future[object]] = []
         undo.append(lambda: self.links.delete_host_link(host_if))
         link = self.links.create_container_link(

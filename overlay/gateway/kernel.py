@@ -48,6 +48,7 @@ from overlay.netlink.veth import if_index, netlink_session
 IFA_F_NOPREFIXROUTE = 0x200
 RULE_PRIORITY = 100
 MAIN = 254
+RT_SCOPE_LINK = 253
 EEXIST, ENOENT, ESRCH = 17, 2, 3
 
 
@@ -108,36 +109,53 @@ def ensure(spec: GatewaySpec) -> str | None:
     """Configure the port (which OVS has created) and its routes. Idempotent. Returns the
     gateway port holding an overlapping subnet in the main table (see main_route_conflict),
     if another does."""
+    prepare(spec)
+    return configure(spec)
+
+
+def prepare(spec: GatewaySpec) -> None:
+    """What needs no port: IPv4 forwarding, and the rule that sends the network's marked
+    replies to its table. A new gateway's install runs this while OVS creates the port."""
     _write("/proc/sys/net/ipv4/ip_forward", "1")
+    try:
+        with Rtnl() as rtnl:
+            if not any(r.fwmark == spec.mark and r.table == spec.table for r in rtnl.rules()):
+                rtnl.add_rule(priority=RULE_PRIORITY, table=spec.table, fwmark=spec.mark,
+                              fwmask=MARK_MASK)
+    except OSError as exc:
+        raise CniError(Code.NETLINK_FAILURE, f"cannot add the rule of gateway {spec.port}",
+                       str(exc)) from None
+
+
+def configure(spec: GatewaySpec) -> str | None:
+    """The port itself, once OVS has created it: sysctls, checksum offload, up, address,
+    routes; on the raw rtnetlink socket (overlay/netlink/rtnl.py: a network's first ADD waits
+    for this). Returns what ensure() returns."""
     _write(f"/proc/sys/net/ipv4/conf/{spec.port}/rp_filter", "2")
     _write(f"/proc/sys/net/ipv6/conf/{spec.port}/disable_ipv6", "1")
     try:
         disable_tx_checksum(spec.port)
-        with netlink_session() as ipr:
-            idx = _index(ipr, spec.port)
-            if idx is None:
-                raise CniError(Code.NETLINK_FAILURE, f"gateway port {spec.port} is missing")
-            ipr.link("set", index=idx, state="up")
-            _ensure_address(ipr, spec, idx)
-            routes = _ipv4_routes()  # what follows adds only to spec.table, then to main
-            _ensure_route(ipr, spec, idx, spec.table, routes)
+        idx = if_index(spec.port)
+        if idx is None:
+            raise CniError(Code.NETLINK_FAILURE, f"gateway port {spec.port} is missing")
+        with Rtnl() as rtnl:
+            rtnl.set_up(idx)
+            _ensure_address(rtnl, spec, idx)
+            routes = rtnl.routes(socket.AF_INET)  # what follows adds only to spec.table, then main
+            _ensure_route(rtnl, spec, idx, spec.table, routes)
             holder = _main_route_holder(routes, spec)
             if holder is None:
-                _ensure_route(ipr, spec, idx, MAIN, routes)
-            if not _has_rule(ipr, spec):
-                ipr.rule("add", fwmark=spec.mark, fwmask=MARK_MASK, table=spec.table,
-                         priority=RULE_PRIORITY, family=2)
+                _ensure_route(rtnl, spec, idx, MAIN, routes)
             return holder
     except (NetlinkError, OSError) as exc:
         raise CniError(Code.NETLINK_FAILURE, f"cannot configure gateway port {spec.port}",
                        str(exc)) from None
 
 
-def _ensure_address(ipr: Any, spec: GatewaySpec, idx: int) -> None:
+def _ensure_address(rtnl: Rtnl, spec: GatewaySpec, idx: int) -> None:
     want = (str(spec.address.ip), spec.address.network.prefixlen)
     have: set[tuple[str, int]] = set()
-    with Rtnl() as rtnl:  # one dump, decoded in microseconds (pyroute2: ~2 ms)
-        addresses = [a for a in rtnl.addresses() if a.address.version == 4]
+    addresses = [a for a in rtnl.addresses() if a.address.version == 4]
     for a in addresses:
         found = (str(a.address.ip), a.address.network.prefixlen)
         if a.index == idx:
@@ -149,10 +167,9 @@ def _ensure_address(ipr: Any, spec: GatewaySpec, idx: int) -> None:
                            f"of interface {_name(a.index)} on this host; the agent leaves it "
                            "alone; choose a subnet or gateway the host does not use")
     for addr, plen in have - {want}:  # a gateway address from an older netconf
-        ipr.addr("del", index=idx, address=addr, prefixlen=plen)
+        rtnl.delete_address(idx, ipaddress.IPv4Interface(f"{addr}/{plen}"))
     if want not in have:
-        ipr.addr("add", index=idx, address=want[0], prefixlen=want[1],
-                 flags=IFA_F_NOPREFIXROUTE)
+        rtnl.add_address(idx, spec.address, IFA_F_NOPREFIXROUTE)
 
 
 def _name(index: int) -> str:
@@ -169,7 +186,7 @@ def _same_routes(routes: list[RouteEntry], subnet: ipaddress.IPv4Network,
             if r.table == table and r.dst == subnet and r.tos == 0 and not r.priority]
 
 
-def _ensure_route(ipr: Any, spec: GatewaySpec, idx: int, table: int,
+def _ensure_route(rtnl: Rtnl, spec: GatewaySpec, idx: int, table: int,
                   routes: list[RouteEntry]) -> None:
     """`spec.subnet dev <port>` in `table`, marked ours. Replaces only a route of ours."""
     existing = _same_routes(routes, spec.subnet, table)
@@ -177,10 +194,10 @@ def _ensure_route(ipr: Any, spec: GatewaySpec, idx: int, table: int,
     if foreign:
         raise _not_ours(spec, table, foreign[0])
     try:
-        ipr.route("replace" if existing else "add", dst=str(spec.subnet), oif=idx, table=table,
-                  scope=253, proto=RTPROT_OVERLAY)
-    except NetlinkError as exc:
-        if exc.code != EEXIST:
+        rtnl.add_route(spec.subnet, idx, table=table, scope=RT_SCOPE_LINK,
+                       protocol=RTPROT_OVERLAY, replace=bool(existing))
+    except OSError as exc:
+        if exc.errno != EEXIST:
             raise
         # Someone added one between our look and our add: theirs, and it stays.
         raise _not_ours(spec, table, None) from None

@@ -43,9 +43,10 @@ class GatewayManager:
         self._specs: dict[int, GatewaySpec] = {}
         self._users: dict[int, set[str]] = {}
         self._vni_of: dict[str, int] = {}
-        # nat.ensure beside the port and the kernel side, the flows beside the kernel side
-        # (_install); installs are serialised by self._lock, so two threads are enough.
-        self._beside = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-beside")
+        # nat.ensure, kernel.prepare and isolation.apply beside the port and the kernel side,
+        # the flows beside the kernel side (_install); installs are serialised by self._lock,
+        # so four threads are enough.
+        self._beside = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-beside")
 
     # --- intent ---------------------------------------------------------------------------
 
@@ -77,10 +78,10 @@ class GatewayManager:
             if current is not None and current != spec:  # no one else uses the old one
                 self._uninstall(current)
             try:
-                holder = self._install(spec)
-                # Before any container of it runs: the new network and the others are kept
-                # apart by routing, whatever FORWARD holds (isolation.py).
-                isolation.apply([*(s for s in self._specs.values() if s.vni != spec.vni), spec])
+                # Before any container of it runs, the new network and the others are kept
+                # apart by routing, whatever FORWARD holds (isolation.py): done by the install.
+                holder = self._install(spec, isolate=[
+                    *(s for s in self._specs.values() if s.vni != spec.vni), spec])
             except BaseException:
                 if not others:
                     self._uninstall(spec)
@@ -220,17 +221,25 @@ class GatewayManager:
         except CniError as err:  # the periodic repair tries again
             log.warning("cannot separate the gateways: %s", err)
 
-    def _install(self, spec: GatewaySpec) -> str | None:
+    def _install(self, spec: GatewaySpec,
+                 isolate: list[GatewaySpec] | None = None) -> str | None:
         """Returns the gateway port that keeps the main-table route of an overlapping subnet.
+        `isolate`: every gateway of the host, this one included, to separate by routing
+        (isolation.apply) as part of the install.
 
-        The iptables rules (two iptables processes, nat.py) need neither the port nor its
-        addresses (they name the interface), so they are written while OVS attaches the port
-        and the kernel side is configured: on a first ADD they were a third of the gateway's
-        time, in a row with the rest. The flows need only the port's number, so they go in
-        while the kernel side is configured. All are done, or failed, before this returns, so
-        a caller's rollback (_uninstall) never races a rule or flow still being written."""
+        What needs no port goes in while OVS creates it: the iptables rules (two iptables
+        processes, nat.py; they name the interface), the policy-routing rules and the
+        isolation tables (rules match the port by name, which the kernel accepts before the
+        device exists), IPv4 forwarding. The flows need only the port's number, so they go in
+        while the port's kernel side is configured. A network's first ADD waits for all of
+        it: in a row, it was three times an ADD's own work. All are done, or failed, before
+        this returns, so a caller's rollback (_uninstall) never races a rule or flow still
+        being written."""
         laps = [time.perf_counter()]
-        pending = [self._beside.submit(nat.ensure, spec)]
+        pending = [self._beside.submit(nat.ensure, spec),
+                   self._beside.submit(kernel.prepare, spec)]
+        if isolate is not None:
+            pending.append(self._beside.submit(isolation.apply, isolate))
         try:
             # A new gateway's number from the same allocator as containers' ports
             # (request_ofport): left to OVS, it could be given the number a container's port,
@@ -247,7 +256,7 @@ class GatewayManager:
             pending.append(self._beside.submit(
                 self._dataplane.set_gateway, spec.vni,
                 Gateway(spec.vni, spec.mac, str(spec.address.ip), ofport)))
-            holder = kernel.ensure(spec)
+            holder = kernel.configure(spec)
             laps.append(time.perf_counter())
         finally:
             futures.wait(pending)
@@ -256,7 +265,7 @@ class GatewayManager:
         laps.append(time.perf_counter())
         log.info("gateway %s installed (%.0f ms: %s)", spec.port, (laps[-1] - laps[0]) * 1000,
                  " ".join(f"{step} {(b - a) * 1000:.0f}" for step, a, b in
-                          zip(("port", "kernel", "iptables and flows (rest)"), laps, laps[1:],
+                          zip(("port", "kernel", "rules, iptables and flows (rest)"), laps, laps[1:],
                               strict=False)))
         return holder
 

@@ -4,9 +4,10 @@ Why not pyroute2 here: an ADD makes about ten requests (create the veth pair, br
 end up, read its MAC, then in the container's netns: up, address, routes, MAC), each of which
 the kernel answers in tens of microseconds. pyroute2 0.9 runs every request through an asyncio
 event loop and its generic message classes: about 17 ms of Python per ADD on this machine,
-against ~1 ms in the kernel, where the reference plugins spend a few ms in all. CHECK and the
-gateway's writes and rule dumps keep pyroute2; the gateway reads its routes and addresses with
-the dumps below (a first ADD makes the gateway, and pyroute2 decoded each dump in 1.5-2 ms).
+against ~1 ms in the kernel, where the reference plugins spend a few ms in all. A new
+gateway's port (a network's first ADD on the host) is configured here too: link, address and
+routes (overlay/gateway/kernel.py). CHECK and the gateway's policy-routing rules keep
+pyroute2 (the rules go in beside the port's creation, off the ADD's critical path).
 
 A request carries NLM_F_ACK, so the kernel always answers with an NLMSG_ERROR (0 = success) or
 the object asked for followed by it. An Rtnl socket belongs to the network namespace of the
@@ -34,14 +35,20 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h, linux/veth.h
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 18, 20, 24
-RTM_GETADDR, RTM_GETROUTE = 22, 26
+NLM_F_REPLACE = 0x100
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE = 16, 17, 18, 20, 21, 24
+RTM_GETADDR, RTM_DELROUTE, RTM_GETROUTE = 22, 25, 26
+RTM_NEWRULE, RTM_GETRULE = 32, 34
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
 IFF_UP = 0x1
-RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
+RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST, RTN_BLACKHOLE = 254, 4, 0, 1, 6
+RT_TABLE_COMPAT = 252  # rtmsg's 8-bit table field for a table number only RTA_TABLE can hold
+# linux/fib_rules.h: a rule's attributes, and its action "lookup TABLE"
+FRA_DST, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 1, 3, 6, 10, 15, 16
+FR_ACT_TO_TBL = 1
 
 _HEADER = struct.Struct("=LHHLL")     # nlmsghdr: length, type, flags, sequence, port id
 _IFINFO = struct.Struct("=BxHiII")    # ifinfomsg: family, type, index, flags, change
@@ -78,6 +85,18 @@ class RouteEntry:
     kind: int                      # RTN_UNICAST, RTN_BLACKHOLE, ...
     priority: int                  # the metric
     tos: int = 0                   # part of a route's identity, as dst and metric are
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    """One policy-routing rule "lookup TABLE", as a dump shows it (`ip rule`)."""
+
+    priority: int
+    table: int
+    fwmark: int | None
+    fwmask: int | None
+    iifname: str | None
+    dst: Network | None
 
 
 class RtnlError(OSError):
@@ -189,21 +208,72 @@ class Rtnl:
     def add_address(self, index: int, address: Interface, flags: int = 0) -> None:
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         packed = address.ip.packed
-        body = _IFADDR.pack(family, address.network.prefixlen, flags, 0, index) + \
+        # ifaddrmsg's flags field is 8 bits; the newer flags (IFA_F_NOPREFIXROUTE, 0x200) go
+        # in IFA_FLAGS, which the kernel reads instead when it is there.
+        body = _IFADDR.pack(family, address.network.prefixlen, flags & 0xFF, 0, index) + \
             _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+        if flags > 0xFF:
+            body += _attr(IFA_FLAGS, _u32(flags))
         self._request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
 
-    def add_route(self, dst: Network, oif: int, gateway: Address | None = None) -> None:
-        """A route in the main table, as `ip route add DST [via GW] dev OIF proto static`."""
+    def delete_address(self, index: int, address: Interface) -> None:
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        packed = address.ip.packed
+        body = _IFADDR.pack(family, address.network.prefixlen, 0, 0, index) + \
+            _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+        self._request(RTM_DELADDR, 0, body)
+
+    def add_route(self, dst: Network, oif: int, gateway: Address | None = None, *,
+                  table: int = RT_TABLE_MAIN, protocol: int = RTPROT_STATIC,
+                  scope: int = RT_SCOPE_UNIVERSE, replace: bool = False) -> None:
+        """As `ip route add|replace DST [via GW] dev OIF table TABLE proto PROTOCOL scope
+        SCOPE` (default: the main table, proto static, scope global). EEXIST if not
+        `replace` and the route is there."""
         family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
-        body = _RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
-                           RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+        body = _RTMSG.pack(family, dst.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT,
+                           protocol, scope, RTN_UNICAST, 0)
         if dst.prefixlen:
             body += _attr(RTA_DST, dst.network_address.packed)
-        body += _attr(RTA_OIF, _u32(oif))
+        body += _attr(RTA_OIF, _u32(oif)) + _attr(RTA_TABLE, _u32(table))
         if gateway is not None:
             body += _attr(RTA_GATEWAY, gateway.packed)
-        self._request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
+        self._request(RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL),
+                      body)
+
+    def replace_blackhole(self, dst: Network, table: int) -> None:
+        """As `ip route replace blackhole DST table TABLE`."""
+        self._request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, self._blackhole(dst, table))
+
+    def delete_blackhole(self, dst: Network, table: int) -> None:
+        self._request(RTM_DELROUTE, 0, self._blackhole(dst, table))
+
+    @staticmethod
+    def _blackhole(dst: Network, table: int) -> bytes:
+        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        return _RTMSG.pack(family, dst.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT,
+                           RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_BLACKHOLE, 0) + \
+            _attr(RTA_DST, dst.network_address.packed) + _attr(RTA_TABLE, _u32(table))
+
+    # --- policy-routing rules --------------------------------------------------------------
+
+    def add_rule(self, *, priority: int, table: int, fwmark: int | None = None,
+                 fwmask: int | None = None, iifname: str | None = None,
+                 dst: Network | None = None) -> None:
+        """As `ip rule add [fwmark M/MASK] [iif NAME] [to DST] lookup TABLE priority P`. The
+        kernel takes an iif that names no device yet: the rule applies once it exists."""
+        family = socket.AF_INET if dst is None or dst.version == 4 else socket.AF_INET6
+        body = _RTMSG.pack(family, dst.prefixlen if dst else 0, 0, 0,
+                           table if table < 256 else RT_TABLE_COMPAT, 0, 0, FR_ACT_TO_TBL, 0)
+        body += _attr(FRA_PRIORITY, _u32(priority)) + _attr(FRA_TABLE, _u32(table))
+        if fwmark is not None:
+            body += _attr(FRA_FWMARK, _u32(fwmark))
+        if fwmask is not None:
+            body += _attr(FRA_FWMASK, _u32(fwmask))
+        if iifname is not None:
+            body += _attr(FRA_IIFNAME, _name(iifname))
+        if dst is not None:
+            body += _attr(FRA_DST, dst.network_address.packed)
+        self._request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, body)
 
     # --- dumps ---------------------------------------------------------------------------
 
@@ -237,6 +307,26 @@ class Rtnl:
             oif = struct.unpack("=I", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
             metric = struct.unpack("=I", attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
             out.append(RouteEntry(dst, tuple(gateways), oif, table, protocol, kind, metric, tos))
+        return out
+
+
+    def rules(self, family: int = socket.AF_INET) -> list[RuleEntry]:
+        """Every policy-routing rule of `family` that looks a table up."""
+        out = []
+        for payload in self._request(RTM_GETRULE, NLM_F_DUMP, _RTMSG.pack(family, 0, 0, 0, 0,
+                                                                          0, 0, 0, 0)):
+            fam, dst_len, _, _, table, _, _, action, _ = _RTMSG.unpack_from(payload)
+            if fam != family or action != FR_ACT_TO_TBL:
+                continue
+            attrs = _attrs(payload[_RTMSG.size:])
+
+            def u32(kind: int, attrs: dict[int, bytes] = attrs) -> int | None:
+                return struct.unpack("=I", attrs[kind])[0] if kind in attrs else None
+            iif = attrs[FRA_IIFNAME].rstrip(b"\0").decode() if FRA_IIFNAME in attrs else None
+            dst = (ipaddress.ip_network((attrs[FRA_DST], dst_len), strict=False)
+                   if FRA_DST in attrs else None)
+            out.append(RuleEntry(u32(FRA_PRIORITY) or 0, u32(FRA_TABLE) or table,
+                                 u32(FRA_FWMARK), u32(FRA_FWMASK), iif, dst))
         return out
 
 

@@ -124,6 +124,24 @@ def test_result_reports_gateway_and_default_route(lab: Lab) -> None:
     assert "default via 10.0.0.1 dev eth0" in routes, routes
 
 
+def test_the_gateway_port_holds_its_address_and_only_our_routes(lab: Lab) -> None:
+    """The kernel side as overlay/gateway/kernel.py writes it: the address without the
+    kernel's own prefix route (noprefixroute), the subnet in the network's table and in main,
+    both marked ours (proto 79), scope link; the fwmark rule to the table."""
+    h = lab.host("host0")
+    port = "ovg42"
+    addr = run(["ip", "-4", "-o", "addr", "show", "dev", port], netns=h.netns).stdout
+    assert "inet 10.0.0.1/24" in addr and "noprefixroute" in addr, addr
+    routes = [ln for ln in run(["ip", "route", "show", "table", "all"],
+                               netns=h.netns).stdout.splitlines() if f"dev {port}" in ln]
+    assert not [ln for ln in routes if "proto kernel" in ln and "10.0.0.0/24" in ln], routes
+    ours = [ln for ln in routes if ln.startswith("10.0.0.0/24 ")]
+    assert len(ours) == 2 and all("proto 79 scope link" in ln for ln in ours), routes
+    assert any("table" not in ln for ln in ours) and any(" table " in ln for ln in ours), ours
+    rules = run(["ip", "rule", "show"], netns=h.netns).stdout
+    assert any("fwmark" in ln for ln in rules.splitlines()), rules
+
+
 def test_container_reaches_underlay_with_its_hosts_address(lab: Lab, server: None) -> None:
     assert ask(lab.containers["c0"]["netns"], SERVER_IP, "from-c0") == \
         f"{vtep(lab, 'host0')} from-c0"
