@@ -73,9 +73,19 @@ class Attacher:
         owner = owner_of(env.container_id, env.ifname)
         with self.lock(owner):
             t = Stopwatch()
-            self._precheck(env, conf)
-            # Before anything exists: a subnet that would break this host is refused (7).
-            self.subnets.check(conf)
+            # The two checks read (etcd; the host's routes), so they run side by side; an
+            # attachment that exists already is the error reported first.
+            record = self._background.submit(self.endpoints.get_endpoint, conf.name,
+                                             env.container_id, env.ifname)
+            try:
+                # Before anything exists: a subnet that would break this host is refused (7).
+                self.subnets.check(conf)
+                bad_subnet = None
+            except CniError as err:
+                bad_subnet = err
+            self._precheck(env, conf, record.result())
+            if bad_subnet is not None:
+                raise bad_subnet
             t.lap("precheck")
             undo: Undo = []
             try:
@@ -84,10 +94,9 @@ class Attacher:
                 steps.roll_back(undo, owner)
                 raise
 
-    def _precheck(self, env: CniEnv, conf: NetConf) -> None:
-        """ALREADY_ATTACHED if the attachment exists here, or its record names another host
-        (container IDs clash across hosts: say which, since DEL here will not touch it)."""
-        rec = self.endpoints.get_endpoint(conf.name, env.container_id, env.ifname)
+    def _precheck(self, env: CniEnv, conf: NetConf, rec: EndpointRecord | None) -> None:
+        """ALREADY_ATTACHED if the attachment exists here, or its record `rec` names another
+        host (container IDs clash across hosts: say which, since DEL here will not touch it)."""
         what = f"container {env.container_id} interface {env.ifname}"
         if rec is not None and rec.host != self.host.name:
             raise CniError(Code.ALREADY_ATTACHED, f"{what} is already attached on host "
