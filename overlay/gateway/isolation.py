@@ -79,7 +79,8 @@ def apply(specs: Sequence[GatewaySpec]) -> None:
     waits for this, and pyroute2 spent several ms of Python in each call."""
     try:
         with Rtnl() as rtnl:
-            routes = rtnl.routes(socket.AF_INET)  # each spec's changes touch only its own table
+            # Each spec's changes touch only its own isolation table.
+            routes = rtnl.routes(socket.AF_INET, tuple(isolation_table(s) for s in specs))
             rules = rtnl.rules()
             for spec in specs:
                 _apply_one(rtnl, spec, _wanted(spec, specs), routes, rules)

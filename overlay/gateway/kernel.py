@@ -141,7 +141,8 @@ def configure(spec: GatewaySpec) -> str | None:
         with Rtnl() as rtnl:
             rtnl.set_up(idx)
             _ensure_address(rtnl, spec, idx)
-            routes = rtnl.routes(socket.AF_INET)  # what follows adds only to spec.table, then main
+            # What follows reads and adds only to spec.table, then to main.
+            routes = rtnl.routes(socket.AF_INET, (spec.table, MAIN))
             _ensure_route(rtnl, spec, idx, spec.table, routes)
             holder = _main_route_holder(routes, spec)
             if holder is None:

@@ -50,7 +50,7 @@ def read_host_networks() -> HostNetworks:
             routes = tuple(HostRoute(r.dst, r.gateways, names.get(r.oif, "") if r.oif else "",
                                      r.protocol)
                            for family in (socket.AF_INET, socket.AF_INET6)
-                           for r in rtnl.routes(family) if r.table in TABLES)
+                           for r in rtnl.routes(family, TABLES))
     except OSError as exc:
         raise CniError(Code.NETLINK_FAILURE, "cannot read the host's addresses and routes",
                        str(exc)) from None

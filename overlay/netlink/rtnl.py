@@ -290,8 +290,10 @@ class Rtnl:
             out.append(AddressEntry(index, ipaddress.ip_interface(f"{ip}/{prefixlen}")))
         return out
 
-    def routes(self, family: int) -> list[RouteEntry]:
-        """Every route of `family` (socket.AF_INET or AF_INET6) in every table."""
+    def routes(self, family: int, tables: tuple[int, ...] | None = None) -> list[RouteEntry]:
+        """Every route of `family` (socket.AF_INET or AF_INET6) in `tables` (default: every
+        table). The kernel dumps them all; those of other tables (the local table's entry for
+        every address, above all) are skipped before they cost any parsing."""
         out = []
         for payload in self._request(RTM_GETROUTE, NLM_F_DUMP, _RTMSG.pack(family, 0, 0, 0, 0,
                                                                            0, 0, 0, 0)):
@@ -299,11 +301,13 @@ class Rtnl:
             if fam != family:
                 continue
             attrs = _attrs(payload[_RTMSG.size:])
+            table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
+            if tables is not None and table not in tables:
+                continue
             zero = b"\0" * (4 if family == socket.AF_INET else 16)
             dst = ipaddress.ip_network((attrs.get(RTA_DST, zero), dst_len), strict=False)
             gateways = [ipaddress.ip_address(attrs[RTA_GATEWAY])] if RTA_GATEWAY in attrs else []
             gateways += _multipath_gateways(attrs.get(RTA_MULTIPATH, b""))
-            table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
             oif = struct.unpack("=I", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
             metric = struct.unpack("=I", attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
             out.append(RouteEntry(dst, tuple(gateways), oif, table, protocol, kind, metric, tos))

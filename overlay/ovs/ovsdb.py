@@ -20,7 +20,7 @@ from ovsdbapp.backend.ovs_idl import connection, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from overlay.errors import CniError, Code
-from overlay.ovs import jsonstream
+from overlay.ovs import jsonstream, monitored
 from overlay.ovs.ofportwait import NotifyingIdl, Waiters, wait_for
 
 OWNER_KEY = "overlay-owner"  # marks rows this project created
@@ -64,7 +64,7 @@ class Ovsdb:
         self._last_request: int | None = None  # request_ofport's last number
         jsonstream.install()  # python-ovs without its C parser: parse with CPython's (why: there)
         try:
-            idl = NotifyingIdl.from_server(endpoint, "Open_vSwitch")
+            idl = NotifyingIdl(endpoint, monitored.schema_helper(endpoint))
             idl.waiters = self._waiters = Waiters()  # before the connection runs the IDL
             self._conn = connection.Connection(idl=idl, timeout=timeout)
             # ovsdbapp keeps the first connection of a Backend class for every later instance
