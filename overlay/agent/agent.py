@@ -45,7 +45,7 @@ from overlay.errors import CniError
 from overlay.gateway.manager import GatewayManager
 from overlay.ipam.allocator import EtcdIpam
 from overlay.netlink import underlay
-from overlay.netlink.hostnets import read_host_networks
+from overlay.netlink.hostnets import HostNetworksCache
 from overlay.ovs.liveness import SwitchRestartWatcher
 from overlay.ovs.ofctl import Ofctl
 from overlay.ovs.openflow import Channel
@@ -287,7 +287,7 @@ class Agent:
             host=host, endpoints=store, network_records=store, ports=self._ovs,
             flows=self._dataplane, allocator=ipam, links=links, networks=self._networks,
             gateways=self._gateways, subnets=SubnetGuard(
-                read_host=read_host_networks, etcd_endpoints=cfg.etcd_endpoints,
+                read_host=HostNetworksCache(), etcd_endpoints=cfg.etcd_endpoints,
                 vteps=lambda: {**reconciler.host_vteps(), cfg.host: node.vtep}))
         self._janitor = Janitor(host=host, ports=self._ovs, endpoints=store, links=links,
                                 detacher=self._service.detacher)

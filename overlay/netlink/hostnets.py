@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from overlay.errors import CniError, Code
@@ -55,6 +58,99 @@ def read_host_networks() -> HostNetworks:
         raise CniError(Code.NETLINK_FAILURE, "cannot read the host's addresses and routes",
                        str(exc)) from None
     return HostNetworks(addresses, routes)
+
+
+# rtnetlink's multicast groups (linux/rtnetlink.h, RTMGRP_*): address and route changes
+GROUPS = 0x10 | 0x40 | 0x100 | 0x400  # IPV4_IFADDR, IPV4_ROUTE, IPV6_IFADDR, IPV6_ROUTE
+_HEADER = struct.Struct("=LHHLL")
+_RTMSG_TABLE = 4  # rtmsg: family, dst_len, src_len, tos, table, ...
+RTM_NEWROUTE, RTM_DELROUTE, RTA_TABLE = 24, 25, 15
+
+
+class HostNetworksCache:
+    """read_host_networks(), read again only after the kernel announced a change.
+
+    Every ADD checks its subnets against the host (overlay/cni/subnets.py), and decoding the
+    host's addresses and routes was a quarter of an ADD's Python time, the same tables read
+    again and again. A netlink socket subscribed to address and route changes hears of every
+    one: the kernel queues the notice before it acknowledges the change to whoever made it, so
+    a change made before a check is always seen by it. Notices of routes outside the tables
+    read (TABLES) are ignored; anything else (an address, a main-table route, lost notices)
+    makes the next check read the tables again. Thread-safe.
+    """
+
+    def __init__(self, read: Callable[[], HostNetworks] = read_host_networks) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._current: HostNetworks | None = None
+        self.reads = 0  # how many times the tables were read (for tests and curiosity)
+
+    def __call__(self) -> HostNetworks:
+        with self._lock:
+            if self._changed() or self._current is None:
+                self._current = self._read()
+                self.reads += 1
+            return self._current
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    def _changed(self) -> bool:
+        """Drain the notices queued since the last call: did any matter? A new socket (the
+        first call, or after an error) knows nothing yet: True."""
+        if self._sock is None:
+            sock = socket.socket(socket.AF_NETLINK,
+                                 socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+                                 socket.NETLINK_ROUTE)
+            sock.bind((0, GROUPS))  # before the read that follows: no change falls between
+            self._sock = sock
+            return True
+        changed = False
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return changed
+            except OSError:  # ENOBUFS (notices were lost) or worse: a new socket, a new read
+                self._sock.close()
+                self._sock = None
+                return True
+            changed = changed or _matters(data)
+
+
+def _matters(data: bytes) -> bool:
+    """Does a batch of notices touch what read_host_networks reads?"""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind = _HEADER.unpack_from(data, offset)[:2]
+        if length < _HEADER.size:
+            return True
+        payload = data[offset + _HEADER.size:offset + length]
+        offset += (length + 3) & ~3
+        if kind not in (RTM_NEWROUTE, RTM_DELROUTE):
+            return True  # an address came or went
+        table = payload[_RTMSG_TABLE] if len(payload) > _RTMSG_TABLE else RT_TABLE_MAIN
+        table = _attrs(payload[12:]).get(RTA_TABLE, table)
+        if table in TABLES:
+            return True
+    return False
+
+
+def _attrs(data: bytes) -> dict[int, int]:
+    """The u32 attributes of a route notice (only RTA_TABLE is read)."""
+    out, offset = {}, 0
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        if length == 8:
+            out[kind & 0x3FFF] = struct.unpack_from("=I", data, offset + 4)[0]
+        offset += (length + 3) & ~3
+    return out
 
 
 def describe(route: HostRoute) -> str:

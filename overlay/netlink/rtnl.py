@@ -177,16 +177,18 @@ class Rtnl:
     # --- links -------------------------------------------------------------------------------
 
     def add_veth(self, name: str, *, mtu: int, peer: str, peer_netns_fd: int,
-                 peer_mac: str | None = None) -> None:
-        """Create the pair `name` (here, up) and `peer` (in the namespace of `peer_netns_fd`,
-        down, with `peer_mac` if given), both with `mtu`. EEXIST if either name is taken."""
+                 peer_mac: str | None = None, up: bool = True) -> None:
+        """Create the pair `name` (here, up unless `up` is False) and `peer` (in the namespace
+        of `peer_netns_fd`, down, with `peer_mac` if given), both with `mtu`. EEXIST if either
+        name is taken."""
         peer_attrs = _attr(IFLA_IFNAME, _name(peer)) + _attr(IFLA_MTU, _u32(mtu)) + \
             _attr(IFLA_NET_NS_FD, _u32(peer_netns_fd))
         if peer_mac is not None:
             peer_attrs += _attr(IFLA_ADDRESS, _mac(peer_mac))
         info = _attr(IFLA_INFO_KIND, b"veth") + _attr(
             IFLA_INFO_DATA, _attr(VETH_INFO_PEER, _IFINFO.pack(0, 0, 0, 0, 0) + peer_attrs))
-        body = _IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP) + _attr(IFLA_IFNAME, _name(name)) + \
+        flags = IFF_UP if up else 0
+        body = _IFINFO.pack(0, 0, 0, flags, IFF_UP) + _attr(IFLA_IFNAME, _name(name)) + \
             _attr(IFLA_MTU, _u32(mtu)) + _attr(IFLA_LINKINFO, info)
         self._request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 

@@ -106,7 +106,7 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
         # replaced our MAC while we were still configuring the link; one created with
         # IFLA_ADDRESS counts as set and udev leaves it alone.
         try:
-            rtnl.add_veth(host, mtu=mtu, peer=ifname, peer_netns_fd=nsfd, peer_mac=mac)
+            rtnl.add_veth(host, mtu=mtu, peer=ifname, peer_netns_fd=nsfd, peer_mac=mac, up=False)
         except RtnlError as exc:
             if exc.errno == errno.EEXIST:  # not the host end (checked above): the container's
                 raise CniError(Code.NETLINK_FAILURE,
@@ -117,7 +117,7 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
         finally:
             os.close(nsfd)
         try:
-            _quiet_host_side(host)
+            _bring_up_quietly(rtnl, host)
             if host_end_ready is not None:
                 host_end_ready()
             peer_mac, index = run_in_netns(
@@ -135,6 +135,17 @@ def create_container_link(*, container_id: str, netns: str, ifname: str, mtu: in
                 raise CniError(Code.NETLINK_FAILURE,
                                f"cannot set up {ifname} in {netns}", str(exc)) from None
             raise
+
+
+def _bring_up_quietly(rtnl: Rtnl, host: str) -> None:
+    """The host end, born down: IPv6 and ARP answers off, then up. Up from the start, it had
+    a link-local address and route for a moment, which could reach the container and told
+    the subnet check's listener (hostnets.py) that the host's networks had changed."""
+    _quiet_host_side(host)
+    index = if_index(host)
+    if index is None:
+        raise CniError(Code.NETLINK_FAILURE, f"host interface {host} vanished")
+    rtnl.set_up(index)
 
 
 def _quiet_host_side(host: str) -> None:
