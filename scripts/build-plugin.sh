@@ -3,7 +3,7 @@
 #
 #   scripts/build-plugin.sh OUT
 #
-# Go in GOPATH mode against Debian's packaged sources (golang-google-grpc-dev,
+# Go in GOPATH mode against Debian's packaged sources (golang-golang-x-net-dev,
 # golang-google-protobuf-dev under /usr/share/gocode), so it builds with no network access.
 # Static (CGO_ENABLED=0): the binary runs on any amd64 Linux, a Kubernetes node without
 # Python included. Rebuilt only when a source is newer than OUT. The build cache goes to

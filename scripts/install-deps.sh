@@ -21,7 +21,7 @@ PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2
 # What builds the compiled plugin (scripts/build-plugin.sh); WITH_PLUGIN_BUILD=0 leaves it out,
 # and the plugin is then the Python one (the Vagrant VMs: their box is offline and has no Go).
 if [ "${WITH_PLUGIN_BUILD:-1}" = 1 ]; then
-  PACKAGES+=(golang-go golang-google-grpc-dev golang-google-protobuf-dev)
+  PACKAGES+=(golang-go golang-golang-x-net-dev golang-google-protobuf-dev)
 fi
 if [ "${WITH_TEST_DEPS:-0}" = 1 ]; then
   PACKAGES+=(golang-go golang-github-appc-cni-dev containernetworking-plugins iptables vagrant

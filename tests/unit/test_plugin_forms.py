@@ -31,7 +31,7 @@ def forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     compiled = plugins.compiled(sys.prefix)
     if compiled is None:
         pytest.skip(f"the compiled plugin is not built in {sys.prefix}/bin (make deps builds it; "
-                    "apt: golang-go golang-google-grpc-dev golang-google-protobuf-dev)")
+                    "apt: golang-go golang-golang-x-net-dev golang-google-protobuf-dev)")
     python = tmp_path_factory.mktemp("plugin") / "ovs"
     python.write_text(launcher.script(sys.executable))
     python.chmod(0o755)
