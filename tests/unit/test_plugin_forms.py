@@ -77,6 +77,7 @@ LOCAL = [
     ("ADD", b'{"cniVersion": "1.0.0", "agentSocket": "relative.sock"}', 7),
     ("ADD", b'{"cniVersion": "1.0.0", "agentSocket": 5}', 7),
     ("ADD", b'{"cniVersion": "1.0.0", "agentSocket": "/a\\u0000b"}', 7),
+    ("VERSION", b'{"cniVersion": "1.0\\ud800"}', None),
     ("FROB", b'{"cniVersion": "1.0.0"}', 4),
     ("", b'{"cniVersion": "1.0.0"}', 4),
 ]
@@ -94,6 +95,18 @@ def test_what_the_plugin_answers_alone(forms: dict[str, str], command: str, stdi
         assert rc == 1 and body["code"] == 11 and body["cniVersion"] == "0.1.0", body
     else:
         assert rc == 1 and body["code"] == code, body
+
+
+@pytest.mark.parametrize("socket_path", [b"/run/\\udc80.sock", b"/run/\\uFFFD\xef\xbf\xbd\\udc80",
+                                         b"/run/\\ud800\\\\ufffd"])
+def test_a_lone_surrogate_is_no_path(forms: dict[str, str], socket_path: bytes) -> None:
+    """An escaped lone UTF-16 surrogate: Python keeps it (no UTF-8 can carry it), Go's decoder
+    makes it U+FFFD. Either way it names no file: code 7 from both (the messages show the
+    character each could hold)."""
+    stdin = b'{"cniVersion": "1.0.0", "agentSocket": "' + socket_path + b'"}'
+    for name, plugin in forms.items():
+        rc, body = call(plugin, {"CNI_COMMAND": "ADD"}, stdin)
+        assert rc == 1 and body["code"] == 7, (name, body)
 
 
 def test_an_env_value_that_is_not_utf8_is_code_4(forms: dict[str, str], tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -128,9 +129,10 @@ func parseNetconf(stdin []byte, command string) netconf {
 	}
 	nc.version = "0.1.0"
 	if raw, ok := nc.fields["cniVersion"]; ok {
-		if json.Unmarshal(raw, &nc.given) == nil {
+		var clean bool
+		if nc.given, clean = jsonString(raw); clean || nc.given != "" {
 			nc.givenString = true
-			if nc.given != "" && printable(nc.given) {
+			if nc.given != "" && clean && printable(nc.given) {
 				nc.version = nc.given
 			}
 		}
@@ -138,12 +140,36 @@ func parseNetconf(stdin []byte, command string) netconf {
 	return nc
 }
 
-func usablePath(raw json.RawMessage) (string, bool) {
-	var path string
-	if json.Unmarshal(raw, &path) != nil {
+// jsonString decodes a JSON string. clean is false if it is not one, or if it held an
+// escaped lone UTF-16 surrogate ("\udc80"): Go's decoder makes that U+FFFD without a word,
+// where Python's (the other form of the plugin) keeps a surrogate no UTF-8 can carry.
+func jsonString(raw json.RawMessage) (text string, clean bool) {
+	if json.Unmarshal(raw, &text) != nil {
 		return "", false
 	}
-	return path, strings.HasPrefix(path, "/") && !strings.ContainsRune(path, 0)
+	return text, strings.Count(text, string(utf8.RuneError)) <= replacementsGiven(raw)
+}
+
+// replacementsGiven counts the U+FFFD a JSON text holds itself: as UTF-8, or escaped.
+func replacementsGiven(raw []byte) int {
+	n := bytes.Count(raw, []byte(string(utf8.RuneError)))
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		if i+6 <= len(raw) && raw[i+1] == 'u' {
+			if v, err := strconv.ParseUint(string(raw[i+2:i+6]), 16, 32); err == nil && v == 0xFFFD {
+				n++
+			}
+		}
+		i++ // the escaped character: an escaped backslash starts no escape
+	}
+	return n
+}
+
+func usablePath(raw json.RawMessage) (string, bool) {
+	path, clean := jsonString(raw)
+	return path, clean && strings.HasPrefix(path, "/") && !strings.ContainsRune(path, 0)
 }
 
 // describe renders a JSON value as the Python plugin's repr() shows it: a string as
