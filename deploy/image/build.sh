@@ -75,6 +75,12 @@ in_root /opt/overlay/venv/bin/pip install -q --no-index --no-deps --no-build-iso
 # Only the build needed these; the agent never imports them.
 in_root /opt/overlay/venv/bin/pip uninstall -q -y grpcio-tools wheel >&2
 in_root /opt/overlay/venv/bin/python -c 'import overlay.agent.main, overlay.install.cli' >&2
+# The compiled plugin, built here with this machine's Go (a static binary: the image needs no
+# Go): the init container's overlay-install copies it to the node, which then needs no Python
+# for the plugin either. Without Go here, the node gets the standalone Python plugin.
+if command -v go >/dev/null; then
+  "$SRC/scripts/build-plugin.sh" "$root/opt/overlay/venv/bin/overlay-cni-ovs" >&2
+fi
 mkdir -p "$root/etc/overlay/config" "$root/etc/overlay/pki"   # the ConfigMap's, the Secret's
 in_root apt-get clean
 for m in dev/pts dev sys proc; do umount -l "$root/$m"; done
