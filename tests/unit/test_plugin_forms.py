@@ -11,12 +11,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cni_server import serving
 
 from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
 from overlay.install import plugin as plugins
@@ -148,13 +148,8 @@ class Agent(cni_pb2_grpc.CniServicer):
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[str]:
-    path = str(tmp_path / "agent.sock")
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    cni_pb2_grpc.add_CniServicer_to_server(Agent(), srv)
-    srv.add_insecure_port(f"unix:{path}")
-    srv.start()
-    yield path
-    srv.stop(None)
+    with serving(Agent(), str(tmp_path / "agent.sock")) as path:
+        yield path
 
 
 def test_a_call_reaches_the_agent_whole(forms: dict[str, str], agent: str) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
+from cni_server import serving
 
 from overlay.cni.v1 import cni_pb2, cni_pb2_grpc
 from overlay_plugin_ovs.messages import decode_reply, encode_request
@@ -46,13 +46,8 @@ class Echo(cni_pb2_grpc.CniServicer):
 
 @pytest.fixture
 def server(tmp_path: Any) -> Iterator[str]:
-    path = os.path.join(tmp_path, "s.sock")
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    cni_pb2_grpc.add_CniServicer_to_server(Echo(), srv)
-    srv.add_insecure_port(f"unix:{path}")
-    srv.start()
-    yield path
-    srv.stop(None)
+    with serving(Echo(), os.path.join(tmp_path, "s.sock")) as path:
+        yield path
 
 
 def test_unary_call_against_a_grpcio_server(server: str) -> None:
