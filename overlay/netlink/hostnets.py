@@ -12,11 +12,18 @@ import ipaddress
 import socket
 import struct
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from overlay.errors import CniError, Code
-from overlay.netlink.rtnl import RT_TABLE_MAIN, Address, Interface, Network, Rtnl
+from overlay.netlink.rtnl import (
+    RT_TABLE_MAIN,
+    Address,
+    AddressEntry,
+    Interface,
+    Network,
+    RouteEntry,
+    Rtnl,
+)
 
 # Routes of other tables are consulted only through rules the operator wrote; the agent adds
 # its routes to the main table and to tables of its own, so only the main table can clash.
@@ -45,19 +52,26 @@ class HostNetworks:
 
 def read_host_networks() -> HostNetworks:
     """Every address of every interface, and every route of the main table, IPv4 and IPv6."""
-    names = {index: name for index, name in socket.if_nameindex()}
+    return _named(*_dump())
+
+
+def _dump() -> tuple[list[AddressEntry], list[RouteEntry]]:
     try:
         with Rtnl() as rtnl:
-            addresses = tuple(HostAddress(names.get(a.index, str(a.index)), a.address)
-                              for a in rtnl.addresses())
-            routes = tuple(HostRoute(r.dst, r.gateways, names.get(r.oif, "") if r.oif else "",
-                                     r.protocol)
-                           for family in (socket.AF_INET, socket.AF_INET6)
-                           for r in rtnl.routes(family, TABLES))
+            return rtnl.addresses(), [r for family in (socket.AF_INET, socket.AF_INET6)
+                                      for r in rtnl.routes(family, TABLES)]
     except OSError as exc:
         raise CniError(Code.NETLINK_FAILURE, "cannot read the host's addresses and routes",
                        str(exc)) from None
-    return HostNetworks(addresses, routes)
+
+
+def _named(addresses: list[AddressEntry], routes: list[RouteEntry]) -> HostNetworks:
+    """The dump with each interface named as it is named now (if_nameindex: no netlink)."""
+    names = {index: name for index, name in socket.if_nameindex()}
+    return HostNetworks(
+        tuple(HostAddress(names.get(a.index, str(a.index)), a.address) for a in addresses),
+        tuple(HostRoute(r.dst, r.gateways, names.get(r.oif, "") if r.oif else "", r.protocol)
+              for r in routes))
 
 
 # rtnetlink's multicast groups (linux/rtnetlink.h, RTMGRP_*): address and route changes
@@ -68,7 +82,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTA_TABLE = 24, 25, 15
 
 
 class HostNetworksCache:
-    """read_host_networks(), read again only after the kernel announced a change.
+    """read_host_networks(), the tables read again only after the kernel announced a change.
 
     Every ADD checks its subnets against the host (overlay/cni/subnets.py), and decoding the
     host's addresses and routes was a quarter of an ADD's Python time, the same tables read
@@ -79,19 +93,21 @@ class HostNetworksCache:
     makes the next check read the tables again. Thread-safe.
     """
 
-    def __init__(self, read: Callable[[], HostNetworks] = read_host_networks) -> None:
-        self._read = read
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._current: HostNetworks | None = None
+        self._current: tuple[list[AddressEntry], list[RouteEntry]] | None = None
         self.reads = 0  # how many times the tables were read (for tests and curiosity)
 
     def __call__(self) -> HostNetworks:
         with self._lock:
             if self._changed() or self._current is None:
-                self._current = self._read()
+                self._current = _dump()
                 self.reads += 1
-            return self._current
+            current = self._current
+        # Named at every call: a renamed interface (no address or route notice) shows its
+        # name of now.
+        return _named(*current)
 
     def close(self) -> None:
         with self._lock:

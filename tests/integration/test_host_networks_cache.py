@@ -37,7 +37,7 @@ def test_the_view_is_read_again_exactly_when_what_it_holds_changed(netns: str) -
     ip(netns, "link", "set", "up0", "up")
     try:
         first = look()
-        assert cache.reads == 1 and look() is first and cache.reads == 1
+        assert cache.reads == 1 and look() == first and cache.reads == 1
         ip(netns, "addr", "add", "192.0.2.10/24", "dev", "up0")
         seen = look()
         assert cache.reads == 2 and "192.0.2.10/24" in addresses(seen)
@@ -45,7 +45,7 @@ def test_the_view_is_read_again_exactly_when_what_it_holds_changed(netns: str) -
         # A route in another table and a new link: nothing the check reads.
         ip(netns, "route", "add", "198.51.100.0/24", "dev", "up0", "table", "100")
         ip(netns, "link", "add", "other0", "type", "veth", "peer", "name", "other0p")
-        assert look() is seen and cache.reads == 2
+        assert look() == seen and cache.reads == 2
         # A main-table route, and a deleted address: read again, each time.
         ip(netns, "route", "add", "203.0.113.0/24", "dev", "up0")
         assert "203.0.113.0/24" in main_routes(look()) and cache.reads == 3
@@ -66,7 +66,7 @@ def test_a_containers_veth_does_not_change_the_hosts_view(netns: str,
         link = run_in_netns(netns, lambda: veth.create_container_link(
             container_id="c" * 12, netns=container, ifname="eth0", mtu=1450,
             addresses=[ipaddress.ip_interface("10.9.0.2/24")], routes=[]))
-        assert run_in_netns(netns, cache) is before and cache.reads == 1
+        assert run_in_netns(netns, cache) == before and cache.reads == 1
         host_addrs = run(["ip", "-o", "addr", "show", "dev", link.host_ifname],
                          netns=os.path.basename(netns)).stdout
         assert "inet6" not in host_addrs, host_addrs
