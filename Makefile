@@ -94,13 +94,17 @@ bench-scale: deps
 bench-policy: deps
 	$(PY) bench/policy.py
 
-## make lint also checks the floors (no import up a floor) and the sizes: scripts/check_layers.py.
+## make lint also checks the floors (no import up a floor) and the sizes: scripts/check_layers.py;
+## and the compiled plugin with gofmt and go vet.
 lint: deps
 	$(VENV)/bin/ruff check overlay plugins tests bench scripts deploy
 	$(VENV)/bin/mypy -p overlay -p overlay_plugin_ovs
 	MYPYPATH=tests $(VENV)/bin/mypy bench/cni_latency.py bench/cni_profile.py bench/cni_compare.py bench/egress.py bench/scale.py bench/policy.py bench/egress_ovs_nat.py bench/ovs_restart.py bench/docker_run.py bench/cri_sandbox.py bench/port_add.py tests/libcni/build.py scripts/check_layers.py \
 	    deploy/image/oci_archive.py
 	$(PY) scripts/check_layers.py
+	@out=$$(gofmt -l plugins/ovs/go); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	cd plugins/ovs/go && GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= CGO_ENABLED=0 \
+	    GOCACHE=/var/cache/overlay/go-build go vet .
 
 proto: deps
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. \
