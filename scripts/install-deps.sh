@@ -18,8 +18,9 @@ SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 VENV=${VENV:-$SRC/.venv}
 PACKAGES=(openvswitch-switch openvswitch-common etcd-server etcd-client iproute2 iputils-ping
           tcpdump ethtool iperf3 python3-venv python3-pip iptables)  # iptables: the gateway's NAT
-# What builds the compiled plugin (scripts/build-plugin.sh); WITH_PLUGIN_BUILD=0 leaves it out,
-# and the plugin is then the Python one (the Vagrant VMs: their box is offline and has no Go).
+# What builds the compiled plugin (scripts/build-plugin.sh); WITH_PLUGIN_BUILD=0 leaves it out:
+# the plugin is then PLUGIN_BINARY if given (the Vagrant VMs: their box is offline, no Go, and
+# they are given the host's), else the Python one.
 if [ "${WITH_PLUGIN_BUILD:-1}" = 1 ]; then
   PACKAGES+=(golang-go golang-golang-x-net-dev golang-google-protobuf-dev)
 fi
@@ -79,7 +80,10 @@ if [ ! -f "$stamp" ] || [ "$SRC/pyproject.toml" -nt "$stamp" ] || [ "$SRC/setup.
 fi
 
 # The compiled `ovs` plugin, beside the console scripts: overlay-install and the lab install it
-# as /opt/cni/bin/ovs when it is there (else the Python plugin's launcher).
+# as /opt/cni/bin/ovs when it is there (else the Python plugin's launcher). PLUGIN_BINARY: one
+# built elsewhere (the Vagrant VMs get the host's: their box has no Go).
 if [ "${WITH_PLUGIN_BUILD:-1}" = 1 ]; then
   "$SRC/scripts/build-plugin.sh" "$VENV/bin/overlay-cni-ovs"
+elif [ -n "${PLUGIN_BINARY:-}" ]; then
+  install -m 0755 "$PLUGIN_BINARY" "$VENV/bin/overlay-cni-ovs"
 fi

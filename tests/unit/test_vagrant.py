@@ -115,9 +115,12 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     script = tmp_path_factory.mktemp("vagrant") / "record.rb"
     script.write_text(RECORDER)
     pki = tmp_path_factory.mktemp("pki")
+    plugin = tmp_path_factory.mktemp("plugin") / "overlay-cni-ovs"  # as make deps builds it
+    plugin.write_bytes(b"\x7fELF")
     proc = subprocess.run([ruby, str(script), str(VAGRANTFILE)], cwd=VAGRANT_DIR,
                           capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OVERLAY_VAGRANT_PKI": str(pki)})
+                          env={**os.environ, "OVERLAY_VAGRANT_PKI": str(pki),
+                               "OVERLAY_PLUGIN_BINARY": str(plugin)})
     assert proc.returncode == 0, proc.stderr
     log: dict[str, Any] = json.loads(proc.stdout)
     return log
@@ -135,7 +138,7 @@ def steps_of(recorded: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 def test_each_vm_is_given_only_its_own_certificate(recorded: dict[str, Any]) -> None:
     uploads: dict[str, dict[str, str]] = {}
     for p in recorded["provision"]:
-        if p["type"] == "file":
+        if p["type"] == "file" and p["destination"] != "/tmp/overlay-cni-ovs":
             uploads.setdefault(p["machine"], {})[p["destination"]] = p["source"]
     assert set(uploads) == {"node1", "node2"}
     for machine, files in uploads.items():
@@ -156,14 +159,27 @@ def lab_argv(step: dict[str, Any]) -> list[str]:
     return shlex.split(step["inline"][len(LAB):])
 
 
+def test_each_vm_is_given_the_compiled_plugin_before_its_deps_step(
+        recorded: dict[str, Any]) -> None:
+    for machine in ("node1", "node2"):
+        steps = [p for p in recorded["provision"] if p["machine"] == machine]
+        names = [p.get("destination") if p["type"] == "file" else p["inline"] for p in steps]
+        upload = names.index("/tmp/overlay-cni-ovs")
+        deps = next(i for i, n in enumerate(names) if "install-deps.sh" in str(n))
+        assert upload < deps, names
+        assert os.path.basename(steps[upload]["source"]) == "overlay-cni-ovs"
+
+
 def test_the_repository_is_synced_where_provisioning_looks(recorded: dict[str, Any]) -> None:
     src = [s for s in recorded["synced"] if not s.get("disabled")]
     assert len(src) == 1 and (VAGRANT_DIR / src[0]["host"]).resolve() == ROOT
     for steps in steps_of(recorded).values():
         deps = steps[0]  # everything else runs from the virtualenv it makes
         assert deps["inline"].split()[-1] == f"{src[0]['guest']}/scripts/install-deps.sh"
-        # The box is offline and has no Go: the VMs run the Python plugin (no build).
-        assert deps["env"] == {"VENV": VENV, "SRC": src[0]["guest"], "WITH_PLUGIN_BUILD": "0"}
+        # The box is offline and has no Go: no build in the VM; the host's compiled plugin is
+        # uploaded (a file step) and installed into the venv.
+        assert deps["env"] == {"VENV": VENV, "SRC": src[0]["guest"], "WITH_PLUGIN_BUILD": "0",
+                               "PLUGIN_BINARY": "/tmp/overlay-cni-ovs"}
 
 
 def test_every_other_step_is_a_valid_overlay_lab_vm_command(recorded: dict[str, Any]) -> None:

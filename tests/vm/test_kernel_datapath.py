@@ -14,6 +14,7 @@ import json
 import re
 import statistics
 import time
+from pathlib import Path
 
 import pytest
 from vagrant_lab import VagrantLab, Vm
@@ -68,6 +69,19 @@ def test_provisioning_ended_with_the_cross_host_ping(lab: VagrantLab) -> None:
     line = [ln for ln in lab.up_output.splitlines() if "c2 (node2) -> c1" in ln]
     assert line and ": OK" in line[-1] and " 0% packet loss" in line[-1], line
     assert ping(lab.node2, "c2", address_of(lab.node1, "c1")) == (3, 3)
+
+
+def test_the_vms_run_the_compiled_plugin(lab: VagrantLab) -> None:
+    """The host's static binary, uploaded by the Vagrantfile (the box has no Go), is what the
+    runtime's /opt/cni/bin/ovs is, and it answers VERSION on the VM."""
+    built = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "overlay-cni-ovs"
+    if not built.exists():
+        pytest.skip(f"{built} is not built here (make deps builds it): the VMs run the Python one")
+    for vm in (lab.node1, lab.node2):
+        head = vm.sh("head -c 4 /opt/cni/bin/ovs | od -An -c").stdout.split()
+        assert head[1:4] == ["E", "L", "F"], head
+        answer = vm.sh("echo '{\"cniVersion\":\"1.0.0\"}' | CNI_COMMAND=VERSION /opt/cni/bin/ovs")
+        assert "1.1.0" in json.loads(answer.stdout)["supportedVersions"], answer.stdout
 
 
 def test_agent_chose_the_kernel_datapath(lab: VagrantLab) -> None:
