@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
-
-from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.errors import CniError, Code
 from overlay.gateway.spec import GatewaySpec
 from overlay.netlink.rtnl import RouteEntry, Rtnl, RuleEntry
-from overlay.netlink.veth import netlink_session
 
 ISOLATION_BASE = 0x0E000000  # isolation tables ISOLATION_BASE + zone (spec.TABLE_BASE - 1 << 24)
 OWN_PRIORITY, ISOLATION_PRIORITY = 97, 98
@@ -107,25 +104,27 @@ def _apply_one(rtnl: Rtnl, spec: GatewaySpec, wanted: set[ipaddress.IPv4Network]
 
 def remove(spec: GatewaySpec) -> None:
     """Take `spec`'s rules and isolation table away (the others': `apply` without it)."""
-    with netlink_session() as ipr:
-        for net in _blackholes(_ipv4_routes(), isolation_table(spec)):
-            _quietly(lambda n=net: ipr.route("del", dst=str(n), table=isolation_table(spec),
-                                             type="blackhole"))
-        for r in ipr.get_rules(family=2):
-            if r.get_attr("FRA_IIFNAME") == spec.port and \
-                    r.get_attr("FRA_PRIORITY") in (OWN_PRIORITY, ISOLATION_PRIORITY):
-                _quietly(lambda r=r: ipr.rule("del", iifname=spec.port,
-                                              priority=r.get_attr("FRA_PRIORITY"),
-                                              table=r.get_attr("FRA_TABLE"), family=2))
-
-
-def _quietly(step: Any) -> None:
+    table = isolation_table(spec)
     try:
-        step()
-    except NetlinkError as exc:
-        if exc.code not in (ENOENT, ESRCH):
-            raise CniError(Code.NETLINK_FAILURE, "cannot remove a gateway's isolation",
-                           str(exc)) from None
+        with Rtnl() as rtnl:
+            for net in _blackholes(rtnl.routes(socket.AF_INET, (table,)), table):
+                _quietly(rtnl.delete_blackhole, net, table)
+            for rule in rtnl.rules():
+                if rule.iifname == spec.port and \
+                        rule.priority in (OWN_PRIORITY, ISOLATION_PRIORITY):
+                    _quietly(rtnl.delete_rule, rule)
+    except OSError as exc:
+        raise CniError(Code.NETLINK_FAILURE, "cannot remove a gateway's isolation",
+                       str(exc)) from None
+
+
+def _quietly(delete: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """A delete whose object is gone already is done."""
+    try:
+        delete(*args, **kwargs)
+    except OSError as exc:
+        if exc.errno not in (ENOENT, ESRCH):
+            raise
 
 
 def problems(specs: Sequence[GatewaySpec]) -> list[str]:

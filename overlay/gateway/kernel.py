@@ -34,6 +34,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -222,31 +223,33 @@ def _has_rule(ipr: Any, spec: GatewaySpec) -> bool:
 
 
 def remove(spec: GatewaySpec) -> None:
-    """Remove the rule and the routes (the port itself goes with its OVS port). Idempotent."""
-    with netlink_session() as ipr:
-        while _has_rule(ipr, spec):
-            try:
-                ipr.rule("del", fwmark=spec.mark, fwmask=MARK_MASK, table=spec.table,
-                         priority=RULE_PRIORITY, family=2)
-            except NetlinkError as exc:
-                if exc.code not in (ENOENT, ESRCH):
-                    raise CniError(Code.NETLINK_FAILURE, "cannot remove the gateway's rule",
-                                   str(exc)) from None
-                break
-        idx = _index(ipr, spec.port)
-        if idx is not None:
-            for table in (spec.table, MAIN):
-                try:
-                    # The mark makes the kernel delete only a route of ours. The scope must
-                    # be the route's: without it the kernel found none (ESRCH, taken for
+    """Remove the rule and the routes (the port itself goes with its OVS port). Idempotent.
+    On the raw rtnetlink socket, as the install: a network's last DEL waits for this."""
+    try:
+        with Rtnl() as rtnl:
+            for rule in rtnl.rules():
+                if rule.fwmark == spec.mark and rule.table == spec.table:
+                    _quietly(rtnl.delete_rule, rule)
+            idx = if_index(spec.port)
+            if idx is not None:
+                for table in (spec.table, MAIN):
+                    # The protocol makes the kernel delete only a route of ours. The scope
+                    # must be the route's: without it the kernel found none (ESRCH, taken for
                     # "gone"), and the routes went only with the port.
-                    ipr.route("del", dst=str(spec.subnet), oif=idx, table=table, scope=253,
-                              proto=RTPROT_OVERLAY)
-                except NetlinkError as exc:
-                    if exc.code not in (ENOENT, ESRCH):
-                        raise CniError(Code.NETLINK_FAILURE,
-                                       f"cannot remove the route of {spec.port}",
-                                       str(exc)) from None
+                    _quietly(rtnl.delete_route, spec.subnet, idx, table=table,
+                             protocol=RTPROT_OVERLAY, scope=RT_SCOPE_LINK)
+    except OSError as exc:
+        raise CniError(Code.NETLINK_FAILURE, f"cannot remove the rule or routes of {spec.port}",
+                       str(exc)) from None
+
+
+def _quietly(delete: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """A delete whose object is gone already is done."""
+    try:
+        delete(*args, **kwargs)
+    except OSError as exc:
+        if exc.errno not in (ENOENT, ESRCH):
+            raise
 
 
 def problems(spec: GatewaySpec) -> list[str]:

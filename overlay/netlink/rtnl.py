@@ -38,7 +38,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200
 NLM_F_REPLACE = 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE = 16, 17, 18, 20, 21, 24
 RTM_GETADDR, RTM_DELROUTE, RTM_GETROUTE = 22, 25, 26
-RTM_NEWRULE, RTM_GETRULE = 32, 34
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
@@ -242,6 +242,18 @@ class Rtnl:
         self._request(RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL),
                       body)
 
+    def delete_route(self, dst: Network, oif: int, *, table: int, protocol: int,
+                     scope: int) -> None:
+        """As `ip route del DST dev OIF table TABLE proto PROTOCOL scope SCOPE`: the kernel
+        deletes only a route with that protocol (ESRCH if there is none)."""
+        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        body = _RTMSG.pack(family, dst.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT,
+                           protocol, scope, RTN_UNICAST, 0)
+        if dst.prefixlen:
+            body += _attr(RTA_DST, dst.network_address.packed)
+        body += _attr(RTA_OIF, _u32(oif)) + _attr(RTA_TABLE, _u32(table))
+        self._request(RTM_DELROUTE, 0, body)
+
     def replace_blackhole(self, dst: Network, table: int) -> None:
         """As `ip route replace blackhole DST table TABLE`."""
         self._request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, self._blackhole(dst, table))
@@ -263,6 +275,17 @@ class Rtnl:
                  dst: Network | None = None) -> None:
         """As `ip rule add [fwmark M/MASK] [iif NAME] [to DST] lookup TABLE priority P`. The
         kernel takes an iif that names no device yet: the rule applies once it exists."""
+        self._request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL,
+                      self._rule(priority, table, fwmark, fwmask, iifname, dst))
+
+    def delete_rule(self, rule: RuleEntry) -> None:
+        """Delete the rule a dump (rules()) showed: ENOENT if it is gone."""
+        self._request(RTM_DELRULE, 0, self._rule(rule.priority, rule.table, rule.fwmark,
+                                                 rule.fwmask, rule.iifname, rule.dst))
+
+    @staticmethod
+    def _rule(priority: int, table: int, fwmark: int | None, fwmask: int | None,
+              iifname: str | None, dst: Network | None) -> bytes:
         family = socket.AF_INET if dst is None or dst.version == 4 else socket.AF_INET6
         body = _RTMSG.pack(family, dst.prefixlen if dst else 0, 0, 0,
                            table if table < 256 else RT_TABLE_COMPAT, 0, 0, FR_ACT_TO_TBL, 0)
@@ -275,7 +298,7 @@ class Rtnl:
             body += _attr(FRA_IIFNAME, _name(iifname))
         if dst is not None:
             body += _attr(FRA_DST, dst.network_address.packed)
-        self._request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, body)
+        return body
 
     # --- dumps ---------------------------------------------------------------------------
 
