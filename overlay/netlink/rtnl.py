@@ -4,10 +4,10 @@ Why not pyroute2 here: an ADD makes about ten requests (create the veth pair, br
 end up, read its MAC, then in the container's netns: up, address, routes, MAC), each of which
 the kernel answers in tens of microseconds. pyroute2 0.9 runs every request through an asyncio
 event loop and its generic message classes: about 17 ms of Python per ADD on this machine,
-against ~1 ms in the kernel, where the reference plugins spend a few ms in all. A new
-gateway's port (a network's first ADD on the host) is configured here too: link, address and
-routes (overlay/gateway/kernel.py). CHECK and the gateway's policy-routing rules keep
-pyroute2 (the rules go in beside the port's creation, off the ADD's critical path).
+against ~1 ms in the kernel, where the reference plugins spend a few ms in all. A gateway
+(a network's first ADD on the host, and its last DEL) is made and removed here too: link,
+address, routes, policy-routing rules, isolation blackholes (overlay/gateway/kernel.py,
+isolation.py). CHECK and doctor's reads of a gateway keep pyroute2.
 
 A request carries NLM_F_ACK, so the kernel always answers with an NLMSG_ERROR (0 = success) or
 the object asked for followed by it. An Rtnl socket belongs to the network namespace of the
