@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from overlay.errors import CniError, Code
 from overlay.gateway.spec import GatewaySpec
-from overlay.netlink.rtnl import RouteEntry, Rtnl, RuleEntry
+from overlay.netlink.rtnl import RouteEntry, Rtnl, RuleEntry, delete_if_there
 
 ISOLATION_BASE = 0x0E000000  # isolation tables ISOLATION_BASE + zone (spec.TABLE_BASE - 1 << 24)
 OWN_PRIORITY, ISOLATION_PRIORITY = 97, 98
@@ -108,23 +107,14 @@ def remove(spec: GatewaySpec) -> None:
     try:
         with Rtnl() as rtnl:
             for net in _blackholes(rtnl.routes(socket.AF_INET, (table,)), table):
-                _quietly(rtnl.delete_blackhole, net, table)
+                delete_if_there(rtnl.delete_blackhole, net, table)
             for rule in rtnl.rules():
                 if rule.iifname == spec.port and \
                         rule.priority in (OWN_PRIORITY, ISOLATION_PRIORITY):
-                    _quietly(rtnl.delete_rule, rule)
+                    delete_if_there(rtnl.delete_rule, rule)
     except OSError as exc:
         raise CniError(Code.NETLINK_FAILURE, "cannot remove a gateway's isolation",
                        str(exc)) from None
-
-
-def _quietly(delete: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    """A delete whose object is gone already is done."""
-    try:
-        delete(*args, **kwargs)
-    except OSError as exc:
-        if exc.errno not in (ENOENT, ESRCH):
-            raise
 
 
 def problems(specs: Sequence[GatewaySpec]) -> list[str]:

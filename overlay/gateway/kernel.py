@@ -34,7 +34,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Callable
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -43,7 +42,7 @@ from overlay.errors import CniError, Code
 from overlay.gateway.isolation import ISOLATION_BASE, isolation_table
 from overlay.gateway.spec import MARK_MASK, PORT_PREFIX, TABLE_BASE, GatewaySpec
 from overlay.netlink.offload import disable_tx_checksum
-from overlay.netlink.rtnl import RTPROT_OVERLAY, RouteEntry, Rtnl
+from overlay.netlink.rtnl import RTPROT_OVERLAY, RouteEntry, Rtnl, delete_if_there
 from overlay.netlink.veth import if_index, netlink_session
 
 IFA_F_NOPREFIXROUTE = 0x200
@@ -229,27 +228,18 @@ def remove(spec: GatewaySpec) -> None:
         with Rtnl() as rtnl:
             for rule in rtnl.rules():
                 if rule.fwmark == spec.mark and rule.table == spec.table:
-                    _quietly(rtnl.delete_rule, rule)
+                    delete_if_there(rtnl.delete_rule, rule)
             idx = if_index(spec.port)
             if idx is not None:
                 for table in (spec.table, MAIN):
                     # The protocol makes the kernel delete only a route of ours. The scope
                     # must be the route's: without it the kernel found none (ESRCH, taken for
                     # "gone"), and the routes went only with the port.
-                    _quietly(rtnl.delete_route, spec.subnet, idx, table=table,
+                    delete_if_there(rtnl.delete_route, spec.subnet, idx, table=table,
                              protocol=RTPROT_OVERLAY, scope=RT_SCOPE_LINK)
     except OSError as exc:
         raise CniError(Code.NETLINK_FAILURE, f"cannot remove the rule or routes of {spec.port}",
                        str(exc)) from None
-
-
-def _quietly(delete: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    """A delete whose object is gone already is done."""
-    try:
-        delete(*args, **kwargs)
-    except OSError as exc:
-        if exc.errno not in (ENOENT, ESRCH):
-            raise
 
 
 def problems(spec: GatewaySpec) -> list[str]:

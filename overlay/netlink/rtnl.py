@@ -20,13 +20,16 @@ millisecond, where pyroute2 decoded the same tables in several.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import itertools
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -231,12 +234,7 @@ class Rtnl:
         """As `ip route add|replace DST [via GW] dev OIF table TABLE proto PROTOCOL scope
         SCOPE` (default: the main table, proto static, scope global). EEXIST if not
         `replace` and the route is there."""
-        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
-        body = _RTMSG.pack(family, dst.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT,
-                           protocol, scope, RTN_UNICAST, 0)
-        if dst.prefixlen:
-            body += _attr(RTA_DST, dst.network_address.packed)
-        body += _attr(RTA_OIF, _u32(oif)) + _attr(RTA_TABLE, _u32(table))
+        body = self._route(dst, oif, table, protocol, scope)
         if gateway is not None:
             body += _attr(RTA_GATEWAY, gateway.packed)
         self._request(RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL),
@@ -246,13 +244,17 @@ class Rtnl:
                      scope: int) -> None:
         """As `ip route del DST dev OIF table TABLE proto PROTOCOL scope SCOPE`: the kernel
         deletes only a route with that protocol (ESRCH if there is none)."""
+        self._request(RTM_DELROUTE, 0, self._route(dst, oif, table, protocol, scope))
+
+    @staticmethod
+    def _route(dst: Network, oif: int, table: int, protocol: int, scope: int) -> bytes:
+        """A unicast route's rtmsg and attributes: destination, device, table."""
         family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
         body = _RTMSG.pack(family, dst.prefixlen, 0, 0, table if table < 256 else RT_TABLE_COMPAT,
                            protocol, scope, RTN_UNICAST, 0)
         if dst.prefixlen:
             body += _attr(RTA_DST, dst.network_address.packed)
-        body += _attr(RTA_OIF, _u32(oif)) + _attr(RTA_TABLE, _u32(table))
-        self._request(RTM_DELROUTE, 0, body)
+        return body + _attr(RTA_OIF, _u32(oif)) + _attr(RTA_TABLE, _u32(table))
 
     def replace_blackhole(self, dst: Network, table: int) -> None:
         """As `ip route replace blackhole DST table TABLE`."""
@@ -357,6 +359,15 @@ class Rtnl:
             out.append(RuleEntry(u32(FRA_PRIORITY) or 0, u32(FRA_TABLE) or table,
                                  u32(FRA_FWMARK), u32(FRA_FWMASK), iif, dst))
         return out
+
+
+def delete_if_there(delete: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run a delete; one whose object is gone already (ENOENT, ESRCH) is done too."""
+    try:
+        delete(*args, **kwargs)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ESRCH):
+            raise
 
 
 def _multipath_gateways(data: bytes) -> list[Address]:
