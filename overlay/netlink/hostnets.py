@@ -16,13 +16,18 @@ from dataclasses import dataclass
 
 from overlay.errors import CniError, Code
 from overlay.netlink.rtnl import (
+    HEADER,
     RT_TABLE_MAIN,
+    RTA_TABLE,
+    RTM_DELROUTE,
+    RTM_NEWROUTE,
     Address,
     AddressEntry,
     Interface,
     Network,
     RouteEntry,
     Rtnl,
+    attributes,
 )
 
 # Routes of other tables are consulted only through rules the operator wrote; the agent adds
@@ -76,9 +81,7 @@ def _named(addresses: list[AddressEntry], routes: list[RouteEntry]) -> HostNetwo
 
 # rtnetlink's multicast groups (linux/rtnetlink.h, RTMGRP_*): address and route changes
 GROUPS = 0x10 | 0x40 | 0x100 | 0x400  # IPV4_IFADDR, IPV4_ROUTE, IPV6_IFADDR, IPV6_ROUTE
-_HEADER = struct.Struct("=LHHLL")
 _RTMSG_TABLE = 4  # rtmsg: family, dst_len, src_len, tos, table, ...
-RTM_NEWROUTE, RTM_DELROUTE, RTA_TABLE = 24, 25, 15
 
 
 class HostNetworksCache:
@@ -141,32 +144,20 @@ class HostNetworksCache:
 def _matters(data: bytes) -> bool:
     """Does a batch of notices touch what read_host_networks reads?"""
     offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind = _HEADER.unpack_from(data, offset)[:2]
-        if length < _HEADER.size:
+    while offset + HEADER.size <= len(data):
+        length, kind = HEADER.unpack_from(data, offset)[:2]
+        if length < HEADER.size:
             return True
-        payload = data[offset + _HEADER.size:offset + length]
+        payload = data[offset + HEADER.size:offset + length]
         offset += (length + 3) & ~3
         if kind not in (RTM_NEWROUTE, RTM_DELROUTE):
             return True  # an address came or went
         table = payload[_RTMSG_TABLE] if len(payload) > _RTMSG_TABLE else RT_TABLE_MAIN
-        table = _attrs(payload[12:]).get(RTA_TABLE, table)
+        raw = attributes(payload[12:]).get(RTA_TABLE)
+        table = struct.unpack("=I", raw)[0] if raw and len(raw) == 4 else table
         if table in TABLES:
             return True
     return False
-
-
-def _attrs(data: bytes) -> dict[int, int]:
-    """The u32 attributes of a route notice (only RTA_TABLE is read)."""
-    out, offset = {}, 0
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        if length == 8:
-            out[kind & 0x3FFF] = struct.unpack_from("=I", data, offset + 4)[0]
-        offset += (length + 3) & ~3
-    return out
 
 
 def describe(route: HostRoute) -> str:

@@ -53,7 +53,7 @@ RT_TABLE_COMPAT = 252  # rtmsg's 8-bit table field for a table number only RTA_T
 FRA_DST, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 1, 3, 6, 10, 15, 16
 FR_ACT_TO_TBL = 1
 
-_HEADER = struct.Struct("=LHHLL")     # nlmsghdr: length, type, flags, sequence, port id
+HEADER = struct.Struct("=LHHLL")     # nlmsghdr: length, type, flags, sequence, port id
 _IFINFO = struct.Struct("=BxHiII")    # ifinfomsg: family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")     # ifaddrmsg: family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table,
@@ -123,7 +123,7 @@ def _mac(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
 
 
-def _attrs(data: bytes) -> dict[int, bytes]:
+def attributes(data: bytes) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     offset = 0
     while offset + 4 <= len(data):
@@ -156,15 +156,15 @@ class Rtnl:
         a dump, before NLMSG_DONE)."""
         seq = next(_sequence)
         ack = 0 if flags & NLM_F_DUMP == NLM_F_DUMP else NLM_F_ACK
-        self._sock.send(_HEADER.pack(_HEADER.size + len(body), kind,
+        self._sock.send(HEADER.pack(HEADER.size + len(body), kind,
                                      NLM_F_REQUEST | ack | flags, seq, 0) + body)
         answers: list[bytes] = []
         while True:
             data = self._sock.recv(65536)
             offset = 0
-            while offset + _HEADER.size <= len(data):
-                length, mtype, _, mseq, _ = _HEADER.unpack_from(data, offset)
-                payload = data[offset + _HEADER.size:offset + length]
+            while offset + HEADER.size <= len(data):
+                length, mtype, _, mseq, _ = HEADER.unpack_from(data, offset)
+                payload = data[offset + HEADER.size:offset + length]
                 offset += (length + 3) & ~3
                 if mseq != seq:
                     continue  # an answer to a request an earlier failure abandoned
@@ -200,7 +200,7 @@ class Rtnl:
 
     def mac(self, index: int) -> str:
         answers = self._request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, index, 0, 0))
-        attrs = _attrs(answers[0][_IFINFO.size:]) if answers else {}
+        attrs = attributes(answers[0][_IFINFO.size:]) if answers else {}
         if IFLA_ADDRESS not in attrs:
             raise RtnlError(19, f"link {index} has no MAC address")  # ENODEV
         return ":".join(f"{b:02x}" for b in attrs[IFLA_ADDRESS])
@@ -309,7 +309,7 @@ class Rtnl:
         out = []
         for payload in self._request(RTM_GETADDR, NLM_F_DUMP, _IFADDR.pack(0, 0, 0, 0, 0)):
             family, prefixlen, _, _, index = _IFADDR.unpack_from(payload)
-            attrs = _attrs(payload[_IFADDR.size:])
+            attrs = attributes(payload[_IFADDR.size:])
             raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)  # IFA_ADDRESS: a ptp peer
             if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
                 continue
@@ -327,7 +327,7 @@ class Rtnl:
             fam, dst_len, _, tos, table, protocol, _, kind, _ = _RTMSG.unpack_from(payload)
             if fam != family:
                 continue
-            attrs = _attrs(payload[_RTMSG.size:])
+            attrs = attributes(payload[_RTMSG.size:])
             table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
             if tables is not None and table not in tables:
                 continue
@@ -349,7 +349,7 @@ class Rtnl:
             fam, dst_len, _, _, table, _, _, action, _ = _RTMSG.unpack_from(payload)
             if fam != family or action != FR_ACT_TO_TBL:
                 continue
-            attrs = _attrs(payload[_RTMSG.size:])
+            attrs = attributes(payload[_RTMSG.size:])
 
             def u32(kind: int, attrs: dict[int, bytes] = attrs) -> int | None:
                 return struct.unpack("=I", attrs[kind])[0] if kind in attrs else None
@@ -377,7 +377,7 @@ def _multipath_gateways(data: bytes) -> list[Address]:
         length = _RTNH.unpack_from(data, offset)[0]
         if length < _RTNH.size:
             break
-        gateway = _attrs(data[offset + _RTNH.size:offset + length]).get(RTA_GATEWAY)
+        gateway = attributes(data[offset + _RTNH.size:offset + length]).get(RTA_GATEWAY)
         if gateway:
             out.append(ipaddress.ip_address(gateway))
         offset += (length + 3) & ~3
